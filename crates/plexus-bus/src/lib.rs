@@ -1,1 +1,630 @@
-//! placeholder
+//! The Plexus message bus.
+//!
+//! One [`Bus`] per node. Local subscribers get a bounded priority mailbox;
+//! messages for other nodes go through a [`RemoteSink`] the node layer
+//! provides (the cluster link). Each node tells its peers which patterns it
+//! has subscribers for (its *interest*), so a publish is forwarded only to
+//! nodes that want it, and each forwarded message is delivered there
+//! locally, never forwarded again (no loops).
+//!
+//! Rules:
+//! - A `request` goes to exactly one subscriber: a local one if any, else one
+//!   interested node (round robin). Events and commands go to all.
+//! - `destination` other than `*` restricts delivery to subscribers of that name.
+//! - Undeliverable messages (no subscriber for a request, command or addressed
+//!   message; expired; mailbox full; link failure; late response) become
+//!   dead letters with a reason.
+
+pub mod envelope;
+mod mailbox;
+pub mod topic;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub use envelope::{
+    now_ms, Envelope, Headers, MessageKind, Metadata, DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY,
+};
+use mailbox::{PushError, Shared};
+pub use topic::{matches, validate_pattern, validate_topic, TopicError, TopicTrie};
+
+/// Bus settings.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// This node's name (stamped as `source_node`).
+    pub node: String,
+    /// Messages a subscriber may have waiting before new ones are dead-lettered.
+    pub mailbox_capacity: usize,
+    /// Dead letters kept for inspection (older ones are counted, not kept).
+    pub dead_letter_capacity: usize,
+    /// Largest payload accepted, in bytes.
+    pub max_payload: usize,
+}
+
+impl BusConfig {
+    pub fn new(node: impl Into<String>) -> Self {
+        BusConfig {
+            node: node.into(),
+            mailbox_capacity: 10_000,
+            dead_letter_capacity: 1_000,
+            max_payload: 1024 * 1024,
+        }
+    }
+}
+
+/// Bus errors a caller sees.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BusError {
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error("priority {0} is outside 1..=10")]
+    Priority(u8),
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { size: usize, limit: usize },
+    #[error("no subscriber for {topic:?} (destination {destination:?}) on any reachable node")]
+    NoRoute { topic: String, destination: String },
+    #[error("no response to {topic:?} within {0:?}", .timeout)]
+    Timeout { topic: String, timeout: Duration },
+    #[error("the responder went away before answering {topic:?}")]
+    Dropped { topic: String },
+    #[error("message expired before delivery")]
+    Expired,
+}
+
+/// What crosses the link between two nodes' buses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BusFrame {
+    /// Deliver locally on the receiving node.
+    Publish(Envelope),
+    /// A response for a request the receiving node is waiting on.
+    Response(Envelope),
+    /// The sender's full set of (pattern, subscriber name).
+    Interest(Vec<(String, String)>),
+}
+
+/// The node layer's side of the bus: how frames reach other nodes.
+pub trait RemoteSink: Send + Sync + 'static {
+    /// Send a frame to `node`. An error dead-letters the message.
+    fn send(&self, node: &str, frame: BusFrame) -> Result<(), String>;
+    /// Local interest changed: tell every peer.
+    fn interest_changed(&self, interest: Vec<(String, String)>);
+}
+
+/// An undeliverable message and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub at_ms: u64,
+    pub reason: String,
+    pub envelope: Envelope,
+}
+
+/// Counters for status and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BusStats {
+    pub published: u64,
+    pub delivered: u64,
+    pub forwarded: u64,
+    pub dead_lettered: u64,
+    pub subscriptions: usize,
+    pub pending_requests: usize,
+}
+
+/// Where one publish went.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PublishReport {
+    pub local: usize,
+    pub remote_nodes: Vec<String>,
+    pub dead_lettered: bool,
+}
+
+struct SubEntry {
+    pattern: String,
+    owner: String,
+    mailbox: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct SubTable {
+    trie: TopicTrie<u64>,
+    entries: HashMap<u64, SubEntry>,
+}
+
+#[derive(Default)]
+struct RemoteInterest {
+    trie: TopicTrie<usize>,
+    owners: Vec<String>,
+}
+
+struct Inner {
+    cfg: BusConfig,
+    subs: RwLock<SubTable>,
+    remote: RwLock<HashMap<String, RemoteInterest>>,
+    pending: Mutex<HashMap<Uuid, oneshot::Sender<Envelope>>>,
+    dead: Mutex<VecDeque<DeadLetter>>,
+    sink: RwLock<Option<Arc<dyn RemoteSink>>>,
+    next_sub: AtomicU64,
+    rr: AtomicUsize,
+    published: AtomicU64,
+    delivered: AtomicU64,
+    forwarded: AtomicU64,
+    dead_count: AtomicU64,
+}
+
+/// A node's bus; cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("node", &self.inner.cfg.node)
+            .finish()
+    }
+}
+
+impl Bus {
+    pub fn new(cfg: BusConfig) -> Bus {
+        Bus {
+            inner: Arc::new(Inner {
+                cfg,
+                subs: RwLock::new(SubTable::default()),
+                remote: RwLock::new(HashMap::new()),
+                pending: Mutex::new(HashMap::new()),
+                dead: Mutex::new(VecDeque::new()),
+                sink: RwLock::new(None),
+                next_sub: AtomicU64::new(1),
+                rr: AtomicUsize::new(0),
+                published: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+                forwarded: AtomicU64::new(0),
+                dead_count: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.inner.cfg.node
+    }
+
+    /// Connect the bus to the cluster.
+    pub fn set_remote_sink(&self, sink: Arc<dyn RemoteSink>) {
+        *self.inner.sink.write() = Some(sink);
+    }
+
+    /// Subscribe `owner` to `pattern`. Dropping the subscription unsubscribes.
+    pub fn subscribe(&self, pattern: &str, owner: &str) -> Result<Subscription, BusError> {
+        validate_pattern(pattern)?;
+        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let mailbox = Shared::new(self.inner.cfg.mailbox_capacity);
+        {
+            let mut subs = self.inner.subs.write();
+            subs.trie.insert(pattern, id);
+            subs.entries.insert(
+                id,
+                SubEntry {
+                    pattern: pattern.to_string(),
+                    owner: owner.to_string(),
+                    mailbox: mailbox.clone(),
+                },
+            );
+        }
+        self.interest_changed();
+        Ok(Subscription {
+            id,
+            pattern: pattern.to_string(),
+            owner: owner.to_string(),
+            mailbox,
+            bus: Arc::downgrade(&self.inner),
+        })
+    }
+
+    /// This node's (pattern, subscriber) pairs, deduplicated.
+    pub fn local_interest(&self) -> Vec<(String, String)> {
+        let subs = self.inner.subs.read();
+        let mut v: Vec<(String, String)> = subs
+            .entries
+            .values()
+            .map(|e| (e.pattern.clone(), e.owner.clone()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn interest_changed(&self) {
+        let sink = self.inner.sink.read().clone();
+        if let Some(sink) = sink {
+            sink.interest_changed(self.local_interest());
+        }
+    }
+
+    fn validate(&self, env: &Envelope) -> Result<(), BusError> {
+        validate_topic(&env.topic)?;
+        if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&env.priority) {
+            return Err(BusError::Priority(env.priority));
+        }
+        if env.payload.len() > self.inner.cfg.max_payload {
+            return Err(BusError::PayloadTooLarge {
+                size: env.payload.len(),
+                limit: self.inner.cfg.max_payload,
+            });
+        }
+        Ok(())
+    }
+
+    /// Publish `env` to every matching subscriber in the cluster (one, for a request).
+    pub fn publish(&self, mut env: Envelope) -> Result<PublishReport, BusError> {
+        self.validate(&env)?;
+        if env.source_node.is_empty() {
+            env.source_node = self.inner.cfg.node.clone();
+        }
+        self.inner.published.fetch_add(1, Ordering::Relaxed);
+        let mut report = PublishReport::default();
+        if env.expired_at(now_ms()) {
+            self.dead_letter(env, "expired before delivery".into());
+            report.dead_lettered = true;
+            return Ok(report);
+        }
+        let local = self.local_targets(&env);
+        let single = env.kind == MessageKind::Request;
+        let remote_nodes: Vec<String> = if single && !local.is_empty() {
+            vec![]
+        } else {
+            let mut nodes = self.remote_targets(&env);
+            if single && nodes.len() > 1 {
+                let i = self.inner.rr.fetch_add(1, Ordering::Relaxed) % nodes.len();
+                nodes = vec![nodes.swap_remove(i)];
+            }
+            nodes
+        };
+        let local = if single {
+            local.into_iter().take(1).collect()
+        } else {
+            local
+        };
+
+        if local.is_empty() && remote_nodes.is_empty() {
+            let must_route = env.kind != MessageKind::Event || env.destination != "*";
+            if must_route {
+                self.dead_letter(env, "no subscriber on any reachable node".into());
+                report.dead_lettered = true;
+            }
+            return Ok(report);
+        }
+        let sink = self.inner.sink.read().clone();
+        for node in &remote_nodes {
+            let sent = match &sink {
+                Some(s) => s.send(node, BusFrame::Publish(env.clone())),
+                None => Err("no cluster link".into()),
+            };
+            match sent {
+                Ok(()) => {
+                    self.inner.forwarded.fetch_add(1, Ordering::Relaxed);
+                    report.remote_nodes.push(node.clone());
+                }
+                Err(e) => {
+                    self.dead_letter(env.clone(), format!("link to {node} failed: {e}"));
+                    report.dead_lettered = true;
+                }
+            }
+        }
+        report.local = self.deliver(&env, local);
+        Ok(report)
+    }
+
+    fn local_targets(&self, env: &Envelope) -> Vec<(u64, Arc<Shared>, String)> {
+        let subs = self.inner.subs.read();
+        let mut out: Vec<(u64, Arc<Shared>, String)> = Vec::new();
+        subs.trie.for_each_match(&env.topic, |id| {
+            if out.iter().any(|(i, _, _)| i == id) {
+                return;
+            }
+            if let Some(e) = subs.entries.get(id) {
+                if env.destination == "*" || env.destination == e.owner {
+                    out.push((*id, e.mailbox.clone(), e.owner.clone()));
+                }
+            }
+        });
+        out
+    }
+
+    fn remote_targets(&self, env: &Envelope) -> Vec<String> {
+        let remote = self.inner.remote.read();
+        let mut nodes: Vec<String> = remote
+            .iter()
+            .filter(|(_, ri)| {
+                let mut hit = false;
+                ri.trie.for_each_match(&env.topic, |&i| {
+                    if env.destination == "*" || ri.owners[i] == env.destination {
+                        hit = true;
+                    }
+                });
+                hit
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
+    fn deliver(&self, env: &Envelope, targets: Vec<(u64, Arc<Shared>, String)>) -> usize {
+        let mut n = 0;
+        for (_, mb, owner) in targets {
+            match mb.push(env.clone()) {
+                Ok(()) => n += 1,
+                Err((PushError::Full, e)) => {
+                    self.dead_letter(e, format!("mailbox of {owner} is full"))
+                }
+                Err((PushError::Closed, e)) => {
+                    self.dead_letter(e, format!("subscriber {owner} is gone"))
+                }
+            }
+        }
+        self.inner.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Send a request and wait for its response.
+    pub async fn request(
+        &self,
+        mut env: Envelope,
+        timeout: Duration,
+    ) -> Result<Envelope, BusError> {
+        env.kind = MessageKind::Request;
+        env.metadata.timeout_ms = Some(timeout.as_millis() as u64);
+        if env.metadata.expires_at_ms.is_none() {
+            env.metadata.expires_at_ms = Some(now_ms() + timeout.as_millis() as u64);
+        }
+        let id = env.message_id;
+        let topic = env.topic.clone();
+        let destination = env.destination.clone();
+        let (tx, rx) = oneshot::channel();
+        self.inner.pending.lock().insert(id, tx);
+        let report = match self.publish(env) {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner.pending.lock().remove(&id);
+                return Err(e);
+            }
+        };
+        if report.local == 0 && report.remote_nodes.is_empty() {
+            self.inner.pending.lock().remove(&id);
+            return Err(BusError::NoRoute { topic, destination });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(BusError::Dropped { topic }),
+            Err(_) => {
+                self.inner.pending.lock().remove(&id);
+                Err(BusError::Timeout { topic, timeout })
+            }
+        }
+    }
+
+    /// Answer `request` with `response` (see [`Envelope::reply`]).
+    pub fn respond(&self, request: &Envelope, mut response: Envelope) -> Result<(), BusError> {
+        response.kind = MessageKind::Response;
+        response.correlation_id = Some(request.message_id);
+        response.source_node = self.inner.cfg.node.clone();
+        if response.payload.len() > self.inner.cfg.max_payload {
+            return Err(BusError::PayloadTooLarge {
+                size: response.payload.len(),
+                limit: self.inner.cfg.max_payload,
+            });
+        }
+        if request.source_node == self.inner.cfg.node || request.source_node.is_empty() {
+            self.resolve(response);
+            return Ok(());
+        }
+        let sink = self.inner.sink.read().clone();
+        let sent = match sink {
+            Some(s) => s.send(&request.source_node, BusFrame::Response(response.clone())),
+            None => Err("no cluster link".into()),
+        };
+        if let Err(e) = sent {
+            self.dead_letter(
+                response,
+                format!("link to {} failed: {e}", request.source_node),
+            );
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, response: Envelope) {
+        let tx = response
+            .correlation_id
+            .and_then(|c| self.inner.pending.lock().remove(&c));
+        match tx {
+            Some(tx) => {
+                if let Err(r) = tx.send(response) {
+                    self.dead_letter(r, "requester stopped waiting".into());
+                }
+            }
+            None => self.dead_letter(
+                response,
+                "no pending request (late or unknown response)".into(),
+            ),
+        }
+    }
+
+    /// A frame from `from_node` arrived over the cluster link.
+    pub fn handle_frame(&self, from_node: &str, frame: BusFrame) {
+        match frame {
+            BusFrame::Publish(env) => {
+                if let Err(e) = self.validate(&env) {
+                    tracing::warn!(peer = from_node, error = %e, "refused a malformed bus message");
+                    return;
+                }
+                if env.expired_at(now_ms()) {
+                    self.dead_letter(env, "expired before delivery".into());
+                    return;
+                }
+                let mut targets = self.local_targets(&env);
+                if env.kind == MessageKind::Request {
+                    targets.truncate(1);
+                }
+                if targets.is_empty() {
+                    self.dead_letter(
+                        env,
+                        format!("forwarded by {from_node} but no local subscriber"),
+                    );
+                } else {
+                    self.deliver(&env, targets);
+                }
+            }
+            BusFrame::Response(env) => self.resolve(env),
+            BusFrame::Interest(list) => {
+                let mut ri = RemoteInterest::default();
+                for (pattern, owner) in list {
+                    if validate_pattern(&pattern).is_ok() {
+                        ri.owners.push(owner);
+                        ri.trie.insert(&pattern, ri.owners.len() - 1);
+                    }
+                }
+                self.inner.remote.write().insert(from_node.to_string(), ri);
+            }
+        }
+    }
+
+    /// Forget a peer's interest (it is down).
+    pub fn peer_down(&self, node: &str) {
+        self.inner.remote.write().remove(node);
+    }
+
+    /// Nodes with any interest registered.
+    pub fn peers_with_interest(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.remote.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Record an undeliverable message.
+    pub fn dead_letter(&self, envelope: Envelope, reason: String) {
+        tracing::debug!(topic = %envelope.topic, %reason, "dead letter");
+        self.inner.dead_count.fetch_add(1, Ordering::Relaxed);
+        let mut dl = self.inner.dead.lock();
+        if dl.len() >= self.inner.cfg.dead_letter_capacity.max(1) {
+            dl.pop_front();
+        }
+        dl.push_back(DeadLetter {
+            at_ms: now_ms(),
+            reason,
+            envelope,
+        });
+    }
+
+    /// The most recent dead letters, newest last.
+    pub fn dead_letters(&self, limit: usize) -> Vec<DeadLetter> {
+        let dl = self.inner.dead.lock();
+        dl.iter()
+            .skip(dl.len().saturating_sub(limit))
+            .cloned()
+            .collect()
+    }
+
+    pub fn stats(&self) -> BusStats {
+        BusStats {
+            published: self.inner.published.load(Ordering::Relaxed),
+            delivered: self.inner.delivered.load(Ordering::Relaxed),
+            forwarded: self.inner.forwarded.load(Ordering::Relaxed),
+            dead_lettered: self.inner.dead_count.load(Ordering::Relaxed),
+            subscriptions: self.inner.subs.read().entries.len(),
+            pending_requests: self.inner.pending.lock().len(),
+        }
+    }
+}
+
+/// A live subscription; messages arrive highest priority first.
+pub struct Subscription {
+    id: u64,
+    pattern: String,
+    owner: String,
+    mailbox: Arc<Shared>,
+    bus: Weak<Inner>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("pattern", &self.pattern)
+            .field("owner", &self.owner)
+            .finish()
+    }
+}
+
+impl Subscription {
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Next message; expired ones are dead-lettered and skipped.
+    pub async fn recv(&self) -> Option<Envelope> {
+        loop {
+            let env = self.mailbox.recv().await?;
+            if let Some(e) = self.check_expiry(env) {
+                return Some(e);
+            }
+        }
+    }
+
+    /// Next message if one is waiting.
+    pub fn try_recv(&self) -> Option<Envelope> {
+        loop {
+            let env = self.mailbox.try_pop()?;
+            if let Some(e) = self.check_expiry(env) {
+                return Some(e);
+            }
+        }
+    }
+
+    fn check_expiry(&self, env: Envelope) -> Option<Envelope> {
+        if env.expired_at(now_ms()) {
+            if let Some(inner) = self.bus.upgrade() {
+                Bus { inner }.dead_letter(env, format!("expired in the mailbox of {}", self.owner));
+            }
+            None
+        } else {
+            Some(env)
+        }
+    }
+
+    /// Messages waiting.
+    pub fn backlog(&self) -> usize {
+        self.mailbox.len()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let left = self.mailbox.close();
+        if let Some(inner) = self.bus.upgrade() {
+            {
+                let mut subs = inner.subs.write();
+                subs.trie.remove(&self.pattern, &self.id);
+                subs.entries.remove(&self.id);
+            }
+            let bus = Bus { inner };
+            for e in left {
+                bus.dead_letter(e, format!("subscriber {} unsubscribed", self.owner));
+            }
+            bus.interest_changed();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

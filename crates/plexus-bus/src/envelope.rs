@@ -1,0 +1,148 @@
+//! The message envelope every bus message travels in (the seed's shape).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What kind of message an envelope carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    Request,
+    Response,
+    Event,
+    Command,
+}
+
+/// Tracing and identity headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Headers {
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    /// Anything else, kept in order.
+    pub extra: Vec<(String, String)>,
+}
+
+/// Delivery metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub retry_count: u32,
+    /// How long the sender waits for a response.
+    pub timeout_ms: Option<u64>,
+    /// Wall-clock ms after which the message is dead-lettered instead of delivered.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Lowest and highest priority.
+pub const MIN_PRIORITY: u8 = 1;
+pub const MAX_PRIORITY: u8 = 10;
+/// Priority of messages that do not say.
+pub const DEFAULT_PRIORITY: u8 = 5;
+
+/// One bus message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub message_id: Uuid,
+    /// For a response: the request's `message_id`.
+    pub correlation_id: Option<Uuid>,
+    /// Wall-clock ms when published.
+    pub timestamp_ms: u64,
+    /// Who published it (a plugin, a node service, or a client name).
+    pub source: String,
+    /// The node it was published on (responses go back there).
+    pub source_node: String,
+    /// A subscriber name, or `*` for every subscriber.
+    pub destination: String,
+    pub topic: String,
+    pub kind: MessageKind,
+    /// 1 (lowest) to 10 (highest); higher is delivered first from a backlog.
+    pub priority: u8,
+    pub headers: Headers,
+    /// Opaque payload (JSON text by convention).
+    pub payload: Vec<u8>,
+    pub metadata: Metadata,
+}
+
+impl Envelope {
+    /// A new envelope with a fresh id, timestamp and trace id.
+    pub fn new(
+        kind: MessageKind,
+        topic: impl Into<String>,
+        source: impl Into<String>,
+        payload: Vec<u8>,
+    ) -> Self {
+        let id = Uuid::now_v7();
+        Envelope {
+            message_id: id,
+            correlation_id: None,
+            timestamp_ms: now_ms(),
+            source: source.into(),
+            source_node: String::new(),
+            destination: "*".into(),
+            topic: topic.into(),
+            kind,
+            priority: DEFAULT_PRIORITY,
+            headers: Headers {
+                trace_id: Some(id.simple().to_string()),
+                span_id: Some(short_span()),
+                ..Default::default()
+            },
+            payload,
+            metadata: Metadata::default(),
+        }
+    }
+
+    pub fn to(mut self, destination: impl Into<String>) -> Self {
+        self.destination = destination.into();
+        self
+    }
+
+    pub fn with_priority(mut self, p: u8) -> Self {
+        self.priority = p;
+        self
+    }
+
+    pub fn with_timeout_ms(mut self, ms: u64) -> Self {
+        self.metadata.timeout_ms = Some(ms);
+        self
+    }
+
+    pub fn with_trace(mut self, trace_id: Option<String>) -> Self {
+        if trace_id.is_some() {
+            self.headers.trace_id = trace_id;
+        }
+        self
+    }
+
+    /// A response to this request carrying `payload`, on `{topic}` with the
+    /// request's trace and a new span.
+    pub fn reply(&self, source: impl Into<String>, payload: Vec<u8>) -> Envelope {
+        let mut r = Envelope::new(MessageKind::Response, self.topic.clone(), source, payload);
+        r.correlation_id = Some(self.message_id);
+        r.destination = self.source.clone();
+        r.priority = self.priority;
+        r.headers.trace_id = self.headers.trace_id.clone();
+        r.headers.user_id = self.headers.user_id.clone();
+        r.headers.session_id = self.headers.session_id.clone();
+        r
+    }
+
+    /// Whether it has expired at `now_ms`.
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        self.metadata.expires_at_ms.is_some_and(|e| e <= now_ms)
+    }
+}
+
+fn short_span() -> String {
+    let u = Uuid::new_v4();
+    u.simple().to_string()[..16].to_string()
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

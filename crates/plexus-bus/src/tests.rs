@@ -1,0 +1,215 @@
+use super::*;
+use std::sync::Mutex as StdMutex;
+
+fn ev(topic: &str) -> Envelope {
+    Envelope::new(MessageKind::Event, topic, "tester", b"{}".to_vec())
+}
+
+#[tokio::test]
+async fn pubsub_with_wildcards() {
+    let bus = Bus::new(BusConfig::new("n1"));
+    let a = bus.subscribe("plugin/*/events", "a").unwrap();
+    let b = bus.subscribe("plugin/**", "b").unwrap();
+    let c = bus.subscribe("system/health", "c").unwrap();
+    let r = bus.publish(ev("plugin/jira/events")).unwrap();
+    assert_eq!(r.local, 2);
+    assert_eq!(a.recv().await.unwrap().topic, "plugin/jira/events");
+    assert_eq!(b.recv().await.unwrap().topic, "plugin/jira/events");
+    assert!(c.try_recv().is_none());
+}
+
+#[tokio::test]
+async fn higher_priority_is_delivered_first_from_a_backlog() {
+    let bus = Bus::new(BusConfig::new("n1"));
+    let s = bus.subscribe("t", "s").unwrap();
+    for p in [1u8, 9, 5, 9, 10] {
+        bus.publish(ev("t").with_priority(p)).unwrap();
+    }
+    let got: Vec<u8> = (0..5).map(|_| s.try_recv().unwrap().priority).collect();
+    assert_eq!(got, vec![10, 9, 9, 5, 1]);
+}
+
+#[test]
+fn bad_input_is_refused() {
+    let bus = Bus::new(BusConfig::new("n1"));
+    assert!(matches!(bus.publish(ev("a/*")), Err(BusError::Topic(_))));
+    assert!(matches!(
+        bus.publish(ev("a").with_priority(0)),
+        Err(BusError::Priority(0))
+    ));
+    assert!(matches!(
+        bus.publish(ev("a").with_priority(11)),
+        Err(BusError::Priority(11))
+    ));
+    let mut big = ev("a");
+    big.payload = vec![0; 2 * 1024 * 1024];
+    assert!(matches!(
+        bus.publish(big),
+        Err(BusError::PayloadTooLarge { .. })
+    ));
+    assert!(bus.subscribe("a/b*", "x").is_err());
+}
+
+#[tokio::test]
+async fn undeliverable_and_expired_become_dead_letters() {
+    let bus = Bus::new(BusConfig::new("n1"));
+    // A command with no subscriber.
+    let cmd = Envelope::new(MessageKind::Command, "plugin/x/request", "t", vec![]);
+    assert!(bus.publish(cmd).unwrap().dead_lettered);
+    // An event with no subscriber is not a dead letter (pub/sub semantics)...
+    assert!(!bus.publish(ev("nobody/listens")).unwrap().dead_lettered);
+    // ...unless it is addressed to someone.
+    assert!(
+        bus.publish(ev("nobody/listens").to("ghost"))
+            .unwrap()
+            .dead_lettered
+    );
+    // Expired.
+    let _s = bus.subscribe("t", "s").unwrap();
+    let mut e = ev("t");
+    e.metadata.expires_at_ms = Some(1);
+    assert!(bus.publish(e).unwrap().dead_lettered);
+    let dl = bus.dead_letters(10);
+    assert_eq!(dl.len(), 3);
+    assert!(dl[2].reason.contains("expired"));
+    assert_eq!(bus.stats().dead_lettered, 3);
+}
+
+#[tokio::test]
+async fn full_mailbox_dead_letters_instead_of_growing() {
+    let mut cfg = BusConfig::new("n1");
+    cfg.mailbox_capacity = 2;
+    let bus = Bus::new(cfg);
+    let _s = bus.subscribe("t", "slow").unwrap();
+    for _ in 0..5 {
+        bus.publish(ev("t")).unwrap();
+    }
+    assert_eq!(bus.stats().dead_lettered, 3);
+    assert!(bus.dead_letters(1)[0].reason.contains("full"));
+}
+
+#[tokio::test]
+async fn request_response_locally_with_correlation() {
+    let bus = Bus::new(BusConfig::new("n1"));
+    let server = bus.subscribe("svc/echo", "echo").unwrap();
+    let b2 = bus.clone();
+    tokio::spawn(async move {
+        while let Some(req) = server.recv().await {
+            let resp = req.reply("echo", req.payload.clone());
+            b2.respond(&req, resp).unwrap();
+        }
+    });
+    let req = Envelope::new(MessageKind::Request, "svc/echo", "client", b"hi".to_vec());
+    let id = req.message_id;
+    let resp = bus.request(req, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(resp.correlation_id, Some(id));
+    assert_eq!(resp.payload, b"hi");
+}
+
+#[tokio::test]
+async fn request_without_responder_fails_fast_and_timeout_is_reported() {
+    let bus = Bus::new(BusConfig::new("n1"));
+    let req = Envelope::new(MessageKind::Request, "svc/none", "client", vec![]);
+    assert!(matches!(
+        bus.request(req, Duration::from_secs(5)).await,
+        Err(BusError::NoRoute { .. })
+    ));
+    let _silent = bus.subscribe("svc/silent", "silent").unwrap();
+    let req = Envelope::new(MessageKind::Request, "svc/silent", "client", vec![]);
+    assert!(matches!(
+        bus.request(req, Duration::from_millis(20)).await,
+        Err(BusError::Timeout { .. })
+    ));
+    assert_eq!(bus.stats().pending_requests, 0);
+}
+
+/// Two buses joined by an in-memory link, as the node layer joins them.
+struct Link {
+    peers: StdMutex<HashMap<String, Bus>>,
+    me: String,
+}
+
+impl RemoteSink for Link {
+    fn send(&self, node: &str, frame: BusFrame) -> Result<(), String> {
+        let peer = self.peers.lock().unwrap().get(node).cloned();
+        match peer {
+            Some(b) => {
+                b.handle_frame(&self.me, frame);
+                Ok(())
+            }
+            None => Err("unknown node".into()),
+        }
+    }
+    fn interest_changed(&self, interest: Vec<(String, String)>) {
+        let peers: Vec<Bus> = self.peers.lock().unwrap().values().cloned().collect();
+        for p in peers {
+            p.handle_frame(&self.me, BusFrame::Interest(interest.clone()));
+        }
+    }
+}
+
+fn pair() -> (Bus, Bus) {
+    let a = Bus::new(BusConfig::new("a"));
+    let b = Bus::new(BusConfig::new("b"));
+    let la = Arc::new(Link {
+        peers: StdMutex::new(HashMap::from([("b".to_string(), b.clone())])),
+        me: "a".into(),
+    });
+    let lb = Arc::new(Link {
+        peers: StdMutex::new(HashMap::from([("a".to_string(), a.clone())])),
+        me: "b".into(),
+    });
+    a.set_remote_sink(la);
+    b.set_remote_sink(lb);
+    (a, b)
+}
+
+#[tokio::test]
+async fn cross_node_pubsub_forwards_only_to_interested_nodes() {
+    let (a, b) = pair();
+    let sub = b.subscribe("plugin/*/events", "listener").unwrap();
+    let r = a.publish(ev("plugin/x/events")).unwrap();
+    assert_eq!(r.remote_nodes, vec!["b".to_string()]);
+    let got = sub.recv().await.unwrap();
+    assert_eq!(got.source_node, "a");
+    // Not interested: not forwarded.
+    let r = a.publish(ev("other/topic")).unwrap();
+    assert!(r.remote_nodes.is_empty());
+    // Unsubscribing withdraws interest.
+    drop(sub);
+    let r = a.publish(ev("plugin/x/events")).unwrap();
+    assert!(r.remote_nodes.is_empty());
+}
+
+#[tokio::test]
+async fn cross_node_request_response() {
+    let (a, b) = pair();
+    let server = b.subscribe("plugin/p/request", "p").unwrap();
+    let bb = b.clone();
+    tokio::spawn(async move {
+        while let Some(req) = server.recv().await {
+            let resp = req.reply("p", b"done".to_vec());
+            bb.respond(&req, resp).unwrap();
+        }
+    });
+    let req = Envelope::new(MessageKind::Request, "plugin/p/request", "cli", vec![]).to("p");
+    let resp = a.request(req, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(resp.payload, b"done");
+    assert_eq!(resp.source_node, "b");
+    // Peer down: its interest is forgotten and requests fail fast.
+    a.peer_down("b");
+    let req = Envelope::new(MessageKind::Request, "plugin/p/request", "cli", vec![]).to("p");
+    assert!(matches!(
+        a.request(req, Duration::from_secs(1)).await,
+        Err(BusError::NoRoute { .. })
+    ));
+}
+
+#[tokio::test]
+async fn late_response_is_a_dead_letter() {
+    let bus = Bus::new(BusConfig::new("n1"));
+    let req = Envelope::new(MessageKind::Request, "x", "c", vec![]);
+    let resp = req.reply("s", vec![]);
+    bus.respond(&req, resp).unwrap();
+    assert!(bus.dead_letters(1)[0].reason.contains("no pending request"));
+}
