@@ -1,1 +1,317 @@
-//! placeholder
+//! Command execution for plugin hosts.
+//!
+//! A [`CommandHandler`] runs one command of one plugin. The `sim` handler
+//! ([`SimHandler`]) executes deterministically for tests, demos and the
+//! simulation harness: its result text, model, cost and duration follow the
+//! seed's cost model; latency and failure rate are configurable per plugin.
+//! Real handlers (process, MCP) implement the same trait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use plexus_catalog::{ModelTier, Plugin, SimSpec};
+use rng::Rng64;
+use serde::{Deserialize, Serialize};
+
+/// One command to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub plugin: String,
+    pub command: String,
+    /// Input as JSON text.
+    pub input: String,
+    /// Set by callers that may retry a non-idempotent command.
+    pub idempotency_key: Option<String>,
+    pub trace_id: Option<String>,
+}
+
+/// What a successful command produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    /// Output as JSON text.
+    pub output: String,
+    pub model: Option<ModelTier>,
+    /// Estimated work in minutes (the cost model's unit).
+    pub work_minutes: f64,
+    pub cost_usd: f64,
+}
+
+/// Why a command failed; the kind decides whether retrying makes sense.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum HandlerError {
+    #[error("plugin {plugin} has no command {command:?}")]
+    UnknownCommand { plugin: String, command: String },
+    #[error("invalid input: {0}")]
+    BadInput(String),
+    #[error("command failed: {0}")]
+    Failed(String),
+    #[error("command timed out after {0} ms")]
+    Timeout(u64),
+}
+
+impl HandlerError {
+    /// Whether the same call may succeed if tried again.
+    pub fn retryable(&self) -> bool {
+        matches!(self, HandlerError::Failed(_) | HandlerError::Timeout(_))
+    }
+}
+
+/// Runs commands of one plugin.
+pub trait CommandHandler: Send + Sync + 'static {
+    /// Handler kind for status output (`sim`, `process`, `mcp`).
+    fn kind(&self) -> &'static str;
+    /// Run one command.
+    fn execute(&self, req: ExecRequest) -> BoxFuture<'static, Result<ExecOutput, HandlerError>>;
+}
+
+/// Fault directives a test or the simulation can put in an input under `$sim`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SimFaults {
+    /// Crash the plugin host actor (exercises supervision).
+    #[serde(default)]
+    pub panic: bool,
+    /// Fail this call.
+    #[serde(default)]
+    pub fail: bool,
+    /// Extra latency for this call.
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+impl SimFaults {
+    /// Read `$sim` from a JSON input, if present and allowed.
+    pub fn from_input(input: &str) -> SimFaults {
+        serde_json::from_str::<serde_json::Value>(input)
+            .ok()
+            .and_then(|v| v.get("$sim").cloned())
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The deterministic simulated handler.
+pub struct SimHandler {
+    plugin: Arc<Plugin>,
+    spec: SimSpec,
+    rng: std::sync::Mutex<Rng64>,
+}
+
+impl SimHandler {
+    pub fn new(plugin: Arc<Plugin>, spec: SimSpec) -> SimHandler {
+        let seed = spec.seed ^ fnv(plugin.name.as_bytes());
+        SimHandler {
+            plugin,
+            spec,
+            rng: std::sync::Mutex::new(Rng64::new(seed)),
+        }
+    }
+
+    /// Change latency and failure rate at run time (fault injection).
+    pub fn set_behaviour(&mut self, latency_ms: u64, failure_rate: f64) {
+        self.spec.latency_ms = latency_ms;
+        self.spec.failure_rate = failure_rate.clamp(0.0, 1.0);
+    }
+
+    fn draw(&self) -> (f64, u64) {
+        let mut r = match self.rng.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let fail_roll = r.next_f64();
+        let jitter = if self.spec.jitter_ms > 0 {
+            r.next_u64() % (self.spec.jitter_ms + 1)
+        } else {
+            0
+        };
+        (fail_roll, jitter)
+    }
+}
+
+/// Minutes of work a command is estimated to take, from its model tier.
+pub fn work_minutes(model: ModelTier, input_len: usize) -> f64 {
+    let base = match model {
+        ModelTier::Haiku => 2.0,
+        ModelTier::Sonnet => 6.0,
+        ModelTier::Opus => 15.0,
+    };
+    base + (input_len as f64 / 2000.0).min(10.0)
+}
+
+impl CommandHandler for SimHandler {
+    fn kind(&self) -> &'static str {
+        "sim"
+    }
+
+    fn execute(&self, req: ExecRequest) -> BoxFuture<'static, Result<ExecOutput, HandlerError>> {
+        let plugin = self.plugin.clone();
+        let spec = self.spec.clone();
+        let (fail_roll, jitter) = self.draw();
+        Box::pin(async move {
+            let Some(cmd) = plugin.command(&req.command) else {
+                return Err(HandlerError::UnknownCommand {
+                    plugin: plugin.name.clone(),
+                    command: req.command.clone(),
+                });
+            };
+            let input: serde_json::Value = if req.input.trim().is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(&req.input)
+                    .map_err(|e| HandlerError::BadInput(format!("input is not JSON: {e}")))?
+            };
+            let faults = if spec.allow_fault_injection {
+                SimFaults::from_input(&req.input)
+            } else {
+                SimFaults::default()
+            };
+            let latency = spec.latency_ms + jitter + faults.delay_ms;
+            if latency > 0 {
+                tokio::time::sleep(Duration::from_millis(latency)).await;
+            }
+            if faults.fail || fail_roll < spec.failure_rate {
+                return Err(HandlerError::Failed(format!(
+                    "simulated failure of {}/{}",
+                    plugin.name, cmd.name
+                )));
+            }
+            let model = cmd.model.unwrap_or(ModelTier::Sonnet);
+            let minutes = work_minutes(model, req.input.len());
+            let output = serde_json::json!({
+                "plugin": plugin.name,
+                "command": cmd.name,
+                "summary": format!("{}: {}", cmd.name, first_sentence(&cmd.description)),
+                "input": input,
+                "model": model,
+                "digest": format!("{:016x}", fnv(format!("{}/{}/{}", plugin.name, cmd.name, req.input).as_bytes())),
+            });
+            Ok(ExecOutput {
+                output: output.to_string(),
+                model: Some(model),
+                work_minutes: minutes,
+                cost_usd: minutes * model.cost_per_minute(),
+            })
+        })
+    }
+}
+
+fn first_sentence(s: &str) -> String {
+    let s = s.trim();
+    let end = s.find(". ").map(|i| i + 1).unwrap_or(s.len()).min(160);
+    let mut end = end;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// FNV-1a, for stable seeds and digests.
+pub fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+mod rng {
+    /// A tiny deterministic generator (SplitMix64): the same seed gives the
+    /// same sequence on every platform, which the simulation relies on.
+    pub struct Rng64(u64);
+
+    impl Rng64 {
+        pub fn new(seed: u64) -> Self {
+            Rng64(seed)
+        }
+        pub fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+            z ^ (z >> 31)
+        }
+        pub fn next_f64(&mut self) -> f64 {
+            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_catalog::{Catalog, Sources};
+
+    fn plugin() -> Arc<Plugin> {
+        let c = Catalog::load(&Sources {
+            embedded: vec![(
+                "p.toml".into(),
+                "[plugin]\nname = \"p\"\n[[commands]]\nname = \"go\"\ndescription = \"Go now. Then more.\"\nmodel = \"haiku\"\n".into(),
+            )],
+            dirs: vec![],
+        });
+        Arc::new(c.plugins[0].clone())
+    }
+
+    fn req(cmd: &str, input: &str) -> ExecRequest {
+        ExecRequest {
+            plugin: "p".into(),
+            command: cmd.into(),
+            input: input.into(),
+            idempotency_key: None,
+            trace_id: None,
+        }
+    }
+
+    fn spec(latency_ms: u64, failure_rate: f64) -> SimSpec {
+        SimSpec {
+            latency_ms,
+            failure_rate,
+            ..SimSpec::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn deterministic_output_and_cost_model() {
+        let h = SimHandler::new(plugin(), spec(0, 0.0));
+        let a = h.execute(req("go", "{\"x\":1}")).await.unwrap();
+        let b = h.execute(req("go", "{\"x\":1}")).await.unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.model, Some(ModelTier::Haiku));
+        assert!((a.cost_usd - a.work_minutes * 0.001).abs() < 1e-12);
+        let v: serde_json::Value = serde_json::from_str(&a.output).unwrap();
+        assert_eq!(v["summary"], "go: Go now.");
+    }
+
+    #[tokio::test]
+    async fn errors_are_typed() {
+        let h = SimHandler::new(plugin(), spec(0, 0.0));
+        assert!(matches!(
+            h.execute(req("nope", "{}")).await,
+            Err(HandlerError::UnknownCommand { .. })
+        ));
+        assert!(matches!(
+            h.execute(req("go", "{not json")).await,
+            Err(HandlerError::BadInput(_))
+        ));
+        let e = h
+            .execute(req("go", "{\"$sim\":{\"fail\":true}}"))
+            .await
+            .unwrap_err();
+        assert!(e.retryable());
+    }
+
+    #[tokio::test]
+    async fn failure_rate_is_honoured_and_seeded() {
+        let h = SimHandler::new(plugin(), spec(0, 0.5));
+        let mut fails = 0;
+        for _ in 0..400 {
+            if h.execute(req("go", "{}")).await.is_err() {
+                fails += 1;
+            }
+        }
+        assert!((150..250).contains(&fails), "{fails}");
+        let always = SimHandler::new(plugin(), spec(0, 1.0));
+        assert!(always.execute(req("go", "{}")).await.is_err());
+    }
+}
