@@ -1,0 +1,817 @@
+//! The router: query the index, aggregate to plugins, decide, plan, price.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use plexus_catalog::Catalog;
+use serde::{Deserialize, Serialize};
+
+use crate::classify::{self, ComplexityModel};
+use crate::decision::{
+    Candidate, Classification, CollaborationPlan, Phase, RouteRequest, RoutingDecision, Strategy,
+};
+use crate::index::{pattern_literals, Bm25Params, DocKind, Index};
+use crate::learning::OutcomeStats;
+
+/// Scoring weights and calibrated thresholds.
+///
+/// The thresholds are on normalised quantities (coverage and normalised
+/// score lie in 0–1, ratios relative to the best plugin), so they carry over
+/// between catalogs better than raw BM25 scores would. `docs/routing.md`
+/// says how the defaults were fitted and checked on held-out folds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RouterConfig {
+    pub bm25: Bm25Params,
+    /// Query weight of a bigram term relative to a word.
+    pub bigram_weight: f32,
+    /// Plugin score = mix × (best doc + plugin_doc_weight × plugin doc)
+    ///              + (1 − mix) × Σ over query terms of the plugin's best match.
+    pub best_doc_mix: f32,
+    pub plugin_doc_weight: f32,
+    /// Abstain when the best plugin matches less than this share of the
+    /// request's informative (idf-weighted) words.
+    pub min_coverage: f64,
+    /// Abstain when the best plugin's score is below this share of the most
+    /// any document could score on this request.
+    pub min_norm_score: f64,
+    /// A runner-up joins the plan when its score is at least this share of the
+    /// primary's...
+    pub collab_min_ratio: f64,
+    /// ...and it adds at least this much new evidence (share of the primary's score).
+    pub collab_min_gain: f64,
+    /// Runners-up below this share of the primary's score are not fallbacks.
+    pub fallback_min_ratio: f64,
+    pub complexity: ComplexityModel,
+    /// How far outcomes move scores: a perfect record multiplies by 1 + w/2.
+    pub learning_weight: f64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            bm25: Bm25Params::default(),
+            bigram_weight: 0.5,
+            best_doc_mix: 0.5,
+            plugin_doc_weight: 0.5,
+            min_coverage: 0.3,
+            min_norm_score: 0.1,
+            collab_min_ratio: 0.5,
+            collab_min_gain: 0.25,
+            fallback_min_ratio: 0.15,
+            complexity: ComplexityModel::default(),
+            learning_weight: 0.3,
+        }
+    }
+}
+
+/// One analysed query term.
+#[derive(Debug, Clone)]
+struct QTerm {
+    id: Option<u32>,
+    idf: f32,
+    weight: f32,
+    pos: usize,
+    unigram: bool,
+}
+
+/// Per-plugin result of scoring one request.
+#[derive(Debug, Clone, Copy, Default)]
+struct PluginScore {
+    score: f32,
+    coverage: f32,
+    best_doc: Option<u32>,
+}
+
+/// Everything the scoring pass found, before the decision.
+struct Scored {
+    q: Vec<QTerm>,
+    doc_scores: Vec<f32>,
+    /// contrib[p * nq + i]: the best weight of query term i in any doc of plugin p.
+    contrib: Vec<f32>,
+    plugins: Vec<PluginScore>,
+    /// Most any document could score on this request (words only).
+    max_possible: f32,
+}
+
+/// The routing engine. Build once per catalog; `route` is cheap.
+#[derive(Debug)]
+pub struct Router {
+    index: Index,
+    config: RouterConfig,
+    doc_stats: Vec<OutcomeStats>,
+    doc_mult: Vec<f32>,
+    plugin_stats: Vec<OutcomeStats>,
+    plugin_mult: Vec<f32>,
+    available: Vec<bool>,
+    coordinator: Option<String>,
+    fallbacks_declared: Vec<Vec<String>>,
+    plugin_by_name: HashMap<String, u32>,
+    counter: AtomicU64,
+}
+
+impl Router {
+    /// Index `catalog` with the default configuration.
+    pub fn new(catalog: &Catalog) -> Router {
+        Router::with_config(catalog, RouterConfig::default())
+    }
+
+    pub fn with_config(catalog: &Catalog, config: RouterConfig) -> Router {
+        let index = Index::build(catalog, config.bm25);
+        let nd = index.docs.len();
+        let np = index.plugins.len();
+        // The seed names jira-orchestrator the coordinator; a catalog without it
+        // falls back to a plugin whose manifest declares orchestration patterns.
+        let coordinator = catalog
+            .plugin("jira-orchestrator")
+            .or_else(|| {
+                catalog
+                    .plugins
+                    .iter()
+                    .find(|p| !p.manifest.orchestration.patterns.is_empty())
+            })
+            .map(|p| p.name.clone());
+        Router {
+            doc_stats: vec![OutcomeStats::default(); nd],
+            doc_mult: vec![1.0; nd],
+            plugin_stats: vec![OutcomeStats::default(); np],
+            plugin_mult: vec![1.0; np],
+            available: vec![true; np],
+            coordinator,
+            fallbacks_declared: catalog
+                .plugins
+                .iter()
+                .map(|p| p.manifest.error_handling.fallback.clone())
+                .collect(),
+            plugin_by_name: index
+                .plugins
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.name.clone(), i as u32))
+                .collect(),
+            index,
+            config,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    /// Replace the thresholds (the index keeps its BM25 parameters).
+    pub fn set_config(&mut self, config: RouterConfig) {
+        self.config = config;
+    }
+
+    /// Number of indexed documents (plugins + agents + commands).
+    pub fn doc_count(&self) -> usize {
+        self.index.docs.len()
+    }
+
+    /// Mark a plugin up or down (e.g. its circuit breaker opened). A plugin
+    /// that is down is never chosen, planned or offered as a fallback.
+    /// Returns false when the plugin is unknown.
+    pub fn set_available(&mut self, plugin: &str, available: bool) -> bool {
+        match self.plugin_by_name.get(plugin) {
+            Some(&p) => {
+                self.available[p as usize] = available;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn is_available(&self, plugin: &str) -> bool {
+        self.plugin_by_name
+            .get(plugin)
+            .is_some_and(|&p| self.available[p as usize])
+    }
+
+    /// Record how a call to `agent` (`agent:NAME`, `command:NAME` or a bare
+    /// name; empty for the plugin as a whole) of `plugin` went. Later scores
+    /// of that agent and plugin shift modestly. Returns false when the plugin
+    /// is unknown.
+    pub fn record_outcome(
+        &mut self,
+        plugin: &str,
+        agent: &str,
+        success: bool,
+        latency_ms: u64,
+    ) -> bool {
+        let Some(&p) = self.plugin_by_name.get(plugin) else {
+            return false;
+        };
+        let p = p as usize;
+        let doc = self.find_doc(p, agent);
+        self.plugin_stats[p].record(success, latency_ms as f64);
+        if let Some(d) = doc {
+            self.doc_stats[d].record(success, latency_ms as f64);
+        }
+        self.refresh_multipliers();
+        true
+    }
+
+    /// The outcome record of an agent (see `record_outcome` for the name forms).
+    pub fn outcome_stats(&self, plugin: &str, agent: &str) -> Option<OutcomeStats> {
+        let p = *self.plugin_by_name.get(plugin)? as usize;
+        match self.find_doc(p, agent) {
+            Some(d) => Some(self.doc_stats[d]),
+            None if agent.is_empty() => Some(self.plugin_stats[p]),
+            None => None,
+        }
+    }
+
+    fn find_doc(&self, p: usize, agent: &str) -> Option<usize> {
+        if agent.is_empty() {
+            return None;
+        }
+        let (kind, name) = match agent.split_once(':') {
+            Some(("agent", n)) => (Some(DocKind::Agent), n),
+            Some(("command", n)) => (Some(DocKind::Command), n.trim_start_matches('/')),
+            _ => (None, agent.trim_start_matches('/')),
+        };
+        let r = self.index.plugins[p].docs.clone();
+        r.map(|d| d as usize).find(|&d| {
+            let m = &self.index.docs[d];
+            m.name == name && kind.is_none_or(|k| k == m.kind)
+        })
+    }
+
+    fn refresh_multipliers(&mut self) {
+        let w = self.config.learning_weight;
+        let typical = |stats: &[OutcomeStats]| {
+            let ls: Vec<f64> = stats.iter().filter_map(|s| s.latency_ms).collect();
+            (!ls.is_empty()).then(|| ls.iter().sum::<f64>() / ls.len() as f64)
+        };
+        let td = typical(&self.doc_stats);
+        for (m, s) in self.doc_mult.iter_mut().zip(&self.doc_stats) {
+            *m = s.multiplier(w, td) as f32;
+        }
+        let tp = typical(&self.plugin_stats);
+        for (m, s) in self.plugin_mult.iter_mut().zip(&self.plugin_stats) {
+            *m = s.multiplier(w, tp) as f32;
+        }
+    }
+
+    fn analyse(&self, text: &str) -> Vec<QTerm> {
+        let ix = &self.index;
+        let mut q: Vec<QTerm> = vec![];
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for tok in ix.analyzer.analyze(text) {
+            if let Some(&i) = seen.get(&tok.term) {
+                q[i].weight += if q[i].unigram {
+                    1.0
+                } else {
+                    self.config.bigram_weight
+                };
+                continue;
+            }
+            if q.len() >= 64 {
+                break;
+            }
+            let unigram = !tok.term.contains('_');
+            let id = ix.terms.get(&tok.term).copied();
+            let idf = match id {
+                Some(id) => ix.idf[id as usize],
+                None => ix.idf_unseen,
+            };
+            seen.insert(tok.term, q.len());
+            q.push(QTerm {
+                id,
+                idf,
+                weight: if unigram {
+                    1.0
+                } else {
+                    self.config.bigram_weight
+                },
+                pos: tok.pos,
+                unigram,
+            });
+        }
+        q
+    }
+
+    fn score(&self, text: &str) -> Scored {
+        let ix = &self.index;
+        let cfg = &self.config;
+        let q = self.analyse(text);
+        let nq = q.len();
+        let nd = ix.docs.len();
+        let np = ix.plugins.len();
+        let mut doc_scores = vec![0f32; nd];
+        let mut contrib = vec![0f32; np * nq.max(1)];
+        for (i, t) in q.iter().enumerate() {
+            let Some(id) = t.id else { continue };
+            for post in &ix.postings[id as usize] {
+                let w = post.w * t.weight;
+                doc_scores[post.doc as usize] += w;
+                let c = &mut contrib[ix.docs[post.doc as usize].plugin as usize * nq + i];
+                if w > *c {
+                    *c = w;
+                }
+            }
+        }
+        let max_term = |t: &QTerm| ix.max_term_weight(t.idf) * t.weight;
+        let max_possible: f32 = q.iter().filter(|t| t.unigram).map(max_term).sum();
+        let idf_total: f32 = q
+            .iter()
+            .filter(|t| t.unigram)
+            .map(|t| t.idf * t.weight)
+            .sum();
+        let mut plugins = vec![PluginScore::default(); np];
+        for (p, pm) in ix.plugins.iter().enumerate() {
+            let mut best = 0f32;
+            let mut best_doc = None;
+            for d in pm.docs.clone() {
+                let s = doc_scores[d as usize] * self.doc_mult[d as usize];
+                if s > best {
+                    best = s;
+                    best_doc = Some(d);
+                }
+            }
+            let row = &contrib[p * nq..p * nq + nq];
+            let union: f32 = row.iter().sum();
+            let covered: f32 = q
+                .iter()
+                .zip(row)
+                .filter(|(t, c)| t.unigram && **c > 0.0)
+                .map(|(t, _)| t.idf * t.weight)
+                .sum();
+            let pdoc = doc_scores[pm.plugin_doc as usize];
+            let mix = cfg.best_doc_mix;
+            let mut s = mix * (best + cfg.plugin_doc_weight * pdoc) + (1.0 - mix) * union;
+            s *= 0.5 + pm.priority as f32 / 10.0;
+            s *= self.plugin_mult[p];
+            plugins[p] = PluginScore {
+                score: s,
+                coverage: if idf_total > 0.0 {
+                    covered / idf_total
+                } else {
+                    0.0
+                },
+                best_doc,
+            };
+        }
+        Scored {
+            q,
+            doc_scores,
+            contrib,
+            plugins,
+            max_possible,
+        }
+    }
+
+    fn agent_label(&self, d: Option<u32>) -> Option<String> {
+        d.map(|d| {
+            let m = &self.index.docs[d as usize];
+            format!("{}:{}", m.kind.as_str(), m.name)
+        })
+    }
+
+    /// Route one request.
+    pub fn route(&self, req: &RouteRequest) -> RoutingDecision {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let cfg = &self.config;
+        let ix = &self.index;
+        let sc = self.score(&req.text);
+        let nq = sc.q.len();
+        let mut explanation = vec![];
+
+        // Rank available plugins.
+        let mut ranked: Vec<usize> = (0..ix.plugins.len())
+            .filter(|&p| sc.plugins[p].score > 0.0)
+            .collect();
+        ranked.sort_by(|&a, &b| {
+            sc.plugins[b]
+                .score
+                .total_cmp(&sc.plugins[a].score)
+                .then(a.cmp(&b))
+        });
+        let down: Vec<usize> = ranked
+            .iter()
+            .copied()
+            .filter(|&p| !self.available[p])
+            .collect();
+        ranked.retain(|&p| self.available[p]);
+        for &p in &down {
+            explanation.push(format!(
+                "skipped {} (unavailable), score {:.2}",
+                ix.plugins[p].name, sc.plugins[p].score
+            ));
+        }
+        let candidates: Vec<Candidate> = ranked
+            .iter()
+            .take(5)
+            .map(|&p| Candidate {
+                plugin: ix.plugins[p].name.clone(),
+                score: sc.plugins[p].score as f64,
+                agent: self.agent_label(sc.plugins[p].best_doc),
+            })
+            .collect();
+
+        // Abstain?
+        let top = ranked.first().copied();
+        let abstain_reason = match top {
+            None if down.is_empty() => {
+                Some("no word of the request matches any plugin".to_string())
+            }
+            None => Some("every plugin that matches is unavailable".to_string()),
+            Some(p) => {
+                let ps = sc.plugins[p];
+                let norm = if sc.max_possible > 0.0 {
+                    (ps.score / sc.max_possible) as f64
+                } else {
+                    0.0
+                };
+                if (ps.coverage as f64) < cfg.min_coverage {
+                    Some(format!(
+                        "best match {} explains only {:.0}% of the request's informative words (needs {:.0}%)",
+                        ix.plugins[p].name,
+                        100.0 * ps.coverage,
+                        100.0 * cfg.min_coverage
+                    ))
+                } else if norm < cfg.min_norm_score {
+                    Some(format!(
+                        "best match {} scores {:.2} of the possible (needs {:.2})",
+                        ix.plugins[p].name, norm, cfg.min_norm_score
+                    ))
+                } else {
+                    None
+                }
+            }
+        };
+
+        let signals = classify::signals(&req.text);
+        let urgency = classify::urgency(&req.text);
+
+        if let Some(reason) = abstain_reason {
+            explanation.push(reason.clone());
+            for c in candidates.iter().take(3) {
+                explanation.push(format!("runner-up {} score {:.2}", c.plugin, c.score));
+            }
+            let complexity = classify::complexity(&signals, &cfg.complexity);
+            return RoutingDecision {
+                request_id: format!("route-{n:06}"),
+                request: req.text.clone(),
+                classification: Classification {
+                    domains: vec![],
+                    complexity,
+                    contexts: vec![],
+                    patterns: vec![],
+                    urgency,
+                    estimated_duration_min: 0.0,
+                },
+                primary_plugin: None,
+                agent: None,
+                fallbacks: vec![],
+                confidence: 0.0,
+                plan: CollaborationPlan {
+                    coordinator: None,
+                    phases: vec![],
+                },
+                strategy: Strategy::Single,
+                model: complexity.model(),
+                estimated_cost_usd: 0.0,
+                estimated_duration_min: 0.0,
+                opus_cost_usd: 0.0,
+                abstain_reason: Some(reason),
+                candidates,
+                explanation,
+            };
+        }
+        let primary = top.expect("not abstaining");
+        let s1 = sc.plugins[primary].score;
+        let row = |p: usize| &sc.contrib[p * nq..p * nq + nq];
+
+        // Collaboration: runners-up close enough that add evidence of their own.
+        let mut plan = vec![primary];
+        for &p in ranked.iter().skip(1).take(4) {
+            if plan.len() >= 3 {
+                break;
+            }
+            let ratio = (sc.plugins[p].score / s1) as f64;
+            if ratio < cfg.collab_min_ratio {
+                break;
+            }
+            let gain: f32 = (0..nq)
+                .map(|i| {
+                    let have = plan.iter().map(|&q| row(q)[i]).fold(0f32, f32::max);
+                    (row(p)[i] - have).max(0.0)
+                })
+                .sum();
+            let gain = (gain / s1) as f64;
+            if gain >= cfg.collab_min_gain {
+                explanation.push(format!(
+                    "{} joins the plan: score {:.2} ({:.0}% of the primary) and adds {:.0}% new evidence",
+                    ix.plugins[p].name,
+                    sc.plugins[p].score,
+                    100.0 * ratio,
+                    100.0 * gain
+                ));
+                plan.push(p);
+            }
+        }
+
+        // Order phases by where in the request each plugin's own evidence sits.
+        let mention = |p: usize| -> usize {
+            let mut best = (f32::MIN, usize::MAX);
+            for i in 0..nq {
+                let others = plan
+                    .iter()
+                    .filter(|&&q| q != p)
+                    .map(|&q| row(q)[i])
+                    .fold(0f32, f32::max);
+                let own = row(p)[i] - others;
+                if row(p)[i] > 0.0 && own > best.0 {
+                    best = (own, sc.q[i].pos);
+                }
+            }
+            best.1
+        };
+        let mut order: Vec<(usize, usize)> = plan.iter().map(|&p| (mention(p), p)).collect();
+        order.sort();
+        let cx_signals = classify::Signals {
+            plugins: plan.len(),
+            agent_model: sc.plugins[primary]
+                .best_doc
+                .and_then(|d| ix.docs[d as usize].model),
+            ..signals
+        };
+        let complexity = classify::complexity(&cx_signals, &cfg.complexity);
+        let base = classify::base_minutes(complexity);
+        let mut phases: Vec<Phase> = vec![];
+        for (k, &(pos, p)) in order.iter().enumerate() {
+            let depends = k > 0 && sequenced(&req.text, order[k - 1].0, pos);
+            phases.push(Phase {
+                plugin: ix.plugins[p].name.clone(),
+                agent: self.agent_label(sc.plugins[p].best_doc),
+                depends_on: if depends { vec![k - 1] } else { vec![] },
+                parallel: false,
+                duration_min: if p == primary { base } else { 0.6 * base },
+            });
+        }
+        let any_dep = phases.iter().any(|p| !p.depends_on.is_empty());
+        let all_dep = phases.iter().skip(1).all(|p| !p.depends_on.is_empty());
+        let strategy = match (phases.len(), any_dep, all_dep) {
+            (1, _, _) => Strategy::Single,
+            (_, false, _) => Strategy::Parallel,
+            (_, true, true) => Strategy::Sequential,
+            _ => Strategy::Mixed,
+        };
+        let np = phases.len();
+        for k in 0..np {
+            let dependent = (0..np).any(|j| phases[j].depends_on.contains(&k));
+            phases[k].parallel = np > 1 && phases[k].depends_on.is_empty() && !dependent;
+        }
+        // Critical path plus a little coordination per extra plugin.
+        let mut finish = vec![0f64; np];
+        for k in 0..np {
+            let start = phases[k]
+                .depends_on
+                .iter()
+                .map(|&d| finish[d])
+                .fold(0.0, f64::max);
+            finish[k] = start + phases[k].duration_min;
+        }
+        let minutes = finish.iter().copied().fold(0.0, f64::max) + 2.0 * (np - 1) as f64;
+        let choice =
+            classify::choose_model(complexity, minutes, req.budget_usd, req.max_duration_min);
+        let scale = choice.duration_min / minutes;
+        for ph in &mut phases {
+            ph.duration_min *= scale;
+        }
+
+        // Fallbacks: declared ones first, then runners-up.
+        let mut fallbacks: Vec<String> = vec![];
+        for f in &self.fallbacks_declared[primary] {
+            if fallbacks.len() < 3 && f != &ix.plugins[primary].name && self.is_available(f) {
+                fallbacks.push(f.clone());
+            }
+        }
+        for &p in ranked.iter().skip(1) {
+            if fallbacks.len() >= 3 || ((sc.plugins[p].score / s1) as f64) < cfg.fallback_min_ratio
+            {
+                break;
+            }
+            if !fallbacks.contains(&ix.plugins[p].name) {
+                fallbacks.push(ix.plugins[p].name.clone());
+            }
+        }
+
+        // Classification details from what matched.
+        let mut contexts: Vec<(f32, String)> = vec![];
+        for (i, t) in sc.q.iter().enumerate() {
+            let c = plan.iter().map(|&p| row(p)[i]).fold(0f32, f32::max);
+            if c > 0.0 && t.unigram {
+                let w = surface(&req.text, t.pos).to_lowercase();
+                if !contexts.iter().any(|(_, x)| x == &w) {
+                    contexts.push((c, w));
+                }
+            }
+        }
+        contexts.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let contexts: Vec<String> = contexts.into_iter().take(6).map(|x| x.1).collect();
+        let mut domains: Vec<String> = vec![];
+        for &p in &plan {
+            let pm = &ix.plugins[p];
+            if !pm.domains.is_empty() {
+                domains.extend(pm.domains.iter().cloned());
+                continue;
+            }
+            for (kw, terms) in pm.keywords.iter().zip(&pm.keyword_terms) {
+                let hit = terms.iter().any(|t| {
+                    sc.q.iter()
+                        .position(|q| q.id == Some(*t))
+                        .is_some_and(|i| row(p)[i] > 0.0)
+                });
+                if hit && !domains.contains(kw) {
+                    domains.push(kw.clone());
+                }
+            }
+        }
+        let lower = req.text.to_lowercase();
+        let mut patterns: Vec<String> = vec![];
+        for &p in &plan {
+            for pat in &ix.plugins[p].patterns {
+                let lits = pattern_literals(pat);
+                if !lits.is_empty() && lits.iter().all(|l| lower.contains(&l.to_lowercase())) {
+                    patterns.push(pat.clone());
+                }
+            }
+        }
+
+        // Confidence: coverage, share of the possible score, margin to the
+        // best plugin left out of the plan.
+        let ps = sc.plugins[primary];
+        let norm = (ps.score / sc.max_possible.max(1e-6)).min(1.0) as f64;
+        let rival = ranked
+            .iter()
+            .find(|p| !plan.contains(p))
+            .map(|&p| sc.plugins[p].score)
+            .unwrap_or(0.0);
+        let margin = (1.0 - rival / s1).clamp(0.0, 1.0) as f64;
+        let confidence =
+            ((ps.coverage as f64).sqrt() * (0.4 + 0.6 * margin) * (norm / 0.4).min(1.0))
+                .clamp(0.0, 1.0);
+
+        let agent = self.agent_label(ps.best_doc);
+        let matched: Vec<String> = match ps.best_doc {
+            Some(d) => {
+                let mut m: Vec<(f32, String)> =
+                    sc.q.iter()
+                        .filter(|t| t.unigram)
+                        .filter_map(|t| {
+                            let id = t.id?;
+                            let w = ix.postings[id as usize].iter().find(|x| x.doc == d)?.w;
+                            Some((w, surface(&req.text, t.pos).to_string()))
+                        })
+                        .collect();
+                m.sort_by(|a, b| b.0.total_cmp(&a.0));
+                m.into_iter().map(|x| x.1).collect()
+            }
+            None => vec![],
+        };
+        explanation.insert(
+            0,
+            format!(
+                "{} scores {:.2} ({:.0}% of the request's informative words matched, {:.2} of the possible score){}",
+                ix.plugins[primary].name,
+                s1,
+                100.0 * ps.coverage,
+                norm,
+                match (&agent, ps.best_doc) {
+                    (Some(a), Some(d)) => format!(
+                        "; best fit {a} ({:.2}) on: {}",
+                        sc.doc_scores[d as usize],
+                        matched.join(", ")
+                    ),
+                    _ => String::new(),
+                }
+            ),
+        );
+        for c in candidates.iter().skip(1).take(3) {
+            explanation.push(format!(
+                "runner-up {} {:.2} ({:.0}% of the primary){}",
+                c.plugin,
+                c.score,
+                100.0 * c.score / s1 as f64,
+                c.agent
+                    .as_deref()
+                    .map(|a| format!(" via {a}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if (self.plugin_mult[primary] - 1.0).abs() > 1e-3 {
+            explanation.push(format!(
+                "past outcomes weigh {} at ×{:.2}",
+                ix.plugins[primary].name, self.plugin_mult[primary]
+            ));
+        }
+        explanation.push(format!(
+            "complexity {} (score {:.2}) → {}",
+            complexity.as_str(),
+            classify::complexity_score(&cx_signals),
+            complexity.model()
+        ));
+        explanation.extend(choice.notes.iter().cloned());
+
+        let plugins_in_plan: Vec<String> = phases.iter().map(|p| p.plugin.clone()).collect();
+        // The primary comes first in the plan's plugin list.
+        let mut phases = phases;
+        if let Some(i) = plugins_in_plan
+            .iter()
+            .position(|x| *x == ix.plugins[primary].name)
+        {
+            if i != 0 {
+                // keep execution order in depends_on by remapping indexes
+                let perm: Vec<usize> = std::iter::once(i)
+                    .chain((0..np).filter(|&k| k != i))
+                    .collect();
+                let inv: Vec<usize> = {
+                    let mut inv = vec![0; np];
+                    for (new, &old) in perm.iter().enumerate() {
+                        inv[old] = new;
+                    }
+                    inv
+                };
+                phases = perm
+                    .iter()
+                    .map(|&old| {
+                        let mut ph = phases[old].clone();
+                        ph.depends_on = ph.depends_on.iter().map(|&d| inv[d]).collect();
+                        ph
+                    })
+                    .collect();
+            }
+        }
+        let coordinator = if np > 1 {
+            self.coordinator
+                .clone()
+                .or_else(|| Some(ix.plugins[primary].name.clone()))
+        } else {
+            None
+        };
+
+        RoutingDecision {
+            request_id: format!("route-{n:06}"),
+            request: req.text.clone(),
+            classification: Classification {
+                domains,
+                complexity,
+                contexts,
+                patterns,
+                urgency,
+                estimated_duration_min: choice.duration_min,
+            },
+            primary_plugin: Some(ix.plugins[primary].name.clone()),
+            agent,
+            fallbacks,
+            confidence,
+            plan: CollaborationPlan {
+                coordinator,
+                phases,
+            },
+            strategy,
+            model: choice.model,
+            estimated_cost_usd: choice.cost_usd,
+            estimated_duration_min: choice.duration_min,
+            opus_cost_usd: choice.opus_cost_usd,
+            abstain_reason: None,
+            candidates,
+            explanation,
+        }
+    }
+}
+
+/// The word of `text` starting at byte `pos`.
+fn surface(text: &str, pos: usize) -> &str {
+    let rest = &text[pos..];
+    let end = rest
+        .find(|c: char| !(c.is_alphanumeric() || c == '-' || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end].trim_end_matches(['.', '-'])
+}
+
+/// True when the text from the first mention on says the second plugin's
+/// part comes after the first's ("then", "once", "when it is done"...).
+fn sequenced(text: &str, a: usize, b: usize) -> bool {
+    if a >= b || b > text.len() {
+        return false;
+    }
+    let between = format!("{} ", text[a..].to_lowercase());
+    const CUES: &[&str] = &[
+        " then ",
+        " after ",
+        " afterwards",
+        " once ",
+        " when ",
+        " so ",
+        " so that ",
+        " and report",
+        " finally",
+        " followed by",
+        " before ",
+        " next ",
+    ];
+    CUES.iter().any(|c| between.contains(c))
+}
