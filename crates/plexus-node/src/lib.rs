@@ -1,1 +1,222 @@
-//! placeholder
+//! A Plexus node: one process of the cluster.
+//!
+//! [`start`] loads nothing by itself: the caller passes the configuration and
+//! the catalog. It bumps the node's generation in its data directory, opens
+//! the ractor_cluster listener (with the cookie), starts the supervised actor
+//! tree and the client API, and returns a [`NodeHandle`].
+
+pub mod api;
+pub mod config;
+pub mod ctx;
+pub mod gateway;
+pub mod membership_actor;
+pub mod plugins;
+pub mod registry;
+pub mod supervisor;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use plexus_bus::{Bus, BusConfig};
+use plexus_catalog::{Catalog, Plugin};
+use plexus_membership::NodeIdentity;
+use ractor::{Actor, ActorRef};
+use ractor_cluster::node::NodeConnectionMode;
+use ractor_cluster::{NodeServer, NodeServerMessage};
+
+pub use config::{ConfigError, FileConfig, NodeConfig};
+use ctx::{actor_name, BusLink, LinkStats, NodeCtx};
+use membership_actor::MembershipMsg;
+use supervisor::{NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("unknown plugin {name:?} in the node's plugin list; the catalog has: {known}")]
+    UnknownPlugin { name: String, known: String },
+    #[error("data directory {path}: {message}")]
+    DataDir { path: String, message: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start {what}: {message}")]
+    Spawn { what: &'static str, message: String },
+}
+
+/// A running node.
+pub struct NodeHandle {
+    pub ctx: Arc<NodeCtx>,
+    pub api_addr: SocketAddr,
+    supervisor: ActorRef<NodeSupervisorMsg>,
+    supervisor_done: tokio::task::JoinHandle<()>,
+    node_server: ActorRef<NodeServerMessage>,
+    api_task: tokio::task::JoinHandle<()>,
+}
+
+/// Pick which catalog plugins this node hosts.
+pub fn select_plugins(catalog: &Catalog, wanted: Option<&[String]>) -> Result<Vec<Arc<Plugin>>, StartError> {
+    match wanted {
+        None => Ok(catalog.plugins.iter().cloned().map(Arc::new).collect()),
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                catalog.plugin(n).cloned().map(Arc::new).ok_or_else(|| StartError::UnknownPlugin {
+                    name: n.clone(),
+                    known: catalog.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Read, bump and durably store the node's generation (one per start).
+pub fn next_generation(dir: &Path) -> Result<u64, StartError> {
+    let err = |m: String| StartError::DataDir {
+        path: dir.display().to_string(),
+        message: m,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create: {e}")))?;
+    let file = dir.join("generation");
+    let prev = match std::fs::read_to_string(&file) {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| err(format!("{} does not hold a number: {:?}", file.display(), s.trim())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(err(format!("cannot read {}: {e}", file.display()))),
+    };
+    let next = prev + 1;
+    let tmp = dir.join("generation.tmp");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(next.to_string().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &file)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    };
+    write().map_err(|e| err(format!("cannot write {}: {e}", file.display())))?;
+    Ok(next)
+}
+
+/// Start a node.
+pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandle, StartError> {
+    let hosted = select_plugins(&catalog, config.plugins.as_deref())?;
+    let generation = next_generation(&config.data_dir)?;
+
+    // Resolve port 0 now so the identity carries the real addresses.
+    if config.listen.port() == 0 {
+        let l = std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        config.listen = l.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    }
+    let api_listener = tokio::net::TcpListener::bind(config.api)
+        .await
+        .map_err(|source| StartError::Listen { addr: config.api, source })?;
+    config.api = api_listener.local_addr().map_err(|source| StartError::Listen { addr: config.api, source })?;
+    // Fail early and clearly if the cluster port is taken.
+    drop(std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Listen { addr: config.listen, source })?);
+
+    let identity = NodeIdentity {
+        name: config.name.clone(),
+        cluster_addr: config.cluster_addr(),
+        api_addr: config.api_addr(),
+        generation,
+    };
+    let mut bus_cfg = BusConfig::new(config.name.clone());
+    bus_cfg.max_payload = config.max_payload_bytes + 16 * 1024;
+    let bus = Bus::new(bus_cfg);
+    let ctx = Arc::new(NodeCtx {
+        identity: RwLock::new(identity),
+        bus: bus.clone(),
+        catalog: Arc::new(catalog),
+        hosted,
+        stats: LinkStats::default(),
+        started: Instant::now(),
+        config,
+    });
+    bus.set_remote_sink(Arc::new(BusLink {
+        ctx: Arc::downgrade(&ctx),
+    }));
+
+    let cfg = &ctx.config;
+    let server = NodeServer::new(
+        cfg.listen.port(),
+        cfg.cookie.clone(),
+        cfg.name.clone(),
+        cfg.advertise_host.clone(),
+        None,
+        // ractor_cluster treats `None` as Isolated: say what we mean.
+        Some(NodeConnectionMode::Transitive),
+    )
+    .with_listen_addr(cfg.listen.ip())
+    .with_max_inbound_frame_size((cfg.max_frame_bytes + 64 * 1024) as u64);
+    let (node_server, _) = Actor::spawn(Some(actor_name(&cfg.name, "node-server")), server, ())
+        .await
+        .map_err(|e| StartError::Spawn {
+            what: "cluster listener",
+            message: e.to_string(),
+        })?;
+
+    let seed = plexus_handler::fnv(format!("{}/{generation}", cfg.name).as_bytes());
+    let (supervisor, sup_join) = Actor::spawn(
+        Some(actor_name(&cfg.name, "node")),
+        NodeSupervisor,
+        NodeSupervisorArgs {
+            ctx: ctx.clone(),
+            node_server: node_server.clone(),
+            seed,
+        },
+    )
+    .await
+    .map_err(|e| StartError::Spawn {
+        what: "node supervisor",
+        message: e.to_string(),
+    })?;
+    let supervisor_done = tokio::spawn(async move {
+        let _ = sup_join.await;
+    });
+
+    let app = api::router(ctx.clone());
+    let api_addr = ctx.config.api;
+    let api_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(api_listener, app).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    });
+    tracing::info!(node = %ctx.name(), cluster = %ctx.config.cluster_addr(), api = %api_addr, generation, "node started");
+    Ok(NodeHandle {
+        ctx,
+        api_addr,
+        supervisor,
+        supervisor_done,
+        node_server,
+        api_task,
+    })
+}
+
+impl NodeHandle {
+    /// Wait until the actor tree stops by itself (a supervisor gave up).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.supervisor_done).await;
+    }
+
+    /// Leave the cluster gracefully and stop everything.
+    pub async fn shutdown(self) {
+        if let Some(cell) = ractor::registry::where_is(actor_name(self.ctx.name(), "membership")) {
+            let m: ActorRef<MembershipMsg> = cell.into();
+            let _ = m.call(MembershipMsg::Leave, Some(Duration::from_secs(1))).await;
+        }
+        // Give the leave notice a moment on the wire.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.api_task.abort();
+        self.supervisor.stop(Some("shutdown".into()));
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.supervisor_done).await;
+        self.node_server.stop(Some("shutdown".into()));
+    }
+}

@@ -199,12 +199,12 @@ fn cross_validate(
     let mut chosen = vec![];
     let n = labels.len();
     for f in 0..folds {
-        let test: Vec<usize> = (0..n).filter(|i| i % folds == f).collect();
+        let test: Vec<usize> = (0..n).filter(|i| folds > 1 && i % folds == f).collect();
         let best = (0..g.len())
             .max_by(|&a, &b| {
                 let score = |c: usize| {
                     let mut m = Metrics::default();
-                    for i in (0..n).filter(|i| i % folds != f) {
+                    for i in (0..n).filter(|i| folds == 1 || i % folds != f) {
                         m.merge(&table[c][i]);
                     }
                     m.objective()
@@ -264,7 +264,7 @@ fn cross_validate_complexity(
         for &m in &cuts {
             for &c in cuts.iter().filter(|&&c| c > m) {
                 let h = (0..n)
-                    .filter(|i| i % folds != f)
+                    .filter(|i| folds == 1 || i % folds != f)
                     .filter(|&i| classify(rows[i].0, m, c) == rows[i].1)
                     .count();
                 if h > best.0 {
@@ -421,7 +421,9 @@ fn main() {
         }
         // The same calibration on the whole set: what the defaults would be.
         let (_, all) = cross_validate(&mut router, &labels, 1);
-        let _ = all;
+        println!("    calibrated on the whole set: {:?}", all[0]);
+        let (h, n, cuts) = cross_validate_complexity(&router, &labels, 1);
+        println!("    complexity cut points on the whole set: {:?} ({h}/{n} on the set itself)", cuts[0]);
     }
     let _ = classify::base_minutes;
 }

@@ -1,0 +1,344 @@
+//! The client API every node serves (HTTP + JSON). The CLI uses it; so can
+//! scripts. Errors are RFC 9457 problem documents.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use plexus_bus::{BusError, BusStats, DeadLetter};
+use plexus_handler::ExecRequest;
+use plexus_membership::{MemberStatus, MemberView};
+use ractor::ActorRef;
+use serde::{Deserialize, Serialize};
+
+use crate::ctx::{actor_name, NodeCtx};
+use crate::membership_actor::MembershipMsg;
+use crate::plugins::{exec_envelope, ExecReply};
+use crate::registry::{plugin_rows, PluginRow, RegistryMsg};
+use crate::wire::NodeAnnounce;
+
+/// A problem document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<ExecReply>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind: format!("https://plexus.dev/problems/{kind}"),
+            title: status.canonical_reason().unwrap_or("error").to_string(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            reply: None,
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (status, Json(self)).into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/problem+json"),
+        );
+        r
+    }
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusBody {
+    pub node: String,
+    pub generation: u64,
+    pub cluster_addr: String,
+    pub api_addr: String,
+    pub uptime_secs: f64,
+    pub members: Vec<MemberRow>,
+    pub plugins: Vec<PluginRow>,
+    pub bus: BusStats,
+    pub links: LinkRow,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberRow {
+    pub name: String,
+    pub cluster_addr: String,
+    pub api_addr: String,
+    pub status: MemberStatus,
+    pub generation: u64,
+    pub local: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkRow {
+    pub linked: Vec<String>,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bad_frames: u64,
+}
+
+/// `POST /v1/exec` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBody {
+    pub plugin: String,
+    pub command: String,
+    #[serde(default)]
+    pub input: Option<serde_json::Value>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub priority: Option<u8>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// The API's routes.
+pub fn router(ctx: Arc<NodeCtx>) -> Router {
+    let limit = ctx.config.max_payload_bytes + 64 * 1024;
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/status", get(status))
+        .route("/v1/exec", post(exec))
+        .route("/v1/dead-letters", get(dead_letters))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(ctx)
+}
+
+async fn health(State(ctx): State<Arc<NodeCtx>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"ok": true, "node": ctx.name()}))
+}
+
+const ACTOR_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn view(ctx: &NodeCtx) -> Result<Vec<MemberView>, Problem> {
+    let cell = ractor::registry::where_is(actor_name(ctx.name(), "membership"))
+        .ok_or_else(|| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "restarting", "membership service is restarting"))?;
+    let a: ActorRef<MembershipMsg> = cell.into();
+    a.call(MembershipMsg::View, Some(ACTOR_TIMEOUT))
+        .await
+        .ok()
+        .and_then(|r| r.success_or(()).ok())
+        .ok_or_else(|| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "membership service did not answer"))
+}
+
+async fn announces(ctx: &NodeCtx) -> Result<Vec<NodeAnnounce>, Problem> {
+    let cell = ractor::registry::where_is(actor_name(ctx.name(), "registry"))
+        .ok_or_else(|| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "restarting", "registry is restarting"))?;
+    let a: ActorRef<RegistryMsg> = cell.into();
+    a.call(RegistryMsg::Snapshot, Some(ACTOR_TIMEOUT))
+        .await
+        .ok()
+        .and_then(|r| r.success_or(()).ok())
+        .ok_or_else(|| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "registry did not answer"))
+}
+
+trait CallResultExt<T> {
+    fn success_or(self, e: ()) -> Result<T, ()>;
+}
+
+impl<T> CallResultExt<T> for ractor::rpc::CallResult<T> {
+    fn success_or(self, _e: ()) -> Result<T, ()> {
+        match self {
+            ractor::rpc::CallResult::Success(t) => Ok(t),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Build the status document (also used by `plexus up`'s live view).
+pub async fn status_body(ctx: &NodeCtx) -> Result<StatusBody, Problem> {
+    let view = view(ctx).await?;
+    let ann = announces(ctx).await?;
+    let id = ctx.identity.read().clone();
+    let s = &ctx.stats;
+    use std::sync::atomic::Ordering::Relaxed;
+    Ok(StatusBody {
+        node: id.name.clone(),
+        generation: id.generation,
+        cluster_addr: id.cluster_addr.clone(),
+        api_addr: id.api_addr.clone(),
+        uptime_secs: ctx.started.elapsed().as_secs_f64(),
+        members: view
+            .iter()
+            .map(|m| MemberRow {
+                name: m.identity.name.clone(),
+                cluster_addr: m.identity.cluster_addr.clone(),
+                api_addr: m.identity.api_addr.clone(),
+                status: m.status,
+                generation: m.identity.generation,
+                local: m.local,
+            })
+            .collect(),
+        plugins: plugin_rows(&ann, &view),
+        bus: ctx.bus.stats(),
+        links: LinkRow {
+            linked: ctx.linked_nodes(),
+            frames_in: s.frames_in.load(Relaxed),
+            frames_out: s.frames_out.load(Relaxed),
+            bad_frames: s.bad_frames.load(Relaxed),
+        },
+    })
+}
+
+async fn status(State(ctx): State<Arc<NodeCtx>>) -> Result<Json<StatusBody>, Problem> {
+    status_body(&ctx).await.map(Json)
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn dead_letters(State(ctx): State<Arc<NodeCtx>>, Query(q): Query<Limit>) -> Json<Vec<DeadLetter>> {
+    Json(ctx.bus.dead_letters(q.limit.unwrap_or(50).min(1000)))
+}
+
+/// Check that `plugin` and `command` exist and that a host can take it.
+pub async fn resolve(ctx: &NodeCtx, plugin: &str, command: &str) -> Result<(), Problem> {
+    let view = view(ctx).await?;
+    let ann = announces(ctx).await?;
+    let hosts: Vec<&NodeAnnounce> = ann
+        .iter()
+        .filter(|a| a.plugins.iter().any(|p| p.name == plugin))
+        .collect();
+    if hosts.is_empty() {
+        let mut known: Vec<String> = ann.iter().flat_map(|a| a.plugins.iter().map(|p| p.name.clone())).collect();
+        known.sort();
+        known.dedup();
+        if ctx.catalog.plugin(plugin).is_some() {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not-hosted",
+                format!("plugin {plugin:?} is in the catalog but no node hosts it"),
+            ));
+        }
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-plugin",
+            format!("unknown plugin {plugin:?}; the cluster hosts: {}", known.join(", ")),
+        ));
+    }
+    let cmd = command.trim_start_matches('/');
+    let has_cmd = hosts.iter().any(|a| {
+        a.plugins
+            .iter()
+            .filter(|p| p.name == plugin)
+            .any(|p| p.commands.iter().any(|c| c == cmd) || p.aliases.iter().any(|(al, _)| al == cmd))
+    });
+    if !has_cmd {
+        let cmds: Vec<String> = hosts[0]
+            .plugins
+            .iter()
+            .filter(|p| p.name == plugin)
+            .flat_map(|p| p.commands.clone())
+            .collect();
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-command",
+            format!("plugin {plugin:?} has no command {command:?}; its commands: {}", cmds.join(", ")),
+        ));
+    }
+    let rows: Vec<PluginRow> = plugin_rows(&ann, &view).into_iter().filter(|r| r.name == plugin).collect();
+    if rows.iter().any(|r| r.status == "available") {
+        return Ok(());
+    }
+    let why: Vec<String> = rows
+        .iter()
+        .map(|r| match r.node_status {
+            MemberStatus::Up => format!("on {} it is {}", r.node, r.status),
+            s => format!("its node {} is {s}", r.node),
+        })
+        .collect();
+    Err(Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "plugin-unavailable",
+        format!("plugin {plugin:?} is unavailable: {}", why.join("; ")),
+    ))
+}
+
+/// Run a command wherever its plugin is hosted.
+pub async fn exec_command(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Problem> {
+    resolve(ctx, &body.plugin, &body.command).await?;
+    let input = match &body.input {
+        Some(v) => v.to_string(),
+        None => "{}".into(),
+    };
+    if input.len() > ctx.config.max_payload_bytes {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("input of {} bytes exceeds the limit of {} bytes", input.len(), ctx.config.max_payload_bytes),
+        ));
+    }
+    let priority = body.priority.unwrap_or(plexus_bus::DEFAULT_PRIORITY);
+    if !(1..=10).contains(&priority) {
+        return Err(Problem::new(StatusCode::BAD_REQUEST, "bad-priority", format!("priority {priority} is outside 1..=10")));
+    }
+    let timeout = body.timeout_ms.map(Duration::from_millis).unwrap_or(ctx.config.request_timeout);
+    let req = ExecRequest {
+        plugin: body.plugin.clone(),
+        command: body.command.trim_start_matches('/').to_string(),
+        input,
+        idempotency_key: body.idempotency_key.clone(),
+        trace_id: None,
+    };
+    let mut env = exec_envelope(&format!("api@{}", ctx.name()), &req, priority);
+    // Trace id = message id, so the reply and every log line can be joined.
+    let trace = env.headers.trace_id.clone();
+    let mut r2 = req.clone();
+    r2.trace_id = trace;
+    env.payload = serde_json::to_vec(&r2).unwrap_or_default();
+    let started = Instant::now();
+    let resp = ctx.bus.request(env, timeout).await.map_err(|e| match e {
+        BusError::NoRoute { .. } => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugin-unavailable",
+            format!("plugin {:?} is unavailable: no reachable node serves it right now", body.plugin),
+        ),
+        BusError::Timeout { timeout, .. } => Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("no answer from plugin {:?} within {} ms", body.plugin, timeout.as_millis()),
+        ),
+        other => Problem::new(StatusCode::BAD_REQUEST, "bad-request", other.to_string()),
+    })?;
+    let mut reply: ExecReply = serde_json::from_slice(&resp.payload).map_err(|e| {
+        Problem::new(StatusCode::BAD_GATEWAY, "bad-reply", format!("malformed reply from {}: {e}", resp.source_node))
+    })?;
+    tracing::debug!(plugin = %reply.plugin, node = %reply.node, total_ms = started.elapsed().as_millis() as u64, "exec done");
+    if reply.ok {
+        return Ok(reply);
+    }
+    let err = reply.error.clone();
+    let (status, kind) = match err.as_ref().map(|e| e.kind.as_str()) {
+        Some("unknown_command") => (StatusCode::NOT_FOUND, "unknown-command"),
+        Some("bad_input") => (StatusCode::BAD_REQUEST, "bad-input"),
+        Some("timeout") => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        _ => (StatusCode::BAD_GATEWAY, "plugin-failed"),
+    };
+    let detail = err.map(|e| e.message).unwrap_or_else(|| "plugin failed".into());
+    let mut p = Problem::new(status, kind, detail);
+    reply.output = None;
+    p.reply = Some(reply);
+    Err(p)
+}
+
+async fn exec(State(ctx): State<Arc<NodeCtx>>, body: Result<Json<ExecBody>, JsonRejection>) -> Result<Json<ExecReply>, Problem> {
+    let Json(body) = body.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.body_text()))?;
+    exec_command(&ctx, body).await.map(Json)
+}

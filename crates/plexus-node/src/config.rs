@@ -1,0 +1,322 @@
+//! Node configuration: a TOML file (`plexus node --config FILE`), command-line
+//! flags, or both (flags win). Errors name the file and line.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use plexus_membership::MembershipConfig;
+use serde::{Deserialize, Serialize};
+
+/// Cookie used when none is configured (fine on a laptop, never in production).
+pub const DEV_COOKIE: &str = "plexus-dev-cookie";
+
+/// A configuration problem, naming where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Parse {
+        file: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+/// The `[node]` table and friends, as written in a file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub node: NodeSection,
+    #[serde(default)]
+    pub membership: MembershipSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub name: Option<String>,
+    /// Cluster listener, `host:port`.
+    pub listen: Option<String>,
+    /// Client API listener, `host:port` (default: cluster port + 100).
+    pub api: Option<String>,
+    /// Host other nodes use to reach this one (default: the listen host).
+    pub advertise: Option<String>,
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    pub cookie: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    /// Plugins this node hosts (default: every plugin in its catalog).
+    pub plugins: Option<Vec<String>>,
+    /// Extra catalog directories.
+    #[serde(default)]
+    pub catalog: Vec<PathBuf>,
+    /// Leave out the manifests built into the binary.
+    #[serde(default)]
+    pub no_default_plugins: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipSection {
+    pub probe_period_ms: Option<u64>,
+    pub probe_rtt_ms: Option<u64>,
+    pub suspect_to_down_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest cluster frame sent or accepted.
+    pub max_frame_bytes: Option<usize>,
+    /// Default time a request waits for its response.
+    pub request_timeout_ms: Option<u64>,
+    /// Largest request payload accepted from clients.
+    pub max_payload_bytes: Option<usize>,
+}
+
+/// A complete, validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub api: SocketAddr,
+    /// The host part peers dial (also the ractor_cluster hostname).
+    pub advertise_host: String,
+    pub seeds: Vec<String>,
+    pub cookie: String,
+    pub data_dir: PathBuf,
+    pub plugins: Option<Vec<String>>,
+    pub catalog: Vec<PathBuf>,
+    pub default_plugins: bool,
+    pub membership: MembershipConfig,
+    pub max_frame_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_payload_bytes: usize,
+}
+
+impl NodeConfig {
+    /// The address peers dial for this node's cluster listener.
+    pub fn cluster_addr(&self) -> String {
+        format!("{}:{}", self.advertise_host, self.listen.port())
+    }
+
+    /// The address clients use for this node's API.
+    pub fn api_addr(&self) -> String {
+        let host = if self.api.ip().is_unspecified() {
+            self.advertise_host.clone()
+        } else {
+            self.api.ip().to_string()
+        };
+        format!("{host}:{}", self.api.port())
+    }
+}
+
+/// Read a config file, resolving relative paths against its directory.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let mut fc: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        file: path.to_path_buf(),
+        line: e.span().map(|s| plexus_catalog::manifest::line_col(&text, s.start).0),
+        message: e.message().to_string(),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    if let Some(d) = &fc.node.data_dir {
+        if d.is_relative() {
+            fc.node.data_dir = Some(base.join(d));
+        }
+    }
+    fc.node.catalog = fc
+        .node
+        .catalog
+        .iter()
+        .map(|c| if c.is_relative() { base.join(c) } else { c.clone() })
+        .collect();
+    Ok(fc)
+}
+
+fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ConfigError::Invalid {
+            field: field.into(),
+            message: format!("{s:?} is not a HOST:PORT address"),
+        })
+}
+
+impl FileConfig {
+    /// Check and complete the configuration.
+    pub fn finish(self) -> Result<NodeConfig, ConfigError> {
+        let n = self.node;
+        let name = n.name.ok_or_else(|| ConfigError::Invalid {
+            field: "node.name".into(),
+            message: "is required (--name)".into(),
+        })?;
+        if !plexus_catalog::manifest::valid_name(&name) {
+            return Err(ConfigError::Invalid {
+                field: "node.name".into(),
+                message: format!("{name:?} must be 1-64 characters of a-z, 0-9, '-' or '_'"),
+            });
+        }
+        let listen_s = n.listen.ok_or_else(|| ConfigError::Invalid {
+            field: "node.listen".into(),
+            message: "is required (--listen HOST:PORT)".into(),
+        })?;
+        let listen = parse_addr("node.listen", &listen_s)?;
+        let api = match &n.api {
+            Some(a) => parse_addr("node.api", a)?,
+            None => {
+                let port = if listen.port() == 0 {
+                    0
+                } else {
+                    listen.port().checked_add(100).ok_or_else(|| ConfigError::Invalid {
+                        field: "node.api".into(),
+                        message: "cannot derive from the listen port; set it".into(),
+                    })?
+                };
+                SocketAddr::new(listen.ip(), port)
+            }
+        };
+        let advertise_host = match n.advertise {
+            Some(h) => h,
+            None if listen.ip().is_unspecified() => {
+                return Err(ConfigError::Invalid {
+                    field: "node.advertise".into(),
+                    message: format!(
+                        "listen address {listen} is unspecified; set the host peers should dial (--advertise)"
+                    ),
+                })
+            }
+            None => listen.ip().to_string(),
+        };
+        for s in &n.seeds {
+            parse_addr("node.seeds", s)?;
+        }
+        if let Some(c) = &n.cookie {
+            if c.is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: "node.cookie".into(),
+                    message: "must not be empty".into(),
+                });
+            }
+        }
+        let m = self.membership;
+        let dm = MembershipConfig::default();
+        let membership = MembershipConfig {
+            probe_period: m.probe_period_ms.map(Duration::from_millis).unwrap_or(dm.probe_period),
+            probe_rtt: m.probe_rtt_ms.map(Duration::from_millis).unwrap_or(dm.probe_rtt),
+            suspect_to_down: m
+                .suspect_to_down_ms
+                .map(Duration::from_millis)
+                .unwrap_or(dm.suspect_to_down),
+            max_packet: dm.max_packet,
+        };
+        if membership.probe_rtt >= membership.probe_period {
+            return Err(ConfigError::Invalid {
+                field: "membership.probe_rtt_ms".into(),
+                message: "must be shorter than probe_period_ms".into(),
+            });
+        }
+        let max_frame_bytes = self.limits.max_frame_bytes.unwrap_or(plexus_codec::DEFAULT_MAX_FRAME);
+        if !(64 * 1024..=64 * 1024 * 1024).contains(&max_frame_bytes) {
+            return Err(ConfigError::Invalid {
+                field: "limits.max_frame_bytes".into(),
+                message: "must be between 64 KiB and 64 MiB".into(),
+            });
+        }
+        let max_payload_bytes = self.limits.max_payload_bytes.unwrap_or(1024 * 1024);
+        if max_payload_bytes + 64 * 1024 > max_frame_bytes {
+            return Err(ConfigError::Invalid {
+                field: "limits.max_payload_bytes".into(),
+                message: "must leave at least 64 KiB of the frame limit for headers".into(),
+            });
+        }
+        Ok(NodeConfig {
+            data_dir: n.data_dir.unwrap_or_else(|| PathBuf::from(".plexus").join(&name)),
+            name,
+            listen,
+            api,
+            advertise_host,
+            seeds: n.seeds,
+            cookie: n.cookie.unwrap_or_else(|| DEV_COOKIE.to_string()),
+            plugins: n.plugins,
+            catalog: n.catalog,
+            default_plugins: !n.no_default_plugins,
+            membership,
+            max_frame_bytes,
+            request_timeout: Duration::from_millis(self.limits.request_timeout_ms.unwrap_or(30_000)),
+            max_payload_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fc(name: Option<&str>, listen: Option<&str>) -> FileConfig {
+        FileConfig {
+            node: NodeSection {
+                name: name.map(str::to_string),
+                listen: listen.map(str::to_string),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = fc(Some("n1"), Some("127.0.0.1:7101")).finish().unwrap();
+        assert_eq!(c.api.port(), 7201);
+        assert_eq!(c.cluster_addr(), "127.0.0.1:7101");
+        assert_eq!(c.cookie, DEV_COOKIE);
+    }
+
+    #[test]
+    fn missing_and_bad_fields_are_named() {
+        let e = fc(None, Some("127.0.0.1:1")).finish().unwrap_err().to_string();
+        assert!(e.contains("node.name"), "{e}");
+        let e = fc(Some("Bad Name"), Some("127.0.0.1:1")).finish().unwrap_err().to_string();
+        assert!(e.contains("node.name"), "{e}");
+        let e = fc(Some("n"), Some("nowhere")).finish().unwrap_err().to_string();
+        assert!(e.contains("node.listen"), "{e}");
+        let e = fc(Some("n"), Some("0.0.0.0:7000")).finish().unwrap_err().to_string();
+        assert!(e.contains("node.advertise"), "{e}");
+    }
+
+    #[test]
+    fn file_errors_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        std::fs::write(&p, "[node]\nname = \"n1\"\nlisten = 7\n").unwrap();
+        let e = read_file(&p).unwrap_err().to_string();
+        assert!(e.contains("n.toml:3"), "{e}");
+        std::fs::write(&p, "[node]\nnmae = \"n1\"\n").unwrap();
+        let e = read_file(&p).unwrap_err().to_string();
+        assert!(e.contains("n.toml:2") && e.contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        std::fs::write(&p, "[node]\nname = \"n1\"\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\ncatalog = [\"c\"]\n").unwrap();
+        let c = read_file(&p).unwrap().finish().unwrap();
+        assert_eq!(c.data_dir, dir.path().join("d"));
+        assert_eq!(c.catalog, vec![dir.path().join("c")]);
+    }
+}

@@ -1,0 +1,134 @@
+//! What every actor of a node shares: its name, config, bus, catalog, and
+//! the means to reach other nodes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::RwLock;
+use plexus_bus::{Bus, BusFrame, RemoteSink};
+use plexus_catalog::{Catalog, Plugin};
+use plexus_membership::NodeIdentity;
+use ractor::{pg, ActorRef};
+
+use crate::config::NodeConfig;
+use crate::wire::{GatewayMsg, Wire, WireFrame};
+
+/// Process-group name of a node's gateway.
+pub fn gateway_group(node: &str) -> String {
+    format!("plexus.gw.{node}")
+}
+
+/// Process-group name of the nodes hosting a plugin.
+pub fn plugin_group(plugin: &str) -> String {
+    format!("plexus.plugin.{plugin}")
+}
+
+/// Registered name of a node-local actor (node-qualified so several nodes can
+/// share a process in the simulation harness).
+pub fn actor_name(node: &str, role: &str) -> String {
+    format!("{node}:{role}")
+}
+
+/// Why a frame could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("no link to node {0}")]
+    NoLink(String),
+    #[error(transparent)]
+    Codec(#[from] plexus_codec::CodecError),
+    #[error("send to {0} failed: {1}")]
+    Send(String, String),
+}
+
+/// Counters shown in status.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    pub frames_out: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub send_failures: AtomicU64,
+}
+
+/// Shared node context.
+pub struct NodeCtx {
+    pub config: NodeConfig,
+    pub identity: RwLock<NodeIdentity>,
+    pub bus: Bus,
+    pub catalog: Arc<Catalog>,
+    pub hosted: Vec<Arc<Plugin>>,
+    pub stats: LinkStats,
+    pub started: Instant,
+}
+
+impl NodeCtx {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Encode and send one message to `node`'s gateway.
+    pub fn send(&self, node: &str, msg: Wire) -> Result<(), LinkError> {
+        let frame = WireFrame {
+            from: self.config.name.clone(),
+            msg,
+        };
+        // Refuse oversized frames here: the receiver would drop the whole link.
+        let bytes = plexus_codec::encode_limited(&frame, self.config.max_frame_bytes)?;
+        let gw = gateway_of(node).ok_or_else(|| LinkError::NoLink(node.to_string()))?;
+        let n = bytes.len() as u64;
+        match gw.cast(GatewayMsg::Frame(bytes)) {
+            Ok(()) => {
+                self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_out.fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.send_failures.fetch_add(1, Ordering::Relaxed);
+                Err(LinkError::Send(node.to_string(), e.to_string()))
+            }
+        }
+    }
+
+    /// Nodes we currently have a gateway link to.
+    pub fn linked_nodes(&self) -> Vec<String> {
+        let me = self.name().to_string();
+        let mut v: Vec<String> = pg::which_groups()
+            .into_iter()
+            .filter_map(|g| g.strip_prefix("plexus.gw.").map(str::to_string))
+            .filter(|n| *n != me && gateway_of(n).is_some())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// The remote gateway of `node`, if linked.
+pub fn gateway_of(node: &str) -> Option<ActorRef<GatewayMsg>> {
+    pg::get_members(&gateway_group(node))
+        .into_iter()
+        .max_by_key(|c| c.get_id().pid())
+        .map(ActorRef::from)
+}
+
+/// The bus's way out of the node.
+pub struct BusLink {
+    pub ctx: std::sync::Weak<NodeCtx>,
+}
+
+impl RemoteSink for BusLink {
+    fn send(&self, node: &str, frame: BusFrame) -> Result<(), String> {
+        let ctx = self.ctx.upgrade().ok_or("node stopping")?;
+        ctx.send(node, Wire::Bus(frame)).map_err(|e| e.to_string())
+    }
+
+    fn interest_changed(&self, interest: Vec<(String, String)>) {
+        if let Some(ctx) = self.ctx.upgrade() {
+            for n in ctx.linked_nodes() {
+                let _ = ctx.send(&n, Wire::Bus(BusFrame::Interest(interest.clone())));
+            }
+        }
+    }
+}

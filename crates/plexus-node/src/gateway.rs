@@ -1,0 +1,64 @@
+//! The Gateway: this node's one cluster-visible actor. It decodes frames from
+//! peers and hands them to the actor or service they are for.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ractor::{pg, Actor, ActorProcessingErr, ActorRef};
+
+use crate::ctx::{actor_name, gateway_group, NodeCtx};
+use crate::membership_actor::MembershipMsg;
+use crate::registry::RegistryMsg;
+use crate::wire::{GatewayMsg, Wire, WireFrame};
+
+pub struct Gateway;
+
+impl Actor for Gateway {
+    type Msg = GatewayMsg;
+    type State = Arc<NodeCtx>;
+    type Arguments = Arc<NodeCtx>;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Arc<NodeCtx>) -> Result<Arc<NodeCtx>, ActorProcessingErr> {
+        pg::join(gateway_group(ctx.name()), vec![myself.get_cell()]);
+        Ok(ctx)
+    }
+
+    async fn handle(&self, _me: ActorRef<Self::Msg>, msg: GatewayMsg, ctx: &mut Arc<NodeCtx>) -> Result<(), ActorProcessingErr> {
+        let GatewayMsg::Frame(bytes) = msg;
+        ctx.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let frame: WireFrame = match plexus_codec::decode_limited(&bytes, ctx.config.max_frame_bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                // A peer speaking garbage must not take the node down.
+                ctx.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, len = bytes.len(), "dropped a malformed frame from a peer");
+                return Ok(());
+            }
+        };
+        dispatch(ctx, frame);
+        Ok(())
+    }
+}
+
+fn dispatch(ctx: &NodeCtx, frame: WireFrame) {
+    let node = ctx.name();
+    match frame.msg {
+        Wire::Hello(id) => cast_named(node, "membership", MembershipMsg::Hello(id)),
+        Wire::Foca(p) => cast_named(node, "membership", MembershipMsg::Packet(p)),
+        Wire::Announce(a) => cast_named(node, "registry", RegistryMsg::Announce(a)),
+        Wire::Bus(f) => ctx.bus.handle_frame(&frame.from, f),
+    }
+}
+
+/// Cast to a node-local actor by role name; a missing actor (restarting) drops the message.
+pub fn cast_named<M: ractor::Message>(node: &str, role: &str, msg: M) {
+    if let Some(cell) = ractor::registry::where_is(actor_name(node, role)) {
+        let r: ActorRef<M> = cell.into();
+        if let Err(e) = r.cast(msg) {
+            tracing::debug!(role, error = %e, "local actor unavailable");
+        }
+    } else {
+        tracing::debug!(role, "local actor not running; message dropped");
+    }
+}

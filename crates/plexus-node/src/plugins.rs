@@ -1,0 +1,388 @@
+//! Plugin hosting: the PluginSupervisor and one PluginHost actor per plugin.
+//!
+//! A PluginHost subscribes to `plugin/{name}/request` on the bus; a pump task
+//! takes requests from its priority mailbox (so urgent requests overtake a
+//! backlog), bounded by the plugin's `maxConcurrency`, and hands each to the
+//! actor, which runs the command through the plugin's handler. A host that
+//! panics is restarted by the PluginSupervisor within the plugin's restart
+//! intensity (OTP style); past it the plugin is marked failed and the failure
+//! escalates to the NodeSupervisor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plexus_bus::{Envelope, MessageKind};
+use plexus_catalog::{HandlerSpec, Plugin};
+use plexus_handler::{CommandHandler, ExecOutput, ExecRequest, HandlerError, SimFaults, SimHandler};
+use plexus_resilience::restart::{Decision, RestartIntensity};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::ctx::{actor_name, NodeCtx};
+use crate::gateway::cast_named;
+use crate::registry::RegistryMsg;
+use crate::supervisor::NodeSupervisorMsg;
+use crate::wire::PluginStatus;
+
+/// The request topic of a plugin.
+pub fn request_topic(plugin: &str) -> String {
+    format!("plugin/{plugin}/request")
+}
+
+/// What a plugin host answers to an exec request (JSON payload of the response).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecReply {
+    pub ok: bool,
+    pub plugin: String,
+    pub command: String,
+    pub node: String,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<ExecErrorBody>,
+    pub duration_ms: f64,
+    pub model: Option<String>,
+    pub cost_usd: Option<f64>,
+    pub work_minutes: Option<f64>,
+}
+
+/// A failed execution, typed for breakers and retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecErrorBody {
+    /// unknown_command | bad_input | failed | timeout | crashed
+    pub kind: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl ExecReply {
+    fn from_result(node: &str, req: &ExecRequest, started: Instant, r: Result<ExecOutput, HandlerError>) -> ExecReply {
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match r {
+            Ok(o) => ExecReply {
+                ok: true,
+                plugin: req.plugin.clone(),
+                command: req.command.clone(),
+                node: node.to_string(),
+                output: Some(serde_json::from_str(&o.output).unwrap_or(serde_json::Value::String(o.output))),
+                error: None,
+                duration_ms,
+                model: o.model.map(|m| m.to_string()),
+                cost_usd: Some(o.cost_usd),
+                work_minutes: Some(o.work_minutes),
+            },
+            Err(e) => {
+                let kind = match &e {
+                    HandlerError::UnknownCommand { .. } => "unknown_command",
+                    HandlerError::BadInput(_) => "bad_input",
+                    HandlerError::Failed(_) => "failed",
+                    HandlerError::Timeout(_) => "timeout",
+                };
+                ExecReply::error(node, req, duration_ms, kind, e.to_string(), e.retryable())
+            }
+        }
+    }
+
+    fn error(node: &str, req: &ExecRequest, duration_ms: f64, kind: &str, message: String, retryable: bool) -> ExecReply {
+        ExecReply {
+            ok: false,
+            plugin: req.plugin.clone(),
+            command: req.command.clone(),
+            node: node.to_string(),
+            output: None,
+            error: Some(ExecErrorBody {
+                kind: kind.into(),
+                message,
+                retryable,
+            }),
+            duration_ms,
+            model: None,
+            cost_usd: None,
+            work_minutes: None,
+        }
+    }
+}
+
+/// Build the handler a plugin's manifest asks for.
+pub fn make_handler(plugin: &Arc<Plugin>) -> Arc<dyn CommandHandler> {
+    match &plugin.manifest.handler {
+        HandlerSpec::Sim(spec) => Arc::new(SimHandler::new(plugin.clone(), spec.clone())),
+    }
+}
+
+// ---------------------------------------------------------------- PluginHost
+
+#[derive(RactorMessage)]
+pub enum PluginHostMsg {
+    /// Run one request; the reply says it was taken (not that it finished).
+    Exec(Box<Envelope>, OwnedSemaphorePermit, RpcReplyPort<()>),
+}
+
+pub struct PluginHostArgs {
+    pub ctx: Arc<NodeCtx>,
+    pub plugin: Arc<Plugin>,
+    pub handler: Arc<dyn CommandHandler>,
+}
+
+pub struct PluginHostState {
+    ctx: Arc<NodeCtx>,
+    plugin: Arc<Plugin>,
+    handler: Arc<dyn CommandHandler>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+pub struct PluginHost;
+
+impl Actor for PluginHost {
+    type Msg = PluginHostMsg;
+    type State = PluginHostState;
+    type Arguments = PluginHostArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, a: PluginHostArgs) -> Result<PluginHostState, ActorProcessingErr> {
+        let sub = a.ctx.bus.subscribe(&request_topic(&a.plugin.name), &a.plugin.name)?;
+        let permits = Arc::new(Semaphore::new(a.plugin.manifest.placement.max_concurrency as usize));
+        let ctx = a.ctx.clone();
+        let pump = tokio::spawn(async move {
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                let Some(env) = sub.recv().await else { break };
+                let keep = env.clone();
+                let taken = myself
+                    .call(|reply| PluginHostMsg::Exec(Box::new(env), permit, reply), None)
+                    .await;
+                if !matches!(taken, Ok(ractor::rpc::CallResult::Success(()))) {
+                    // The host died with this request in hand: answer it, and
+                    // stop pumping so the restarted host takes over the topic.
+                    let req = parse_request(&keep).unwrap_or_else(|_| ExecRequest {
+                        plugin: sub.owner().to_string(),
+                        command: String::new(),
+                        input: String::new(),
+                        idempotency_key: None,
+                        trace_id: None,
+                    });
+                    let reply = ExecReply::error(ctx.name(), &req, 0.0, "crashed", format!("plugin host of {} crashed while handling the request; it is being restarted", req.plugin), true);
+                    respond(&ctx, &keep, &reply);
+                    break;
+                }
+            }
+        });
+        Ok(PluginHostState {
+            ctx: a.ctx,
+            plugin: a.plugin,
+            handler: a.handler,
+            pump,
+        })
+    }
+
+    async fn post_stop(&self, _me: ActorRef<Self::Msg>, st: &mut PluginHostState) -> Result<(), ActorProcessingErr> {
+        st.pump.abort();
+        Ok(())
+    }
+
+    async fn handle(&self, _me: ActorRef<Self::Msg>, msg: PluginHostMsg, st: &mut PluginHostState) -> Result<(), ActorProcessingErr> {
+        let PluginHostMsg::Exec(env, permit, taken) = msg;
+        let started = Instant::now();
+        let req = match parse_request(&env) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = taken.send(());
+                let bad = ExecRequest {
+                    plugin: st.plugin.name.clone(),
+                    command: String::new(),
+                    input: String::new(),
+                    idempotency_key: None,
+                    trace_id: None,
+                };
+                respond(&st.ctx, &env, &ExecReply::error(st.ctx.name(), &bad, 0.0, "bad_input", e, false));
+                return Ok(());
+            }
+        };
+        let faults = SimFaults::from_input(&req.input);
+        if faults.panic && sim_faults_allowed(&st.plugin) {
+            // Deliberate crash (fault injection): exercises supervision.
+            panic!("plugin {} crashed on request (fault injection)", st.plugin.name);
+        }
+        let _ = taken.send(());
+        let handler = st.handler.clone();
+        let ctx = st.ctx.clone();
+        let timeout = env
+            .metadata
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(ctx.config.request_timeout);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let span = tracing::info_span!("exec", plugin = %req.plugin, command = %req.command, trace_id = ?req.trace_id);
+            let _g = span.enter();
+            let result = match tokio::time::timeout(timeout, handler.execute(req.clone())).await {
+                Ok(r) => r,
+                Err(_) => Err(HandlerError::Timeout(timeout.as_millis() as u64)),
+            };
+            let reply = ExecReply::from_result(ctx.name(), &req, started, result);
+            respond(&ctx, &env, &reply);
+        });
+        Ok(())
+    }
+}
+
+fn sim_faults_allowed(p: &Plugin) -> bool {
+    match &p.manifest.handler {
+        HandlerSpec::Sim(s) => s.allow_fault_injection,
+    }
+}
+
+fn parse_request(env: &Envelope) -> Result<ExecRequest, String> {
+    serde_json::from_slice(&env.payload).map_err(|e| format!("malformed exec request: {e}"))
+}
+
+fn respond(ctx: &NodeCtx, req: &Envelope, reply: &ExecReply) {
+    let payload = serde_json::to_vec(reply).unwrap_or_default();
+    let resp = req.reply(ctx.name(), payload);
+    if let Err(e) = ctx.bus.respond(req, resp) {
+        tracing::warn!(error = %e, "could not send a response");
+    }
+}
+
+/// Build the bus envelope of an exec request.
+pub fn exec_envelope(source: &str, req: &ExecRequest, priority: u8) -> Envelope {
+    let payload = serde_json::to_vec(req).unwrap_or_default();
+    Envelope::new(MessageKind::Request, request_topic(&req.plugin), source, payload)
+        .to(req.plugin.clone())
+        .with_priority(priority)
+        .with_trace(req.trace_id.clone())
+}
+
+// ---------------------------------------------------------- PluginSupervisor
+
+#[derive(RactorMessage)]
+pub enum PluginSupervisorMsg {
+    /// Start (or restart) the host of a plugin.
+    Start(String),
+}
+
+struct Hosted {
+    plugin: Arc<Plugin>,
+    handler: Arc<dyn CommandHandler>,
+    intensity: RestartIntensity,
+    actor: Option<ActorCell>,
+    status: PluginStatus,
+    restarts: u32,
+}
+
+pub struct PluginSupervisorState {
+    ctx: Arc<NodeCtx>,
+    hosts: HashMap<String, Hosted>,
+}
+
+pub struct PluginSupervisor;
+
+impl Actor for PluginSupervisor {
+    type Msg = PluginSupervisorMsg;
+    type State = PluginSupervisorState;
+    type Arguments = Arc<NodeCtx>;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Arc<NodeCtx>) -> Result<PluginSupervisorState, ActorProcessingErr> {
+        let mut hosts = HashMap::new();
+        for p in &ctx.hosted {
+            let pl = &p.manifest.placement;
+            hosts.insert(
+                p.name.clone(),
+                Hosted {
+                    plugin: p.clone(),
+                    handler: make_handler(p),
+                    intensity: RestartIntensity::new(pl.max_restarts, Duration::from_secs(pl.restart_window_secs)),
+                    actor: None,
+                    status: PluginStatus::Restarting,
+                    restarts: 0,
+                },
+            );
+            myself.cast(PluginSupervisorMsg::Start(p.name.clone()))?;
+        }
+        Ok(PluginSupervisorState { ctx, hosts })
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: PluginSupervisorMsg, st: &mut PluginSupervisorState) -> Result<(), ActorProcessingErr> {
+        let PluginSupervisorMsg::Start(name) = msg;
+        let node = st.ctx.name().to_string();
+        let Some(h) = st.hosts.get_mut(&name) else { return Ok(()) };
+        if h.actor.is_some() || h.status == PluginStatus::Failed {
+            return Ok(());
+        }
+        let args = PluginHostArgs {
+            ctx: st.ctx.clone(),
+            plugin: h.plugin.clone(),
+            handler: h.handler.clone(),
+        };
+        match Actor::spawn_linked(Some(actor_name(&node, &format!("plugin:{name}"))), PluginHost, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                h.actor = Some(actor.get_cell());
+                h.status = PluginStatus::Running;
+                tracing::info!(plugin = %name, "plugin host started");
+            }
+            Err(e) => {
+                tracing::error!(plugin = %name, error = %e, "plugin host failed to start");
+                on_failure(&myself, st, &name, format!("start failed: {e}"));
+                return Ok(());
+            }
+        }
+        report(&node, h);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, evt: SupervisionEvent, st: &mut PluginSupervisorState) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("panicked: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, format!("stopped: {}", reason.unwrap_or_default())),
+            _ => return Ok(()),
+        };
+        let name = st
+            .hosts
+            .iter()
+            .find(|(_, h)| h.actor.as_ref().is_some_and(|a| a.get_id() == cell.get_id()))
+            .map(|(n, _)| n.clone());
+        if let Some(name) = name {
+            if let Some(h) = st.hosts.get_mut(&name) {
+                h.actor = None;
+            }
+            on_failure(&myself, st, &name, reason);
+        }
+        Ok(())
+    }
+}
+
+fn report(node: &str, h: &Hosted) {
+    cast_named(
+        node,
+        "registry",
+        RegistryMsg::LocalStatus {
+            plugin: h.plugin.name.clone(),
+            status: h.status,
+            restarts: h.restarts,
+        },
+    );
+}
+
+fn on_failure(myself: &ActorRef<PluginSupervisorMsg>, st: &mut PluginSupervisorState, name: &str, reason: String) {
+    let node = st.ctx.name().to_string();
+    let Some(h) = st.hosts.get_mut(name) else { return };
+    match h.intensity.record(Instant::now()) {
+        Decision::Restart => {
+            h.restarts += 1;
+            h.status = PluginStatus::Restarting;
+            tracing::warn!(plugin = %name, %reason, restarts = h.restarts, "plugin host failed; restarting");
+            report(&node, h);
+            // A short pause keeps a crash loop from spinning the CPU.
+            let n = name.to_string();
+            myself.send_after(Duration::from_millis(50), move || PluginSupervisorMsg::Start(n));
+        }
+        Decision::GiveUp => {
+            h.status = PluginStatus::Failed;
+            tracing::error!(plugin = %name, %reason, "plugin restarted too often; marked failed");
+            report(&node, h);
+            let alert = serde_json::json!({"node": node, "plugin": name, "status": "failed", "reason": reason});
+            let _ = st.ctx.bus.publish(Envelope::new(MessageKind::Event, "system/alerts", node.clone(), alert.to_string().into_bytes()));
+            cast_named(&node, "node", NodeSupervisorMsg::Escalate { what: format!("plugin {name}"), reason });
+        }
+    }
+}

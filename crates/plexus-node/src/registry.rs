@@ -1,0 +1,233 @@
+//! The Registry actor: which node hosts which plugin, cluster-wide.
+//!
+//! Each node announces its own plugins (with their status) to every member
+//! that comes up, whenever something changes, and periodically. The registry
+//! keeps the newest announce per node, so the plugins of a node that went
+//! down are still listed (as unavailable) and come back with it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_membership::{MemberStatus, MemberView, NodeIdentity};
+use ractor::{pg, Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+use serde::{Deserialize, Serialize};
+
+use crate::ctx::{plugin_group, NodeCtx};
+use crate::wire::{HostedPlugin, NodeAnnounce, PluginStatus, Wire};
+
+#[derive(RactorMessage)]
+pub enum RegistryMsg {
+    /// A peer's announce.
+    Announce(NodeAnnounce),
+    MemberUp(NodeIdentity),
+    MemberDown(NodeIdentity),
+    /// A local plugin host changed state.
+    LocalStatus { plugin: String, status: PluginStatus, restarts: u32 },
+    /// Our identity changed (rejoin): tell everyone again.
+    Reannounce,
+    Tick,
+    Snapshot(RpcReplyPort<Vec<NodeAnnounce>>),
+}
+
+pub struct RegistryState {
+    ctx: Arc<NodeCtx>,
+    seq: u64,
+    local: Vec<HostedPlugin>,
+    nodes: BTreeMap<String, NodeAnnounce>,
+    up: BTreeMap<String, NodeIdentity>,
+}
+
+pub struct Registry;
+
+impl Actor for Registry {
+    type Msg = RegistryMsg;
+    type State = RegistryState;
+    type Arguments = Arc<NodeCtx>;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Arc<NodeCtx>) -> Result<RegistryState, ActorProcessingErr> {
+        let local = ctx
+            .hosted
+            .iter()
+            .map(|p| HostedPlugin {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                status: PluginStatus::Restarting,
+                handler: "sim".into(),
+                agents: p.agents.iter().map(|a| a.name.clone()).collect(),
+                commands: p.commands.iter().map(|c| c.name.clone()).collect(),
+                aliases: p
+                    .commands
+                    .iter()
+                    .filter_map(|c| c.alias.clone().map(|a| (a, c.name.clone())))
+                    .collect(),
+                restarts: 0,
+            })
+            .collect();
+        myself.send_interval(Duration::from_secs(10), || RegistryMsg::Tick);
+        Ok(RegistryState {
+            ctx,
+            seq: 0,
+            local,
+            nodes: BTreeMap::new(),
+            up: BTreeMap::new(),
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: RegistryMsg, st: &mut RegistryState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RegistryMsg::Announce(a) => {
+                let newer = st.nodes.get(&a.identity.name).is_none_or(|old| {
+                    (a.identity.generation, a.seq) > (old.identity.generation, old.seq)
+                });
+                if newer {
+                    st.nodes.insert(a.identity.name.clone(), a);
+                }
+            }
+            RegistryMsg::MemberUp(id) => {
+                st.up.insert(id.name.clone(), id.clone());
+                let a = own_announce(st);
+                let _ = st.ctx.send(&id.name, Wire::Announce(a));
+            }
+            RegistryMsg::MemberDown(id) => {
+                st.up.remove(&id.name);
+            }
+            RegistryMsg::LocalStatus { plugin, status, restarts } => {
+                if let Some(p) = st.local.iter_mut().find(|p| p.name == plugin) {
+                    p.status = status;
+                    p.restarts = restarts;
+                }
+                // Discoverable cluster-wide through pg while it serves.
+                let group = plugin_group(&plugin);
+                let cell = myself.get_cell();
+                if status == PluginStatus::Running {
+                    if !pg::get_local_members(&group).iter().any(|c| c.get_id() == cell.get_id()) {
+                        pg::join(group, vec![cell]);
+                    }
+                } else {
+                    pg::leave(group, vec![cell]);
+                }
+                broadcast(st);
+            }
+            RegistryMsg::Reannounce | RegistryMsg::Tick => broadcast(st),
+            RegistryMsg::Snapshot(reply) => {
+                let mut all: Vec<NodeAnnounce> = st.nodes.values().cloned().collect();
+                all.retain(|a| a.identity.name != st.ctx.name());
+                all.push(own_announce(st));
+                all.sort_by(|a, b| a.identity.name.cmp(&b.identity.name));
+                let _ = reply.send(all);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn own_announce(st: &mut RegistryState) -> NodeAnnounce {
+    st.seq += 1;
+    NodeAnnounce {
+        identity: st.ctx.identity.read().clone(),
+        seq: st.seq,
+        plugins: st.local.clone(),
+    }
+}
+
+fn broadcast(st: &mut RegistryState) {
+    let a = own_announce(st);
+    let peers: Vec<String> = st.up.keys().cloned().collect();
+    for p in peers {
+        let _ = st.ctx.send(&p, Wire::Announce(a.clone()));
+    }
+}
+
+/// A plugin as the cluster sees it, joined with its node's membership status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginRow {
+    pub name: String,
+    pub version: String,
+    pub node: String,
+    /// available | unavailable | restarting | failed
+    pub status: String,
+    pub node_status: MemberStatus,
+    pub handler: String,
+    pub agents: usize,
+    pub commands: usize,
+    pub restarts: u32,
+}
+
+/// Join announces with the membership view.
+pub fn plugin_rows(announces: &[NodeAnnounce], view: &[MemberView]) -> Vec<PluginRow> {
+    let mut rows = vec![];
+    for a in announces {
+        let node_status = view
+            .iter()
+            .find(|m| m.identity.name == a.identity.name)
+            .map(|m| m.status)
+            .unwrap_or(MemberStatus::Down);
+        for p in &a.plugins {
+            let status = match (node_status, p.status) {
+                (MemberStatus::Up, PluginStatus::Running) => "available",
+                (MemberStatus::Up, PluginStatus::Restarting) => "restarting",
+                (MemberStatus::Up, PluginStatus::Failed) => "failed",
+                _ => "unavailable",
+            };
+            rows.push(PluginRow {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                node: a.identity.name.clone(),
+                status: status.into(),
+                node_status,
+                handler: p.handler.clone(),
+                agents: p.agents.len(),
+                commands: p.commands.len(),
+                restarts: p.restarts,
+            });
+        }
+    }
+    rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.node.cmp(&b.node)));
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: &str) -> NodeIdentity {
+        NodeIdentity {
+            name: n.into(),
+            cluster_addr: String::new(),
+            api_addr: String::new(),
+            generation: 1,
+        }
+    }
+
+    fn hosted(name: &str, status: PluginStatus) -> HostedPlugin {
+        HostedPlugin {
+            name: name.into(),
+            version: "1".into(),
+            status,
+            handler: "sim".into(),
+            agents: vec![],
+            commands: vec!["c".into()],
+            aliases: vec![],
+            restarts: 0,
+        }
+    }
+
+    #[test]
+    fn plugins_of_unreachable_or_down_nodes_are_unavailable() {
+        let ann = vec![
+            NodeAnnounce { identity: id("a"), seq: 1, plugins: vec![hosted("p", PluginStatus::Running)] },
+            NodeAnnounce { identity: id("b"), seq: 1, plugins: vec![hosted("q", PluginStatus::Running), hosted("r", PluginStatus::Failed)] },
+            NodeAnnounce { identity: id("c"), seq: 1, plugins: vec![hosted("s", PluginStatus::Running)] },
+        ];
+        let view = vec![
+            MemberView { identity: id("a"), status: MemberStatus::Up, local: true },
+            MemberView { identity: id("b"), status: MemberStatus::Up, local: false },
+            MemberView { identity: id("c"), status: MemberStatus::Unreachable, local: false },
+        ];
+        let rows = plugin_rows(&ann, &view);
+        let st: Vec<(&str, &str)> = rows.iter().map(|r| (r.name.as_str(), r.status.as_str())).collect();
+        assert_eq!(st, vec![("p", "available"), ("q", "available"), ("r", "failed"), ("s", "unavailable")]);
+    }
+}

@@ -1,0 +1,168 @@
+//! Deltas (one accepted change, shipped to other replicas) and change events.
+
+use crdts::LWWReg;
+use serde::{Deserialize, Serialize};
+
+use crate::entry::Meta;
+use crate::types::{Gen, Kind, NodeId, PluginId, Stamp, Version};
+use crate::value::ValueOp;
+
+/// One change, as produced by [`crate::Store::apply_local`] and consumed by
+/// [`crate::Store::apply_remote`].
+///
+/// Deltas are delivered causally per key: a replica applies a delta only when
+/// it has seen everything the origin had seen on that key (`deps`) and the
+/// origin's previous change (`counter - 1`); earlier ones wait in a bounded
+/// buffer, duplicates are ignored, and anything lost is repaired by digest
+/// anti-entropy. Every delta, removals included, carries its own dot
+/// `(origin, counter)`, so a lost removal always shows up as a version
+/// difference (the crdts OR-set remove alone does not advance any clock).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Key changed.
+    pub key: String,
+    /// Plugin that authored the change (re-checked against the ACL on apply).
+    pub author: PluginId,
+    /// Node where the change was made: the actor of its dot.
+    pub origin: NodeId,
+    /// Generation of the key the change belongs to.
+    pub gen: Gen,
+    /// Dot counter: this is the origin's `counter`-th change of the key in
+    /// this generation.
+    pub counter: u64,
+    /// The key's version at the origin just before the change.
+    pub deps: Version,
+    /// Origin wall clock (ms) when the change was made.
+    pub ts_ms: u64,
+    /// The change.
+    pub op: DeltaOp,
+}
+
+/// What a delta does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeltaOp {
+    /// Create the key (first change of a generation at its origin). The
+    /// author becomes the owner.
+    Create {
+        /// Unique creation stamp `(ts_ms, origin, counter)`.
+        stamp: Stamp,
+        /// Value type.
+        kind: Kind,
+        /// Initial access and expiry.
+        meta: Meta,
+    },
+    /// Change the value, under the creation the author saw as winner.
+    Value {
+        /// Creation whose ACL authorised the change.
+        target: Stamp,
+        /// The CRDT operation.
+        op: ValueOp,
+    },
+    /// Change access level or expiry (owner only).
+    Meta {
+        /// Creation whose meta changes.
+        target: Stamp,
+        /// New meta with its unique stamp.
+        meta: LWWReg<Meta, Stamp>,
+    },
+    /// Delete the generation (owner only): a tombstone that wins over any
+    /// concurrent change of the same generation.
+    Delete {
+        /// Creation whose owner deleted it.
+        target: Stamp,
+    },
+}
+
+impl Delta {
+    /// Short operation name for audit and logs.
+    pub fn op_name(&self) -> &'static str {
+        self.op.name()
+    }
+
+    /// The delta's unique stamp `(ts_ms, origin, counter)`.
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            ts_ms: self.ts_ms,
+            node: self.origin.clone(),
+            seq: self.counter,
+        }
+    }
+}
+
+impl DeltaOp {
+    /// Short operation name.
+    pub fn name(&self) -> &'static str {
+        use crate::value::FieldOp;
+        match self {
+            DeltaOp::Create { .. } => "create",
+            DeltaOp::Meta { .. } => "set-meta",
+            DeltaOp::Delete { .. } => "delete",
+            DeltaOp::Value { op, .. } => match op {
+                ValueOp::Put(_) => "put",
+                ValueOp::GInc(_) => "incr",
+                ValueOp::Pn(c) if c.up => "incr",
+                ValueOp::Pn(_) => "decr",
+                ValueOp::Set(crdts::orswot::Op::Add { .. }) => "or-add",
+                ValueOp::Set(crdts::orswot::Op::Rm { .. }) => "or-remove",
+                ValueOp::Map(crdts::map::Op::Rm { .. }) => "map-remove-field",
+                ValueOp::Map(crdts::map::Op::Up { op, .. }) => match op {
+                    FieldOp::Reg(_) => "map-put",
+                    FieldOp::Counter(_) => "map-count",
+                    FieldOp::Set(crdts::orswot::Op::Add { .. }) => "map-or-add",
+                    FieldOp::Set(crdts::orswot::Op::Rm { .. }) => "map-or-remove",
+                },
+            },
+        }
+    }
+
+    pub(crate) fn change_kind(&self) -> ChangeKind {
+        match self {
+            DeltaOp::Create { .. } => ChangeKind::Created,
+            DeltaOp::Value { .. } => ChangeKind::Updated,
+            DeltaOp::Meta { .. } => ChangeKind::MetaChanged,
+            DeltaOp::Delete { .. } => ChangeKind::Deleted,
+        }
+    }
+}
+
+/// What happened to a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    /// Created (a new generation).
+    Created,
+    /// Value changed.
+    Updated,
+    /// Access level or expiry changed.
+    MetaChanged,
+    /// Deleted.
+    Deleted,
+    /// Expired and purged to a tombstone.
+    Expired,
+    /// Full state merged from a peer by anti-entropy.
+    Merged,
+}
+
+/// An accepted change, for the node layer to publish on
+/// [`StateEvent::topic`] (`state/changes/{key}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateEvent {
+    /// Key changed.
+    pub key: String,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// Author plugin (`None` for merges and purges).
+    pub author: Option<PluginId>,
+    /// Node the change came from.
+    pub node: NodeId,
+    /// Generation after the change.
+    pub gen: Gen,
+    /// Version after the change.
+    pub version: Version,
+}
+
+impl StateEvent {
+    /// The bus topic for this event.
+    pub fn topic(&self) -> String {
+        format!("state/changes/{}", self.key)
+    }
+}
