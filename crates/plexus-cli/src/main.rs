@@ -1,1 +1,115 @@
-fn main() {}
+//! `plexus`: run a node, start a local cluster, inspect and drive it.
+//!
+//! Exit codes: 0 success, 1 the operation failed (the cluster said no, a node
+//! is unreachable), 2 usage or configuration error (bad flag, bad file, bad
+//! JSON input).
+
+mod catalog_cmd;
+mod client;
+mod defaults;
+mod exec_cmd;
+mod node_cmd;
+mod route_cmd;
+mod status_cmd;
+mod up_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A distributed plugin cluster: host plugins on several nodes, route requests
+/// to them and run them resiliently.
+#[derive(Parser)]
+#[command(name = "plexus", version, about, propagate_version = true)]
+struct Cli {
+    /// Log as JSON lines (stderr).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a local cluster of N node processes with the default plugins.
+    Up(up_cmd::UpArgs),
+    /// Run one node (for multi-host deployments).
+    Node(node_cmd::NodeArgs),
+    /// Show the cluster's members and plugins as one node sees them.
+    Status(status_cmd::StatusArgs),
+    /// Inspect the plugin catalog (offline).
+    #[command(subcommand)]
+    Catalog(catalog_cmd::CatalogCmd),
+    /// Run a plugin command on whichever node hosts the plugin.
+    Exec(exec_cmd::ExecArgs),
+    /// Route a request to the best plugin and agent (offline).
+    Route(route_cmd::RouteArgs),
+}
+
+/// Catalog sources shared by several subcommands.
+#[derive(Args, Clone, Debug, Default)]
+pub struct CatalogArgs {
+    /// Extra catalog directory: a Claude Code plugin directory, a directory of
+    /// them, or a directory of Plexus `*.toml` manifests. Repeatable.
+    #[arg(long = "catalog", value_name = "DIR")]
+    pub catalog: Vec<PathBuf>,
+    /// Leave out the plugin manifests built into the binary.
+    #[arg(long)]
+    pub no_default_plugins: bool,
+}
+
+/// An error with the exit code it deserves.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    /// A usage or configuration problem (exit 2).
+    pub fn usage(e: impl Into<anyhow::Error>) -> Failure {
+        Failure { code: 2, error: e.into() }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure { code: 1, error: e.into() }
+    }
+}
+
+pub type CliResult = Result<(), Failure>;
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ractor=warn,ractor_cluster=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Cmd::Up(a) => up_cmd::run(a),
+        Cmd::Node(a) => {
+            init_logging(cli.log_json);
+            node_cmd::run(a)
+        }
+        Cmd::Status(a) => status_cmd::run(a),
+        Cmd::Catalog(c) => catalog_cmd::run(c),
+        Cmd::Exec(a) => exec_cmd::run(a),
+        Cmd::Route(a) => route_cmd::run(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}

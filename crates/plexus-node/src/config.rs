@@ -14,7 +14,7 @@ pub const DEV_COOKIE: &str = "plexus-dev-cookie";
 /// A configuration problem, naming where it is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
+    #[error("{}: cannot read", file.display())]
     Read {
         file: PathBuf,
         source: std::io::Error,

@@ -40,7 +40,7 @@ pub enum StartError {
     UnknownPlugin { name: String, known: String },
     #[error("data directory {path}: {message}")]
     DataDir { path: String, message: String },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start {what}: {message}")]
     Spawn { what: &'static str, message: String },

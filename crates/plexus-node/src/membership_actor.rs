@@ -248,8 +248,12 @@ struct LinkEvents {
 }
 
 impl LinkEvents {
+    /// ractor_cluster names peers `name@host`; Plexus names nodes by `name`.
     fn peer(ses: &NodeServerSessionInformation) -> Option<String> {
-        ses.peer_name.as_ref().map(|n| n.name.clone())
+        ses.peer_name
+            .as_ref()
+            .map(|n| n.name.split('@').next().unwrap_or_default().to_string())
+            .filter(|n| !n.is_empty())
     }
 }
 

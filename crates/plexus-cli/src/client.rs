@@ -1,0 +1,75 @@
+//! A small blocking client for a node's HTTP API.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::Failure;
+
+/// An API client bound to one node's address.
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+/// A non-2xx answer: the node's problem document.
+#[derive(Debug, serde::Deserialize)]
+pub struct Problem {
+    pub status: u16,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub reply: Option<serde_json::Value>,
+}
+
+impl Client {
+    /// `connect` is the node's API address, `HOST:PORT` (or a full `http://` URL).
+    pub fn new(connect: &str, timeout: Duration) -> Client {
+        let base = if connect.starts_with("http://") || connect.starts_with("https://") {
+            connect.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{connect}")
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .build()
+            .into();
+        Client { base, agent }
+    }
+
+    fn read<T: DeserializeOwned>(&self, path: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Result<T, Problem>, Failure> {
+        let mut resp = r.map_err(|e| anyhow!("cannot reach the node at {}: {e}", self.base))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("reading the answer of {}{path}", self.base))?;
+        if (200..300).contains(&status) {
+            let v = serde_json::from_str(&text).with_context(|| format!("{}{path} answered something that is not the expected JSON", self.base))?;
+            Ok(Ok(v))
+        } else {
+            let p = serde_json::from_str::<Problem>(&text).unwrap_or(Problem {
+                status,
+                detail: text.chars().take(500).collect(),
+                kind: String::new(),
+                reply: None,
+            });
+            Ok(Err(p))
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Result<T, Problem>, Failure> {
+        let r = self.agent.get(format!("{}{path}", self.base)).call();
+        self.read(path, r)
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Result<T, Problem>, Failure> {
+        let r = self.agent.post(format!("{}{path}", self.base)).send_json(body);
+        self.read(path, r)
+    }
+}

@@ -1,0 +1,80 @@
+//! `plexus exec`.
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::Args;
+use plexus_node::api::ExecBody;
+use plexus_node::plugins::ExecReply;
+
+use crate::client::Client;
+use crate::{CliResult, Failure};
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Any node's API address, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub connect: String,
+    #[arg(long)]
+    pub plugin: String,
+    #[arg(long)]
+    pub command: String,
+    /// The command's input, a JSON value.
+    #[arg(long, value_name = "JSON")]
+    pub input: Option<String>,
+    /// How long to wait for the result.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// Message priority, 1 (lowest) to 10.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub priority: Option<u8>,
+    /// Makes a non-idempotent command safe to retry.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Print the node's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: ExecArgs) -> CliResult {
+    let input = match &a.input {
+        None => None,
+        Some(s) => Some(
+            serde_json::from_str::<serde_json::Value>(s)
+                .map_err(|e| Failure::usage(anyhow!("--input is not valid JSON: {e}")))?,
+        ),
+    };
+    let body = ExecBody {
+        plugin: a.plugin.clone(),
+        command: a.command.clone(),
+        input,
+        timeout_ms: Some(a.timeout_ms),
+        priority: a.priority,
+        idempotency_key: a.idempotency_key.clone(),
+    };
+    let c = Client::new(&a.connect, Duration::from_millis(a.timeout_ms + 5_000));
+    match c.post::<_, ExecReply>("/v1/exec", &body)? {
+        Ok(r) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{}/{} ran on {} in {:.1} ms", r.plugin, r.command, r.node, r.duration_ms);
+                if let (Some(m), Some(c)) = (&r.model, r.cost_usd) {
+                    println!("model {m}, estimated cost ${c:.4}");
+                }
+                let out = r.output.as_ref().map(|o| serde_json::to_string_pretty(o).unwrap_or_default()).unwrap_or_default();
+                println!("{out}");
+            }
+            Ok(())
+        }
+        Err(p) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "status": p.status, "type": p.kind, "detail": p.detail, "reply": p.reply})
+                );
+            }
+            Err(anyhow!("{} (HTTP {})", p.detail, p.status).into())
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! `plexus node`: run one node in the foreground.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use clap::Args;
+use plexus_node::config::{read_file, FileConfig};
+use plexus_node::StartError;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{defaults, CatalogArgs, CliResult, Failure};
+
+#[derive(Args, Debug, Default)]
+pub struct NodeArgs {
+    /// A node config file (TOML, see cluster-config/); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's name, unique in the cluster.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Cluster listener, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Client API listener, HOST:PORT (default: cluster port + 100).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub api: Option<String>,
+    /// Host name other nodes use to reach this one (default: the listen host).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Another node's cluster address to join through. Repeatable.
+    #[arg(long = "seed", value_name = "HOST:PORT")]
+    pub seeds: Vec<String>,
+    /// Plugins this node hosts (default: every plugin in the catalog).
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub plugins: Option<Vec<String>>,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    /// Shared secret every node of the cluster must present.
+    #[arg(long, env = "PLEXUS_COOKIE", hide_env_values = true)]
+    pub cookie: Option<String>,
+    /// Where the node keeps its state (generation, journals).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+fn merged_config(a: &NodeArgs) -> Result<FileConfig, Failure> {
+    let mut fc = match &a.config {
+        Some(p) => read_file(p).map_err(Failure::usage)?,
+        None => FileConfig::default(),
+    };
+    let n = &mut fc.node;
+    if a.name.is_some() {
+        n.name = a.name.clone();
+    }
+    if a.listen.is_some() {
+        n.listen = a.listen.clone();
+    }
+    if a.api.is_some() {
+        n.api = a.api.clone();
+    }
+    if a.advertise.is_some() {
+        n.advertise = a.advertise.clone();
+    }
+    if !a.seeds.is_empty() {
+        n.seeds = a.seeds.clone();
+    }
+    if let Some(ps) = &a.plugins {
+        // `--plugins ""` means "host nothing".
+        n.plugins = Some(ps.iter().filter(|s| !s.trim().is_empty()).cloned().collect());
+    }
+    n.catalog.extend(a.catalog.catalog.iter().cloned());
+    n.no_default_plugins |= a.catalog.no_default_plugins;
+    if a.cookie.is_some() {
+        n.cookie = a.cookie.clone();
+    }
+    if a.data_dir.is_some() {
+        n.data_dir = a.data_dir.clone();
+    }
+    Ok(fc)
+}
+
+pub fn run(a: NodeArgs) -> CliResult {
+    let fc = merged_config(&a)?;
+    let config = fc.finish().map_err(|e| {
+        let at = a.config.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default();
+        Failure::usage(anyhow!("{at}{e}"))
+    })?;
+    let catalog = defaults::load(&CatalogArgs {
+        catalog: config.catalog.clone(),
+        no_default_plugins: !config.default_plugins,
+    });
+    for d in &catalog.diagnostics {
+        match d.severity {
+            plexus_catalog::Severity::Error => tracing::error!("{d}"),
+            plexus_catalog::Severity::Warning => tracing::debug!("{d}"),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let mut handle = plexus_node::start(config, catalog).await.map_err(|e| match e {
+            StartError::UnknownPlugin { .. } => Failure::usage(e),
+            other => Failure::from(other),
+        })?;
+        let ctx = handle.ctx.clone();
+        let ready = serde_json::json!({
+            "event": "ready",
+            "node": ctx.name(),
+            "cluster_addr": ctx.config.cluster_addr(),
+            "api_addr": handle.api_addr.to_string(),
+            "generation": ctx.identity.read().generation,
+            "plugins": ctx.hosted.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+        });
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{ready}")?;
+            out.flush()?;
+        }
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: leaving the cluster"),
+            _ = int.recv() => tracing::info!("SIGINT: leaving the cluster"),
+            _ = handle.stopped() => {
+                return Err(Failure::from(anyhow!("the node's supervisor gave up; see the log above")));
+            }
+        }
+        handle.shutdown().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,73 @@
+//! `plexus route`: offline routing against the catalog.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use plexus_router::{RouteRequest, Router};
+
+use crate::{defaults, CatalogArgs, CliResult, Failure};
+
+#[derive(Args)]
+pub struct RouteArgs {
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    /// The request, in plain words.
+    #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+    pub text: Option<String>,
+    /// Route every line of a JSONL file (objects with a `request` field).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub batch: Option<PathBuf>,
+    /// Budget in USD for the chosen model.
+    #[arg(long)]
+    pub budget_usd: Option<f64>,
+    /// Longest acceptable duration in minutes.
+    #[arg(long)]
+    pub max_duration_min: Option<f64>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: RouteArgs) -> CliResult {
+    let cat = defaults::load(&a.catalog);
+    for d in cat.errors() {
+        eprintln!("{d}");
+    }
+    let router = Router::new(&cat);
+    if let Some(path) = &a.batch {
+        let f = std::fs::File::open(path).map_err(|e| Failure::usage(anyhow!("{}: cannot open: {e}", path.display())))?;
+        let out = std::io::stdout();
+        let mut out = out.lock();
+        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+            let line = line.with_context(|| format!("{}:{}: cannot read", path.display(), i + 1))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let mut v = plexus_router::route_batch_line(&router, &line);
+            if let Some(obj) = v.as_object_mut() {
+                if obj.contains_key("error") {
+                    obj.insert("line".into(), serde_json::json!(i + 1));
+                }
+            }
+            writeln!(out, "{v}")?;
+        }
+        return Ok(());
+    }
+    let text = a.text.unwrap_or_default();
+    let mut req = RouteRequest::new(text);
+    if let Some(b) = a.budget_usd {
+        req = req.with_budget(b);
+    }
+    if let Some(m) = a.max_duration_min {
+        req = req.with_max_duration(m);
+    }
+    let d = router.route(&req);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        println!("{d}");
+    }
+    Ok(())
+}

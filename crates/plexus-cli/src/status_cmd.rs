@@ -1,0 +1,67 @@
+//! `plexus status`.
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::Args;
+use plexus_node::api::StatusBody;
+
+use crate::client::Client;
+use crate::CliResult;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// A node's API address, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub connect: String,
+    /// Print the node's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: StatusArgs) -> CliResult {
+    let c = Client::new(&a.connect, Duration::from_secs(10));
+    let body: StatusBody = c.get("/v1/status")?.map_err(|p| anyhow!("{} (HTTP {})", p.detail, p.status))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        print!("{}", render(&body));
+    }
+    Ok(())
+}
+
+/// The human view of a status answer.
+pub fn render(s: &StatusBody) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "node {} (generation {}), up {:.0}s, cluster {}, api {}", s.node, s.generation, s.uptime_secs, s.cluster_addr, s.api_addr);
+    let _ = writeln!(o, "\nMEMBERS");
+    let _ = writeln!(o, "  {:<16} {:<22} {:<22} {:<12} {}", "NAME", "CLUSTER", "API", "STATUS", "GEN");
+    for m in &s.members {
+        let _ = writeln!(
+            o,
+            "  {:<16} {:<22} {:<22} {:<12} {}{}",
+            m.name,
+            m.cluster_addr,
+            m.api_addr,
+            m.status.to_string(),
+            m.generation,
+            if m.local { "  (this node)" } else { "" }
+        );
+    }
+    let _ = writeln!(o, "\nPLUGINS");
+    let _ = writeln!(o, "  {:<26} {:<9} {:<16} {:<12} {:>6} {:>8} {:>8}", "NAME", "VERSION", "NODE", "STATUS", "AGENTS", "COMMANDS", "RESTARTS");
+    for p in &s.plugins {
+        let _ = writeln!(
+            o,
+            "  {:<26} {:<9} {:<16} {:<12} {:>6} {:>8} {:>8}",
+            p.name, p.version, p.node, p.status, p.agents, p.commands, p.restarts
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nBUS  published {}  delivered {}  dead letters {}",
+        s.bus.published, s.bus.delivered, s.bus.dead_lettered
+    );
+    o
+}

@@ -1,0 +1,286 @@
+//! `plexus up`: a local cluster of node processes, in the foreground.
+//!
+//! Each node is a child process of this one (`plexus node ...`), started with
+//! `PR_SET_PDEATHSIG` so that none outlives us even on `kill -9`. Ctrl-C or
+//! SIGTERM stops them gracefully (SIGTERM, then SIGKILL after a grace period).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use plexus_node::api::StatusBody;
+use rand::Rng;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::client::Client;
+use crate::{defaults, CatalogArgs, CliResult, Failure};
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub nodes: u16,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    /// Cluster port of the first node; node i listens on BASE+i-1 and serves
+    /// its API on that port + 100. 0 picks free ports.
+    #[arg(long, default_value_t = 7101)]
+    pub base_port: u16,
+    /// Where nodes keep their data and logs.
+    #[arg(long, default_value = ".plexus/up", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Print the nodes and return to the shell only when they stop, without
+    /// the live status line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+struct Node {
+    name: String,
+    child: Child,
+    cluster: String,
+    api: String,
+    plugins: Vec<String>,
+    log: PathBuf,
+}
+
+/// Round-robin placement: plugin i goes to node i mod N.
+pub fn placement(plugins: &[String], nodes: usize) -> Vec<Vec<String>> {
+    let mut out = vec![vec![]; nodes];
+    for (i, p) in plugins.iter().enumerate() {
+        out[i % nodes].push(p.clone());
+    }
+    out
+}
+
+pub fn run(a: UpArgs) -> CliResult {
+    let cat = defaults::load(&a.catalog);
+    for d in cat.errors() {
+        eprintln!("{d}");
+    }
+    if cat.plugins.is_empty() {
+        return Err(Failure::usage(anyhow!("the catalog is empty: nothing to host")));
+    }
+    let names: Vec<String> = cat.plugins.iter().map(|p| p.name.clone()).collect();
+    let plan = placement(&names, a.nodes as usize);
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot create {}", a.dir.display()))?;
+    let exe = std::env::current_exe().context("cannot find the plexus binary")?;
+    let cookie: String = {
+        let mut r = rand::thread_rng();
+        (0..32).map(|_| format!("{:x}", r.gen_range(0..16u8))).collect()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let mut nodes: Vec<Node> = vec![];
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        for i in 0..a.nodes as usize {
+            let name = format!("node{}", i + 1);
+            let (listen, api) = if a.base_port == 0 {
+                ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string())
+            } else {
+                let p = a.base_port as usize + i;
+                if p + 100 > u16::MAX as usize {
+                    return Err(Failure::usage(anyhow!("--base-port {} leaves no room for {} nodes", a.base_port, a.nodes)));
+                }
+                (format!("127.0.0.1:{p}"), format!("127.0.0.1:{}", p + 100))
+            };
+            let log = a.dir.join(format!("{name}.log"));
+            let started = tokio::select! {
+                r = start_node(&exe, &name, &listen, &api, &nodes, &plan[i], &a, &cookie, &log) => r,
+                _ = term.recv() => Err(anyhow!("interrupted")),
+                _ = int.recv() => Err(anyhow!("interrupted")),
+            };
+            match started {
+                Ok(n) => nodes.push(n),
+                Err(e) => {
+                    stop_all(&mut nodes).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        println!("Plexus cluster up: {} nodes (cookie in each node's environment; logs in {})", nodes.len(), a.dir.display());
+        println!("{:<8} {:<18} {:<18} PLUGINS", "NODE", "CLUSTER", "API");
+        for n in &nodes {
+            println!("{:<8} {:<18} {:<18} {}", n.name, n.cluster, n.api, n.plugins.join(", "));
+        }
+        println!("\ntry:  plexus status --connect {}\n      plexus exec --connect {} --plugin {} --command {}",
+            nodes[0].api, nodes[0].api, cat.plugins[0].name,
+            cat.plugins[0].commands.first().map(|c| c.name.as_str()).unwrap_or("COMMAND"));
+        println!("Ctrl-C stops every node.\n");
+
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        let mut last = String::new();
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = tick.tick() => {
+                    for n in nodes.iter_mut() {
+                        if let Ok(Some(st)) = n.child.try_wait() {
+                            println!("{} exited ({st}); see {}", n.name, n.log.display());
+                        }
+                    }
+                    nodes.retain_mut(|n| !matches!(n.child.try_wait(), Ok(Some(_))));
+                    if nodes.is_empty() {
+                        return Err(anyhow!("every node has exited").into());
+                    }
+                    if !a.quiet {
+                        let api = nodes[0].api.clone();
+                        let line = tokio::task::spawn_blocking(move || summary(&api)).await.unwrap_or_else(|e| e.to_string());
+                        if line != last {
+                            println!("[status] {line}");
+                            last = line;
+                        }
+                    }
+                }
+            }
+        }
+        println!("stopping {} nodes...", nodes.len());
+        stop_all(&mut nodes).await;
+        println!("all nodes stopped");
+        Ok(())
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_node(
+    exe: &std::path::Path,
+    name: &str,
+    listen: &str,
+    api: &str,
+    earlier: &[Node],
+    plugins: &[String],
+    a: &UpArgs,
+    cookie: &str,
+    log: &std::path::Path,
+) -> anyhow::Result<Node> {
+    let logf = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("node")
+        .args(["--name", name, "--listen", listen, "--api", api])
+        .arg("--plugins")
+        .arg(plugins.join(","))
+        .arg("--data-dir")
+        .arg(a.dir.join(name))
+        .env("PLEXUS_COOKIE", cookie)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(logf))
+        .kill_on_drop(true);
+    for n in earlier {
+        cmd.args(["--seed", &n.cluster]);
+    }
+    for d in &a.catalog.catalog {
+        cmd.arg("--catalog").arg(d);
+    }
+    if a.catalog.no_default_plugins {
+        cmd.arg("--no-default-plugins");
+    }
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {name}"))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout from {name}"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(l) = lines.next_line().await? {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                if v["event"] == "ready" {
+                    return Ok::<_, std::io::Error>(Some(v));
+                }
+            }
+        }
+        Ok(None)
+    })
+    .await;
+    let v = match ready {
+        Ok(Ok(Some(v))) => v,
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            let _ = child.wait().await;
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("{name} did not start; last lines of {}:\n{}", log.display(), tail.join("\n"));
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            bail!("{name} did not become ready within 30 s; see {}", log.display());
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Node {
+        name: name.to_string(),
+        child,
+        cluster: v["cluster_addr"].as_str().unwrap_or_default().to_string(),
+        api: v["api_addr"].as_str().unwrap_or_default().to_string(),
+        plugins: plugins.to_vec(),
+        log: log.to_path_buf(),
+    })
+}
+
+fn summary(api: &str) -> String {
+    let c = Client::new(api, Duration::from_secs(2));
+    match c.get::<StatusBody>("/v1/status") {
+        Ok(Ok(s)) => {
+            let members: Vec<String> = s.members.iter().map(|m| format!("{} {}", m.name, m.status)).collect();
+            let avail = s.plugins.iter().filter(|p| p.status == "available").count();
+            let other: Vec<String> = s
+                .plugins
+                .iter()
+                .filter(|p| p.status != "available")
+                .map(|p| format!("{} {}", p.name, p.status))
+                .collect();
+            let mut line = format!("members: {} | plugins: {avail}/{} available", members.join(", "), s.plugins.len());
+            if !other.is_empty() {
+                line.push_str(&format!(" ({})", other.join(", ")));
+            }
+            line
+        }
+        Ok(Err(p)) => format!("{api}: {}", p.detail),
+        Err(e) => format!("{api}: {:#}", e.error),
+    }
+}
+
+async fn stop_all(nodes: &mut [Node]) {
+    for n in nodes.iter() {
+        if let Some(pid) = n.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    for n in nodes.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(5), n.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("{} did not stop within 5 s; killing it", n.name);
+                let _ = n.child.kill().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placement;
+
+    #[test]
+    fn placement_is_round_robin_and_total() {
+        let ps: Vec<String> = (0..7).map(|i| format!("p{i}")).collect();
+        let plan = placement(&ps, 3);
+        assert_eq!(plan[0], vec!["p0", "p3", "p6"]);
+        assert_eq!(plan[1], vec!["p1", "p4"]);
+        assert_eq!(plan[2], vec!["p2", "p5"]);
+        let plan = placement(&ps[..2], 3);
+        assert!(plan[2].is_empty());
+    }
+}
