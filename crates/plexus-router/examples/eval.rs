@@ -283,9 +283,14 @@ fn cross_validate_complexity(
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let pos: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
-    let (Some(cat_dir), Some(labels_path)) = (pos.first(), pos.get(1)) else {
-        eprintln!("usage: eval CATALOG_DIR LABELS.jsonl [--out OUT.jsonl] [--verbose] [--no-cv]");
+    let pos: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--out"))
+        .map(|(_, a)| a)
+        .collect();
+    let Some((labels_path, cat_dirs)) = pos.split_last().filter(|(_, d)| !d.is_empty()) else {
+        eprintln!("usage: eval CATALOG_DIR... LABELS.jsonl [--out OUT.jsonl] [--verbose] [--errors] [--no-cv]");
         std::process::exit(2);
     };
     let out = args
@@ -295,7 +300,7 @@ fn main() {
     let verbose = args.iter().any(|a| a == "--verbose");
     let catalog = Catalog::load(&Sources {
         embedded: vec![],
-        dirs: vec![cat_dir.into()],
+        dirs: cat_dirs.iter().map(|d| d.into()).collect(),
     });
     let labels = load_labels(labels_path);
     let t0 = std::time::Instant::now();
@@ -423,7 +428,10 @@ fn main() {
         let (_, all) = cross_validate(&mut router, &labels, 1);
         println!("    calibrated on the whole set: {:?}", all[0]);
         let (h, n, cuts) = cross_validate_complexity(&router, &labels, 1);
-        println!("    complexity cut points on the whole set: {:?} ({h}/{n} on the set itself)", cuts[0]);
+        println!(
+            "    complexity cut points on the whole set: {:?} ({h}/{n} on the set itself)",
+            cuts[0]
+        );
     }
     let _ = classify::base_minutes;
 }

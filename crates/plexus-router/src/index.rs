@@ -470,8 +470,10 @@ mod tests {
             )],
             diagnostics: vec![],
         };
-        let mut params = Bm25Params::default();
-        params.b = [0.0; NFIELDS];
+        let params = Bm25Params {
+            b: [0.0; NFIELDS],
+            ..Default::default()
+        };
         let ix = Index::build(&c, params);
         let s = score(&ix, "backup");
         assert!(s[2] > s[1], "{s:?}");

@@ -717,7 +717,6 @@ impl Router {
 
         let plugins_in_plan: Vec<String> = phases.iter().map(|p| p.plugin.clone()).collect();
         // The primary comes first in the plan's plugin list.
-        let mut phases = phases;
         if let Some(i) = plugins_in_plan
             .iter()
             .position(|x| *x == ix.plugins[primary].name)
