@@ -286,6 +286,7 @@ pub struct SimSpec {
     #[serde(default)]
     pub seed: u64,
     /// Whether inputs may carry `$sim` fault directives (panic, fail, delay).
+    /// Off by default: any client could otherwise crash the plugin.
     #[serde(default = "sim_faults")]
     pub allow_fault_injection: bool,
 }
@@ -294,7 +295,7 @@ fn sim_latency() -> u64 {
     5
 }
 fn sim_faults() -> bool {
-    true
+    false
 }
 
 impl Default for SimSpec {

@@ -19,7 +19,8 @@ pub struct ExecArgs {
     pub plugin: String,
     #[arg(long)]
     pub command: String,
-    /// The command's input, a JSON value.
+    /// The command's input, a JSON value; `@FILE` reads it from a file, `-`
+    /// from stdin.
     #[arg(long, value_name = "JSON")]
     pub input: Option<String>,
     /// How long to wait for the result.
@@ -39,10 +40,13 @@ pub struct ExecArgs {
 pub fn run(a: ExecArgs) -> CliResult {
     let input = match &a.input {
         None => None,
-        Some(s) => Some(
-            serde_json::from_str::<serde_json::Value>(s)
-                .map_err(|e| Failure::usage(anyhow!("--input is not valid JSON: {e}")))?,
-        ),
+        Some(s) => {
+            let (text, from) = read_input(s)?;
+            Some(
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .map_err(|e| Failure::usage(anyhow!("--input{from} is not valid JSON: {e}")))?,
+            )
+        }
     };
     let body = ExecBody {
         plugin: a.plugin.clone(),
@@ -77,4 +81,18 @@ pub fn run(a: ExecArgs) -> CliResult {
             Err(anyhow!("{} (HTTP {})", p.detail, p.status).into())
         }
     }
+}
+
+/// The text of `--input`: inline, `@FILE` or `-` (stdin), and where it came from.
+fn read_input(arg: &str) -> Result<(String, String), Failure> {
+    if arg == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map_err(|e| Failure::usage(anyhow!("--input -: cannot read stdin: {e}")))?;
+        return Ok((t, " (stdin)".into()));
+    }
+    if let Some(path) = arg.strip_prefix('@') {
+        let t = std::fs::read_to_string(path).map_err(|e| Failure::usage(anyhow!("--input @{path}: cannot read: {e}")))?;
+        return Ok((t, format!(" (@{path})")));
+    }
+    Ok((arg.to_string(), String::new()))
 }

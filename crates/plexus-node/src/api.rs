@@ -147,19 +147,6 @@ async fn announces(ctx: &NodeCtx) -> Result<Vec<NodeAnnounce>, Problem> {
         .ok_or_else(|| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "registry did not answer"))
 }
 
-trait CallResultExt<T> {
-    fn success_or(self, e: ()) -> Result<T, ()>;
-}
-
-impl<T> CallResultExt<T> for ractor::rpc::CallResult<T> {
-    fn success_or(self, _e: ()) -> Result<T, ()> {
-        match self {
-            ractor::rpc::CallResult::Success(t) => Ok(t),
-            _ => Err(()),
-        }
-    }
-}
-
 /// Build the status document (also used by `plexus up`'s live view).
 pub async fn status_body(ctx: &NodeCtx) -> Result<StatusBody, Problem> {
     let view = view(ctx).await?;
@@ -339,6 +326,16 @@ pub async fn exec_command(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
 }
 
 async fn exec(State(ctx): State<Arc<NodeCtx>>, body: Result<Json<ExecBody>, JsonRejection>) -> Result<Json<ExecReply>, Problem> {
-    let Json(body) = body.map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.body_text()))?;
+    let Json(body) = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE || e.body_text().contains("length limit exceeded") {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                format!("request body too large: the limit is {} bytes (limits.max_payload_bytes)", ctx.config.max_payload_bytes),
+            )
+        } else {
+            Problem::new(StatusCode::BAD_REQUEST, "bad-request", format!("malformed exec request: {}", e.body_text()))
+        }
+    })?;
     exec_command(&ctx, body).await.map(Json)
 }
