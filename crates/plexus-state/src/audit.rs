@@ -164,6 +164,9 @@ impl AuditLog {
     }
 
     pub(crate) fn take_unpersisted(&mut self) -> Vec<AuditRecord> {
-        self.unpersisted.as_mut().map(std::mem::take).unwrap_or_default()
+        self.unpersisted
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 }

@@ -1,10 +1,9 @@
 //! Deltas (one accepted change, shipped to other replicas) and change events.
 
-use crdts::LWWReg;
 use serde::{Deserialize, Serialize};
 
 use crate::entry::Meta;
-use crate::types::{Gen, Kind, NodeId, PluginId, Stamp, Version};
+use crate::types::{Access, Gen, Kind, NodeId, PluginId, Stamp, Version};
 use crate::value::ValueOp;
 
 /// One change, as produced by [`crate::Store::apply_local`] and consumed by
@@ -38,11 +37,26 @@ pub struct Delta {
     pub op: DeltaOp,
 }
 
+/// The creator's view of the key's previous generation, carried by a
+/// creation so that receivers can check that the creator was allowed to
+/// replace it (see [`DeltaOp::Create`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prev {
+    /// Generation the creator held.
+    pub gen: Gen,
+    /// Its version at the creator.
+    pub version: Version,
+}
+
 /// What a delta does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeltaOp {
     /// Create the key (first change of a generation at its origin). The
-    /// author becomes the owner.
+    /// author becomes the owner. A creation of a higher generation than a
+    /// replica holds replaces the entry; it is accepted only if the creator
+    /// had seen the held generation end (deleted, or expired at the
+    /// creation's time) or is its owner. A receiver that has not yet seen
+    /// `prev` waits for it (buffered) so that every replica judges alike.
     Create {
         /// Unique creation stamp `(ts_ms, origin, counter)`.
         stamp: Stamp,
@@ -50,6 +64,8 @@ pub enum DeltaOp {
         kind: Kind,
         /// Initial access and expiry.
         meta: Meta,
+        /// The creator's state of the previous generation, if it held one.
+        prev: Option<Prev>,
     },
     /// Change the value, under the creation the author saw as winner.
     Value {
@@ -58,12 +74,19 @@ pub enum DeltaOp {
         /// The CRDT operation.
         op: ValueOp,
     },
-    /// Change access level or expiry (owner only).
-    Meta {
-        /// Creation whose meta changes.
+    /// Change the access level (owner only). Stamped by the delta.
+    Access {
+        /// Creation whose access changes.
         target: Stamp,
-        /// New meta with its unique stamp.
-        meta: LWWReg<Meta, Stamp>,
+        /// New access level.
+        access: Access,
+    },
+    /// Change or clear the expiry (owner only). Stamped by the delta.
+    Expiry {
+        /// Creation whose expiry changes.
+        target: Stamp,
+        /// New expiry (ms timestamp).
+        expires_at: Option<u64>,
     },
     /// Delete the generation (owner only): a tombstone that wins over any
     /// concurrent change of the same generation.
@@ -95,7 +118,8 @@ impl DeltaOp {
         use crate::value::FieldOp;
         match self {
             DeltaOp::Create { .. } => "create",
-            DeltaOp::Meta { .. } => "set-meta",
+            DeltaOp::Access { .. } => "set-access",
+            DeltaOp::Expiry { .. } => "set-expiry",
             DeltaOp::Delete { .. } => "delete",
             DeltaOp::Value { op, .. } => match op {
                 ValueOp::Put(_) => "put",
@@ -119,7 +143,7 @@ impl DeltaOp {
         match self {
             DeltaOp::Create { .. } => ChangeKind::Created,
             DeltaOp::Value { .. } => ChangeKind::Updated,
-            DeltaOp::Meta { .. } => ChangeKind::MetaChanged,
+            DeltaOp::Access { .. } | DeltaOp::Expiry { .. } => ChangeKind::MetaChanged,
             DeltaOp::Delete { .. } => ChangeKind::Deleted,
         }
     }
@@ -152,6 +176,11 @@ pub struct StateEvent {
     pub kind: ChangeKind,
     /// Author plugin (`None` for merges and purges).
     pub author: Option<PluginId>,
+    /// Owner of the entry (before the change, for a deletion or expiry;
+    /// `None` if unknown, e.g. a merged tombstone).
+    pub owner: Option<PluginId>,
+    /// Access level of the entry (same rule as `owner`).
+    pub access: Option<Access>,
     /// Node the change came from.
     pub node: NodeId,
     /// Generation after the change.
@@ -161,6 +190,16 @@ pub struct StateEvent {
 }
 
 impl StateEvent {
+    /// May `plugin` be told about this change? Only if it may read the
+    /// entry (the event names the key, not the value). Unknown owner or
+    /// access: no.
+    pub fn readable_by(&self, plugin: &str) -> bool {
+        match (&self.owner, &self.access) {
+            (Some(owner), Some(access)) => access.can_read(owner, plugin),
+            _ => false,
+        }
+    }
+
     /// The bus topic for this event.
     pub fn topic(&self) -> String {
         format!("state/changes/{}", self.key)

@@ -8,35 +8,96 @@ use serde::{Deserialize, Serialize};
 use crate::types::{Access, Gen, Kind, PluginId, Stamp, Version};
 use crate::value::{Value, View};
 
-/// Access level and expiry of an entry, changed last-writer-wins by its owner.
+/// Initial access level and expiry of an entry (carried by its creation).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     /// Who may read and write.
     pub access: Access,
-    /// Milliseconds timestamp after which the entry is invisible and, after a
-    /// grace period, purged.
+    /// Milliseconds timestamp from which the entry is invisible; it is purged
+    /// to a tombstone [`crate::StoreConfig::expiry_grace_ms`] later.
     pub expires_at: Option<u64>,
 }
 
 /// One creation of a key. Normally a key has one; two nodes that create the
 /// same key concurrently (same generation) leave two, and the earliest stamp
-/// wins ownership and access. Both are kept so that the join stays
-/// associative; only the winner is visible.
+/// wins ownership. Both are kept so that the join stays associative; only the
+/// winner is visible.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Creation {
-    /// Plugin that created the key: its owner.
+    /// Plugin that created the key: its owner (never changes).
     pub owner: PluginId,
-    /// Access and expiry, last-writer-wins by stamp.
-    pub meta: LWWReg<Meta, Stamp>,
+    /// Every access level this creation has had, keyed by the stamp of the
+    /// change that set it (the first is the creation's own stamp). The
+    /// current level is the last. The history is what makes remote ACL
+    /// checks deterministic: a write is judged under the latest level its
+    /// author had seen (the latest whose stamp's dot is in the write's
+    /// dependencies), so every replica reaches the same verdict.
+    pub access: BTreeMap<Stamp, Access>,
+    /// Expiry, last-writer-wins by stamp.
+    pub expiry: LWWReg<Option<u64>, Stamp>,
 }
 
-/// A live entry: its creations and its value.
+/// Access level used when a (malformed) creation has no history: deny.
+static DENY: Access = Access::Private;
+
+impl Creation {
+    /// A creation by `owner` stamped `stamp` with initial `meta`.
+    pub fn new(owner: PluginId, stamp: Stamp, meta: Meta) -> Self {
+        Creation {
+            owner,
+            access: BTreeMap::from([(stamp.clone(), meta.access)]),
+            expiry: LWWReg {
+                val: meta.expires_at,
+                marker: stamp,
+            },
+        }
+    }
+
+    /// The current access level.
+    pub fn current_access(&self) -> &Access {
+        self.access.values().next_back().unwrap_or(&DENY)
+    }
+
+    /// Stamp of the current access level.
+    pub fn access_stamp(&self) -> Option<&Stamp> {
+        self.access.keys().next_back()
+    }
+
+    /// The access level a change with dependencies `deps` was made under:
+    /// the latest level whose setting change is in `deps`.
+    pub fn access_at(&self, deps: &Version) -> &Access {
+        self.access
+            .iter()
+            .rev()
+            .find(|(s, _)| deps.get(&s.node) >= s.seq)
+            .map(|(_, a)| a)
+            .unwrap_or(&DENY)
+    }
+
+    /// The current expiry.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.expiry.val
+    }
+
+    /// Join another replica's copy of the same creation.
+    pub fn join(&mut self, other: Creation) {
+        for (s, a) in other.access {
+            self.access.entry(s).or_insert(a);
+        }
+        self.expiry.merge(other.expiry);
+    }
+}
+
+/// A live entry: its creations and one value per owner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Live {
     /// Creations by stamp; the first is the winner.
     pub creations: BTreeMap<Stamp, Creation>,
-    /// The CRDT value.
-    pub value: Value,
+    /// The CRDT value written under each owner's creations. Writes go to the
+    /// value of the owner of the creation they target, and readers see the
+    /// winner's owner's value, so the data of a plugin that lost a creation
+    /// race is never shown under the winner's access level.
+    pub values: BTreeMap<PluginId, Value>,
 }
 
 /// What an entry holds in its generation.
@@ -74,7 +135,7 @@ impl EntryState {
             version: Version::new(),
             body: Body::Live(Live {
                 creations: BTreeMap::new(),
-                value: Value::Lww(None),
+                values: BTreeMap::new(),
             }),
         }
     }
@@ -96,13 +157,20 @@ impl EntryState {
             (Body::Live(a), Body::Live(b)) => {
                 for (stamp, c) in b.creations {
                     match a.creations.get_mut(&stamp) {
-                        Some(mine) => mine.meta.merge(c.meta),
+                        Some(mine) => mine.join(c),
                         None => {
                             a.creations.insert(stamp, c);
                         }
                     }
                 }
-                a.value.join(b.value);
+                for (owner, v) in b.values {
+                    match a.values.get_mut(&owner) {
+                        Some(mine) => mine.join(v),
+                        None => {
+                            a.values.insert(owner, v);
+                        }
+                    }
+                }
             }
         }
     }
@@ -115,7 +183,7 @@ impl EntryState {
         }
     }
 
-    /// The winning creation (owner, meta) of a live entry.
+    /// The winning creation of a live entry.
     pub fn winner(&self) -> Option<(&Stamp, &Creation)> {
         self.live().and_then(|l| l.creations.first_key_value())
     }
@@ -123,7 +191,7 @@ impl EntryState {
     /// Live, created, and not expired at `now_ms`.
     pub fn is_visible(&self, now_ms: u64) -> bool {
         match self.winner() {
-            Some((_, c)) => c.meta.val.expires_at.is_none_or(|e| now_ms < e),
+            Some((_, c)) => c.expires_at().is_none_or(|e| now_ms < e),
             None => false,
         }
     }
@@ -138,19 +206,38 @@ impl EntryState {
         self.winner().map(|(_, c)| &c.owner)
     }
 
-    /// Meta (access, expiry) of the winning creation.
-    pub fn meta(&self) -> Option<&Meta> {
-        self.winner().map(|(_, c)| &c.meta.val)
+    /// Current access level of the winning creation.
+    pub fn access(&self) -> Option<&Access> {
+        self.winner().map(|(_, c)| c.current_access())
     }
 
-    /// Kind of the live value.
+    /// Expiry of the winning creation.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.winner().and_then(|(_, c)| c.expires_at())
+    }
+
+    /// The visible value: the one written under the winner's owner.
+    pub fn value(&self) -> Option<&Value> {
+        let live = self.live()?;
+        let (_, c) = live.creations.first_key_value()?;
+        live.values.get(&c.owner)
+    }
+
+    /// Kind of the visible value.
     pub fn kind(&self) -> Option<Kind> {
-        self.live().map(|l| l.value.kind())
+        self.value().map(Value::kind)
     }
 
-    /// Plain-data read of the live value.
+    /// Plain-data read of the visible value.
     pub fn view(&self) -> Option<View> {
-        self.live().map(|l| l.value.view())
+        self.value().map(Value::view)
+    }
+
+    /// Can `plugin` read this entry (live and allowed by the current
+    /// access level; expiry is not considered)?
+    pub fn readable_by(&self, plugin: &str) -> bool {
+        self.winner()
+            .is_some_and(|(_, c)| c.current_access().can_read(&c.owner, plugin))
     }
 }
 

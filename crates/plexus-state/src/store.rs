@@ -1,18 +1,17 @@
-//! The replicated store: local operations under the ACL, causal delta
-//! delivery, digest anti-entropy, expiry and audit. Pure: no I/O, no clock
-//! (every call takes `now_ms`).
+//! The replicated store: local operations under the ACL, reads, expiry and
+//! audit. Remote deltas are in [`crate::remote`], anti-entropy in
+//! [`crate::sync`]. Pure: no I/O, no clock (every call takes `now_ms`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crdts::{CmRDT, CvRDT, Dot, LWWReg};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditLog, AuditQuery, AuditRecord, Outcome, Source};
-use crate::delta::{ChangeKind, Delta, DeltaOp, StateEvent};
-use crate::digest::{bucket_of, summary_hash, Digest, KeyDigest, KeySummary, SyncItem, BUCKETS};
-use crate::entry::{Body, Creation, EntryInfo, EntryState, Meta};
-use crate::types::{Access, Kind, NodeId, PluginId, Stamp, StateError, Version};
-use crate::value::{field_kind, make, FieldOp, Value, ValueOp, View};
+use crate::delta::{Delta, DeltaOp, Prev, StateEvent};
+use crate::digest::{bucket_of, summary_hash, BUCKETS};
+use crate::entry::{EntryInfo, EntryState, Meta};
+use crate::types::{Access, Gen, Kind, NodeId, Stamp, StateError, Version};
+use crate::value::{field_kind, make, Value, ValueOp, View};
 
 /// Limits and timings of a store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,19 +21,28 @@ pub struct StoreConfig {
     pub max_value_bytes: usize,
     /// Largest key (bytes).
     pub max_key_bytes: usize,
-    /// Audit records kept in memory.
+    /// Audit records kept in memory (the durable store keeps
+    /// [`crate::DurableConfig::audit_retention`] on disk).
     pub audit_capacity: usize,
     /// Out-of-order deltas buffered (all keys together); beyond it they are
     /// dropped and anti-entropy repairs.
     pub pending_capacity: usize,
+    /// A buffered delta still waiting this long after it was made (origin
+    /// clock) is dropped by [`Store::purge`]; anti-entropy repairs.
+    pub pending_ttl_ms: u64,
+    /// Deltas remembered per key so that anti-entropy can send a lagging
+    /// peer exactly the changes it lacks (each one ACL-checked on arrival)
+    /// instead of the whole entry. 0 always sends whole entries.
+    pub delta_log_per_key: usize,
     /// An expired entry is purged to a tombstone this long after it expired
     /// (it is invisible from the expiry on). Absorbs clock skew between nodes.
     pub expiry_grace_ms: u64,
     /// A tombstone is forgotten this long after its deletion. A replica
     /// partitioned for longer can resurrect the deleted entry.
     pub tombstone_ttl_ms: u64,
-    /// Length of a generation epoch (see [`Gen`]); keep it >= the tombstone
-    /// TTL.
+    /// Length of a generation epoch (see [`Gen`]). Must not exceed the
+    /// tombstone TTL (it is clamped to it), so that a key re-created after
+    /// its tombstone was forgotten lands in a later epoch.
     pub epoch_ms: u64,
 }
 
@@ -45,6 +53,8 @@ impl Default for StoreConfig {
             max_key_bytes: 512,
             audit_capacity: 10_000,
             pending_capacity: 10_000,
+            pending_ttl_ms: 10 * 60_000,
+            delta_log_per_key: 16,
             expiry_grace_ms: 60_000,
             tombstone_ttl_ms: 24 * 3_600_000,
             epoch_ms: 24 * 3_600_000,
@@ -52,7 +62,6 @@ impl Default for StoreConfig {
     }
 }
 
-/// A change a plugin asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LocalOp {
     /// Create the key; the author becomes its owner.
@@ -182,67 +191,47 @@ pub struct Change {
     pub events: Vec<StateEvent>,
 }
 
-/// What became of a remote delta.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DeltaStatus {
-    /// Applied now.
-    Applied,
-    /// Already applied (or covered by a merged state): ignored.
-    Duplicate,
-    /// Of a generation this replica has already replaced: ignored.
-    Obsolete,
-    /// Waiting for earlier changes (buffered).
-    Buffered,
-    /// Waiting, but the buffer is full: dropped, anti-entropy will repair.
-    Dropped,
-}
-
-/// Result of [`Store::apply_remote`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteOutcome {
-    /// What became of the delta itself.
-    pub status: DeltaStatus,
-    /// Events of every change applied: this delta and buffered ones it
-    /// unblocked.
-    pub events: Vec<StateEvent>,
-}
-
 #[derive(Clone, Debug)]
-struct Slot {
-    state: EntryState,
-    hash: u64,
+pub(crate) struct Slot {
+    pub(crate) state: EntryState,
+    pub(crate) hash: u64,
+    /// Recent deltas of the current generation, in apply (causal) order.
+    pub(crate) log: VecDeque<Delta>,
 }
 
-enum Readiness {
-    Ready,
-    Duplicate,
-    Obsolete,
-    Wait,
+impl Slot {
+    pub(crate) fn new(state: EntryState) -> Self {
+        Slot {
+            state,
+            hash: 0,
+            log: VecDeque::new(),
+        }
+    }
 }
 
-#[derive(Clone, Copy)]
-enum Action {
-    Write,
-    Meta,
-    Delete,
-}
-
-/// The replicated state of one node. See the crate docs.
+/// The replicated state of one node: a keyed store of CRDT entries with
+/// owner, access level, version and expiry, plus the audit log.
+///
+/// Every mutating call returns the [`StateEvent`]s to publish; local changes
+/// also return the [`Delta`]s to ship. See `docs/state.md`.
 #[derive(Clone, Debug)]
 pub struct Store {
-    node: NodeId,
-    cfg: StoreConfig,
-    entries: BTreeMap<String, Slot>,
-    buckets: Vec<u64>,
-    pending: BTreeMap<String, Vec<Delta>>,
-    pending_len: usize,
-    audit: AuditLog,
-    dirty: Option<BTreeSet<String>>,
+    pub(crate) node: NodeId,
+    pub(crate) cfg: StoreConfig,
+    pub(crate) entries: BTreeMap<String, Slot>,
+    pub(crate) buckets: Vec<u64>,
+    pub(crate) pending: BTreeMap<String, Vec<Delta>>,
+    pub(crate) pending_len: usize,
+    pub(crate) audit: AuditLog,
+    pub(crate) dirty: Option<BTreeSet<String>>,
 }
 
 impl Store {
-    /// An empty store for `node` (the actor id of its changes).
-    pub fn new(node: impl Into<NodeId>, cfg: StoreConfig) -> Self {
+    /// An empty store for `node` (the actor id of its changes: it must be
+    /// unique in the cluster and never reused after losing this replica's
+    /// data, or its new changes would be taken for old ones).
+    pub fn new(node: impl Into<NodeId>, mut cfg: StoreConfig) -> Self {
+        cfg.epoch_ms = cfg.epoch_ms.clamp(1, cfg.tombstone_ttl_ms.max(1));
         let audit = AuditLog::new(cfg.audit_capacity);
         Store {
             node: node.into(),
@@ -261,7 +250,7 @@ impl Store {
         &self.node
     }
 
-    /// The configuration.
+    /// The configuration (after clamping).
     pub fn config(&self) -> &StoreConfig {
         &self.cfg
     }
@@ -271,43 +260,46 @@ impl Store {
     /// Read `key` as `reader`: `Ok(None)` if absent, deleted or expired,
     /// [`StateError::AccessDenied`] if `reader` may not read it.
     pub fn get(&self, reader: &str, key: &str, now_ms: u64) -> Result<Option<View>, StateError> {
-        match self.readable(reader, key, now_ms)? {
-            Some(st) => Ok(st.view()),
-            None => Ok(None),
-        }
+        Ok(self
+            .readable(reader, key, now_ms)?
+            .and_then(EntryState::view))
     }
 
     /// Metadata of `key` as `reader` (same rules as [`Store::get`]).
-    pub fn info(&self, reader: &str, key: &str, now_ms: u64) -> Result<Option<EntryInfo>, StateError> {
+    pub fn info(
+        &self,
+        reader: &str,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<EntryInfo>, StateError> {
         let Some(st) = self.readable(reader, key, now_ms)? else {
             return Ok(None);
         };
-        let (stamp, c) = st.winner().expect("visible entries have a winner");
+        let (Some((stamp, c)), Some(kind)) = (st.winner(), st.kind()) else {
+            return Ok(None);
+        };
         Ok(Some(EntryInfo {
             owner: c.owner.clone(),
-            access: c.meta.val.access.clone(),
-            kind: st.kind().expect("visible entries are live"),
+            access: c.current_access().clone(),
+            kind,
             gen: st.gen,
             version: st.version.clone(),
-            expires_at: c.meta.val.expires_at,
+            expires_at: c.expires_at(),
             created: stamp.clone(),
         }))
     }
 
-    /// Keys `reader` may read, visible at `now_ms`.
+    /// Keys `reader` may read, visible at `now_ms`, in key order.
     pub fn keys(&self, reader: &str, now_ms: u64) -> Vec<String> {
         self.entries
             .iter()
-            .filter(|(_, s)| s.state.is_visible(now_ms))
-            .filter(|(_, s)| {
-                let (_, c) = s.state.winner().expect("visible");
-                c.meta.val.access.can_read(&c.owner, reader)
-            })
+            .filter(|(_, s)| s.state.is_visible(now_ms) && s.state.readable_by(reader))
             .map(|(k, _)| k.clone())
             .collect()
     }
 
     /// Raw replicated state of `key` (tombstones and expired entries too).
+    /// This is what a node sends a peer asking for a majority/all read.
     pub fn state(&self, key: &str) -> Option<&EntryState> {
         self.entries.get(key).map(|s| &s.state)
     }
@@ -315,6 +307,16 @@ impl Store {
     /// Every key's raw state, in key order.
     pub fn states(&self) -> impl Iterator<Item = (&String, &EntryState)> {
         self.entries.iter().map(|(k, s)| (k, &s.state))
+    }
+
+    /// Does this replica hold everything of `key` that `(gen, version)`
+    /// names (a later generation counts)? A peer answers a majority/all
+    /// write with an ack once this is true for the written version.
+    pub fn covers(&self, key: &str, gen: Gen, version: &Version) -> bool {
+        match self.entries.get(key) {
+            Some(s) => s.state.gen > gen || (s.state.gen == gen && *version <= s.state.version),
+            None => false,
+        }
     }
 
     /// Number of keys held (tombstones included).
@@ -342,12 +344,16 @@ impl Store {
         self.audit.query(q)
     }
 
-    fn readable(&self, reader: &str, key: &str, now_ms: u64) -> Result<Option<&EntryState>, StateError> {
+    fn readable(
+        &self,
+        reader: &str,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<&EntryState>, StateError> {
         let Some(st) = self.visible(key, now_ms) else {
             return Ok(None);
         };
-        let (_, c) = st.winner().expect("visible");
-        if !c.meta.val.access.can_read(&c.owner, reader) {
+        if !st.readable_by(reader) {
             return Err(StateError::AccessDenied {
                 plugin: reader.to_string(),
                 key: key.to_string(),
@@ -368,15 +374,24 @@ impl Store {
 
     /// Apply a change authored by `author` (a plugin on this node). Checked
     /// against the ACL, types and size limits; on error nothing stored
-    /// changes. Accepted or not, the attempt is audited.
-    pub fn apply_local(&mut self, author: &str, key: &str, op: LocalOp, now_ms: u64) -> Result<Change, StateError> {
+    /// changes. Accepted or not, the attempt is audited. On success, ship
+    /// [`Change::deltas`] to the other replicas and publish
+    /// [`Change::events`].
+    pub fn apply_local(
+        &mut self,
+        author: &str,
+        key: &str,
+        op: LocalOp,
+        now_ms: u64,
+    ) -> Result<Change, StateError> {
         let name = op.name();
         let res = self.try_local(author, key, op, now_ms);
         let outcome = match &res {
             Ok(_) => Outcome::Accepted,
             Err(e) => Outcome::Rejected(e.to_string()),
         };
-        self.record(now_ms, author, &self.node.clone(), key, name, Source::Local, outcome);
+        let node = self.node.clone();
+        self.record(now_ms, author, &node, key, name, Source::Local, outcome);
         res
     }
 
@@ -390,31 +405,70 @@ impl Store {
         expires_at: Option<u64>,
         now_ms: u64,
     ) -> Result<Change, StateError> {
-        self.apply_local(author, key, LocalOp::Create { kind, access, expires_at }, now_ms)
+        self.apply_local(
+            author,
+            key,
+            LocalOp::Create {
+                kind,
+                access,
+                expires_at,
+            },
+            now_ms,
+        )
     }
 
-    /// Set a register.
-    pub fn put(&mut self, author: &str, key: &str, json: impl Into<String>, now_ms: u64) -> Result<Change, StateError> {
+    /// Set a register (creates a public register if absent).
+    pub fn put(
+        &mut self,
+        author: &str,
+        key: &str,
+        json: impl Into<String>,
+        now_ms: u64,
+    ) -> Result<Change, StateError> {
         self.apply_local(author, key, LocalOp::Put(json.into()), now_ms)
     }
 
-    /// Count up.
-    pub fn incr(&mut self, author: &str, key: &str, by: u64, now_ms: u64) -> Result<Change, StateError> {
+    /// Count up (creates a public PN-counter if absent).
+    pub fn incr(
+        &mut self,
+        author: &str,
+        key: &str,
+        by: u64,
+        now_ms: u64,
+    ) -> Result<Change, StateError> {
         self.apply_local(author, key, LocalOp::Incr(by), now_ms)
     }
 
-    /// Count down.
-    pub fn decr(&mut self, author: &str, key: &str, by: u64, now_ms: u64) -> Result<Change, StateError> {
+    /// Count down (PN-counter only).
+    pub fn decr(
+        &mut self,
+        author: &str,
+        key: &str,
+        by: u64,
+        now_ms: u64,
+    ) -> Result<Change, StateError> {
         self.apply_local(author, key, LocalOp::Decr(by), now_ms)
     }
 
-    /// Add a member to a set.
-    pub fn add(&mut self, author: &str, key: &str, member: impl Into<String>, now_ms: u64) -> Result<Change, StateError> {
+    /// Add a member to a set (creates a public set if absent).
+    pub fn add(
+        &mut self,
+        author: &str,
+        key: &str,
+        member: impl Into<String>,
+        now_ms: u64,
+    ) -> Result<Change, StateError> {
         self.apply_local(author, key, LocalOp::Add(vec![member.into()]), now_ms)
     }
 
-    /// Remove a member from a set.
-    pub fn remove(&mut self, author: &str, key: &str, member: impl Into<String>, now_ms: u64) -> Result<Change, StateError> {
+    /// Remove a member from a set (the adds the author has observed).
+    pub fn remove(
+        &mut self,
+        author: &str,
+        key: &str,
+        member: impl Into<String>,
+        now_ms: u64,
+    ) -> Result<Change, StateError> {
         self.apply_local(author, key, LocalOp::Remove(vec![member.into()]), now_ms)
     }
 
@@ -423,7 +477,13 @@ impl Store {
         self.apply_local(author, key, LocalOp::Delete, now_ms)
     }
 
-    fn try_local(&mut self, author: &str, key: &str, op: LocalOp, now_ms: u64) -> Result<Change, StateError> {
+    fn try_local(
+        &mut self,
+        author: &str,
+        key: &str,
+        op: LocalOp,
+        now_ms: u64,
+    ) -> Result<Change, StateError> {
         self.check_key(key)?;
         let size = op.payload_len();
         if size > self.cfg.max_value_bytes {
@@ -433,7 +493,6 @@ impl Store {
                 limit: self.cfg.max_value_bytes,
             });
         }
-        let visible = self.visible(key, now_ms);
         let denied = |action| StateError::AccessDenied {
             plugin: author.to_string(),
             key: key.to_string(),
@@ -443,45 +502,56 @@ impl Store {
             deltas: Vec::new(),
             events: Vec::new(),
         };
-        match (op, visible) {
+        // The winning creation of the visible entry, if any.
+        let winner = self
+            .visible(key, now_ms)
+            .and_then(|st| st.winner())
+            .map(|(s, c)| (s.clone(), c.clone()));
+        match (op, winner) {
             (LocalOp::Create { .. }, Some(_)) => return Err(StateError::AlreadyExists(key.into())),
-            (LocalOp::Create { kind, access, expires_at }, None) => {
-                self.local_create(author, key, kind, Meta { access, expires_at }, now_ms, &mut out);
+            (
+                LocalOp::Create {
+                    kind,
+                    access,
+                    expires_at,
+                },
+                None,
+            ) => {
+                self.local_create(
+                    author,
+                    key,
+                    kind,
+                    Meta { access, expires_at },
+                    now_ms,
+                    &mut out,
+                );
             }
             (LocalOp::SetAccess(_) | LocalOp::SetExpiry(_) | LocalOp::Delete, None) => {
                 return Err(StateError::NotFound(key.into()))
             }
-            (op @ (LocalOp::SetAccess(_) | LocalOp::SetExpiry(_)), Some(st)) => {
-                let (target, c) = st.winner().expect("visible");
+            (LocalOp::SetAccess(access), Some((target, c))) => {
                 if c.owner != author {
-                    return Err(denied("change access or expiry of"));
+                    return Err(denied("change access of"));
                 }
-                let mut meta = c.meta.val.clone();
-                match op {
-                    LocalOp::SetAccess(a) => meta.access = a,
-                    LocalOp::SetExpiry(e) => meta.expires_at = e,
-                    _ => unreachable!(),
-                }
-                let target = target.clone();
-                let floor = c.meta.marker.ts_ms.saturating_add(1);
+                let floor = c.access_stamp().map_or(0, |s| s.ts_ms.saturating_add(1));
                 let stamp = self.local_stamp(key, now_ms.max(floor));
-                let d = self.local_delta(
-                    author,
-                    key,
-                    stamp.clone(),
-                    DeltaOp::Meta {
-                        target,
-                        meta: LWWReg { val: meta, marker: stamp },
-                    },
-                );
+                let d = self.local_delta(author, key, stamp, DeltaOp::Access { target, access });
                 self.commit_local(d, &mut out);
             }
-            (LocalOp::Delete, Some(st)) => {
-                let (target, c) = st.winner().expect("visible");
+            (LocalOp::SetExpiry(expires_at), Some((target, c))) => {
+                if c.owner != author {
+                    return Err(denied("change expiry of"));
+                }
+                let floor = c.expiry.marker.ts_ms.saturating_add(1);
+                let stamp = self.local_stamp(key, now_ms.max(floor));
+                let d =
+                    self.local_delta(author, key, stamp, DeltaOp::Expiry { target, expires_at });
+                self.commit_local(d, &mut out);
+            }
+            (LocalOp::Delete, Some((target, c))) => {
                 if c.owner != author {
                     return Err(denied("delete"));
                 }
-                let target = target.clone();
                 let stamp = self.local_stamp(key, now_ms);
                 let d = self.local_delta(author, key, stamp, DeltaOp::Delete { target });
                 self.commit_local(d, &mut out);
@@ -492,14 +562,12 @@ impl Store {
                 };
                 // Validate against the value the creation will produce
                 // before changing anything.
-                let probe = Value::empty(kind);
-                value_op(key, &self.node, &probe, &op, Stamp::default())?;
+                value_op(key, &self.node, &Value::empty(kind), &op, Stamp::default())?;
                 self.local_create(author, key, kind, Meta::default(), now_ms, &mut out);
                 self.local_value(author, key, op, now_ms, &mut out)?;
             }
-            (op, Some(st)) => {
-                let (_, c) = st.winner().expect("visible");
-                if !c.meta.val.access.can_write(&c.owner, author) {
+            (op, Some((_, c))) => {
+                if !c.current_access().can_write(&c.owner, author) {
                     return Err(denied("write"));
                 }
                 self.local_value(author, key, op, now_ms, &mut out)?;
@@ -508,11 +576,25 @@ impl Store {
         Ok(out)
     }
 
-    fn local_create(&mut self, author: &str, key: &str, kind: Kind, meta: Meta, now_ms: u64, out: &mut Change) {
-        let epoch = (now_ms / self.cfg.epoch_ms.max(1)) << 32;
-        let gen = match self.entries.get(key) {
-            Some(s) => (s.state.gen + 1).max(epoch),
-            None => epoch,
+    fn local_create(
+        &mut self,
+        author: &str,
+        key: &str,
+        kind: Kind,
+        meta: Meta,
+        now_ms: u64,
+        out: &mut Change,
+    ) {
+        let epoch = (now_ms / self.cfg.epoch_ms) << 32;
+        let (gen, prev) = match self.entries.get(key) {
+            Some(s) => (
+                (s.state.gen + 1).max(epoch),
+                Some(Prev {
+                    gen: s.state.gen,
+                    version: s.state.version.clone(),
+                }),
+            ),
+            None => (epoch, None),
         };
         let stamp = Stamp {
             ts_ms: now_ms,
@@ -527,24 +609,39 @@ impl Store {
             counter: 1,
             deps: Version::new(),
             ts_ms: now_ms,
-            op: DeltaOp::Create { stamp, kind, meta },
+            op: DeltaOp::Create {
+                stamp,
+                kind,
+                meta,
+                prev,
+            },
         };
         self.commit_local(d, out);
     }
 
     /// Build and apply a value change on a visible entry the author may
     /// write. Fails (with nothing changed) on a type mismatch.
-    fn local_value(&mut self, author: &str, key: &str, op: LocalOp, now_ms: u64, out: &mut Change) -> Result<(), StateError> {
-        let st = &self.entries.get(key).expect("visible").state;
-        let (target, _) = st.winner().expect("visible");
-        let target = target.clone();
-        let live = st.live().expect("visible");
-        let floor = match &live.value {
+    fn local_value(
+        &mut self,
+        author: &str,
+        key: &str,
+        op: LocalOp,
+        now_ms: u64,
+        out: &mut Change,
+    ) -> Result<(), StateError> {
+        let (target, value) = {
+            let st = self.entries.get(key).map(|s| &s.state);
+            match st.and_then(|st| st.winner().zip(st.value())) {
+                Some(((t, _), v)) => (t.clone(), v),
+                None => return Err(StateError::NotFound(key.into())),
+            }
+        };
+        let floor = match value {
             Value::Lww(Some(r)) => r.marker.ts_ms.saturating_add(1),
             _ => 0,
         };
         let stamp = self.local_stamp(key, now_ms.max(floor));
-        let vop = value_op(key, &self.node, &live.value, &op, stamp.clone())?;
+        let vop = value_op(key, &self.node, value, &op, stamp.clone())?;
         let d = self.local_delta(author, key, stamp, DeltaOp::Value { target, op: vop });
         self.commit_local(d, out);
         Ok(())
@@ -566,14 +663,18 @@ impl Store {
     }
 
     fn local_delta(&self, author: &str, key: &str, stamp: Stamp, op: DeltaOp) -> Delta {
-        let st = &self.entries.get(key).expect("existing key").state;
+        let (gen, deps) = self
+            .entries
+            .get(key)
+            .map(|s| (s.state.gen, s.state.version.clone()))
+            .unwrap_or_default();
         Delta {
             key: key.to_string(),
             author: author.to_string(),
             origin: self.node.clone(),
-            gen: st.gen,
+            gen,
             counter: stamp.seq,
-            deps: st.version.clone(),
+            deps,
             ts_ms: stamp.ts_ms,
             op,
         }
@@ -585,7 +686,7 @@ impl Store {
         out.deltas.push(d);
     }
 
-    fn check_key(&self, key: &str) -> Result<(), StateError> {
+    pub(crate) fn check_key(&self, key: &str) -> Result<(), StateError> {
         if key.is_empty() {
             return Err(StateError::Invalid("empty key".into()));
         }
@@ -599,374 +700,14 @@ impl Store {
         Ok(())
     }
 
-    // ---------------------------------------------------------- replication
-
-    /// Apply a delta from another node. It is checked (integrity, size, and
-    /// the ACL: its author must have the right under this replica's view)
-    /// before anything is merged; a refused delta is audited and returned as
-    /// an error. Deltas that arrive early wait in a bounded buffer;
-    /// duplicates are ignored.
-    pub fn apply_remote(&mut self, delta: Delta, now_ms: u64) -> Result<RemoteOutcome, StateError> {
-        if let Err(e) = self.validate_remote(&delta) {
-            self.audit_delta(&delta, now_ms, Outcome::Rejected(e.to_string()));
-            return Err(e);
-        }
-        let mut events = Vec::new();
-        let status = match self.readiness(&delta) {
-            Readiness::Duplicate => DeltaStatus::Duplicate,
-            Readiness::Obsolete => DeltaStatus::Obsolete,
-            Readiness::Wait => {
-                if self.pending_len >= self.cfg.pending_capacity {
-                    DeltaStatus::Dropped
-                } else {
-                    self.pending_len += 1;
-                    self.pending.entry(delta.key.clone()).or_default().push(delta);
-                    DeltaStatus::Buffered
-                }
-            }
-            Readiness::Ready => {
-                self.authorize_remote(&delta, now_ms)?;
-                events.push(self.apply_ready(&delta));
-                self.audit_delta(&delta, now_ms, Outcome::Accepted);
-                let key = delta.key.clone();
-                self.drain_pending(&key, now_ms, &mut events);
-                DeltaStatus::Applied
-            }
-        };
-        Ok(RemoteOutcome { status, events })
-    }
-
-    fn authorize_remote(&mut self, d: &Delta, now_ms: u64) -> Result<(), StateError> {
-        let res = match (&d.op, self.entries.get(&d.key)) {
-            (DeltaOp::Create { .. }, _) => Ok(()),
-            (DeltaOp::Value { target, .. }, Some(s)) if s.state.gen == d.gen => {
-                authorize(&d.key, &s.state, &d.author, target, Action::Write)
-            }
-            (DeltaOp::Meta { target, .. }, Some(s)) if s.state.gen == d.gen => {
-                authorize(&d.key, &s.state, &d.author, target, Action::Meta)
-            }
-            (DeltaOp::Delete { target }, Some(s)) if s.state.gen == d.gen => {
-                authorize(&d.key, &s.state, &d.author, target, Action::Delete)
-            }
-            _ => Err(StateError::Invalid("change of a generation this replica does not hold".into())),
-        };
-        if let Err(e) = &res {
-            self.audit_delta(d, now_ms, Outcome::Rejected(e.to_string()));
-        }
-        res
-    }
-
-    fn drain_pending(&mut self, key: &str, now_ms: u64, events: &mut Vec<StateEvent>) {
-        let Some(mut list) = self.pending.remove(key) else {
-            return;
-        };
-        self.pending_len -= list.len();
-        loop {
-            let mut progressed = false;
-            let mut i = 0;
-            while i < list.len() {
-                match self.readiness(&list[i]) {
-                    Readiness::Wait => i += 1,
-                    Readiness::Duplicate | Readiness::Obsolete => {
-                        list.swap_remove(i);
-                    }
-                    Readiness::Ready => {
-                        let d = list.swap_remove(i);
-                        if self.authorize_remote(&d, now_ms).is_ok() {
-                            events.push(self.apply_ready(&d));
-                            self.audit_delta(&d, now_ms, Outcome::Accepted);
-                            progressed = true;
-                        }
-                    }
-                }
-            }
-            if !progressed {
-                break;
-            }
-        }
-        if !list.is_empty() {
-            self.pending_len += list.len();
-            self.pending.insert(key.to_string(), list);
-        }
-    }
-
-    fn readiness(&self, d: &Delta) -> Readiness {
-        let empty = Version::new();
-        let base = match self.entries.get(&d.key) {
-            Some(s) if s.state.gen == d.gen => &s.state.version,
-            Some(s) if s.state.gen > d.gen => return Readiness::Obsolete,
-            _ => &empty,
-        };
-        let have = base.get(&d.origin);
-        if have >= d.counter {
-            Readiness::Duplicate
-        } else if have + 1 == d.counter && d.deps <= *base {
-            Readiness::Ready
-        } else {
-            Readiness::Wait
-        }
-    }
-
-    /// Integrity and size checks that do not depend on this replica's state.
-    fn validate_remote(&self, d: &Delta) -> Result<(), StateError> {
-        self.check_key(&d.key)?;
-        let bad = |what: &str| Err(StateError::Invalid(format!("{} delta: {what}", d.op_name())));
-        if d.counter == 0 || d.deps.get(&d.origin) + 1 != d.counter {
-            return bad("counter does not follow its origin's previous change");
-        }
-        let size = match &d.op {
-            DeltaOp::Create { stamp, meta, .. } => {
-                if d.counter != 1 || !d.deps.is_empty() || *stamp != d.stamp() {
-                    return bad("a creation must be its origin's first change, stamped by it");
-                }
-                meta.access.byte_len()
-            }
-            DeltaOp::Meta { meta, .. } => {
-                if meta.marker.node != d.origin || meta.marker.seq != d.counter {
-                    return bad("meta stamp is not the delta's own");
-                }
-                meta.val.access.byte_len()
-            }
-            DeltaOp::Delete { .. } => 0,
-            DeltaOp::Value { op, .. } => {
-                if !value_op_is_own(op, d) {
-                    return bad("operation dot or stamp is not the origin's");
-                }
-                op.payload_len()
-            }
-        };
-        if size > self.cfg.max_value_bytes {
-            return Err(StateError::TooLarge {
-                what: "value",
-                size,
-                limit: self.cfg.max_value_bytes,
-            });
-        }
-        Ok(())
-    }
-
-    /// Apply a delta that is causally ready and authorised.
-    fn apply_ready(&mut self, d: &Delta) -> StateEvent {
-        let slot = self.entries.entry(d.key.clone()).or_insert_with(|| Slot {
-            state: EntryState::fresh(d.gen),
-            hash: 0,
-        });
-        if slot.state.gen < d.gen {
-            slot.state = EntryState::fresh(d.gen);
-        }
-        let st = &mut slot.state;
-        match (&d.op, &mut st.body) {
-            (DeltaOp::Create { stamp, kind, meta }, Body::Live(l)) => {
-                l.creations.entry(stamp.clone()).or_insert_with(|| Creation {
-                    owner: d.author.clone(),
-                    meta: LWWReg {
-                        val: meta.clone(),
-                        marker: stamp.clone(),
-                    },
-                });
-                l.value.join(Value::empty(*kind));
-            }
-            (DeltaOp::Value { op, .. }, Body::Live(l)) => l.value.apply(op.clone()),
-            (DeltaOp::Meta { target, meta }, Body::Live(l)) => {
-                if let Some(c) = l.creations.get_mut(target) {
-                    c.meta.merge(meta.clone());
-                }
-            }
-            (DeltaOp::Delete { .. }, body @ Body::Live(_)) => *body = Body::Tombstone { at_ms: d.ts_ms },
-            (DeltaOp::Delete { .. }, Body::Tombstone { at_ms }) => *at_ms = (*at_ms).max(d.ts_ms),
-            // Changes concurrent with a delete are recorded but have no effect.
-            (_, Body::Tombstone { .. }) => {}
-        }
-        st.version.apply(Dot::new(d.origin.clone(), d.counter));
-        let event = StateEvent {
-            key: d.key.clone(),
-            kind: d.op.change_kind(),
-            author: Some(d.author.clone()),
-            node: d.origin.clone(),
-            gen: st.gen,
-            version: st.version.clone(),
-        };
-        self.rehash(&d.key);
-        event
-    }
-
-    /// Top-level digest (fixed size, O(buckets)).
-    pub fn digest(&self) -> Digest {
-        Digest {
-            buckets: self.buckets.clone(),
-            keys: self.entries.len() as u64,
-        }
-    }
-
-    /// Per-key summaries of the keys in `buckets`.
-    pub fn key_digest(&self, buckets: &[u16]) -> KeyDigest {
-        let wanted = bucket_mask(buckets);
-        KeyDigest {
-            buckets: buckets.to_vec(),
-            keys: self
-                .entries
-                .iter()
-                .filter(|(k, _)| wanted[bucket_of(k) as usize])
-                .map(|(k, s)| KeySummary {
-                    key: k.clone(),
-                    gen: s.state.gen,
-                    version: s.state.version.clone(),
-                    hash: s.hash,
-                })
-                .collect(),
-        }
-    }
-
-    /// What this replica has that the peer (described by `peer`) lacks, in
-    /// the buckets `peer` covers: full states of the keys where this replica
-    /// is ahead or concurrent, up to `budget_bytes` of encoded items (at
-    /// least one item, so a round always makes progress). Call again after
-    /// the peer applied them to get the rest.
-    pub fn missing_for(&self, peer: &KeyDigest, budget_bytes: usize) -> Vec<SyncItem> {
-        let wanted = bucket_mask(&peer.buckets);
-        let theirs: HashMap<&str, &KeySummary> = peer.keys.iter().map(|s| (s.key.as_str(), s)).collect();
-        let mut out = Vec::new();
-        let mut used = 0usize;
-        for (key, slot) in &self.entries {
-            if !wanted[bucket_of(key) as usize] {
-                continue;
-            }
-            let st = &slot.state;
-            let send = match theirs.get(key.as_str()) {
-                None => true,
-                Some(t) if st.gen != t.gen => st.gen > t.gen,
-                Some(t) => !(st.version <= t.version) || (st.version == t.version && slot.hash != t.hash),
-            };
-            if !send {
-                continue;
-            }
-            let item = SyncItem::State {
-                key: key.clone(),
-                state: st.clone(),
-            };
-            let size = plexus_codec::encode_limited(&item, usize::MAX).map(|b| b.len()).unwrap_or(usize::MAX);
-            if !out.is_empty() && used.saturating_add(size) > budget_bytes {
-                break;
-            }
-            used = used.saturating_add(size);
-            out.push(item);
-        }
-        out
-    }
-
-    /// Apply what a peer's [`Store::missing_for`] sent.
-    pub fn apply_sync(&mut self, from: &str, items: Vec<SyncItem>, now_ms: u64) -> Vec<StateEvent> {
-        let mut events = Vec::new();
-        for item in items {
-            match item {
-                SyncItem::Delta(d) => {
-                    if let Ok(o) = self.apply_remote(d, now_ms) {
-                        events.extend(o.events);
-                    }
-                }
-                SyncItem::State { key, state } => {
-                    if let Ok(Some(ev)) = self.merge_state(from, &key, state, now_ms) {
-                        events.push(ev);
-                    }
-                }
-            }
-        }
-        events
-    }
-
-    /// Join a full entry state from peer node `from` (anti-entropy; peers are
-    /// authenticated cluster nodes, so the state is trusted as a whole).
-    /// Returns an event if anything changed.
-    pub fn merge_state(&mut self, from: &str, key: &str, state: EntryState, now_ms: u64) -> Result<Option<StateEvent>, StateError> {
-        let check = self.check_key(key).and_then(|_| match &state.body {
-            Body::Live(l) if l.creations.is_empty() => Err(StateError::Invalid("live state without a creation".into())),
-            _ => Ok(()),
-        });
-        if let Err(e) = check {
-            self.record(now_ms, "", from, key, "merge", Source::Sync, Outcome::Rejected(e.to_string()));
-            return Err(e);
-        }
-        let before = self.entries.get(key).map(|s| s.hash);
-        match self.entries.get_mut(key) {
-            Some(slot) => slot.state.join(state),
-            None => {
-                self.entries.insert(key.to_string(), Slot { state, hash: 0 });
-            }
-        }
-        self.rehash(key);
-        let slot = &self.entries[key];
-        let changed = before != Some(slot.hash);
-        let ev = changed.then(|| StateEvent {
-            key: key.to_string(),
-            kind: ChangeKind::Merged,
-            author: None,
-            node: from.to_string(),
-            gen: slot.state.gen,
-            version: slot.state.version.clone(),
-        });
-        if changed {
-            self.record(now_ms, "", from, key, "merge", Source::Sync, Outcome::Accepted);
-            let mut evs = Vec::new();
-            self.drain_pending(key, now_ms, &mut evs);
-        }
-        Ok(ev)
-    }
-
-    /// Purge expired entries to tombstones (once `expiry_grace_ms` past their
-    /// expiry) and forget tombstones older than `tombstone_ttl_ms`.
-    /// Deterministic: a tombstone left by expiry is stamped with the expiry
-    /// time, so every replica purges to the same state.
-    pub fn purge(&mut self, now_ms: u64) -> Vec<StateEvent> {
-        let mut expired = Vec::new();
-        let mut forgotten = Vec::new();
-        for (key, slot) in &self.entries {
-            match &slot.state.body {
-                Body::Tombstone { at_ms } => {
-                    if at_ms.saturating_add(self.cfg.tombstone_ttl_ms) <= now_ms {
-                        forgotten.push(key.clone());
-                    }
-                }
-                Body::Live(_) => {
-                    if let Some(e) = slot.state.meta().and_then(|m| m.expires_at) {
-                        if e.saturating_add(self.cfg.expiry_grace_ms) <= now_ms {
-                            expired.push((key.clone(), e));
-                        }
-                    }
-                }
-            }
-        }
-        let mut events = Vec::new();
-        for (key, e) in expired {
-            let slot = self.entries.get_mut(&key).expect("listed");
-            slot.state.body = Body::Tombstone { at_ms: e };
-            events.push(StateEvent {
-                key: key.clone(),
-                kind: ChangeKind::Expired,
-                author: None,
-                node: self.node.clone(),
-                gen: slot.state.gen,
-                version: slot.state.version.clone(),
-            });
-            self.rehash(&key);
-            let node = self.node.clone();
-            self.record(now_ms, "", &node, &key, "expire", Source::Purge, Outcome::Accepted);
-        }
-        for key in forgotten {
-            if let Some(slot) = self.entries.remove(&key) {
-                let b = bucket_of(&key) as usize;
-                self.buckets[b] = self.buckets[b].wrapping_sub(slot.hash);
-                if let Some(d) = self.dirty.as_mut() {
-                    d.insert(key);
-                }
-            }
-        }
-        events
-    }
-
     // -------------------------------------------------------------- helpers
 
-    fn rehash(&mut self, key: &str) {
-        let slot = self.entries.get_mut(key).expect("rehash of a held key");
+    /// Recompute `key`'s summary hash and its bucket's hash (the key must be
+    /// held), and mark it for persistence.
+    pub(crate) fn rehash(&mut self, key: &str) {
+        let Some(slot) = self.entries.get_mut(key) else {
+            return;
+        };
         let new = summary_hash(key, &slot.state);
         let b = bucket_of(key) as usize;
         self.buckets[b] = self.buckets[b].wrapping_sub(slot.hash).wrapping_add(new);
@@ -976,8 +717,28 @@ impl Store {
         }
     }
 
+    /// Forget `key` entirely (tombstone collection).
+    pub(crate) fn forget(&mut self, key: &str) {
+        if let Some(slot) = self.entries.remove(key) {
+            let b = bucket_of(key) as usize;
+            self.buckets[b] = self.buckets[b].wrapping_sub(slot.hash);
+            if let Some(d) = self.dirty.as_mut() {
+                d.insert(key.to_string());
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
-    fn record(&mut self, now_ms: u64, author: &str, node: &str, key: &str, op: &str, source: Source, outcome: Outcome) {
+    pub(crate) fn record(
+        &mut self,
+        now_ms: u64,
+        author: &str,
+        node: &str,
+        key: &str,
+        op: &str,
+        source: Source,
+        outcome: Outcome,
+    ) {
         if let Outcome::Rejected(reason) = &outcome {
             tracing::debug!(%author, %node, %key, %op, %reason, "state change rejected");
         }
@@ -993,12 +754,10 @@ impl Store {
         });
     }
 
-    fn audit_delta(&mut self, d: &Delta, now_ms: u64, outcome: Outcome) {
-        self.record(now_ms, &d.author, &d.origin, &d.key, d.op_name(), Source::Remote, outcome);
-    }
-
     // ------------------------------------------------ durable store support
 
+    /// Start recording which keys change and which audit records are added,
+    /// for [`Store::take_changes`].
     pub(crate) fn track_changes(&mut self) {
         self.dirty.get_or_insert_with(BTreeSet::new);
         self.audit.track_unpersisted();
@@ -1010,9 +769,15 @@ impl Store {
         (keys, self.audit.take_unpersisted())
     }
 
-    pub(crate) fn restore(&mut self, states: Vec<(String, EntryState)>, audit: Vec<AuditRecord>, next_seq: u64) {
+    /// Load persisted states and audit records (on open).
+    pub(crate) fn restore(
+        &mut self,
+        states: Vec<(String, EntryState)>,
+        audit: Vec<AuditRecord>,
+        next_seq: u64,
+    ) {
         for (key, state) in states {
-            self.entries.insert(key.clone(), Slot { state, hash: 0 });
+            self.entries.insert(key.clone(), Slot::new(state));
             self.rehash(&key);
         }
         self.audit.restore(audit, next_seq);
@@ -1022,66 +787,14 @@ impl Store {
     }
 }
 
-fn bucket_mask(buckets: &[u16]) -> Vec<bool> {
-    let mut m = vec![false; BUCKETS];
-    for b in buckets {
-        if let Some(x) = m.get_mut(*b as usize) {
-            *x = true;
-        }
-    }
-    m
-}
-
-fn authorize(key: &str, st: &EntryState, author: &PluginId, target: &Stamp, action: Action) -> Result<(), StateError> {
-    let Some(live) = st.live() else {
-        // Changes concurrent with a delete have no effect: nothing to guard.
-        return Ok(());
-    };
-    let Some(c) = live.creations.get(target) else {
-        return Err(StateError::Invalid(format!("key `{key}`: change targets an unknown creation")));
-    };
-    let (ok, what) = match action {
-        Action::Write => (c.meta.val.access.can_write(&c.owner, author), "write"),
-        Action::Meta => (c.owner == *author, "change access or expiry of"),
-        Action::Delete => (c.owner == *author, "delete"),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(StateError::AccessDenied {
-            plugin: author.clone(),
-            key: key.to_string(),
-            action: what,
-        })
-    }
-}
-
-/// Does every dot or stamp inside `op` belong to the delta's origin and
-/// change? (A forged dot of another actor would corrupt its counts.)
-fn value_op_is_own(op: &ValueOp, d: &Delta) -> bool {
-    let own_stamp = |s: &Stamp| s.node == d.origin && s.seq == d.counter;
-    let own_dot = |dot: &Dot<NodeId>| dot.actor == d.origin;
-    match op {
-        ValueOp::Put(r) => own_stamp(&r.marker),
-        ValueOp::GInc(dot) => own_dot(dot),
-        ValueOp::Pn(c) => own_dot(&c.dot),
-        ValueOp::Set(crdts::orswot::Op::Add { dot, .. }) => own_dot(dot),
-        ValueOp::Set(crdts::orswot::Op::Rm { .. }) => true,
-        ValueOp::Map(crdts::map::Op::Rm { .. }) => true,
-        ValueOp::Map(crdts::map::Op::Up { dot, op, .. }) => {
-            own_dot(dot)
-                && match op {
-                    FieldOp::Reg(crdts::mvreg::Op::Put { val, .. }) => own_stamp(&val.stamp),
-                    FieldOp::Counter(c) => own_dot(&c.dot),
-                    FieldOp::Set(crdts::orswot::Op::Add { dot, .. }) => own_dot(dot),
-                    FieldOp::Set(crdts::orswot::Op::Rm { .. }) => true,
-                }
-        }
-    }
-}
-
 /// Build the CRDT operation for a local value change, or the type error.
-fn value_op(key: &str, node: &NodeId, value: &Value, op: &LocalOp, stamp: Stamp) -> Result<ValueOp, StateError> {
+fn value_op(
+    key: &str,
+    node: &NodeId,
+    value: &Value,
+    op: &LocalOp,
+    stamp: Stamp,
+) -> Result<ValueOp, StateError> {
     let mismatch = |expected: Kind| StateError::TypeMismatch {
         key: key.to_string(),
         expected,
@@ -1144,8 +857,12 @@ fn value_op(key: &str, node: &NodeId, value: &Value, op: &LocalOp, stamp: Stamp)
             | LocalOp::MapRemoveField(_),
             _,
         ) => return Err(mismatch(Kind::Map)),
-        (LocalOp::Create { .. } | LocalOp::SetAccess(_) | LocalOp::SetExpiry(_) | LocalOp::Delete, _) => {
-            return Err(StateError::Invalid("not a value operation".into()))
-        }
+        (
+            LocalOp::Create { .. }
+            | LocalOp::SetAccess(_)
+            | LocalOp::SetExpiry(_)
+            | LocalOp::Delete,
+            _,
+        ) => return Err(StateError::Invalid("not a value operation".into())),
     })
 }

@@ -39,7 +39,8 @@ pub struct Stamp {
 /// that create the same unknown key concurrently in the same epoch pick the
 /// same generation, so their writes merge instead of one side being dropped;
 /// a key re-created after its tombstone was garbage-collected (at least one
-/// tombstone TTL later) lands in a later epoch and so above the old tombstone.
+/// tombstone TTL later, and the epoch is never longer than that TTL) lands in
+/// a later epoch and so above the old tombstone.
 pub type Gen = u64;
 
 /// Who may read and write an entry, besides its owner (who always may).
@@ -110,7 +111,13 @@ pub enum Kind {
 impl Kind {
     /// All kinds, in merge rank order (a higher kind wins a merge against a
     /// concurrent creation of the same key with a lower kind).
-    pub const ALL: [Kind; 5] = [Kind::Lww, Kind::GCounter, Kind::PnCounter, Kind::Set, Kind::Map];
+    pub const ALL: [Kind; 5] = [
+        Kind::Lww,
+        Kind::GCounter,
+        Kind::PnCounter,
+        Kind::Set,
+        Kind::Map,
+    ];
 
     /// Name used on the wire and in configuration.
     pub fn name(self) -> &'static str {
@@ -195,4 +202,14 @@ pub enum StateError {
     /// The durable store failed; the change was not acknowledged.
     #[error("storage: {0}")]
     Storage(String),
+    /// A fencing token older than one already seen for this lease.
+    #[error("lease `{name}`: token {token} is older than {highest}")]
+    Fenced {
+        /// Lease name.
+        name: String,
+        /// Token presented.
+        token: u64,
+        /// Highest token seen.
+        highest: u64,
+    },
 }

@@ -174,7 +174,10 @@ impl ResetRemove<NodeId> for Field {
         match self {
             Field::Empty => {}
             Field::Reg(r) => r.reset_remove(clock),
-            Field::Counter(c) => c.reset_remove(clock),
+            // A counter's dots count increments, not map changes: resetting
+            // it by the map's clock would mix two dot spaces. A counter field
+            // removed concurrently with an increment survives whole.
+            Field::Counter(_) => {}
             Field::Set(s) => s.reset_remove(clock),
         }
     }
@@ -337,7 +340,10 @@ pub(crate) mod make {
     use super::*;
 
     pub(crate) fn put(value: String, stamp: Stamp) -> ValueOp {
-        ValueOp::Put(LWWReg { val: value, marker: stamp })
+        ValueOp::Put(LWWReg {
+            val: value,
+            marker: stamp,
+        })
     }
 
     pub(crate) fn g_inc(c: &GCounter<NodeId>, node: &NodeId, by: u64) -> ValueOp {
@@ -353,7 +359,11 @@ pub(crate) mod make {
         ValueOp::Pn(CounterOp::from_crdt(op))
     }
 
-    pub(crate) fn set_add(s: &Orswot<String, NodeId>, node: &NodeId, members: Vec<String>) -> ValueOp {
+    pub(crate) fn set_add(
+        s: &Orswot<String, NodeId>,
+        node: &NodeId,
+        members: Vec<String>,
+    ) -> ValueOp {
         let ctx = s.read_ctx().derive_add_ctx(node.clone());
         ValueOp::Set(s.add_all(members, ctx))
     }
@@ -365,7 +375,10 @@ pub(crate) mod make {
         ValueOp::Set(set_rm_op(s, members))
     }
 
-    fn set_rm_op(s: &Orswot<String, NodeId>, members: Vec<String>) -> crdts::orswot::Op<String, NodeId> {
+    fn set_rm_op(
+        s: &Orswot<String, NodeId>,
+        members: Vec<String>,
+    ) -> crdts::orswot::Op<String, NodeId> {
         let mut clock = Version::new();
         for m in &members {
             clock.merge(s.contains(m).rm_clock);
@@ -377,7 +390,13 @@ pub(crate) mod make {
         m.read_ctx().derive_add_ctx(node.clone())
     }
 
-    pub(crate) fn map_put(m: &FieldMap, node: &NodeId, field: String, value: String, stamp: Stamp) -> ValueOp {
+    pub(crate) fn map_put(
+        m: &FieldMap,
+        node: &NodeId,
+        field: String,
+        value: String,
+        stamp: Stamp,
+    ) -> ValueOp {
         let ctx = map_ctx(m, node);
         ValueOp::Map(m.update(field, ctx, |_, ctx| {
             FieldOp::Reg(crdts::mvreg::Op::Put {
@@ -387,7 +406,13 @@ pub(crate) mod make {
         }))
     }
 
-    pub(crate) fn map_count(m: &FieldMap, node: &NodeId, field: String, by: u64, up: bool) -> ValueOp {
+    pub(crate) fn map_count(
+        m: &FieldMap,
+        node: &NodeId,
+        field: String,
+        by: u64,
+        up: bool,
+    ) -> ValueOp {
         let ctx = map_ctx(m, node);
         ValueOp::Map(m.update(field, ctx, |f, _| {
             let counter = match f {
@@ -403,7 +428,12 @@ pub(crate) mod make {
         }))
     }
 
-    pub(crate) fn map_set_add(m: &FieldMap, node: &NodeId, field: String, members: Vec<String>) -> ValueOp {
+    pub(crate) fn map_set_add(
+        m: &FieldMap,
+        node: &NodeId,
+        field: String,
+        members: Vec<String>,
+    ) -> ValueOp {
         let ctx = map_ctx(m, node);
         ValueOp::Map(m.update(field, ctx, |f, ctx| {
             let set = match f {
@@ -414,7 +444,12 @@ pub(crate) mod make {
         }))
     }
 
-    pub(crate) fn map_set_rm(m: &FieldMap, node: &NodeId, field: String, members: Vec<String>) -> ValueOp {
+    pub(crate) fn map_set_rm(
+        m: &FieldMap,
+        node: &NodeId,
+        field: String,
+        members: Vec<String>,
+    ) -> ValueOp {
         let ctx = map_ctx(m, node);
         ValueOp::Map(m.update(field, ctx, |f, _| {
             let set = match f {
