@@ -20,8 +20,14 @@ pub fn bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let p = target.join(profile).join("plexus");
     assert!(
         p.exists(),
@@ -46,13 +52,18 @@ pub struct Output {
 
 impl Output {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
 }
 
 /// Run the CLI to completion.
 pub fn plexus(args: &[&str]) -> Output {
-    let out = Command::new(bin()).args(args).env("PLEXUS_LOG", "warn").output().expect("run plexus");
+    let out = Command::new(bin())
+        .args(args)
+        .env("PLEXUS_LOG", "warn")
+        .output()
+        .expect("run plexus");
     Output {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -115,10 +126,21 @@ impl Node {
     }
 
     fn spawn(&mut self) {
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let mut cmd = Command::new(bin());
         cmd.arg("node")
-            .args(["--name", &self.spec.name, "--listen", &self.cluster, "--api", &self.api])
+            .args([
+                "--name",
+                &self.spec.name,
+                "--listen",
+                &self.cluster,
+                "--api",
+                &self.api,
+            ])
             .arg("--plugins")
             .arg(self.spec.plugins.join(","))
             .arg("--data-dir")
@@ -156,10 +178,17 @@ impl Node {
             Ok(v) => v,
             Err(_) => {
                 let _ = child.kill();
-                panic!("{} did not become ready; log:\n{}", self.spec.name, self.log_text());
+                panic!(
+                    "{} did not become ready; log:\n{}",
+                    self.spec.name,
+                    self.log_text()
+                );
             }
         };
-        self.cluster = ready["cluster_addr"].as_str().expect("cluster_addr").to_string();
+        self.cluster = ready["cluster_addr"]
+            .as_str()
+            .expect("cluster_addr")
+            .to_string();
         self.api = ready["api_addr"].as_str().expect("api_addr").to_string();
         self.generation = ready["generation"].as_u64().expect("generation");
         self.child = Some(child);
@@ -203,7 +232,18 @@ impl Node {
 
     /// `plexus exec` against this node.
     pub fn exec(&self, plugin: &str, command: &str, input: Option<&str>) -> Output {
-        let mut args = vec!["exec", "--connect", &self.api, "--plugin", plugin, "--command", command, "--json", "--timeout-ms", "5000"];
+        let mut args = vec![
+            "exec",
+            "--connect",
+            &self.api,
+            "--plugin",
+            plugin,
+            "--command",
+            command,
+            "--json",
+            "--timeout-ms",
+            "5000",
+        ];
         if let Some(i) = input {
             args.extend(["--input", i]);
         }
@@ -234,24 +274,43 @@ impl Cluster {
         let mut nodes: Vec<Node> = vec![];
         for s in specs {
             let seeds: Vec<String> = nodes.iter().map(|n| n.cluster.clone()).collect();
-            nodes.push(Node::start(s, dir.path(), "127.0.0.1:0", "127.0.0.1:0", &seeds));
+            nodes.push(Node::start(
+                s,
+                dir.path(),
+                "127.0.0.1:0",
+                "127.0.0.1:0",
+                &seeds,
+            ));
         }
         let c = Cluster { dir, nodes };
         let n = c.nodes.len();
-        c.wait_members(0, Duration::from_secs(20), |ms| ms.len() == n && ms.iter().all(|m| m["status"] == "up"));
+        c.wait_members(0, Duration::from_secs(20), |ms| {
+            ms.len() == n && ms.iter().all(|m| m["status"] == "up")
+        });
         c
     }
 
     pub fn node(&self, name: &str) -> &Node {
-        self.nodes.iter().find(|n| n.spec.name == name).expect("node")
+        self.nodes
+            .iter()
+            .find(|n| n.spec.name == name)
+            .expect("node")
     }
 
     pub fn node_mut(&mut self, name: &str) -> &mut Node {
-        self.nodes.iter_mut().find(|n| n.spec.name == name).expect("node")
+        self.nodes
+            .iter_mut()
+            .find(|n| n.spec.name == name)
+            .expect("node")
     }
 
     /// Wait until node `i`'s member list satisfies `ok`.
-    pub fn wait_members(&self, i: usize, timeout: Duration, ok: impl Fn(&[Value]) -> bool) -> Value {
+    pub fn wait_members(
+        &self,
+        i: usize,
+        timeout: Duration,
+        ok: impl Fn(&[Value]) -> bool,
+    ) -> Value {
         let node = &self.nodes[i];
         let mut last = None;
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -265,8 +324,15 @@ impl Cluster {
         match r {
             Ok(v) => v,
             Err(_) => {
-                let logs: Vec<String> = self.nodes.iter().map(|n| format!("--- {}\n{}", n.spec.name, tail(&n.log_text(), 40))).collect();
-                panic!("member list never matched; last status: {last:#?}\n{}", logs.join("\n"));
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| format!("--- {}\n{}", n.spec.name, tail(&n.log_text(), 40)))
+                    .collect();
+                panic!(
+                    "member list never matched; last status: {last:#?}\n{}",
+                    logs.join("\n")
+                );
             }
         }
     }
@@ -290,5 +356,8 @@ pub fn tail(s: &str, n: usize) -> String {
 
 /// Find a member by name in a status answer.
 pub fn member<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["members"].as_array()?.iter().find(|m| m["name"] == name)
+    status["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
 }

@@ -49,8 +49,16 @@ fn three_nodes() -> (tempfile::TempDir, Cluster) {
     let cat = test_catalog(tmp.path());
     let c = Cluster::start(vec![
         spec("node1", &["jira-orchestrator"], &cat),
-        spec("node2", &["exec-automator", "frontend-powerhouse", "flaky"], &cat),
-        spec("node3", &["lobbi-platform-manager", "home-assistant-architect"], &cat),
+        spec(
+            "node2",
+            &["exec-automator", "frontend-powerhouse", "flaky"],
+            &cat,
+        ),
+        spec(
+            "node3",
+            &["lobbi-platform-manager", "home-assistant-architect"],
+            &cat,
+        ),
     ]);
     (tmp, c)
 }
@@ -65,12 +73,22 @@ fn exec_runs_where_the_plugin_lives_and_survives_kill_and_restart() {
 
     // Status on node1 names every member and which node hosts each plugin.
     let s = c.nodes[0].status().expect("status");
-    let lobbi = s["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "lobbi-platform-manager").expect("lobbi row").clone();
+    let lobbi = s["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "lobbi-platform-manager")
+        .expect("lobbi row")
+        .clone();
     assert_eq!(lobbi["node"], "node3");
     assert_eq!(lobbi["status"], "available");
 
     // exec from node1 runs on node3.
-    let o = c.nodes[0].exec("lobbi-platform-manager", "health", Some(r#"{"service":"keycloak"}"#));
+    let o = c.nodes[0].exec(
+        "lobbi-platform-manager",
+        "health",
+        Some(r#"{"service":"keycloak"}"#),
+    );
     assert_eq!(o.code, 0, "{o:?}");
     let r = o.json();
     assert_eq!(r["node"], "node3");
@@ -81,26 +99,47 @@ fn exec_runs_where_the_plugin_lives_and_survives_kill_and_restart() {
     // Unknown plugin or command: clear error, non-zero exit.
     let o = c.nodes[0].exec("no-such-plugin", "x", None);
     assert_eq!(o.code, 1, "{o:?}");
-    assert!(o.stderr.contains("unknown plugin") && o.stderr.contains("no-such-plugin"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("unknown plugin") && o.stderr.contains("no-such-plugin"),
+        "{}",
+        o.stderr
+    );
     let o = c.nodes[0].exec("lobbi-platform-manager", "no-such-command", None);
     assert_eq!(o.code, 1, "{o:?}");
-    assert!(o.stderr.contains("has no command") && o.stderr.contains("no-such-command"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("has no command") && o.stderr.contains("no-such-command"),
+        "{}",
+        o.stderr
+    );
 
     // kill -9 node3: node1 sees it unreachable or down within 10 s.
     c.node_mut("node3").kill9();
     let t0 = Instant::now();
-    c.wait_members(0, Duration::from_secs(10), |ms| ms.iter().any(|m| m["name"] == "node3" && m["status"] != "up"));
-    eprintln!("node3 noticed after {:?}", t0.elapsed());
-    plexus_tests::wait_for(Duration::from_secs(10), "lobbi to become unavailable", || {
-        (c.plugin_status(0, "lobbi-platform-manager")? == "unavailable").then_some(())
+    c.wait_members(0, Duration::from_secs(10), |ms| {
+        ms.iter()
+            .any(|m| m["name"] == "node3" && m["status"] != "up")
     });
+    eprintln!("node3 noticed after {:?}", t0.elapsed());
+    plexus_tests::wait_for(
+        Duration::from_secs(10),
+        "lobbi to become unavailable",
+        || (c.plugin_status(0, "lobbi-platform-manager")? == "unavailable").then_some(()),
+    );
 
     // exec on its plugins fails fast with a clear error.
     let t = Instant::now();
     let o = c.nodes[0].exec("lobbi-platform-manager", "health", None);
     assert_ne!(o.code, 0, "{o:?}");
-    assert!(o.stderr.contains("node3") || o.stderr.contains("unavailable"), "{}", o.stderr);
-    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert!(
+        o.stderr.contains("node3") || o.stderr.contains("unavailable"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
     // Plugins elsewhere still work.
     let o = c.nodes[0].exec("exec-automator", "analyze", None);
     assert_eq!(o.code, 0, "{o:?}");
@@ -109,12 +148,15 @@ fn exec_runs_where_the_plugin_lives_and_survives_kill_and_restart() {
     c.node_mut("node3").restart();
     assert_eq!(c.node("node3").generation, 2);
     let s = c.wait_members(0, Duration::from_secs(15), |ms| {
-        ms.iter().any(|m| m["name"] == "node3" && m["status"] == "up" && m["generation"] == 2)
+        ms.iter()
+            .any(|m| m["name"] == "node3" && m["status"] == "up" && m["generation"] == 2)
     });
     assert!(!not_up(&s, "node2"));
-    plexus_tests::wait_for(Duration::from_secs(10), "lobbi to be available again", || {
-        (c.plugin_status(0, "lobbi-platform-manager")? == "available").then_some(())
-    });
+    plexus_tests::wait_for(
+        Duration::from_secs(10),
+        "lobbi to be available again",
+        || (c.plugin_status(0, "lobbi-platform-manager")? == "available").then_some(()),
+    );
     let o = c.nodes[0].exec("lobbi-platform-manager", "health", None);
     assert_eq!(o.code, 0, "{o:?}");
     assert_eq!(o.json()["node"], "node3");
@@ -125,21 +167,34 @@ fn a_frozen_node_is_noticed_and_comes_back() {
     let (_tmp, c) = three_nodes();
     c.node("node3").freeze();
     let t0 = Instant::now();
-    c.wait_members(0, Duration::from_secs(10), |ms| ms.iter().any(|m| m["name"] == "node3" && m["status"] != "up"));
-    eprintln!("frozen node3 noticed after {:?}", t0.elapsed());
-    plexus_tests::wait_for(Duration::from_secs(10), "lobbi to become unavailable", || {
-        (c.plugin_status(0, "lobbi-platform-manager")? != "available").then_some(())
+    c.wait_members(0, Duration::from_secs(10), |ms| {
+        ms.iter()
+            .any(|m| m["name"] == "node3" && m["status"] != "up")
     });
+    eprintln!("frozen node3 noticed after {:?}", t0.elapsed());
+    plexus_tests::wait_for(
+        Duration::from_secs(10),
+        "lobbi to become unavailable",
+        || (c.plugin_status(0, "lobbi-platform-manager")? != "available").then_some(()),
+    );
     let t = Instant::now();
     let o = c.nodes[0].exec("lobbi-platform-manager", "health", None);
     assert_ne!(o.code, 0, "{o:?}");
-    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
 
     c.node("node3").thaw();
-    c.wait_members(0, Duration::from_secs(20), |ms| ms.iter().filter(|m| m["status"] == "up").count() == 3);
-    plexus_tests::wait_for(Duration::from_secs(10), "lobbi to be available again", || {
-        (c.plugin_status(0, "lobbi-platform-manager")? == "available").then_some(())
+    c.wait_members(0, Duration::from_secs(20), |ms| {
+        ms.iter().filter(|m| m["status"] == "up").count() == 3
     });
+    plexus_tests::wait_for(
+        Duration::from_secs(10),
+        "lobbi to be available again",
+        || (c.plugin_status(0, "lobbi-platform-manager")? == "available").then_some(()),
+    );
     let o = c.nodes[0].exec("lobbi-platform-manager", "health", None);
     assert_eq!(o.code, 0, "{o:?}");
 }
@@ -158,8 +213,13 @@ fn a_crashing_plugin_is_restarted_then_marked_failed() {
     assert!(o.stderr.contains("crashed"), "{}", o.stderr);
     let restarts = plexus_tests::wait_for(Duration::from_secs(10), "flaky to be restarted", || {
         let s = n1.status()?;
-        let p = s["plugins"].as_array()?.iter().find(|p| p["name"] == "flaky")?.clone();
-        (p["status"] == "available" && p["restarts"].as_u64()? >= 1).then(|| p["restarts"].as_u64().unwrap())
+        let p = s["plugins"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == "flaky")?
+            .clone();
+        (p["status"] == "available" && p["restarts"].as_u64()? >= 1)
+            .then(|| p["restarts"].as_u64().unwrap())
     });
     assert_eq!(restarts, 1);
     let o = n1.exec("flaky", "work", Some(r#"{"n":2}"#));
@@ -181,6 +241,10 @@ fn a_crashing_plugin_is_restarted_then_marked_failed() {
     assert_ne!(o.code, 0, "{o:?}");
     assert!(o.stderr.contains("failed"), "{}", o.stderr);
     // Other plugins on the same node are unaffected.
-    let o = n1.exec("frontend-powerhouse", "create-component", Some(r#"{"name":"Button"}"#));
+    let o = n1.exec(
+        "frontend-powerhouse",
+        "create-component",
+        Some(r#"{"name":"Button"}"#),
+    );
     assert_eq!(o.code, 0, "{o:?}");
 }

@@ -16,7 +16,10 @@ fn spec(name: &str, plugins: &[&str]) -> NodeSpec {
 
 #[test]
 fn garbage_on_the_cluster_port_is_dropped_and_the_node_keeps_running() {
-    let c = Cluster::start(vec![spec("node1", &["jira-orchestrator"]), spec("node2", &["frontend-powerhouse"])]);
+    let c = Cluster::start(vec![
+        spec("node1", &["jira-orchestrator"]),
+        spec("node2", &["frontend-powerhouse"]),
+    ]);
     let target = c.nodes[0].cluster.clone();
     // Random bytes, a frame header claiming 1 GiB, and a handful of idle connections.
     let mut idle = vec![];
@@ -25,7 +28,9 @@ fn garbage_on_the_cluster_port_is_dropped_and_the_node_keeps_running() {
         s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
         match i % 3 {
             0 => {
-                let junk: Vec<u8> = (0..65_536u32).map(|x| (x.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+                let junk: Vec<u8> = (0..65_536u32)
+                    .map(|x| (x.wrapping_mul(2_654_435_761) >> 13) as u8)
+                    .collect();
                 let _ = s.write_all(&junk);
             }
             1 => {
@@ -37,8 +42,19 @@ fn garbage_on_the_cluster_port_is_dropped_and_the_node_keeps_running() {
     }
     // The node still answers, still sees its peer, and still routes across the link.
     let s = c.nodes[0].status().expect("node1 still answers");
-    assert!(s["members"].as_array().unwrap().iter().all(|m| m["status"] == "up"), "{s:#?}");
-    let o = c.nodes[0].exec("frontend-powerhouse", "create-component", Some(r#"{"name":"Card"}"#));
+    assert!(
+        s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["status"] == "up"),
+        "{s:#?}"
+    );
+    let o = c.nodes[0].exec(
+        "frontend-powerhouse",
+        "create-component",
+        Some(r#"{"name":"Card"}"#),
+    );
     assert_eq!(o.code, 0, "{o:?}");
     assert_eq!(o.json()["node"], "node2");
     drop(idle);
@@ -46,15 +62,26 @@ fn garbage_on_the_cluster_port_is_dropped_and_the_node_keeps_running() {
 
 #[test]
 fn an_oversized_payload_is_refused_with_a_clear_error() {
-    let c = Cluster::start(vec![spec("node1", &["jira-orchestrator"]), spec("node2", &["frontend-powerhouse"])]);
+    let c = Cluster::start(vec![
+        spec("node1", &["jira-orchestrator"]),
+        spec("node2", &["frontend-powerhouse"]),
+    ]);
     let big = format!("{{\"blob\":\"{}\"}}", "x".repeat(3 * 1024 * 1024));
     let f = c.dir.path().join("big.json");
     std::fs::write(&f, big).unwrap();
     let at = format!("@{}", f.display());
     let o = c.nodes[0].exec("frontend-powerhouse", "create-component", Some(&at));
     assert_eq!(o.code, 1, "{:?} {}", o.code, o.stderr);
-    assert!(o.stderr.contains("too large") || o.stderr.contains("413"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("too large") || o.stderr.contains("413"),
+        "{}",
+        o.stderr
+    );
     // Nothing broke: the link and the plugin still work.
-    let o = c.nodes[0].exec("frontend-powerhouse", "create-component", Some(r#"{"name":"Card"}"#));
+    let o = c.nodes[0].exec(
+        "frontend-powerhouse",
+        "create-component",
+        Some(r#"{"name":"Card"}"#),
+    );
     assert_eq!(o.code, 0, "{o:?}");
 }

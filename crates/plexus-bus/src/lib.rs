@@ -363,10 +363,10 @@ impl Bus {
             match mb.push(env.clone()) {
                 Ok(()) => n += 1,
                 Err((PushError::Full, e)) => {
-                    self.dead_letter(e, format!("mailbox of {owner} is full"))
+                    self.dead_letter(*e, format!("mailbox of {owner} is full"))
                 }
                 Err((PushError::Closed, e)) => {
-                    self.dead_letter(e, format!("subscriber {owner} is gone"))
+                    self.dead_letter(*e, format!("subscriber {owner} is gone"))
                 }
             }
         }

@@ -68,14 +68,15 @@ impl Shared {
         })
     }
 
-    pub(crate) fn push(&self, env: Envelope) -> Result<(), (PushError, Envelope)> {
+    /// On failure the envelope comes back (boxed: it is large) for dead-lettering.
+    pub(crate) fn push(&self, env: Envelope) -> Result<(), (PushError, Box<Envelope>)> {
         if self.closed.load(AtOrd::Acquire) {
-            return Err((PushError::Closed, env));
+            return Err((PushError::Closed, Box::new(env)));
         }
         {
             let mut q = self.queue.lock();
             if q.heap.len() >= self.capacity {
-                return Err((PushError::Full, env));
+                return Err((PushError::Full, Box::new(env)));
             }
             q.seq += 1;
             let seq = q.seq;

@@ -56,12 +56,27 @@ pub fn run(c: CatalogCmd) -> CliResult {
         let v = serde_json::json!({ "plugins": rows, "diagnostics": cat.diagnostics });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{:<26} {:<9} {:>6} {:>8}  SOURCE", "PLUGIN", "VERSION", "AGENTS", "COMMANDS");
+        println!(
+            "{:<26} {:<9} {:>6} {:>8}  SOURCE",
+            "PLUGIN", "VERSION", "AGENTS", "COMMANDS"
+        );
         for r in &rows {
-            println!("{:<26} {:<9} {:>6} {:>8}  {}", r.name, r.version, r.agents, r.commands, r.source);
+            println!(
+                "{:<26} {:<9} {:>6} {:>8}  {}",
+                r.name, r.version, r.agents, r.commands, r.source
+            );
         }
-        let warnings = cat.diagnostics.iter().filter(|d| d.severity == Severity::Warning).count();
-        println!("\n{} plugins, {} errors, {} warnings", rows.len(), errors, warnings);
+        let warnings = cat
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+            .count();
+        println!(
+            "\n{} plugins, {} errors, {} warnings",
+            rows.len(),
+            errors,
+            warnings
+        );
         for d in &cat.diagnostics {
             eprintln!("{d}");
         }
@@ -69,7 +84,9 @@ pub fn run(c: CatalogCmd) -> CliResult {
     if errors > 0 {
         return Err(Failure {
             code: 1,
-            error: anyhow::anyhow!("{errors} plugin(s) or file(s) could not be loaded (listed above)"),
+            error: anyhow::anyhow!(
+                "{errors} plugin(s) or file(s) could not be loaded (listed above)"
+            ),
         });
     }
     Ok(())

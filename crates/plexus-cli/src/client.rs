@@ -42,7 +42,11 @@ impl Client {
         Client { base, agent }
     }
 
-    fn read<T: DeserializeOwned>(&self, path: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Result<T, Problem>, Failure> {
+    fn read<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Result<T, Problem>, Failure> {
         let mut resp = r.map_err(|e| anyhow!("cannot reach the node at {}: {e}", self.base))?;
         let status = resp.status().as_u16();
         let text = resp
@@ -50,7 +54,12 @@ impl Client {
             .read_to_string()
             .with_context(|| format!("reading the answer of {}{path}", self.base))?;
         if (200..300).contains(&status) {
-            let v = serde_json::from_str(&text).with_context(|| format!("{}{path} answered something that is not the expected JSON", self.base))?;
+            let v = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{}{path} answered something that is not the expected JSON",
+                    self.base
+                )
+            })?;
             Ok(Ok(v))
         } else {
             let p = serde_json::from_str::<Problem>(&text).unwrap_or(Problem {
@@ -68,8 +77,15 @@ impl Client {
         self.read(path, r)
     }
 
-    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Result<T, Problem>, Failure> {
-        let r = self.agent.post(format!("{}{path}", self.base)).send_json(body);
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Result<T, Problem>, Failure> {
+        let r = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .send_json(body);
         self.read(path, r)
     }
 }

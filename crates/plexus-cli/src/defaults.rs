@@ -6,12 +6,30 @@ use plexus_catalog::{Catalog, Sources};
 use crate::CatalogArgs;
 
 const EMBEDDED: &[(&str, &str)] = &[
-    ("ahling-command-center.toml", include_str!("../../../cluster-config/plugins/ahling-command-center.toml")),
-    ("exec-automator.toml", include_str!("../../../cluster-config/plugins/exec-automator.toml")),
-    ("frontend-powerhouse.toml", include_str!("../../../cluster-config/plugins/frontend-powerhouse.toml")),
-    ("home-assistant-architect.toml", include_str!("../../../cluster-config/plugins/home-assistant-architect.toml")),
-    ("jira-orchestrator.toml", include_str!("../../../cluster-config/plugins/jira-orchestrator.toml")),
-    ("lobbi-platform-manager.toml", include_str!("../../../cluster-config/plugins/lobbi-platform-manager.toml")),
+    (
+        "ahling-command-center.toml",
+        include_str!("../../../cluster-config/plugins/ahling-command-center.toml"),
+    ),
+    (
+        "exec-automator.toml",
+        include_str!("../../../cluster-config/plugins/exec-automator.toml"),
+    ),
+    (
+        "frontend-powerhouse.toml",
+        include_str!("../../../cluster-config/plugins/frontend-powerhouse.toml"),
+    ),
+    (
+        "home-assistant-architect.toml",
+        include_str!("../../../cluster-config/plugins/home-assistant-architect.toml"),
+    ),
+    (
+        "jira-orchestrator.toml",
+        include_str!("../../../cluster-config/plugins/jira-orchestrator.toml"),
+    ),
+    (
+        "lobbi-platform-manager.toml",
+        include_str!("../../../cluster-config/plugins/lobbi-platform-manager.toml"),
+    ),
 ];
 
 /// The sources a command's flags name.
@@ -20,7 +38,10 @@ pub fn sources(args: &CatalogArgs) -> Sources {
         embedded: if args.no_default_plugins {
             vec![]
         } else {
-            EMBEDDED.iter().map(|(l, t)| (l.to_string(), t.to_string())).collect()
+            EMBEDDED
+                .iter()
+                .map(|(l, t)| (l.to_string(), t.to_string()))
+                .collect()
         },
         dirs: args.catalog.clone(),
     }
@@ -46,14 +67,20 @@ mod tests {
     /// The embedded lists must name exactly what the real plugins offer.
     #[test]
     fn embedded_manifests_match_the_claude_plugins() {
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/catalog/claude-plugins");
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/catalog/claude-plugins");
         if !dir.is_dir() {
             panic!("expected the shared catalog at {}", dir.display());
         }
         let embedded = load(&CatalogArgs::default());
-        let real = Catalog::load(&Sources { embedded: vec![], dirs: vec![dir] });
+        let real = Catalog::load(&Sources {
+            embedded: vec![],
+            dirs: vec![dir],
+        });
         for p in &real.plugins {
-            let e = embedded.plugin(&p.name).unwrap_or_else(|| panic!("{} not embedded", p.name));
+            let e = embedded
+                .plugin(&p.name)
+                .unwrap_or_else(|| panic!("{} not embedded", p.name));
             let names = |v: Vec<&str>| {
                 let mut v: Vec<String> = v.into_iter().map(str::to_string).collect();
                 v.sort();

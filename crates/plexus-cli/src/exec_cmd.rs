@@ -62,11 +62,18 @@ pub fn run(a: ExecArgs) -> CliResult {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!("{}/{} ran on {} in {:.1} ms", r.plugin, r.command, r.node, r.duration_ms);
+                println!(
+                    "{}/{} ran on {} in {:.1} ms",
+                    r.plugin, r.command, r.node, r.duration_ms
+                );
                 if let (Some(m), Some(c)) = (&r.model, r.cost_usd) {
                     println!("model {m}, estimated cost ${c:.4}");
                 }
-                let out = r.output.as_ref().map(|o| serde_json::to_string_pretty(o).unwrap_or_default()).unwrap_or_default();
+                let out = r
+                    .output
+                    .as_ref()
+                    .map(|o| serde_json::to_string_pretty(o).unwrap_or_default())
+                    .unwrap_or_default();
                 println!("{out}");
             }
             Ok(())
@@ -87,11 +94,13 @@ pub fn run(a: ExecArgs) -> CliResult {
 fn read_input(arg: &str) -> Result<(String, String), Failure> {
     if arg == "-" {
         let mut t = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map_err(|e| Failure::usage(anyhow!("--input -: cannot read stdin: {e}")))?;
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .map_err(|e| Failure::usage(anyhow!("--input -: cannot read stdin: {e}")))?;
         return Ok((t, " (stdin)".into()));
     }
     if let Some(path) = arg.strip_prefix('@') {
-        let t = std::fs::read_to_string(path).map_err(|e| Failure::usage(anyhow!("--input @{path}: cannot read: {e}")))?;
+        let t = std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(anyhow!("--input @{path}: cannot read: {e}")))?;
         return Ok((t, format!(" (@{path})")));
     }
     Ok((arg.to_string(), String::new()))

@@ -69,22 +69,31 @@ pub struct Failure {
 impl Failure {
     /// A usage or configuration problem (exit 2).
     pub fn usage(e: impl Into<anyhow::Error>) -> Failure {
-        Failure { code: 2, error: e.into() }
+        Failure {
+            code: 2,
+            error: e.into(),
+        }
     }
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(e: E) -> Failure {
-        Failure { code: 1, error: e.into() }
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
     }
 }
 
 pub type CliResult = Result<(), Failure>;
 
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ractor=warn,ractor_cluster=warn"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,ractor=warn,ractor_cluster=warn")
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {

@@ -67,7 +67,12 @@ fn merged_config(a: &NodeArgs) -> Result<FileConfig, Failure> {
     }
     if let Some(ps) = &a.plugins {
         // `--plugins ""` means "host nothing".
-        n.plugins = Some(ps.iter().filter(|s| !s.trim().is_empty()).cloned().collect());
+        n.plugins = Some(
+            ps.iter()
+                .filter(|s| !s.trim().is_empty())
+                .cloned()
+                .collect(),
+        );
     }
     n.catalog.extend(a.catalog.catalog.iter().cloned());
     n.no_default_plugins |= a.catalog.no_default_plugins;
@@ -83,7 +88,11 @@ fn merged_config(a: &NodeArgs) -> Result<FileConfig, Failure> {
 pub fn run(a: NodeArgs) -> CliResult {
     let fc = merged_config(&a)?;
     let config = fc.finish().map_err(|e| {
-        let at = a.config.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default();
+        let at = a
+            .config
+            .as_ref()
+            .map(|p| format!("{}: ", p.display()))
+            .unwrap_or_default();
         Failure::usage(anyhow!("{at}{e}"))
     })?;
     let catalog = defaults::load(&CatalogArgs {
@@ -96,7 +105,9 @@ pub fn run(a: NodeArgs) -> CliResult {
             plexus_catalog::Severity::Warning => tracing::debug!("{d}"),
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let mut handle = plexus_node::start(config, catalog).await.map_err(|e| match e {
             StartError::UnknownPlugin { .. } => Failure::usage(e),

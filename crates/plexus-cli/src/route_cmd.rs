@@ -37,11 +37,13 @@ pub fn run(a: RouteArgs) -> CliResult {
     }
     let router = Router::new(&cat);
     if let Some(path) = &a.batch {
-        let f = std::fs::File::open(path).map_err(|e| Failure::usage(anyhow!("{}: cannot open: {e}", path.display())))?;
+        let f = std::fs::File::open(path)
+            .map_err(|e| Failure::usage(anyhow!("{}: cannot open: {e}", path.display())))?;
         let out = std::io::stdout();
         let mut out = out.lock();
         for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-            let line = line.with_context(|| format!("{}:{}: cannot read", path.display(), i + 1))?;
+            let line =
+                line.with_context(|| format!("{}:{}: cannot read", path.display(), i + 1))?;
             if line.trim().is_empty() {
                 continue;
             }

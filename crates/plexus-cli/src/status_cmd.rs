@@ -21,7 +21,9 @@ pub struct StatusArgs {
 
 pub fn run(a: StatusArgs) -> CliResult {
     let c = Client::new(&a.connect, Duration::from_secs(10));
-    let body: StatusBody = c.get("/v1/status")?.map_err(|p| anyhow!("{} (HTTP {})", p.detail, p.status))?;
+    let body: StatusBody = c
+        .get("/v1/status")?
+        .map_err(|p| anyhow!("{} (HTTP {})", p.detail, p.status))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
     } else {
@@ -34,9 +36,17 @@ pub fn run(a: StatusArgs) -> CliResult {
 pub fn render(s: &StatusBody) -> String {
     use std::fmt::Write;
     let mut o = String::new();
-    let _ = writeln!(o, "node {} (generation {}), up {:.0}s, cluster {}, api {}", s.node, s.generation, s.uptime_secs, s.cluster_addr, s.api_addr);
+    let _ = writeln!(
+        o,
+        "node {} (generation {}), up {:.0}s, cluster {}, api {}",
+        s.node, s.generation, s.uptime_secs, s.cluster_addr, s.api_addr
+    );
     let _ = writeln!(o, "\nMEMBERS");
-    let _ = writeln!(o, "  {:<16} {:<22} {:<22} {:<12} {}", "NAME", "CLUSTER", "API", "STATUS", "GEN");
+    let _ = writeln!(
+        o,
+        "  {:<16} {:<22} {:<22} {:<12} GEN",
+        "NAME", "CLUSTER", "API", "STATUS"
+    );
     for m in &s.members {
         let _ = writeln!(
             o,
@@ -50,7 +60,11 @@ pub fn render(s: &StatusBody) -> String {
         );
     }
     let _ = writeln!(o, "\nPLUGINS");
-    let _ = writeln!(o, "  {:<26} {:<9} {:<16} {:<12} {:>6} {:>8} {:>8}", "NAME", "VERSION", "NODE", "STATUS", "AGENTS", "COMMANDS", "RESTARTS");
+    let _ = writeln!(
+        o,
+        "  {:<26} {:<9} {:<16} {:<12} {:>6} {:>8} RESTARTS",
+        "NAME", "VERSION", "NODE", "STATUS", "AGENTS", "COMMANDS"
+    );
     for p in &s.plugins {
         let _ = writeln!(
             o,

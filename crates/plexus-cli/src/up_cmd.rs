@@ -65,22 +65,29 @@ pub fn run(a: UpArgs) -> CliResult {
         eprintln!("{d}");
     }
     if cat.plugins.is_empty() {
-        return Err(Failure::usage(anyhow!("the catalog is empty: nothing to host")));
+        return Err(Failure::usage(anyhow!(
+            "the catalog is empty: nothing to host"
+        )));
     }
     let names: Vec<String> = cat.plugins.iter().map(|p| p.name.clone()).collect();
     let plan = placement(&names, a.nodes as usize);
-    std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot create {}", a.dir.display()))?;
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create {}", a.dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the plexus binary")?;
     let cookie: String = {
         let mut r = rand::thread_rng();
-        (0..32).map(|_| format!("{:x}", r.gen_range(0..16u8))).collect()
+        (0..32)
+            .map(|_| format!("{:x}", r.gen_range(0..16u8)))
+            .collect()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let mut nodes: Vec<Node> = vec![];
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        for i in 0..a.nodes as usize {
+        for (i, hosted) in plan.iter().enumerate() {
             let name = format!("node{}", i + 1);
             let (listen, api) = if a.base_port == 0 {
                 ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string())
@@ -93,7 +100,7 @@ pub fn run(a: UpArgs) -> CliResult {
             };
             let log = a.dir.join(format!("{name}.log"));
             let started = tokio::select! {
-                r = start_node(&exe, &name, &listen, &api, &nodes, &plan[i], &a, &cookie, &log) => r,
+                r = start_node(&exe, &name, &listen, &api, &nodes, hosted, &a, &cookie, &log) => r,
                 _ = term.recv() => Err(anyhow!("interrupted")),
                 _ = int.recv() => Err(anyhow!("interrupted")),
             };
@@ -161,7 +168,8 @@ async fn start_node(
     cookie: &str,
     log: &std::path::Path,
 ) -> anyhow::Result<Node> {
-    let logf = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let logf =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let mut cmd = Command::new(exe);
     cmd.arg("node")
         .args(["--name", name, "--listen", listen, "--api", api])
@@ -190,8 +198,13 @@ async fn start_node(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().with_context(|| format!("cannot start {name}"))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout from {name}"))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout from {name}"))?;
     let mut lines = BufReader::new(stdout).lines();
     let ready = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(l) = lines.next_line().await? {
@@ -209,12 +222,26 @@ async fn start_node(
         Ok(Ok(None)) | Ok(Err(_)) => {
             let _ = child.wait().await;
             let tail = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-            bail!("{name} did not start; last lines of {}:\n{}", log.display(), tail.join("\n"));
+            let tail: Vec<&str> = tail
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            bail!(
+                "{name} did not start; last lines of {}:\n{}",
+                log.display(),
+                tail.join("\n")
+            );
         }
         Err(_) => {
             let _ = child.kill().await;
-            bail!("{name} did not become ready within 30 s; see {}", log.display());
+            bail!(
+                "{name} did not become ready within 30 s; see {}",
+                log.display()
+            );
         }
     };
     // Keep draining stdout so the child never blocks on a full pipe.
@@ -233,7 +260,11 @@ fn summary(api: &str) -> String {
     let c = Client::new(api, Duration::from_secs(2));
     match c.get::<StatusBody>("/v1/status") {
         Ok(Ok(s)) => {
-            let members: Vec<String> = s.members.iter().map(|m| format!("{} {}", m.name, m.status)).collect();
+            let members: Vec<String> = s
+                .members
+                .iter()
+                .map(|m| format!("{} {}", m.name, m.status))
+                .collect();
             let avail = s.plugins.iter().filter(|p| p.status == "available").count();
             let other: Vec<String> = s
                 .plugins
@@ -241,7 +272,11 @@ fn summary(api: &str) -> String {
                 .filter(|p| p.status != "available")
                 .map(|p| format!("{} {}", p.name, p.status))
                 .collect();
-            let mut line = format!("members: {} | plugins: {avail}/{} available", members.join(", "), s.plugins.len());
+            let mut line = format!(
+                "members: {} | plugins: {avail}/{} available",
+                members.join(", "),
+                s.plugins.len()
+            );
             if !other.is_empty() {
                 line.push_str(&format!(" ({})", other.join(", ")));
             }

@@ -126,25 +126,48 @@ async fn health(State(ctx): State<Arc<NodeCtx>>) -> Json<serde_json::Value> {
 const ACTOR_TIMEOUT: Duration = Duration::from_secs(3);
 
 async fn view(ctx: &NodeCtx) -> Result<Vec<MemberView>, Problem> {
-    let cell = ractor::registry::where_is(actor_name(ctx.name(), "membership"))
-        .ok_or_else(|| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "restarting", "membership service is restarting"))?;
+    let cell =
+        ractor::registry::where_is(actor_name(ctx.name(), "membership")).ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "restarting",
+                "membership service is restarting",
+            )
+        })?;
     let a: ActorRef<MembershipMsg> = cell.into();
     a.call(MembershipMsg::View, Some(ACTOR_TIMEOUT))
         .await
         .ok()
         .and_then(|r| r.success_or(()).ok())
-        .ok_or_else(|| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "membership service did not answer"))
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "membership service did not answer",
+            )
+        })
 }
 
 async fn announces(ctx: &NodeCtx) -> Result<Vec<NodeAnnounce>, Problem> {
-    let cell = ractor::registry::where_is(actor_name(ctx.name(), "registry"))
-        .ok_or_else(|| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "restarting", "registry is restarting"))?;
+    let cell = ractor::registry::where_is(actor_name(ctx.name(), "registry")).ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "restarting",
+            "registry is restarting",
+        )
+    })?;
     let a: ActorRef<RegistryMsg> = cell.into();
     a.call(RegistryMsg::Snapshot, Some(ACTOR_TIMEOUT))
         .await
         .ok()
         .and_then(|r| r.success_or(()).ok())
-        .ok_or_else(|| Problem::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "registry did not answer"))
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "registry did not answer",
+            )
+        })
 }
 
 /// Build the status document (also used by `plexus up`'s live view).
@@ -191,7 +214,10 @@ struct Limit {
     limit: Option<usize>,
 }
 
-async fn dead_letters(State(ctx): State<Arc<NodeCtx>>, Query(q): Query<Limit>) -> Json<Vec<DeadLetter>> {
+async fn dead_letters(
+    State(ctx): State<Arc<NodeCtx>>,
+    Query(q): Query<Limit>,
+) -> Json<Vec<DeadLetter>> {
     Json(ctx.bus.dead_letters(q.limit.unwrap_or(50).min(1000)))
 }
 
@@ -204,7 +230,10 @@ pub async fn resolve(ctx: &NodeCtx, plugin: &str, command: &str) -> Result<(), P
         .filter(|a| a.plugins.iter().any(|p| p.name == plugin))
         .collect();
     if hosts.is_empty() {
-        let mut known: Vec<String> = ann.iter().flat_map(|a| a.plugins.iter().map(|p| p.name.clone())).collect();
+        let mut known: Vec<String> = ann
+            .iter()
+            .flat_map(|a| a.plugins.iter().map(|p| p.name.clone()))
+            .collect();
         known.sort();
         known.dedup();
         if ctx.catalog.plugin(plugin).is_some() {
@@ -217,15 +246,17 @@ pub async fn resolve(ctx: &NodeCtx, plugin: &str, command: &str) -> Result<(), P
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "unknown-plugin",
-            format!("unknown plugin {plugin:?}; the cluster hosts: {}", known.join(", ")),
+            format!(
+                "unknown plugin {plugin:?}; the cluster hosts: {}",
+                known.join(", ")
+            ),
         ));
     }
     let cmd = command.trim_start_matches('/');
     let has_cmd = hosts.iter().any(|a| {
-        a.plugins
-            .iter()
-            .filter(|p| p.name == plugin)
-            .any(|p| p.commands.iter().any(|c| c == cmd) || p.aliases.iter().any(|(al, _)| al == cmd))
+        a.plugins.iter().filter(|p| p.name == plugin).any(|p| {
+            p.commands.iter().any(|c| c == cmd) || p.aliases.iter().any(|(al, _)| al == cmd)
+        })
     });
     if !has_cmd {
         let cmds: Vec<String> = hosts[0]
@@ -237,10 +268,16 @@ pub async fn resolve(ctx: &NodeCtx, plugin: &str, command: &str) -> Result<(), P
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "unknown-command",
-            format!("plugin {plugin:?} has no command {command:?}; its commands: {}", cmds.join(", ")),
+            format!(
+                "plugin {plugin:?} has no command {command:?}; its commands: {}",
+                cmds.join(", ")
+            ),
         ));
     }
-    let rows: Vec<PluginRow> = plugin_rows(&ann, &view).into_iter().filter(|r| r.name == plugin).collect();
+    let rows: Vec<PluginRow> = plugin_rows(&ann, &view)
+        .into_iter()
+        .filter(|r| r.name == plugin)
+        .collect();
     if rows.iter().any(|r| r.status == "available") {
         return Ok(());
     }
@@ -269,14 +306,25 @@ pub async fn exec_command(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
         return Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
-            format!("input of {} bytes exceeds the limit of {} bytes", input.len(), ctx.config.max_payload_bytes),
+            format!(
+                "input of {} bytes exceeds the limit of {} bytes",
+                input.len(),
+                ctx.config.max_payload_bytes
+            ),
         ));
     }
     let priority = body.priority.unwrap_or(plexus_bus::DEFAULT_PRIORITY);
     if !(1..=10).contains(&priority) {
-        return Err(Problem::new(StatusCode::BAD_REQUEST, "bad-priority", format!("priority {priority} is outside 1..=10")));
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-priority",
+            format!("priority {priority} is outside 1..=10"),
+        ));
     }
-    let timeout = body.timeout_ms.map(Duration::from_millis).unwrap_or(ctx.config.request_timeout);
+    let timeout = body
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(ctx.config.request_timeout);
     let req = ExecRequest {
         plugin: body.plugin.clone(),
         command: body.command.trim_start_matches('/').to_string(),
@@ -295,17 +343,28 @@ pub async fn exec_command(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
         BusError::NoRoute { .. } => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "plugin-unavailable",
-            format!("plugin {:?} is unavailable: no reachable node serves it right now", body.plugin),
+            format!(
+                "plugin {:?} is unavailable: no reachable node serves it right now",
+                body.plugin
+            ),
         ),
         BusError::Timeout { timeout, .. } => Problem::new(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
-            format!("no answer from plugin {:?} within {} ms", body.plugin, timeout.as_millis()),
+            format!(
+                "no answer from plugin {:?} within {} ms",
+                body.plugin,
+                timeout.as_millis()
+            ),
         ),
         other => Problem::new(StatusCode::BAD_REQUEST, "bad-request", other.to_string()),
     })?;
     let mut reply: ExecReply = serde_json::from_slice(&resp.payload).map_err(|e| {
-        Problem::new(StatusCode::BAD_GATEWAY, "bad-reply", format!("malformed reply from {}: {e}", resp.source_node))
+        Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "bad-reply",
+            format!("malformed reply from {}: {e}", resp.source_node),
+        )
     })?;
     tracing::debug!(plugin = %reply.plugin, node = %reply.node, total_ms = started.elapsed().as_millis() as u64, "exec done");
     if reply.ok {
@@ -318,23 +377,37 @@ pub async fn exec_command(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
         Some("timeout") => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
         _ => (StatusCode::BAD_GATEWAY, "plugin-failed"),
     };
-    let detail = err.map(|e| e.message).unwrap_or_else(|| "plugin failed".into());
+    let detail = err
+        .map(|e| e.message)
+        .unwrap_or_else(|| "plugin failed".into());
     let mut p = Problem::new(status, kind, detail);
     reply.output = None;
     p.reply = Some(reply);
     Err(p)
 }
 
-async fn exec(State(ctx): State<Arc<NodeCtx>>, body: Result<Json<ExecBody>, JsonRejection>) -> Result<Json<ExecReply>, Problem> {
+async fn exec(
+    State(ctx): State<Arc<NodeCtx>>,
+    body: Result<Json<ExecBody>, JsonRejection>,
+) -> Result<Json<ExecReply>, Problem> {
     let Json(body) = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE || e.body_text().contains("length limit exceeded") {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE
+            || e.body_text().contains("length limit exceeded")
+        {
             Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
-                format!("request body too large: the limit is {} bytes (limits.max_payload_bytes)", ctx.config.max_payload_bytes),
+                format!(
+                    "request body too large: the limit is {} bytes (limits.max_payload_bytes)",
+                    ctx.config.max_payload_bytes
+                ),
             )
         } else {
-            Problem::new(StatusCode::BAD_REQUEST, "bad-request", format!("malformed exec request: {}", e.body_text()))
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!("malformed exec request: {}", e.body_text()),
+            )
         }
     })?;
     exec_command(&ctx, body).await.map(Json)

@@ -129,7 +129,9 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })?;
     let mut fc: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         file: path.to_path_buf(),
-        line: e.span().map(|s| plexus_catalog::manifest::line_col(&text, s.start).0),
+        line: e
+            .span()
+            .map(|s| plexus_catalog::manifest::line_col(&text, s.start).0),
         message: e.message().to_string(),
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -142,7 +144,13 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         .node
         .catalog
         .iter()
-        .map(|c| if c.is_relative() { base.join(c) } else { c.clone() })
+        .map(|c| {
+            if c.is_relative() {
+                base.join(c)
+            } else {
+                c.clone()
+            }
+        })
         .collect();
     Ok(fc)
 }
@@ -182,10 +190,13 @@ impl FileConfig {
                 let port = if listen.port() == 0 {
                     0
                 } else {
-                    listen.port().checked_add(100).ok_or_else(|| ConfigError::Invalid {
-                        field: "node.api".into(),
-                        message: "cannot derive from the listen port; set it".into(),
-                    })?
+                    listen
+                        .port()
+                        .checked_add(100)
+                        .ok_or_else(|| ConfigError::Invalid {
+                            field: "node.api".into(),
+                            message: "cannot derive from the listen port; set it".into(),
+                        })?
                 };
                 SocketAddr::new(listen.ip(), port)
             }
@@ -216,8 +227,14 @@ impl FileConfig {
         let m = self.membership;
         let dm = MembershipConfig::default();
         let membership = MembershipConfig {
-            probe_period: m.probe_period_ms.map(Duration::from_millis).unwrap_or(dm.probe_period),
-            probe_rtt: m.probe_rtt_ms.map(Duration::from_millis).unwrap_or(dm.probe_rtt),
+            probe_period: m
+                .probe_period_ms
+                .map(Duration::from_millis)
+                .unwrap_or(dm.probe_period),
+            probe_rtt: m
+                .probe_rtt_ms
+                .map(Duration::from_millis)
+                .unwrap_or(dm.probe_rtt),
             suspect_to_down: m
                 .suspect_to_down_ms
                 .map(Duration::from_millis)
@@ -230,7 +247,10 @@ impl FileConfig {
                 message: "must be shorter than probe_period_ms".into(),
             });
         }
-        let max_frame_bytes = self.limits.max_frame_bytes.unwrap_or(plexus_codec::DEFAULT_MAX_FRAME);
+        let max_frame_bytes = self
+            .limits
+            .max_frame_bytes
+            .unwrap_or(plexus_codec::DEFAULT_MAX_FRAME);
         if !(64 * 1024..=64 * 1024 * 1024).contains(&max_frame_bytes) {
             return Err(ConfigError::Invalid {
                 field: "limits.max_frame_bytes".into(),
@@ -245,7 +265,9 @@ impl FileConfig {
             });
         }
         Ok(NodeConfig {
-            data_dir: n.data_dir.unwrap_or_else(|| PathBuf::from(".plexus").join(&name)),
+            data_dir: n
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(".plexus").join(&name)),
             name,
             listen,
             api,
@@ -257,7 +279,9 @@ impl FileConfig {
             default_plugins: !n.no_default_plugins,
             membership,
             max_frame_bytes,
-            request_timeout: Duration::from_millis(self.limits.request_timeout_ms.unwrap_or(30_000)),
+            request_timeout: Duration::from_millis(
+                self.limits.request_timeout_ms.unwrap_or(30_000),
+            ),
             max_payload_bytes,
         })
     }
@@ -288,13 +312,25 @@ mod tests {
 
     #[test]
     fn missing_and_bad_fields_are_named() {
-        let e = fc(None, Some("127.0.0.1:1")).finish().unwrap_err().to_string();
+        let e = fc(None, Some("127.0.0.1:1"))
+            .finish()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("node.name"), "{e}");
-        let e = fc(Some("Bad Name"), Some("127.0.0.1:1")).finish().unwrap_err().to_string();
+        let e = fc(Some("Bad Name"), Some("127.0.0.1:1"))
+            .finish()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("node.name"), "{e}");
-        let e = fc(Some("n"), Some("nowhere")).finish().unwrap_err().to_string();
+        let e = fc(Some("n"), Some("nowhere"))
+            .finish()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("node.listen"), "{e}");
-        let e = fc(Some("n"), Some("0.0.0.0:7000")).finish().unwrap_err().to_string();
+        let e = fc(Some("n"), Some("0.0.0.0:7000"))
+            .finish()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("node.advertise"), "{e}");
     }
 

@@ -121,13 +121,17 @@ pub struct BusLink {
 impl RemoteSink for BusLink {
     fn send(&self, node: &str, frame: BusFrame) -> Result<(), String> {
         let ctx = self.ctx.upgrade().ok_or("node stopping")?;
-        ctx.send(node, Wire::Bus(frame)).map_err(|e| e.to_string())
+        ctx.send(node, Wire::Bus(Box::new(frame)))
+            .map_err(|e| e.to_string())
     }
 
     fn interest_changed(&self, interest: Vec<(String, String)>) {
         if let Some(ctx) = self.ctx.upgrade() {
             for n in ctx.linked_nodes() {
-                let _ = ctx.send(&n, Wire::Bus(BusFrame::Interest(interest.clone())));
+                let _ = ctx.send(
+                    &n,
+                    Wire::Bus(Box::new(BusFrame::Interest(interest.clone()))),
+                );
             }
         }
     }

@@ -18,16 +18,30 @@ impl Actor for Gateway {
     type State = Arc<NodeCtx>;
     type Arguments = Arc<NodeCtx>;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Arc<NodeCtx>) -> Result<Arc<NodeCtx>, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: Arc<NodeCtx>,
+    ) -> Result<Arc<NodeCtx>, ActorProcessingErr> {
         pg::join(gateway_group(ctx.name()), vec![myself.get_cell()]);
         Ok(ctx)
     }
 
-    async fn handle(&self, _me: ActorRef<Self::Msg>, msg: GatewayMsg, ctx: &mut Arc<NodeCtx>) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        msg: GatewayMsg,
+        ctx: &mut Arc<NodeCtx>,
+    ) -> Result<(), ActorProcessingErr> {
         let GatewayMsg::Frame(bytes) = msg;
         ctx.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-        ctx.stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let frame: WireFrame = match plexus_codec::decode_limited(&bytes, ctx.config.max_frame_bytes) {
+        ctx.stats
+            .bytes_in
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let frame: WireFrame = match plexus_codec::decode_limited(
+            &bytes,
+            ctx.config.max_frame_bytes,
+        ) {
             Ok(f) => f,
             Err(e) => {
                 // A peer speaking garbage must not take the node down.
@@ -47,7 +61,7 @@ fn dispatch(ctx: &NodeCtx, frame: WireFrame) {
         Wire::Hello(id) => cast_named(node, "membership", MembershipMsg::Hello(id)),
         Wire::Foca(p) => cast_named(node, "membership", MembershipMsg::Packet(p)),
         Wire::Announce(a) => cast_named(node, "registry", RegistryMsg::Announce(a)),
-        Wire::Bus(f) => ctx.bus.handle_frame(&frame.from, f),
+        Wire::Bus(f) => ctx.bus.handle_frame(&frame.from, *f),
     }
 }
 

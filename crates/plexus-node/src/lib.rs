@@ -41,7 +41,10 @@ pub enum StartError {
     #[error("data directory {path}: {message}")]
     DataDir { path: String, message: String },
     #[error("cannot listen on {addr}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start {what}: {message}")]
     Spawn { what: &'static str, message: String },
 }
@@ -57,18 +60,30 @@ pub struct NodeHandle {
 }
 
 /// Pick which catalog plugins this node hosts.
-pub fn select_plugins(catalog: &Catalog, wanted: Option<&[String]>) -> Result<Vec<Arc<Plugin>>, StartError> {
+pub fn select_plugins(
+    catalog: &Catalog,
+    wanted: Option<&[String]>,
+) -> Result<Vec<Arc<Plugin>>, StartError> {
     match wanted {
         None => Ok(catalog.plugins.iter().cloned().map(Arc::new).collect()),
-        Some(names) => names
-            .iter()
-            .map(|n| {
-                catalog.plugin(n).cloned().map(Arc::new).ok_or_else(|| StartError::UnknownPlugin {
-                    name: n.clone(),
-                    known: catalog.plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+        Some(names) => {
+            names
+                .iter()
+                .map(|n| {
+                    catalog.plugin(n).cloned().map(Arc::new).ok_or_else(|| {
+                        StartError::UnknownPlugin {
+                            name: n.clone(),
+                            known: catalog
+                                .plugins
+                                .iter()
+                                .map(|p| p.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        }
+                    })
                 })
-            })
-            .collect(),
+                .collect()
+        }
     }
 }
 
@@ -81,10 +96,13 @@ pub fn next_generation(dir: &Path) -> Result<u64, StartError> {
     std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create: {e}")))?;
     let file = dir.join("generation");
     let prev = match std::fs::read_to_string(&file) {
-        Ok(s) => s
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| err(format!("{} does not hold a number: {:?}", file.display(), s.trim())))?,
+        Ok(s) => s.trim().parse::<u64>().map_err(|_| {
+            err(format!(
+                "{} does not hold a number: {:?}",
+                file.display(),
+                s.trim()
+            ))
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(err(format!("cannot read {}: {e}", file.display()))),
     };
@@ -112,15 +130,35 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
 
     // Resolve port 0 now so the identity carries the real addresses.
     if config.listen.port() == 0 {
-        let l = std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Listen { addr: config.listen, source })?;
-        config.listen = l.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let l =
+            std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        config.listen = l.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     }
     let api_listener = tokio::net::TcpListener::bind(config.api)
         .await
-        .map_err(|source| StartError::Listen { addr: config.api, source })?;
-    config.api = api_listener.local_addr().map_err(|source| StartError::Listen { addr: config.api, source })?;
+        .map_err(|source| StartError::Listen {
+            addr: config.api,
+            source,
+        })?;
+    config.api = api_listener
+        .local_addr()
+        .map_err(|source| StartError::Listen {
+            addr: config.api,
+            source,
+        })?;
     // Fail early and clearly if the cluster port is taken.
-    drop(std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Listen { addr: config.listen, source })?);
+    drop(
+        std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?,
+    );
 
     let identity = NodeIdentity {
         name: config.name.clone(),
@@ -210,7 +248,9 @@ impl NodeHandle {
     pub async fn shutdown(self) {
         if let Some(cell) = ractor::registry::where_is(actor_name(self.ctx.name(), "membership")) {
             let m: ActorRef<MembershipMsg> = cell.into();
-            let _ = m.call(MembershipMsg::Leave, Some(Duration::from_secs(1))).await;
+            let _ = m
+                .call(MembershipMsg::Leave, Some(Duration::from_secs(1)))
+                .await;
         }
         // Give the leave notice a moment on the wire.
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plexus_bus::{BusFrame, Envelope, MessageKind};
-use plexus_membership::{MemberEvent, MemberStatus, MemberView, Membership, NodeIdentity, Output, Timer};
+use plexus_membership::{
+    MemberEvent, MemberStatus, MemberView, Membership, NodeIdentity, Output, Timer,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NodeEventSubscription, NodeServerMessage, RactorMessage};
@@ -61,16 +63,21 @@ impl Actor for MembershipActor {
     type State = MembershipState;
     type Arguments = MembershipArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: MembershipArgs) -> Result<MembershipState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: MembershipArgs,
+    ) -> Result<MembershipState, ActorProcessingErr> {
         let me = args.ctx.identity.read().clone();
         let proto = Membership::new(me, &args.ctx.config.membership, args.seed);
         // Learn about links coming and going.
-        args.node_server.cast(NodeServerMessage::SubscribeToEvents {
-            id: actor_name(args.ctx.name(), "membership-links"),
-            subscription: Box::new(LinkEvents {
-                node: args.ctx.name().to_string(),
-            }),
-        })?;
+        args.node_server
+            .cast(NodeServerMessage::SubscribeToEvents {
+                id: actor_name(args.ctx.name(), "membership-links"),
+                subscription: Box::new(LinkEvents {
+                    node: args.ctx.name().to_string(),
+                }),
+            })?;
         let tick = Some(myself.send_interval(TICK, || MembershipMsg::Tick));
         let mut st = MembershipState {
             ctx: args.ctx,
@@ -88,17 +95,29 @@ impl Actor for MembershipActor {
         Ok(st)
     }
 
-    async fn post_stop(&self, _me: ActorRef<Self::Msg>, st: &mut MembershipState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        st: &mut MembershipState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = st.tick.take() {
             t.abort();
         }
         let _ = st
             .node_server
-            .cast(NodeServerMessage::UnsubscribeToEvents(actor_name(st.ctx.name(), "membership-links")));
+            .cast(NodeServerMessage::UnsubscribeToEvents(actor_name(
+                st.ctx.name(),
+                "membership-links",
+            )));
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: MembershipMsg, st: &mut MembershipState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: MembershipMsg,
+        st: &mut MembershipState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             MembershipMsg::Packet(p) => match st.proto.handle_data(&p) {
                 Ok(out) => apply(&myself, st, out),
@@ -163,7 +182,9 @@ fn apply(myself: &ActorRef<MembershipMsg>, st: &mut MembershipState, out: Output
                 tracing::info!(peer = %id.name, generation = id.generation, "member up");
                 // Tell the newcomer what we subscribe to and what we host.
                 let interest = st.ctx.bus.local_interest();
-                let _ = st.ctx.send(&id.name, Wire::Bus(BusFrame::Interest(interest)));
+                let _ = st
+                    .ctx
+                    .send(&id.name, Wire::Bus(Box::new(BusFrame::Interest(interest))));
                 publish_health(&st.ctx, &id, MemberStatus::Up);
                 cast_named(&node, "registry", RegistryMsg::MemberUp(id));
             }
@@ -174,7 +195,10 @@ fn apply(myself: &ActorRef<MembershipMsg>, st: &mut MembershipState, out: Output
                 cast_named(&node, "registry", RegistryMsg::MemberDown(id));
             }
             MemberEvent::Rejoined(id) => {
-                tracing::warn!(generation = id.generation, "declared down by peers; rejoined with a new generation");
+                tracing::warn!(
+                    generation = id.generation,
+                    "declared down by peers; rejoined with a new generation"
+                );
                 *st.ctx.identity.write() = id;
                 cast_named(&node, "registry", RegistryMsg::Reannounce);
             }
@@ -183,14 +207,24 @@ fn apply(myself: &ActorRef<MembershipMsg>, st: &mut MembershipState, out: Output
 }
 
 fn publish_health(ctx: &NodeCtx, id: &NodeIdentity, status: MemberStatus) {
-    let payload = serde_json::json!({"node": id.name, "generation": id.generation, "status": status});
-    let env = Envelope::new(MessageKind::Event, "system/health", ctx.name(), payload.to_string().into_bytes());
+    let payload =
+        serde_json::json!({"node": id.name, "generation": id.generation, "status": status});
+    let env = Envelope::new(
+        MessageKind::Event,
+        "system/health",
+        ctx.name(),
+        payload.to_string().into_bytes(),
+    );
     let _ = ctx.bus.publish(env);
 }
 
 fn dial(st: &mut MembershipState, addr: &str, every: Duration) {
     let now = Instant::now();
-    if st.last_dial.get(addr).is_some_and(|t| now.duration_since(*t) < every) {
+    if st
+        .last_dial
+        .get(addr)
+        .is_some_and(|t| now.duration_since(*t) < every)
+    {
         return;
     }
     st.last_dial.insert(addr.to_string(), now);
@@ -205,7 +239,14 @@ fn dial(st: &mut MembershipState, addr: &str, every: Duration) {
 
 fn dial_seeds(st: &mut MembershipState) {
     let own = st.ctx.config.cluster_addr();
-    let seeds: Vec<String> = st.ctx.config.seeds.iter().filter(|s| **s != own).cloned().collect();
+    let seeds: Vec<String> = st
+        .ctx
+        .config
+        .seeds
+        .iter()
+        .filter(|s| **s != own)
+        .cloned()
+        .collect();
     for s in seeds {
         dial(st, &s, Duration::from_secs(2));
     }

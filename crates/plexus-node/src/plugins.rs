@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use plexus_bus::{Envelope, MessageKind};
 use plexus_catalog::{HandlerSpec, Plugin};
-use plexus_handler::{CommandHandler, ExecOutput, ExecRequest, HandlerError, SimFaults, SimHandler};
+use plexus_handler::{
+    CommandHandler, ExecOutput, ExecRequest, HandlerError, SimFaults, SimHandler,
+};
 use plexus_resilience::restart::{Decision, RestartIntensity};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
@@ -57,7 +59,12 @@ pub struct ExecErrorBody {
 }
 
 impl ExecReply {
-    fn from_result(node: &str, req: &ExecRequest, started: Instant, r: Result<ExecOutput, HandlerError>) -> ExecReply {
+    fn from_result(
+        node: &str,
+        req: &ExecRequest,
+        started: Instant,
+        r: Result<ExecOutput, HandlerError>,
+    ) -> ExecReply {
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         match r {
             Ok(o) => ExecReply {
@@ -65,7 +72,9 @@ impl ExecReply {
                 plugin: req.plugin.clone(),
                 command: req.command.clone(),
                 node: node.to_string(),
-                output: Some(serde_json::from_str(&o.output).unwrap_or(serde_json::Value::String(o.output))),
+                output: Some(
+                    serde_json::from_str(&o.output).unwrap_or(serde_json::Value::String(o.output)),
+                ),
                 error: None,
                 duration_ms,
                 model: o.model.map(|m| m.to_string()),
@@ -84,7 +93,14 @@ impl ExecReply {
         }
     }
 
-    fn error(node: &str, req: &ExecRequest, duration_ms: f64, kind: &str, message: String, retryable: bool) -> ExecReply {
+    fn error(
+        node: &str,
+        req: &ExecRequest,
+        duration_ms: f64,
+        kind: &str,
+        message: String,
+        retryable: bool,
+    ) -> ExecReply {
         ExecReply {
             ok: false,
             plugin: req.plugin.clone(),
@@ -139,17 +155,31 @@ impl Actor for PluginHost {
     type State = PluginHostState;
     type Arguments = PluginHostArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, a: PluginHostArgs) -> Result<PluginHostState, ActorProcessingErr> {
-        let sub = a.ctx.bus.subscribe(&request_topic(&a.plugin.name), &a.plugin.name)?;
-        let permits = Arc::new(Semaphore::new(a.plugin.manifest.placement.max_concurrency as usize));
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        a: PluginHostArgs,
+    ) -> Result<PluginHostState, ActorProcessingErr> {
+        let sub = a
+            .ctx
+            .bus
+            .subscribe(&request_topic(&a.plugin.name), &a.plugin.name)?;
+        let permits = Arc::new(Semaphore::new(
+            a.plugin.manifest.placement.max_concurrency as usize,
+        ));
         let ctx = a.ctx.clone();
         let pump = tokio::spawn(async move {
             loop {
-                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
                 let Some(env) = sub.recv().await else { break };
                 let keep = env.clone();
                 let taken = myself
-                    .call(|reply| PluginHostMsg::Exec(Box::new(env), permit, reply), None)
+                    .call(
+                        |reply| PluginHostMsg::Exec(Box::new(env), permit, reply),
+                        None,
+                    )
                     .await;
                 if !matches!(taken, Ok(ractor::rpc::CallResult::Success(()))) {
                     // The host died with this request in hand: answer it, and
@@ -175,12 +205,21 @@ impl Actor for PluginHost {
         })
     }
 
-    async fn post_stop(&self, _me: ActorRef<Self::Msg>, st: &mut PluginHostState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        st: &mut PluginHostState,
+    ) -> Result<(), ActorProcessingErr> {
         st.pump.abort();
         Ok(())
     }
 
-    async fn handle(&self, _me: ActorRef<Self::Msg>, msg: PluginHostMsg, st: &mut PluginHostState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        msg: PluginHostMsg,
+        st: &mut PluginHostState,
+    ) -> Result<(), ActorProcessingErr> {
         let PluginHostMsg::Exec(env, permit, taken) = msg;
         let started = Instant::now();
         let req = match parse_request(&env) {
@@ -194,14 +233,21 @@ impl Actor for PluginHost {
                     idempotency_key: None,
                     trace_id: None,
                 };
-                respond(&st.ctx, &env, &ExecReply::error(st.ctx.name(), &bad, 0.0, "bad_input", e, false));
+                respond(
+                    &st.ctx,
+                    &env,
+                    &ExecReply::error(st.ctx.name(), &bad, 0.0, "bad_input", e, false),
+                );
                 return Ok(());
             }
         };
         let faults = SimFaults::from_input(&req.input);
         if faults.panic && sim_faults_allowed(&st.plugin) {
             // Deliberate crash (fault injection): exercises supervision.
-            panic!("plugin {} crashed on request (fault injection)", st.plugin.name);
+            panic!(
+                "plugin {} crashed on request (fault injection)",
+                st.plugin.name
+            );
         }
         let _ = taken.send(());
         let handler = st.handler.clone();
@@ -247,10 +293,15 @@ fn respond(ctx: &NodeCtx, req: &Envelope, reply: &ExecReply) {
 /// Build the bus envelope of an exec request.
 pub fn exec_envelope(source: &str, req: &ExecRequest, priority: u8) -> Envelope {
     let payload = serde_json::to_vec(req).unwrap_or_default();
-    Envelope::new(MessageKind::Request, request_topic(&req.plugin), source, payload)
-        .to(req.plugin.clone())
-        .with_priority(priority)
-        .with_trace(req.trace_id.clone())
+    Envelope::new(
+        MessageKind::Request,
+        request_topic(&req.plugin),
+        source,
+        payload,
+    )
+    .to(req.plugin.clone())
+    .with_priority(priority)
+    .with_trace(req.trace_id.clone())
 }
 
 // ---------------------------------------------------------- PluginSupervisor
@@ -282,7 +333,11 @@ impl Actor for PluginSupervisor {
     type State = PluginSupervisorState;
     type Arguments = Arc<NodeCtx>;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Arc<NodeCtx>) -> Result<PluginSupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: Arc<NodeCtx>,
+    ) -> Result<PluginSupervisorState, ActorProcessingErr> {
         let mut hosts = HashMap::new();
         for p in &ctx.hosted {
             let pl = &p.manifest.placement;
@@ -291,7 +346,10 @@ impl Actor for PluginSupervisor {
                 Hosted {
                     plugin: p.clone(),
                     handler: make_handler(p),
-                    intensity: RestartIntensity::new(pl.max_restarts, Duration::from_secs(pl.restart_window_secs)),
+                    intensity: RestartIntensity::new(
+                        pl.max_restarts,
+                        Duration::from_secs(pl.restart_window_secs),
+                    ),
                     actor: None,
                     status: PluginStatus::Restarting,
                     restarts: 0,
@@ -302,10 +360,17 @@ impl Actor for PluginSupervisor {
         Ok(PluginSupervisorState { ctx, hosts })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: PluginSupervisorMsg, st: &mut PluginSupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: PluginSupervisorMsg,
+        st: &mut PluginSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         let PluginSupervisorMsg::Start(name) = msg;
         let node = st.ctx.name().to_string();
-        let Some(h) = st.hosts.get_mut(&name) else { return Ok(()) };
+        let Some(h) = st.hosts.get_mut(&name) else {
+            return Ok(());
+        };
         if h.actor.is_some() || h.status == PluginStatus::Failed {
             return Ok(());
         }
@@ -314,7 +379,14 @@ impl Actor for PluginSupervisor {
             plugin: h.plugin.clone(),
             handler: h.handler.clone(),
         };
-        match Actor::spawn_linked(Some(actor_name(&node, &format!("plugin:{name}"))), PluginHost, args, myself.get_cell()).await {
+        match Actor::spawn_linked(
+            Some(actor_name(&node, &format!("plugin:{name}"))),
+            PluginHost,
+            args,
+            myself.get_cell(),
+        )
+        .await
+        {
             Ok((actor, _)) => {
                 h.actor = Some(actor.get_cell());
                 h.status = PluginStatus::Running;
@@ -330,16 +402,27 @@ impl Actor for PluginSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, evt: SupervisionEvent, st: &mut PluginSupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        st: &mut PluginSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         let (cell, reason) = match evt {
             SupervisionEvent::ActorFailed(cell, err) => (cell, format!("panicked: {err}")),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, format!("stopped: {}", reason.unwrap_or_default())),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, format!("stopped: {}", reason.unwrap_or_default()))
+            }
             _ => return Ok(()),
         };
         let name = st
             .hosts
             .iter()
-            .find(|(_, h)| h.actor.as_ref().is_some_and(|a| a.get_id() == cell.get_id()))
+            .find(|(_, h)| {
+                h.actor
+                    .as_ref()
+                    .is_some_and(|a| a.get_id() == cell.get_id())
+            })
             .map(|(n, _)| n.clone());
         if let Some(name) = name {
             if let Some(h) = st.hosts.get_mut(&name) {
@@ -363,9 +446,16 @@ fn report(node: &str, h: &Hosted) {
     );
 }
 
-fn on_failure(myself: &ActorRef<PluginSupervisorMsg>, st: &mut PluginSupervisorState, name: &str, reason: String) {
+fn on_failure(
+    myself: &ActorRef<PluginSupervisorMsg>,
+    st: &mut PluginSupervisorState,
+    name: &str,
+    reason: String,
+) {
     let node = st.ctx.name().to_string();
-    let Some(h) = st.hosts.get_mut(name) else { return };
+    let Some(h) = st.hosts.get_mut(name) else {
+        return;
+    };
     match h.intensity.record(Instant::now()) {
         Decision::Restart => {
             h.restarts += 1;
@@ -374,15 +464,29 @@ fn on_failure(myself: &ActorRef<PluginSupervisorMsg>, st: &mut PluginSupervisorS
             report(&node, h);
             // A short pause keeps a crash loop from spinning the CPU.
             let n = name.to_string();
-            myself.send_after(Duration::from_millis(50), move || PluginSupervisorMsg::Start(n));
+            myself.send_after(Duration::from_millis(50), move || {
+                PluginSupervisorMsg::Start(n)
+            });
         }
         Decision::GiveUp => {
             h.status = PluginStatus::Failed;
             tracing::error!(plugin = %name, %reason, "plugin restarted too often; marked failed");
             report(&node, h);
             let alert = serde_json::json!({"node": node, "plugin": name, "status": "failed", "reason": reason});
-            let _ = st.ctx.bus.publish(Envelope::new(MessageKind::Event, "system/alerts", node.clone(), alert.to_string().into_bytes()));
-            cast_named(&node, "node", NodeSupervisorMsg::Escalate { what: format!("plugin {name}"), reason });
+            let _ = st.ctx.bus.publish(Envelope::new(
+                MessageKind::Event,
+                "system/alerts",
+                node.clone(),
+                alert.to_string().into_bytes(),
+            ));
+            cast_named(
+                &node,
+                "node",
+                NodeSupervisorMsg::Escalate {
+                    what: format!("plugin {name}"),
+                    reason,
+                },
+            );
         }
     }
 }

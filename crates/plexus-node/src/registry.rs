@@ -24,7 +24,11 @@ pub enum RegistryMsg {
     MemberUp(NodeIdentity),
     MemberDown(NodeIdentity),
     /// A local plugin host changed state.
-    LocalStatus { plugin: String, status: PluginStatus, restarts: u32 },
+    LocalStatus {
+        plugin: String,
+        status: PluginStatus,
+        restarts: u32,
+    },
     /// Our identity changed (rejoin): tell everyone again.
     Reannounce,
     Tick,
@@ -46,7 +50,11 @@ impl Actor for Registry {
     type State = RegistryState;
     type Arguments = Arc<NodeCtx>;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, ctx: Arc<NodeCtx>) -> Result<RegistryState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: Arc<NodeCtx>,
+    ) -> Result<RegistryState, ActorProcessingErr> {
         let local = ctx
             .hosted
             .iter()
@@ -75,7 +83,12 @@ impl Actor for Registry {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: RegistryMsg, st: &mut RegistryState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: RegistryMsg,
+        st: &mut RegistryState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RegistryMsg::Announce(a) => {
                 let newer = st.nodes.get(&a.identity.name).is_none_or(|old| {
@@ -93,7 +106,11 @@ impl Actor for Registry {
             RegistryMsg::MemberDown(id) => {
                 st.up.remove(&id.name);
             }
-            RegistryMsg::LocalStatus { plugin, status, restarts } => {
+            RegistryMsg::LocalStatus {
+                plugin,
+                status,
+                restarts,
+            } => {
                 if let Some(p) = st.local.iter_mut().find(|p| p.name == plugin) {
                     p.status = status;
                     p.restarts = restarts;
@@ -102,7 +119,10 @@ impl Actor for Registry {
                 let group = plugin_group(&plugin);
                 let cell = myself.get_cell();
                 if status == PluginStatus::Running {
-                    if !pg::get_local_members(&group).iter().any(|c| c.get_id() == cell.get_id()) {
+                    if !pg::get_local_members(&group)
+                        .iter()
+                        .any(|c| c.get_id() == cell.get_id())
+                    {
                         pg::join(group, vec![cell]);
                     }
                 } else {
@@ -217,17 +237,55 @@ mod tests {
     #[test]
     fn plugins_of_unreachable_or_down_nodes_are_unavailable() {
         let ann = vec![
-            NodeAnnounce { identity: id("a"), seq: 1, plugins: vec![hosted("p", PluginStatus::Running)] },
-            NodeAnnounce { identity: id("b"), seq: 1, plugins: vec![hosted("q", PluginStatus::Running), hosted("r", PluginStatus::Failed)] },
-            NodeAnnounce { identity: id("c"), seq: 1, plugins: vec![hosted("s", PluginStatus::Running)] },
+            NodeAnnounce {
+                identity: id("a"),
+                seq: 1,
+                plugins: vec![hosted("p", PluginStatus::Running)],
+            },
+            NodeAnnounce {
+                identity: id("b"),
+                seq: 1,
+                plugins: vec![
+                    hosted("q", PluginStatus::Running),
+                    hosted("r", PluginStatus::Failed),
+                ],
+            },
+            NodeAnnounce {
+                identity: id("c"),
+                seq: 1,
+                plugins: vec![hosted("s", PluginStatus::Running)],
+            },
         ];
         let view = vec![
-            MemberView { identity: id("a"), status: MemberStatus::Up, local: true },
-            MemberView { identity: id("b"), status: MemberStatus::Up, local: false },
-            MemberView { identity: id("c"), status: MemberStatus::Unreachable, local: false },
+            MemberView {
+                identity: id("a"),
+                status: MemberStatus::Up,
+                local: true,
+            },
+            MemberView {
+                identity: id("b"),
+                status: MemberStatus::Up,
+                local: false,
+            },
+            MemberView {
+                identity: id("c"),
+                status: MemberStatus::Unreachable,
+                local: false,
+            },
         ];
         let rows = plugin_rows(&ann, &view);
-        let st: Vec<(&str, &str)> = rows.iter().map(|r| (r.name.as_str(), r.status.as_str())).collect();
-        assert_eq!(st, vec![("p", "available"), ("q", "available"), ("r", "failed"), ("s", "unavailable")]);
+        let st: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.name.as_str(), r.status.as_str()))
+            .collect();
+        assert_eq!(
+            st,
+            vec![
+                ("p", "available"),
+                ("q", "available"),
+                ("r", "failed"),
+                ("s", "unavailable")
+            ]
+        );
     }
 }

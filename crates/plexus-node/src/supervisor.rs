@@ -69,22 +69,38 @@ pub struct NodeSupervisorState {
 
 pub struct NodeSupervisor;
 
-async fn spawn_child(myself: &ActorRef<NodeSupervisorMsg>, st: &NodeSupervisorState, role: Role) -> Result<ActorCell, ActorProcessingErr> {
+async fn spawn_child(
+    myself: &ActorRef<NodeSupervisorMsg>,
+    st: &NodeSupervisorState,
+    role: Role,
+) -> Result<ActorCell, ActorProcessingErr> {
     let ctx = st.args.ctx.clone();
     let name = Some(actor_name(ctx.name(), role.name()));
     let sup = myself.get_cell();
     let cell = match role {
-        Role::Registry => Actor::spawn_linked(name, Registry, ctx, sup).await?.0.get_cell(),
+        Role::Registry => Actor::spawn_linked(name, Registry, ctx, sup)
+            .await?
+            .0
+            .get_cell(),
         Role::Membership => {
             let args = MembershipArgs {
                 ctx,
                 node_server: st.args.node_server.clone(),
                 seed: st.args.seed,
             };
-            Actor::spawn_linked(name, MembershipActor, args, sup).await?.0.get_cell()
+            Actor::spawn_linked(name, MembershipActor, args, sup)
+                .await?
+                .0
+                .get_cell()
         }
-        Role::Gateway => Actor::spawn_linked(name, Gateway, ctx, sup).await?.0.get_cell(),
-        Role::Plugins => Actor::spawn_linked(name, PluginSupervisor, ctx, sup).await?.0.get_cell(),
+        Role::Gateway => Actor::spawn_linked(name, Gateway, ctx, sup)
+            .await?
+            .0
+            .get_cell(),
+        Role::Plugins => Actor::spawn_linked(name, PluginSupervisor, ctx, sup)
+            .await?
+            .0
+            .get_cell(),
     };
     Ok(cell)
 }
@@ -94,32 +110,51 @@ impl Actor for NodeSupervisor {
     type State = NodeSupervisorState;
     type Arguments = NodeSupervisorArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: NodeSupervisorArgs) -> Result<NodeSupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: NodeSupervisorArgs,
+    ) -> Result<NodeSupervisorState, ActorProcessingErr> {
         let mut st = NodeSupervisorState {
             args,
             children: HashMap::new(),
             intensity: RestartIntensity::new(5, Duration::from_secs(30)),
             escalations: vec![],
         };
-        for role in [Role::Registry, Role::Membership, Role::Gateway, Role::Plugins] {
+        for role in [
+            Role::Registry,
+            Role::Membership,
+            Role::Gateway,
+            Role::Plugins,
+        ] {
             let cell = spawn_child(&myself, &st, role).await?;
             st.children.insert(role, cell);
         }
         Ok(st)
     }
 
-    async fn post_stop(&self, _me: ActorRef<Self::Msg>, st: &mut NodeSupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        st: &mut NodeSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         for c in st.children.values() {
             c.stop(Some("node stopping".into()));
         }
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: NodeSupervisorMsg, st: &mut NodeSupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: NodeSupervisorMsg,
+        st: &mut NodeSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeSupervisorMsg::Escalate { what, reason } => {
                 tracing::error!(%what, %reason, "escalated to the node supervisor");
-                st.escalations.push((Instant::now(), format!("{what}: {reason}")));
+                st.escalations
+                    .push((Instant::now(), format!("{what}: {reason}")));
                 if st.escalations.len() > 100 {
                     st.escalations.remove(0);
                 }
@@ -134,10 +169,17 @@ impl Actor for NodeSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, evt: SupervisionEvent, st: &mut NodeSupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        st: &mut NodeSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         let (cell, why) = match evt {
             SupervisionEvent::ActorFailed(c, e) => (c, e.to_string()),
-            SupervisionEvent::ActorTerminated(c, _, r) => (c, r.unwrap_or_else(|| "stopped".into())),
+            SupervisionEvent::ActorTerminated(c, _, r) => {
+                (c, r.unwrap_or_else(|| "stopped".into()))
+            }
             _ => return Ok(()),
         };
         let role = st
@@ -150,10 +192,16 @@ impl Actor for NodeSupervisor {
         match st.intensity.record(Instant::now()) {
             Decision::Restart => {
                 tracing::warn!(role = role.name(), reason = %why, "node service failed; restarting");
-                myself.send_after(Duration::from_millis(50), move || NodeSupervisorMsg::Start(role));
+                myself.send_after(Duration::from_millis(50), move || {
+                    NodeSupervisorMsg::Start(role)
+                });
                 Ok(())
             }
-            Decision::GiveUp => Err(format!("node service {} failed too often (last: {why})", role.name()).into()),
+            Decision::GiveUp => Err(format!(
+                "node service {} failed too often (last: {why})",
+                role.name()
+            )
+            .into()),
         }
     }
 }

@@ -34,7 +34,7 @@ pub enum Wire {
     /// The sender's hosted plugins.
     Announce(NodeAnnounce),
     /// Message bus traffic.
-    Bus(BusFrame),
+    Bus(Box<BusFrame>),
 }
 
 /// A plugin as its host node describes it to the cluster.
