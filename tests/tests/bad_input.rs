@@ -270,3 +270,32 @@ fn route_batch_keeps_going_past_a_bad_line() {
     assert_eq!(lines[1]["line"], 2);
     assert_eq!(lines[2]["primary_plugin"], "frontend-powerhouse");
 }
+
+#[test]
+fn the_example_cluster_configs_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-config");
+    let mut all = vec![];
+    for i in 1..=3 {
+        let f = dir.join(format!("node{i}.toml"));
+        let o = plexus(&["node", "--config", f.to_str().unwrap(), "--check"]);
+        assert_eq!(o.code, 0, "{o:?}");
+        let v = o.json();
+        assert_eq!(v["name"], format!("node{i}"));
+        assert_eq!(v["cluster_addr"], format!("10.0.0.{i}:7101"));
+        all.extend(
+            v["plugins"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap().to_string()),
+        );
+    }
+    all.sort();
+    assert_eq!(
+        all.len(),
+        6,
+        "each default plugin is hosted exactly once: {all:?}"
+    );
+    all.dedup();
+    assert_eq!(all.len(), 6, "{all:?}");
+}

@@ -42,6 +42,9 @@ pub struct NodeArgs {
     /// Where the node keeps its state (generation, journals).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Validate the configuration and catalog, print the result, and exit.
+    #[arg(long)]
+    pub check: bool,
 }
 
 fn merged_config(a: &NodeArgs) -> Result<FileConfig, Failure> {
@@ -104,6 +107,21 @@ pub fn run(a: NodeArgs) -> CliResult {
             plexus_catalog::Severity::Error => tracing::error!("{d}"),
             plexus_catalog::Severity::Warning => tracing::debug!("{d}"),
         }
+    }
+    if a.check {
+        let hosted = plexus_node::select_plugins(&catalog, config.plugins.as_deref())
+            .map_err(Failure::usage)?;
+        let v = serde_json::json!({
+            "name": config.name,
+            "cluster_addr": config.cluster_addr(),
+            "api_addr": config.api_addr(),
+            "seeds": config.seeds,
+            "data_dir": config.data_dir,
+            "plugins": hosted.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+            "catalog_errors": catalog.errors().map(|d| d.to_string()).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
