@@ -115,7 +115,7 @@ impl Delta {
 impl DeltaOp {
     /// Short operation name.
     pub fn name(&self) -> &'static str {
-        use crate::value::FieldOp;
+        use crate::value::MapAct;
         match self {
             DeltaOp::Create { .. } => "create",
             DeltaOp::Access { .. } => "set-access",
@@ -128,12 +128,12 @@ impl DeltaOp {
                 ValueOp::Pn(_) => "decr",
                 ValueOp::Set(crdts::orswot::Op::Add { .. }) => "or-add",
                 ValueOp::Set(crdts::orswot::Op::Rm { .. }) => "or-remove",
-                ValueOp::Map(crdts::map::Op::Rm { .. }) => "map-remove-field",
-                ValueOp::Map(crdts::map::Op::Up { op, .. }) => match op {
-                    FieldOp::Reg(_) => "map-put",
-                    FieldOp::Counter(_) => "map-count",
-                    FieldOp::Set(crdts::orswot::Op::Add { .. }) => "map-or-add",
-                    FieldOp::Set(crdts::orswot::Op::Rm { .. }) => "map-or-remove",
+                ValueOp::Map(m) => match m.act {
+                    MapAct::Put(_) => "map-put",
+                    MapAct::Count(_) => "map-count",
+                    MapAct::Add(_) => "map-or-add",
+                    MapAct::Remove(_) => "map-or-remove",
+                    MapAct::RemoveField => "map-remove-field",
                 },
             },
         }

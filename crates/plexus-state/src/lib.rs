@@ -48,4 +48,7 @@ pub use sync::{
     pack_deltas, pack_items, pack_summaries, GossipMsg, GossipOutput, Packed, MIN_MESSAGE_BYTES,
 };
 pub use types::{Access, Gen, Kind, NodeId, PluginId, Stamp, StateError, Version};
-pub use value::{Field, FieldOp, FieldView, Value, ValueOp, View};
+pub use value::{
+    CounterOp, FieldKind, FieldMap, FieldStores, FieldView, LwwReg, MapAct, MapDot, MapOp, RegVal,
+    Value, ValueOp, View,
+};

@@ -9,7 +9,7 @@ use crate::delta::{ChangeKind, Delta, DeltaOp, StateEvent};
 use crate::entry::{Body, Creation, EntryState};
 use crate::store::{Slot, Store};
 use crate::types::{Access, NodeId, PluginId, Stamp, StateError};
-use crate::value::{FieldOp, Value, ValueOp};
+use crate::value::{MapAct, Value, ValueOp};
 
 /// What became of a remote delta.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -558,14 +558,11 @@ fn value_op_is_own(op: &ValueOp, d: &Delta) -> bool {
         ValueOp::Pn(c) => own_dot(&c.dot),
         ValueOp::Set(crdts::orswot::Op::Add { dot, .. }) => own_dot(dot),
         ValueOp::Set(crdts::orswot::Op::Rm { .. }) => true,
-        ValueOp::Map(crdts::map::Op::Rm { .. }) => true,
-        ValueOp::Map(crdts::map::Op::Up { dot, op, .. }) => {
-            own_dot(dot)
-                && match op {
-                    FieldOp::Reg(crdts::mvreg::Op::Put { val, .. }) => own_stamp(&val.stamp),
-                    FieldOp::Counter(c) => own_dot(&c.dot),
-                    FieldOp::Set(crdts::orswot::Op::Add { dot, .. }) => own_dot(dot),
-                    FieldOp::Set(crdts::orswot::Op::Rm { .. }) => true,
+        ValueOp::Map(m) => {
+            m.dot.node == d.origin
+                && match &m.act {
+                    MapAct::Put(v) => own_stamp(&v.stamp),
+                    _ => true,
                 }
         }
     }

@@ -846,7 +846,7 @@ fn value_op(
             if field_kind(m, field).is_none() {
                 return Err(StateError::NotFound(format!("{key}.{field}")));
             }
-            make::map_rm_field(m, field.clone())
+            make::map_rm_field(m, node, field.clone())
         }
         (
             LocalOp::MapPut { .. }

@@ -5,20 +5,23 @@
 //! different kinds (two nodes created one key concurrently with different
 //! types) are ordered by kind rank, so the join picks the higher kind whole:
 //! a lexicographic product of a chain and lattices is still a lattice.
+//!
+//! Registers, counters and sets are the `crdts` crate's. The map is this
+//! crate's own [`FieldMap`], a causal observed-remove map: the `crdts` map
+//! resets nested values by per-actor clock maxima, which loses a removal
+//! when merged states (rather than operations) meet, and its nested
+//! counters count in a different dot space than the map (a property test
+//! found both).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 
-use crdts::ctx::AddCtx;
-use crdts::{CmRDT, CvRDT, Dot, GCounter, LWWReg, MVReg, Map, Orswot, PNCounter, ResetRemove};
+use crdts::{CmRDT, CvRDT, Dot, GCounter, LWWReg, Orswot, PNCounter};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Kind, NodeId, Stamp, Version};
 
 /// A last-writer-wins register: the JSON text with its unique stamp.
 pub type LwwReg = LWWReg<String, Stamp>;
-/// A map of fields keyed by field name.
-pub type FieldMap = Map<String, Field, NodeId>;
 
 /// One register value in a map field: the value with the stamp of its write,
 /// so concurrent writes resolve to the latest stamp on read.
@@ -28,31 +31,6 @@ pub struct RegVal {
     pub stamp: Stamp,
     /// The JSON text written.
     pub value: String,
-}
-
-/// A field of a [`Kind::Map`] entry.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Field {
-    /// Not yet written (the crdts map's default value).
-    #[default]
-    Empty,
-    /// Multi-value register, read as last-writer-wins by stamp.
-    Reg(MVReg<RegVal, NodeId>),
-    /// Counter that goes up and down.
-    Counter(PNCounter<NodeId>),
-    /// Observed-remove set of strings.
-    Set(Orswot<String, NodeId>),
-}
-
-/// An operation on one map field.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FieldOp {
-    /// Write a register value.
-    Reg(crdts::mvreg::Op<RegVal, NodeId>),
-    /// Count up or down.
-    Counter(CounterOp),
-    /// Add to or remove from a set.
-    Set(crdts::orswot::Op<String, NodeId>),
 }
 
 /// A PN-counter step (crdts' own op type has no `PartialEq`).
@@ -84,103 +62,293 @@ impl CounterOp {
     }
 }
 
-impl Field {
-    fn rank(&self) -> u8 {
-        match self {
-            Field::Empty => 0,
-            Field::Reg(_) => 1,
-            Field::Counter(_) => 2,
-            Field::Set(_) => 3,
+/// A dot of a [`FieldMap`]: the `counter`-th map change made at `node`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MapDot {
+    /// Node that made the change.
+    pub node: NodeId,
+    /// Its map change counter.
+    pub counter: u64,
+}
+
+/// The live contents of one field name, by type. Every piece of content is
+/// tagged with the dot of the change that wrote it; a change or removal
+/// drops exactly the dots its author had observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldStores {
+    /// Register writes not yet overwritten (several if concurrent).
+    pub reg: BTreeMap<MapDot, RegVal>,
+    /// Counter contributions: one dot per node, holding that node's total.
+    pub counter: BTreeMap<MapDot, i64>,
+    /// Set members and the dots of the adds that are still live.
+    pub set: BTreeMap<String, BTreeSet<MapDot>>,
+}
+
+impl FieldStores {
+    fn is_empty(&self) -> bool {
+        self.reg.is_empty() && self.counter.is_empty() && self.set.is_empty()
+    }
+
+    /// Type shown for this field: a set, else a counter, else a register
+    /// (several only after concurrent writes of different types).
+    fn kind(&self) -> Option<FieldKind> {
+        if !self.set.is_empty() {
+            Some(FieldKind::Set)
+        } else if !self.counter.is_empty() {
+            Some(FieldKind::Counter)
+        } else if !self.reg.is_empty() {
+            Some(FieldKind::Reg)
+        } else {
+            None
         }
     }
 
-    fn op_rank(op: &FieldOp) -> u8 {
-        match op {
-            FieldOp::Reg(_) => 1,
-            FieldOp::Counter(_) => 2,
-            FieldOp::Set(_) => 3,
+    fn all_dots(&self) -> BTreeSet<MapDot> {
+        let mut s: BTreeSet<MapDot> = self.reg.keys().cloned().collect();
+        s.extend(self.counter.keys().cloned());
+        for dots in self.set.values() {
+            s.extend(dots.iter().cloned());
         }
+        s
     }
 
-    /// Read the field as plain data.
-    pub fn view(&self) -> Option<FieldView> {
+    fn view(&self) -> Option<FieldView> {
+        Some(match self.kind()? {
+            FieldKind::Set => FieldView::Set(self.set.keys().cloned().collect()),
+            FieldKind::Counter => {
+                FieldView::Counter(self.counter.values().map(|v| i128::from(*v)).sum())
+            }
+            FieldKind::Reg => FieldView::Reg(self.reg.values().max()?.value.clone()),
+        })
+    }
+}
+
+/// Type of a map field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum FieldKind {
+    /// Register.
+    Reg,
+    /// Counter.
+    Counter,
+    /// Observed-remove set.
+    Set,
+}
+
+impl FieldKind {
+    fn name(self) -> &'static str {
         match self {
-            Field::Empty => None,
-            Field::Reg(r) => r
-                .read()
-                .val
-                .into_iter()
-                .max()
-                .map(|v| FieldView::Reg(v.value)),
-            Field::Counter(c) => Some(FieldView::Counter(big_to_i128(&c.read()))),
-            Field::Set(s) => Some(FieldView::Set(s.read().val.into_iter().collect())),
+            FieldKind::Reg => "register",
+            FieldKind::Counter => "counter",
+            FieldKind::Set => "set",
         }
     }
 }
 
-impl CvRDT for Field {
-    type Validation = Infallible;
-
-    fn validate_merge(&self, _other: &Self) -> Result<(), Infallible> {
-        Ok(())
-    }
-
-    fn merge(&mut self, other: Self) {
-        match (self.rank()).cmp(&other.rank()) {
-            std::cmp::Ordering::Less => *self = other,
-            std::cmp::Ordering::Greater => {}
-            std::cmp::Ordering::Equal => match (self, other) {
-                (Field::Reg(a), Field::Reg(b)) => a.merge(b),
-                (Field::Counter(a), Field::Counter(b)) => a.merge(b),
-                (Field::Set(a), Field::Set(b)) => a.merge(b),
-                _ => {}
-            },
-        }
-    }
+/// A causal observed-remove map of typed fields (register, counter, set).
+///
+/// The state is a causal context (`ctx`: every map change seen, a version
+/// vector since each node's changes are seen in order) and, per field,
+/// content tagged with dots. Join keeps a dot's content if both sides have
+/// it or the other side has not seen it (the standard causal dot-store
+/// join), so it is a lattice, and an operation is exactly the join with its
+/// own small delta state. A field removed concurrently with an update keeps
+/// what the update wrote (for a counter, the updating node's whole total).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldMap {
+    /// Causal context.
+    pub ctx: Version,
+    /// Live fields.
+    pub fields: BTreeMap<String, FieldStores>,
 }
 
-impl CmRDT for Field {
-    type Op = FieldOp;
-    type Validation = Infallible;
+/// What a map change does to its field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapAct {
+    /// Write the register (dropping the writes seen).
+    Put(RegVal),
+    /// Set the author's counter contribution to this total (dropping the
+    /// author's contributions seen).
+    Count(i64),
+    /// Add members (dropping their add dots seen).
+    Add(Vec<String>),
+    /// Remove members (dropping their add dots seen).
+    Remove(Vec<String>),
+    /// Remove the field (dropping every dot of it seen).
+    RemoveField,
+}
 
-    fn validate_op(&self, _op: &FieldOp) -> Result<(), Infallible> {
-        Ok(())
+/// A change of one map field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapOp {
+    /// The change's own dot.
+    pub dot: MapDot,
+    /// Field changed.
+    pub field: String,
+    /// Dots of the field's content the author had seen and that this change
+    /// replaces or removes.
+    pub seen: BTreeSet<MapDot>,
+    /// What it does.
+    pub act: MapAct,
+}
+
+impl FieldMap {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    fn apply(&mut self, op: FieldOp) {
-        let op_rank = Field::op_rank(&op);
-        if op_rank < self.rank() {
-            // A concurrent write of a higher-ranked field type won.
+    fn has_seen(ctx: &Version, d: &MapDot) -> bool {
+        ctx.get(&d.node) >= d.counter
+    }
+
+    /// The next dot for `node`.
+    fn next_dot(&self, node: &NodeId) -> MapDot {
+        MapDot {
+            node: node.clone(),
+            counter: self.ctx.get(node) + 1,
+        }
+    }
+
+    /// Apply one change (causally delivered; repeats are ignored).
+    pub fn apply(&mut self, op: MapOp) {
+        if Self::has_seen(&self.ctx, &op.dot) {
             return;
         }
-        if op_rank > self.rank() {
-            *self = match op {
-                FieldOp::Reg(_) => Field::Reg(MVReg::new()),
-                FieldOp::Counter(_) => Field::Counter(PNCounter::new()),
-                FieldOp::Set(_) => Field::Set(Orswot::new()),
+        let st = self.fields.entry(op.field.clone()).or_default();
+        let keep = |d: &MapDot| !op.seen.contains(d);
+        match op.act {
+            MapAct::Put(v) => {
+                st.reg.retain(|d, _| keep(d));
+                st.reg.insert(op.dot.clone(), v);
+            }
+            MapAct::Count(total) => {
+                st.counter.retain(|d, _| keep(d));
+                st.counter.insert(op.dot.clone(), total);
+            }
+            MapAct::Add(members) => {
+                for m in members {
+                    let dots = st.set.entry(m).or_default();
+                    dots.retain(keep);
+                    dots.insert(op.dot.clone());
+                }
+            }
+            MapAct::Remove(members) => {
+                for m in members {
+                    if let Some(dots) = st.set.get_mut(&m) {
+                        dots.retain(keep);
+                        if dots.is_empty() {
+                            st.set.remove(&m);
+                        }
+                    }
+                }
+            }
+            MapAct::RemoveField => {
+                st.reg.retain(|d, _| keep(d));
+                st.counter.retain(|d, _| keep(d));
+                st.set.retain(|_, dots| {
+                    dots.retain(keep);
+                    !dots.is_empty()
+                });
+            }
+        }
+        if st.is_empty() {
+            self.fields.remove(&op.field);
+        }
+        self.ctx.apply(Dot::new(op.dot.node, op.dot.counter));
+    }
+
+    /// Join another replica's map.
+    pub fn join(&mut self, other: FieldMap) {
+        let (actx, bctx) = (&self.ctx, &other.ctx);
+        let mut fields = BTreeMap::new();
+        let mut mine = std::mem::take(&mut self.fields);
+        let names: BTreeSet<String> = mine.keys().chain(other.fields.keys()).cloned().collect();
+        let mut theirs = other.fields;
+        for name in names {
+            let a = mine.remove(&name).unwrap_or_default();
+            let b = theirs.remove(&name).unwrap_or_default();
+            let mut set = BTreeMap::new();
+            let members: BTreeSet<String> = a.set.keys().chain(b.set.keys()).cloned().collect();
+            let (mut aset, mut bset) = (a.set, b.set);
+            for m in members {
+                let dots = join_dots(
+                    aset.remove(&m).unwrap_or_default(),
+                    bset.remove(&m).unwrap_or_default(),
+                    actx,
+                    bctx,
+                );
+                if !dots.is_empty() {
+                    set.insert(m, dots);
+                }
+            }
+            let st = FieldStores {
+                reg: join_fun(a.reg, b.reg, actx, bctx),
+                counter: join_fun(a.counter, b.counter, actx, bctx),
+                set,
             };
+            if !st.is_empty() {
+                fields.insert(name, st);
+            }
         }
-        match (self, op) {
-            (Field::Reg(r), FieldOp::Reg(op)) => r.apply(op),
-            (Field::Counter(c), FieldOp::Counter(op)) => c.apply(op.into_crdt()),
-            (Field::Set(s), FieldOp::Set(op)) => s.apply(op),
-            _ => {}
-        }
+        self.fields = fields;
+        self.ctx.merge(other.ctx);
+    }
+
+    /// Type shown for `field`, if present.
+    pub fn field_kind(&self, field: &str) -> Option<FieldKind> {
+        self.fields.get(field).and_then(FieldStores::kind)
+    }
+
+    /// Plain-data read.
+    pub fn view(&self) -> BTreeMap<String, FieldView> {
+        self.fields
+            .iter()
+            .filter_map(|(k, f)| f.view().map(|v| (k.clone(), v)))
+            .collect()
     }
 }
 
-impl ResetRemove<NodeId> for Field {
-    fn reset_remove(&mut self, clock: &Version) {
-        match self {
-            Field::Empty => {}
-            Field::Reg(r) => r.reset_remove(clock),
-            // A counter's dots count increments, not map changes: resetting
-            // it by the map's clock would mix two dot spaces. A counter field
-            // removed concurrently with an increment survives whole.
-            Field::Counter(_) => {}
-            Field::Set(s) => s.reset_remove(clock),
+/// Causal join of two dot-tagged functions.
+fn join_fun<V>(
+    a: BTreeMap<MapDot, V>,
+    mut b: BTreeMap<MapDot, V>,
+    actx: &Version,
+    bctx: &Version,
+) -> BTreeMap<MapDot, V> {
+    let mut out = BTreeMap::new();
+    for (d, v) in a {
+        let in_b = b.remove(&d).is_some();
+        if in_b || !FieldMap::has_seen(bctx, &d) {
+            out.insert(d, v);
         }
     }
+    for (d, v) in b {
+        if !FieldMap::has_seen(actx, &d) {
+            out.insert(d, v);
+        }
+    }
+    out
+}
+
+/// Causal join of two dot sets.
+fn join_dots(
+    a: BTreeSet<MapDot>,
+    b: BTreeSet<MapDot>,
+    actx: &Version,
+    bctx: &Version,
+) -> BTreeSet<MapDot> {
+    let mut out = BTreeSet::new();
+    for d in &a {
+        if b.contains(d) || !FieldMap::has_seen(bctx, d) {
+            out.insert(d.clone());
+        }
+    }
+    for d in b {
+        if !a.contains(&d) && !FieldMap::has_seen(actx, &d) {
+            out.insert(d);
+        }
+    }
+    out
 }
 
 /// The value of an entry: one CRDT.
@@ -199,7 +367,7 @@ pub enum Value {
 }
 
 /// A change to a value, as carried by a [`crate::Delta`]. Each is applied as
-/// a crdts operation under causal delivery (the store guarantees it).
+/// an operation under causal delivery (the store guarantees it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ValueOp {
     /// New register content (merged last-writer-wins).
@@ -210,8 +378,8 @@ pub enum ValueOp {
     Pn(CounterOp),
     /// Set add (with its dot) or remove (with the observed clock).
     Set(crdts::orswot::Op<String, NodeId>),
-    /// Map field update or field removal.
-    Map(crdts::map::Op<String, Field, NodeId>),
+    /// Map field change.
+    Map(MapOp),
 }
 
 impl ValueOp {
@@ -228,25 +396,20 @@ impl ValueOp {
 
     /// Bytes of user payload carried (for the size limit on remote deltas).
     pub(crate) fn payload_len(&self) -> usize {
+        let sum = |v: &Vec<String>| v.iter().map(String::len).sum::<usize>();
         match self {
             ValueOp::Put(r) => r.val.len(),
             ValueOp::GInc(_) | ValueOp::Pn(_) => 0,
             ValueOp::Set(crdts::orswot::Op::Add { members, .. })
-            | ValueOp::Set(crdts::orswot::Op::Rm { members, .. }) => {
-                members.iter().map(|m| m.len()).sum()
-            }
-            ValueOp::Map(crdts::map::Op::Up { key, op, .. }) => {
-                key.len()
-                    + match op {
-                        FieldOp::Reg(crdts::mvreg::Op::Put { val, .. }) => val.value.len(),
-                        FieldOp::Counter(_) => 0,
-                        FieldOp::Set(crdts::orswot::Op::Add { members, .. })
-                        | FieldOp::Set(crdts::orswot::Op::Rm { members, .. }) => {
-                            members.iter().map(|m| m.len()).sum()
-                        }
+            | ValueOp::Set(crdts::orswot::Op::Rm { members, .. }) => sum(members),
+            ValueOp::Map(op) => {
+                op.field.len()
+                    + match &op.act {
+                        MapAct::Put(v) => v.value.len(),
+                        MapAct::Add(m) | MapAct::Remove(m) => sum(m),
+                        MapAct::Count(_) | MapAct::RemoveField => 0,
                     }
             }
-            ValueOp::Map(crdts::map::Op::Rm { keyset, .. }) => keyset.iter().map(|k| k.len()).sum(),
         }
     }
 }
@@ -259,7 +422,7 @@ impl Value {
             Kind::GCounter => Value::GCounter(GCounter::new()),
             Kind::PnCounter => Value::PnCounter(PNCounter::new()),
             Kind::Set => Value::Set(Orswot::new()),
-            Kind::Map => Value::Map(Map::new()),
+            Kind::Map => Value::Map(FieldMap::new()),
         }
     }
 
@@ -288,7 +451,7 @@ impl Value {
                 (Value::GCounter(a), Value::GCounter(b)) => a.merge(b),
                 (Value::PnCounter(a), Value::PnCounter(b)) => a.merge(b),
                 (Value::Set(a), Value::Set(b)) => a.merge(b),
-                (Value::Map(a), Value::Map(b)) => a.merge(b),
+                (Value::Map(a), Value::Map(b)) => a.join(b),
                 _ => {}
             },
         }
@@ -323,14 +486,7 @@ impl Value {
             Value::GCounter(c) => View::Counter(big_to_i128(&c.read())),
             Value::PnCounter(c) => View::Counter(big_to_i128(&c.read())),
             Value::Set(s) => View::Set(s.read().val.into_iter().collect()),
-            Value::Map(m) => View::Map(
-                m.iter()
-                    .filter_map(|e| {
-                        let (k, v) = e.val;
-                        v.view().map(|v| (k.clone(), v))
-                    })
-                    .collect(),
-            ),
+            Value::Map(m) => View::Map(m.view()),
         }
     }
 }
@@ -372,22 +528,30 @@ pub(crate) mod make {
     /// members, so it removes exactly what the author saw (add wins over a
     /// concurrent add it did not see).
     pub(crate) fn set_rm(s: &Orswot<String, NodeId>, members: Vec<String>) -> ValueOp {
-        ValueOp::Set(set_rm_op(s, members))
-    }
-
-    fn set_rm_op(
-        s: &Orswot<String, NodeId>,
-        members: Vec<String>,
-    ) -> crdts::orswot::Op<String, NodeId> {
         let mut clock = Version::new();
         for m in &members {
             clock.merge(s.contains(m).rm_clock);
         }
-        crdts::orswot::Op::Rm { clock, members }
+        ValueOp::Set(crdts::orswot::Op::Rm { clock, members })
     }
 
-    fn map_ctx(m: &FieldMap, node: &NodeId) -> AddCtx<NodeId> {
-        m.read_ctx().derive_add_ctx(node.clone())
+    fn op(
+        m: &FieldMap,
+        node: &NodeId,
+        field: String,
+        seen: BTreeSet<MapDot>,
+        act: MapAct,
+    ) -> ValueOp {
+        ValueOp::Map(MapOp {
+            dot: m.next_dot(node),
+            field,
+            seen,
+            act,
+        })
+    }
+
+    fn stores<'a>(m: &'a FieldMap, field: &str) -> Option<&'a FieldStores> {
+        m.fields.get(field)
     }
 
     pub(crate) fn map_put(
@@ -397,13 +561,10 @@ pub(crate) mod make {
         value: String,
         stamp: Stamp,
     ) -> ValueOp {
-        let ctx = map_ctx(m, node);
-        ValueOp::Map(m.update(field, ctx, |_, ctx| {
-            FieldOp::Reg(crdts::mvreg::Op::Put {
-                clock: ctx.clock,
-                val: RegVal { stamp, value },
-            })
-        }))
+        let seen = stores(m, &field)
+            .map(|f| f.reg.keys().cloned().collect())
+            .unwrap_or_default();
+        op(m, node, field, seen, MapAct::Put(RegVal { stamp, value }))
     }
 
     pub(crate) fn map_count(
@@ -413,19 +574,41 @@ pub(crate) mod make {
         by: u64,
         up: bool,
     ) -> ValueOp {
-        let ctx = map_ctx(m, node);
-        ValueOp::Map(m.update(field, ctx, |f, _| {
-            let counter = match f {
-                Field::Counter(c) => c.clone(),
-                _ => PNCounter::new(),
-            };
-            let op = if up {
-                counter.inc_many(node.clone(), by)
-            } else {
-                counter.dec_many(node.clone(), by)
-            };
-            FieldOp::Counter(CounterOp::from_crdt(op))
-        }))
+        let own: BTreeMap<MapDot, i64> = stores(m, &field)
+            .map(|f| {
+                f.counter
+                    .iter()
+                    .filter(|(d, _)| d.node == *node)
+                    .map(|(d, v)| (d.clone(), *v))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let current: i64 = own.values().fold(0i64, |a, v| a.saturating_add(*v));
+        let by = i64::try_from(by).unwrap_or(i64::MAX);
+        let total = if up {
+            current.saturating_add(by)
+        } else {
+            current.saturating_sub(by)
+        };
+        op(
+            m,
+            node,
+            field,
+            own.into_keys().collect(),
+            MapAct::Count(total),
+        )
+    }
+
+    fn member_dots(m: &FieldMap, field: &str, members: &[String]) -> BTreeSet<MapDot> {
+        let mut seen = BTreeSet::new();
+        if let Some(f) = stores(m, field) {
+            for mem in members {
+                if let Some(d) = f.set.get(mem) {
+                    seen.extend(d.iter().cloned());
+                }
+            }
+        }
+        seen
     }
 
     pub(crate) fn map_set_add(
@@ -434,14 +617,8 @@ pub(crate) mod make {
         field: String,
         members: Vec<String>,
     ) -> ValueOp {
-        let ctx = map_ctx(m, node);
-        ValueOp::Map(m.update(field, ctx, |f, ctx| {
-            let set = match f {
-                Field::Set(s) => s.clone(),
-                _ => Orswot::new(),
-            };
-            FieldOp::Set(set.add_all(members, ctx))
-        }))
+        let seen = member_dots(m, &field, &members);
+        op(m, node, field, seen, MapAct::Add(members))
     }
 
     pub(crate) fn map_set_rm(
@@ -450,30 +627,21 @@ pub(crate) mod make {
         field: String,
         members: Vec<String>,
     ) -> ValueOp {
-        let ctx = map_ctx(m, node);
-        ValueOp::Map(m.update(field, ctx, |f, _| {
-            let set = match f {
-                Field::Set(s) => s.clone(),
-                _ => Orswot::new(),
-            };
-            FieldOp::Set(set_rm_op(&set, members))
-        }))
+        let seen = member_dots(m, &field, &members);
+        op(m, node, field, seen, MapAct::Remove(members))
     }
 
-    pub(crate) fn map_rm_field(m: &FieldMap, field: String) -> ValueOp {
-        let ctx = m.get(&field).derive_rm_ctx();
-        ValueOp::Map(m.rm(field, ctx))
+    pub(crate) fn map_rm_field(m: &FieldMap, node: &NodeId, field: String) -> ValueOp {
+        let seen = stores(m, &field)
+            .map(FieldStores::all_dots)
+            .unwrap_or_default();
+        op(m, node, field, seen, MapAct::RemoveField)
     }
 }
 
-/// The field kind currently held by a map field, if any.
+/// The field kind currently shown for a map field, if any.
 pub(crate) fn field_kind(m: &FieldMap, field: &str) -> Option<&'static str> {
-    m.get(&field.to_string()).val.and_then(|f| match f {
-        Field::Empty => None,
-        Field::Reg(_) => Some("register"),
-        Field::Counter(_) => Some("counter"),
-        Field::Set(_) => Some("set"),
-    })
+    m.field_kind(field).map(FieldKind::name)
 }
 
 /// Plain-data read of an entry's value.
