@@ -248,3 +248,49 @@ fn a_crashing_plugin_is_restarted_then_marked_failed() {
     );
     assert_eq!(o.code, 0, "{o:?}");
 }
+
+#[test]
+fn ask_routes_to_the_live_plugin_and_skips_a_dead_one() {
+    let (_tmp, mut c) = three_nodes();
+    let ask = |c: &Cluster| {
+        let o = plexus_tests::plexus(&[
+            "ask",
+            "--connect",
+            &c.nodes[0].api,
+            "set up a keycloak realm and SSO login for a new tenant",
+            "--json",
+        ]);
+        (o.code, o)
+    };
+    let (code, o) = ask(&c);
+    assert_eq!(code, 0, "{o:?}");
+    let v = o.json();
+    assert_eq!(
+        v["decision"]["primary_plugin"], "lobbi-platform-manager",
+        "{v:#}"
+    );
+    assert_eq!(v["served_by"], "primary");
+    assert_eq!(v["result"]["node"], "node3");
+    // The router's model choice is what ran.
+    assert_eq!(v["result"]["model"], v["decision"]["model"]);
+
+    c.node_mut("node3").kill9();
+    plexus_tests::wait_for(
+        Duration::from_secs(10),
+        "lobbi to become unavailable",
+        || (c.plugin_status(0, "lobbi-platform-manager")? == "unavailable").then_some(()),
+    );
+    let (_, o) = ask(&c);
+    let v = o.json();
+    assert_ne!(
+        v["decision"]["primary_plugin"], "lobbi-platform-manager",
+        "{v:#}"
+    );
+    let tried: Vec<&str> = v["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["plugin"].as_str().unwrap())
+        .collect();
+    assert!(!tried.contains(&"lobbi-platform-manager"), "{tried:?}");
+}

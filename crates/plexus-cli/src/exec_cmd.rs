@@ -40,13 +40,7 @@ pub struct ExecArgs {
 pub fn run(a: ExecArgs) -> CliResult {
     let input = match &a.input {
         None => None,
-        Some(s) => {
-            let (text, from) = read_input(s)?;
-            Some(
-                serde_json::from_str::<serde_json::Value>(&text)
-                    .map_err(|e| Failure::usage(anyhow!("--input{from} is not valid JSON: {e}")))?,
-            )
-        }
+        Some(s) => Some(parse_input(s)?),
     };
     let body = ExecBody {
         plugin: a.plugin.clone(),
@@ -55,6 +49,7 @@ pub fn run(a: ExecArgs) -> CliResult {
         timeout_ms: Some(a.timeout_ms),
         priority: a.priority,
         idempotency_key: a.idempotency_key.clone(),
+        model: None,
     };
     let c = Client::new(&a.connect, Duration::from_millis(a.timeout_ms + 5_000));
     match c.post::<_, ExecReply>("/v1/exec", &body)? {
@@ -104,4 +99,11 @@ fn read_input(arg: &str) -> Result<(String, String), Failure> {
         return Ok((t, format!(" (@{path})")));
     }
     Ok((arg.to_string(), String::new()))
+}
+
+/// Parse `--input` (inline, `@FILE` or `-`) as JSON; errors are usage errors.
+pub fn parse_input(arg: &str) -> Result<serde_json::Value, Failure> {
+    let (text, from) = read_input(arg)?;
+    serde_json::from_str(&text)
+        .map_err(|e| Failure::usage(anyhow!("--input{from} is not valid JSON: {e}")))
 }

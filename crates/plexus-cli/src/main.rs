@@ -4,6 +4,7 @@
 //! is unreachable), 2 usage or configuration error (bad flag, bad file, bad
 //! JSON input).
 
+mod ask_cmd;
 mod catalog_cmd;
 mod client;
 mod defaults;
@@ -43,8 +44,10 @@ enum Cmd {
     Catalog(catalog_cmd::CatalogCmd),
     /// Run a plugin command on whichever node hosts the plugin.
     Exec(exec_cmd::ExecArgs),
-    /// Route a request to the best plugin and agent (offline).
+    /// Route a request to the best plugin and agent (offline, or live with --connect).
     Route(route_cmd::RouteArgs),
+    /// Route a request in the cluster and run it where the chosen plugin lives.
+    Ask(ask_cmd::AskArgs),
 }
 
 /// Catalog sources shared by several subcommands.
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
         Cmd::Catalog(c) => catalog_cmd::run(c),
         Cmd::Exec(a) => exec_cmd::run(a),
         Cmd::Route(a) => route_cmd::run(a),
+        Cmd::Ask(a) => ask_cmd::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,12 +25,28 @@ pub struct RouteArgs {
     /// Longest acceptable duration in minutes.
     #[arg(long)]
     pub max_duration_min: Option<f64>,
+    /// Ask a node instead, which knows which plugins are up right now.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "batch")]
+    pub connect: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: RouteArgs) -> CliResult {
+    if let Some(node) = &a.connect {
+        let body = plexus_node::ask::RouteBody {
+            request: a.text.clone().unwrap_or_default(),
+            budget_usd: a.budget_usd,
+            max_duration_min: a.max_duration_min,
+        };
+        let c = crate::client::Client::new(node, std::time::Duration::from_secs(10));
+        let d: serde_json::Value = c
+            .post("/v1/route", &body)?
+            .map_err(|p| anyhow!("{} (HTTP {})", p.detail, p.status))?;
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
     let cat = defaults::load(&a.catalog);
     for d in cat.errors() {
         eprintln!("{d}");

@@ -24,6 +24,9 @@ pub struct ExecRequest {
     /// Set by callers that may retry a non-idempotent command.
     pub idempotency_key: Option<String>,
     pub trace_id: Option<String>,
+    /// Model the router chose; the command's own model when absent.
+    #[serde(default)]
+    pub model: Option<ModelTier>,
 }
 
 /// What a successful command produced.
@@ -148,7 +151,7 @@ impl CommandHandler for SimHandler {
         let spec = self.spec.clone();
         let (fail_roll, jitter) = self.draw();
         Box::pin(async move {
-            let Some(cmd) = plugin.command(&req.command) else {
+            let Some(target) = Target::find(&plugin, &req.command) else {
                 return Err(HandlerError::UnknownCommand {
                     plugin: plugin.name.clone(),
                     command: req.command.clone(),
@@ -172,18 +175,18 @@ impl CommandHandler for SimHandler {
             if faults.fail || fail_roll < spec.failure_rate {
                 return Err(HandlerError::Failed(format!(
                     "simulated failure of {}/{}",
-                    plugin.name, cmd.name
+                    plugin.name, target.name
                 )));
             }
-            let model = cmd.model.unwrap_or(ModelTier::Sonnet);
+            let model = req.model.or(target.model).unwrap_or(ModelTier::Sonnet);
             let minutes = work_minutes(model, req.input.len());
             let output = serde_json::json!({
                 "plugin": plugin.name,
-                "command": cmd.name,
-                "summary": format!("{}: {}", cmd.name, first_sentence(&cmd.description)),
+                "command": target.name,
+                "summary": format!("{}: {}", target.name, first_sentence(target.description)),
                 "input": input,
                 "model": model,
-                "digest": format!("{:016x}", fnv(format!("{}/{}/{}", plugin.name, cmd.name, req.input).as_bytes())),
+                "digest": format!("{:016x}", fnv(format!("{}/{}/{}", plugin.name, target.name, req.input).as_bytes())),
             });
             Ok(ExecOutput {
                 output: output.to_string(),
@@ -191,6 +194,33 @@ impl CommandHandler for SimHandler {
                 work_minutes: minutes,
                 cost_usd: minutes * model.cost_per_minute(),
             })
+        })
+    }
+}
+
+/// What a request names: a command (`NAME`, `/NAME`, alias or `command:NAME`)
+/// or an agent (`agent:NAME`), as the router's decisions spell them.
+struct Target<'a> {
+    name: String,
+    description: &'a str,
+    model: Option<ModelTier>,
+}
+
+impl<'a> Target<'a> {
+    fn find(plugin: &'a plexus_catalog::Plugin, what: &str) -> Option<Target<'a>> {
+        if let Some(a) = what.strip_prefix("agent:") {
+            let a = plugin.agent(a)?;
+            return Some(Target {
+                name: format!("agent:{}", a.name),
+                description: &a.description,
+                model: a.model,
+            });
+        }
+        let c = plugin.command(what.strip_prefix("command:").unwrap_or(what))?;
+        Some(Target {
+            name: c.name.clone(),
+            description: &c.description,
+            model: c.model,
         })
     }
 }
@@ -260,6 +290,7 @@ mod tests {
             input: input.into(),
             idempotency_key: None,
             trace_id: None,
+            model: None,
         }
     }
 
@@ -267,8 +298,44 @@ mod tests {
         SimSpec {
             latency_ms,
             failure_rate,
+            allow_fault_injection: true,
             ..SimSpec::default()
         }
+    }
+
+    #[tokio::test]
+    async fn fault_directives_are_ignored_unless_the_manifest_allows_them() {
+        let strict = SimSpec {
+            latency_ms: 0,
+            ..SimSpec::default()
+        };
+        let h = SimHandler::new(plugin(), strict);
+        assert!(h
+            .execute(req("go", "{\"$sim\":{\"fail\":true}}"))
+            .await
+            .is_ok());
+        let h = SimHandler::new(plugin(), spec(0, 0.0));
+        assert!(h
+            .execute(req("go", "{\"$sim\":{\"fail\":true}}"))
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn agents_run_by_name_with_the_routers_model() {
+        let mut p = (*plugin()).clone();
+        p.agents.push(plexus_catalog::Agent {
+            name: "helper".into(),
+            description: "Helps. A lot.".into(),
+            ..Default::default()
+        });
+        let h = SimHandler::new(Arc::new(p), spec(0, 0.0));
+        let mut r = req("agent:helper", "{}");
+        r.model = Some(ModelTier::Haiku);
+        let out = h.execute(r).await.unwrap();
+        assert_eq!(out.model, Some(ModelTier::Haiku));
+        assert!(out.output.contains("agent:helper"));
+        assert!(h.execute(req("agent:nobody", "{}")).await.is_err());
     }
 
     #[tokio::test]

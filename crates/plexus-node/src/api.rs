@@ -31,7 +31,7 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reply: Option<ExecReply>,
+    pub reply: Option<Box<ExecReply>>,
 }
 
 impl Problem {
@@ -104,6 +104,9 @@ pub struct ExecBody {
     pub priority: Option<u8>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Run with this model instead of the command's own (the router's choice).
+    #[serde(default)]
+    pub model: Option<plexus_catalog::ModelTier>,
 }
 
 /// The API's routes.
@@ -113,6 +116,8 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/status", get(status))
         .route("/v1/exec", post(exec))
+        .route("/v1/route", post(route))
+        .route("/v1/ask", post(ask))
         .route("/v1/dead-letters", get(dead_letters))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
@@ -125,7 +130,8 @@ async fn health(State(ctx): State<Arc<NodeCtx>>) -> Json<serde_json::Value> {
 
 const ACTOR_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn view(ctx: &NodeCtx) -> Result<Vec<MemberView>, Problem> {
+/// The membership view from the Membership actor.
+pub async fn view(ctx: &NodeCtx) -> Result<Vec<MemberView>, Problem> {
     let cell =
         ractor::registry::where_is(actor_name(ctx.name(), "membership")).ok_or_else(|| {
             Problem::new(
@@ -148,7 +154,8 @@ async fn view(ctx: &NodeCtx) -> Result<Vec<MemberView>, Problem> {
         })
 }
 
-async fn announces(ctx: &NodeCtx) -> Result<Vec<NodeAnnounce>, Problem> {
+/// The registry's announces.
+pub async fn announces(ctx: &NodeCtx) -> Result<Vec<NodeAnnounce>, Problem> {
     let cell = ractor::registry::where_is(actor_name(ctx.name(), "registry")).ok_or_else(|| {
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -254,9 +261,16 @@ pub async fn resolve(ctx: &NodeCtx, plugin: &str, command: &str) -> Result<(), P
     }
     let cmd = command.trim_start_matches('/');
     let has_cmd = hosts.iter().any(|a| {
-        a.plugins.iter().filter(|p| p.name == plugin).any(|p| {
-            p.commands.iter().any(|c| c == cmd) || p.aliases.iter().any(|(al, _)| al == cmd)
-        })
+        a.plugins
+            .iter()
+            .filter(|p| p.name == plugin)
+            .any(|p| match cmd.strip_prefix("agent:") {
+                Some(agent) => p.agents.iter().any(|x| x == agent),
+                None => {
+                    let cmd = cmd.strip_prefix("command:").unwrap_or(cmd);
+                    p.commands.iter().any(|c| c == cmd) || p.aliases.iter().any(|(al, _)| al == cmd)
+                }
+            })
     });
     if !has_cmd {
         let cmds: Vec<String> = hosts[0]
@@ -331,6 +345,7 @@ pub async fn exec_command(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
         input,
         idempotency_key: body.idempotency_key.clone(),
         trace_id: None,
+        model: body.model,
     };
     let mut env = exec_envelope(&format!("api@{}", ctx.name()), &req, priority);
     // Trace id = message id, so the reply and every log line can be joined.
@@ -382,7 +397,7 @@ pub async fn exec_command(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
         .unwrap_or_else(|| "plugin failed".into());
     let mut p = Problem::new(status, kind, detail);
     reply.output = None;
-    p.reply = Some(reply);
+    p.reply = Some(Box::new(reply));
     Err(p)
 }
 
@@ -390,25 +405,44 @@ async fn exec(
     State(ctx): State<Arc<NodeCtx>>,
     body: Result<Json<ExecBody>, JsonRejection>,
 ) -> Result<Json<ExecReply>, Problem> {
-    let Json(body) = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE
-            || e.body_text().contains("length limit exceeded")
-        {
-            Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                format!(
-                    "request body too large: the limit is {} bytes (limits.max_payload_bytes)",
-                    ctx.config.max_payload_bytes
-                ),
-            )
-        } else {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                format!("malformed exec request: {}", e.body_text()),
-            )
-        }
-    })?;
+    let Json(body) = body.map_err(|e| body_problem(&ctx, e))?;
     exec_command(&ctx, body).await.map(Json)
+}
+
+fn body_problem(ctx: &NodeCtx, e: JsonRejection) -> Problem {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE
+        || e.body_text().contains("length limit exceeded")
+    {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!(
+                "request body too large: the limit is {} bytes (limits.max_payload_bytes)",
+                ctx.config.max_payload_bytes
+            ),
+        )
+    } else {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("malformed request: {}", e.body_text()),
+        )
+    }
+}
+
+async fn route(
+    State(ctx): State<Arc<NodeCtx>>,
+    body: Result<Json<crate::ask::RouteBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let Json(body) = body.map_err(|e| body_problem(&ctx, e))?;
+    let d = crate::ask::route(&ctx, &body).await?;
+    Ok(Json(crate::ask::decision_json(&d)))
+}
+
+async fn ask(
+    State(ctx): State<Arc<NodeCtx>>,
+    body: Result<Json<crate::ask::AskBody>, JsonRejection>,
+) -> Result<Json<crate::ask::AskReply>, Problem> {
+    let Json(body) = body.map_err(|e| body_problem(&ctx, e))?;
+    crate::ask::ask(&ctx, body).await.map(Json)
 }

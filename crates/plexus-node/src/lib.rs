@@ -6,12 +6,14 @@
 //! tree and the client API, and returns a [`NodeHandle`].
 
 pub mod api;
+pub mod ask;
 pub mod config;
 pub mod ctx;
 pub mod gateway;
 pub mod membership_actor;
 pub mod plugins;
 pub mod registry;
+pub mod router_actor;
 pub mod supervisor;
 pub mod wire;
 

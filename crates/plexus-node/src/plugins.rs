@@ -190,6 +190,7 @@ impl Actor for PluginHost {
                         input: String::new(),
                         idempotency_key: None,
                         trace_id: None,
+                        model: None,
                     });
                     let reply = ExecReply::error(ctx.name(), &req, 0.0, "crashed", format!("plugin host of {} crashed while handling the request; it is being restarted", req.plugin), true);
                     respond(&ctx, &keep, &reply);
@@ -232,6 +233,7 @@ impl Actor for PluginHost {
                     input: String::new(),
                     idempotency_key: None,
                     trace_id: None,
+                    model: None,
                 };
                 respond(
                     &st.ctx,

@@ -5,8 +5,9 @@
 //! ├── Registry          plugins cluster-wide
 //! ├── Membership        SWIM, links, reconnects
 //! ├── Gateway           the node's one cluster-visible actor
-//! └── PluginSupervisor
-//!     └── PluginHost[p] one per hosted plugin
+//! ├── PluginSupervisor
+//! │   └── PluginHost[p] one per hosted plugin
+//! └── Router            routing engine fed by the live registry
 //! ```
 //!
 //! A failed child is restarted within a restart intensity; past it the
@@ -26,6 +27,7 @@ use crate::gateway::Gateway;
 use crate::membership_actor::{MembershipActor, MembershipArgs};
 use crate::plugins::PluginSupervisor;
 use crate::registry::Registry;
+use crate::router_actor::RouterActor;
 
 #[derive(RactorMessage)]
 pub enum NodeSupervisorMsg {
@@ -41,6 +43,7 @@ pub enum Role {
     Membership,
     Gateway,
     Plugins,
+    Router,
 }
 
 impl Role {
@@ -50,6 +53,7 @@ impl Role {
             Role::Membership => "membership",
             Role::Gateway => "gateway",
             Role::Plugins => "plugins",
+            Role::Router => "router",
         }
     }
 }
@@ -101,6 +105,10 @@ async fn spawn_child(
             .await?
             .0
             .get_cell(),
+        Role::Router => Actor::spawn_linked(name, RouterActor, ctx, sup)
+            .await?
+            .0
+            .get_cell(),
     };
     Ok(cell)
 }
@@ -126,6 +134,7 @@ impl Actor for NodeSupervisor {
             Role::Membership,
             Role::Gateway,
             Role::Plugins,
+            Role::Router,
         ] {
             let cell = spawn_child(&myself, &st, role).await?;
             st.children.insert(role, cell);
