@@ -58,8 +58,12 @@ pub fn run(a: ExecArgs) -> CliResult {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "{}/{} ran on {} in {:.1} ms",
-                    r.plugin, r.command, r.node, r.duration_ms
+                    "{}/{} ran on {} in {:.1} ms (served by {})",
+                    r.plugin,
+                    r.command,
+                    r.node,
+                    r.duration_ms,
+                    r.served_by.as_deref().unwrap_or("primary")
                 );
                 if let (Some(m), Some(c)) = (&r.model, r.cost_usd) {
                     println!("model {m}, estimated cost ${c:.4}");

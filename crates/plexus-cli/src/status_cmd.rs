@@ -62,14 +62,14 @@ pub fn render(s: &StatusBody) -> String {
     let _ = writeln!(o, "\nPLUGINS");
     let _ = writeln!(
         o,
-        "  {:<26} {:<9} {:<16} {:<12} {:>6} {:>8} RESTARTS",
-        "NAME", "VERSION", "NODE", "STATUS", "AGENTS", "COMMANDS"
+        "  {:<26} {:<9} {:<16} {:<12} {:<11} {:>6} {:>8} RESTARTS",
+        "NAME", "VERSION", "NODE", "STATUS", "BREAKER", "AGENTS", "COMMANDS"
     );
     for p in &s.plugins {
         let _ = writeln!(
             o,
-            "  {:<26} {:<9} {:<16} {:<12} {:>6} {:>8} {:>8}",
-            p.name, p.version, p.node, p.status, p.agents, p.commands, p.restarts
+            "  {:<26} {:<9} {:<16} {:<12} {:<11} {:>6} {:>8} {:>8}",
+            p.name, p.version, p.node, p.status, p.breaker, p.agents, p.commands, p.restarts
         );
     }
     let _ = writeln!(

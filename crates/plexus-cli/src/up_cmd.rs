@@ -269,8 +269,14 @@ fn summary(api: &str) -> String {
             let other: Vec<String> = s
                 .plugins
                 .iter()
-                .filter(|p| p.status != "available")
-                .map(|p| format!("{} {}", p.name, p.status))
+                .filter(|p| p.status != "available" || p.breaker != "closed")
+                .map(|p| {
+                    if p.status == "available" {
+                        format!("{} breaker {}", p.name, p.breaker)
+                    } else {
+                        format!("{} {}", p.name, p.status)
+                    }
+                })
                 .collect();
             let mut line = format!(
                 "members: {} | plugins: {avail}/{} available",

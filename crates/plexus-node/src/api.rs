@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use plexus_bus::{BusError, BusStats, DeadLetter};
 use plexus_handler::ExecRequest;
 use plexus_membership::{MemberStatus, MemberView};
+use plexus_resilience::RetryPolicy;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 
@@ -292,8 +293,22 @@ pub async fn resolve(ctx: &NodeCtx, plugin: &str, command: &str) -> Result<(), P
         .into_iter()
         .filter(|r| r.name == plugin)
         .collect();
-    if rows.iter().any(|r| r.status == "available") {
+    if rows
+        .iter()
+        .any(|r| r.status == "available" && !breaker_open(&r.breaker))
+    {
         return Ok(());
+    }
+    if rows.iter().any(|r| r.status == "available") {
+        let on: Vec<&str> = rows.iter().map(|r| r.node.as_str()).collect();
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "breaker-open",
+            format!(
+                "circuit breaker of plugin {plugin:?} is open (on {})",
+                on.join(", ")
+            ),
+        ));
     }
     let why: Vec<String> = rows
         .iter()
@@ -309,8 +324,85 @@ pub async fn resolve(ctx: &NodeCtx, plugin: &str, command: &str) -> Result<(), P
     ))
 }
 
-/// Run a command wherever its plugin is hosted.
+/// Whether a breaker state refuses calls.
+pub fn breaker_open(state: &str) -> bool {
+    state == "open" || state == "forced-open"
+}
+
+/// Run a command wherever its plugin is hosted, with the plugin's retry
+/// policy, then its cached result (TTL) if every try failed.
 pub async fn exec_command(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Problem> {
+    let spec = ctx.catalog.plugin(&body.plugin).map(|p| {
+        let idempotent = p
+            .command(body.command.trim_start_matches('/'))
+            .is_none_or(|c| c.idempotent);
+        (
+            RetryPolicy::from_spec(&p.manifest.error_handling.retry_policy),
+            idempotent,
+        )
+    });
+    let (policy, idempotent) = spec.unwrap_or((RetryPolicy::none(), true));
+    let key = format!(
+        "{}\u{0}{}\u{0}{}",
+        body.plugin,
+        body.command,
+        body.input
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    );
+    let mut retries = 0u32;
+    loop {
+        match exec_once(ctx, &body).await {
+            Ok(mut r) => {
+                r.retries = retries;
+                r.served_by = Some(if retries == 0 {
+                    "primary".into()
+                } else {
+                    format!("retry {retries}")
+                });
+                if idempotent {
+                    ctx.cache.lock().insert(key, r.clone(), Instant::now());
+                }
+                return Ok(r);
+            }
+            Err(mut p) => {
+                let retryable = p
+                    .reply
+                    .as_ref()
+                    .and_then(|r| r.error.as_ref())
+                    .is_some_and(|e| e.retryable)
+                    || p.kind.ends_with("/timeout");
+                let delay = policy.delay_for(retries + 1, &mut rand::thread_rng());
+                if RetryPolicy::should_retry(idempotent, body.idempotency_key.is_some(), retryable)
+                {
+                    if let Some(d) = delay {
+                        retries += 1;
+                        tracing::debug!(plugin = %body.plugin, retries, delay_ms = d.as_millis() as u64, error = %p.detail, "retrying");
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                }
+                // Degrade to the last good answer, if still fresh.
+                let unavailable = matches!(p.status, 502..=504);
+                if unavailable && idempotent {
+                    if let Some(c) = ctx.cache.lock().get(&key, Instant::now()).cloned() {
+                        let mut c = c;
+                        c.served_by = Some("cache".into());
+                        c.retries = retries;
+                        return Ok(c);
+                    }
+                }
+                if retries > 0 {
+                    p.detail = format!("{} (after {retries} retries)", p.detail);
+                }
+                return Err(p);
+            }
+        }
+    }
+}
+
+async fn exec_once(ctx: &NodeCtx, body: &ExecBody) -> Result<ExecReply, Problem> {
     resolve(ctx, &body.plugin, &body.command).await?;
     let input = match &body.input {
         Some(v) => v.to_string(),
@@ -390,6 +482,7 @@ pub async fn exec_command(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
         Some("unknown_command") => (StatusCode::NOT_FOUND, "unknown-command"),
         Some("bad_input") => (StatusCode::BAD_REQUEST, "bad-input"),
         Some("timeout") => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        Some("breaker_open") => (StatusCode::SERVICE_UNAVAILABLE, "breaker-open"),
         _ => (StatusCode::BAD_GATEWAY, "plugin-failed"),
     };
     let detail = err

@@ -76,7 +76,8 @@ pub async fn availability(ctx: &NodeCtx) -> Result<Vec<(String, bool)>, Problem>
         .map(|p| (p.name.clone(), false))
         .collect();
     for r in rows {
-        if r.status == "available" {
+        // An open breaker takes the plugin out of routing until it half-opens.
+        if r.status == "available" && !crate::api::breaker_open(&r.breaker) {
             up.insert(r.name, true);
         }
     }

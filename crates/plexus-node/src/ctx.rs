@@ -61,6 +61,10 @@ pub struct NodeCtx {
     pub hosted: Vec<Arc<Plugin>>,
     pub stats: LinkStats,
     pub started: Instant,
+    /// Last good answers of idempotent commands, served when every try
+    /// failed (graceful degradation).
+    pub cache:
+        parking_lot::Mutex<plexus_resilience::ResultCache<String, crate::plugins::ExecReply>>,
 }
 
 impl NodeCtx {

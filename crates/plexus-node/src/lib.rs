@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod ask;
+pub mod breaker_actor;
 pub mod config;
 pub mod ctx;
 pub mod gateway;
@@ -178,6 +179,10 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         hosted,
         stats: LinkStats::default(),
         started: Instant::now(),
+        cache: parking_lot::Mutex::new(plexus_resilience::ResultCache::new(
+            1024,
+            Duration::from_secs(300),
+        )),
         config,
     });
     bus.set_remote_sink(Arc::new(BusLink {

@@ -23,6 +23,7 @@ use ractor_cluster::RactorMessage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::breaker_actor::{BreakerActor, BreakerArgs, BreakerMsg, CallResult, Refused};
 use crate::ctx::{actor_name, NodeCtx};
 use crate::gateway::cast_named;
 use crate::registry::RegistryMsg;
@@ -47,12 +48,19 @@ pub struct ExecReply {
     pub model: Option<String>,
     pub cost_usd: Option<f64>,
     pub work_minutes: Option<f64>,
+    /// Which path served it: `primary`, `retry N`, `cache` (set by the
+    /// node that took the client's request).
+    #[serde(default)]
+    pub served_by: Option<String>,
+    /// Retries before this answer.
+    #[serde(default)]
+    pub retries: u32,
 }
 
 /// A failed execution, typed for breakers and retries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecErrorBody {
-    /// unknown_command | bad_input | failed | timeout | crashed
+    /// unknown_command | bad_input | failed | timeout | crashed | breaker_open
     pub kind: String,
     pub message: String,
     pub retryable: bool,
@@ -80,6 +88,8 @@ impl ExecReply {
                 model: o.model.map(|m| m.to_string()),
                 cost_usd: Some(o.cost_usd),
                 work_minutes: Some(o.work_minutes),
+                served_by: None,
+                retries: 0,
             },
             Err(e) => {
                 let kind = match &e {
@@ -116,6 +126,8 @@ impl ExecReply {
             model: None,
             cost_usd: None,
             work_minutes: None,
+            served_by: None,
+            retries: 0,
         }
     }
 }
@@ -132,7 +144,12 @@ pub fn make_handler(plugin: &Arc<Plugin>) -> Arc<dyn CommandHandler> {
 #[derive(RactorMessage)]
 pub enum PluginHostMsg {
     /// Run one request; the reply says it was taken (not that it finished).
-    Exec(Box<Envelope>, OwnedSemaphorePermit, RpcReplyPort<()>),
+    Exec(
+        Box<Envelope>,
+        OwnedSemaphorePermit,
+        Option<BreakerPermit>,
+        RpcReplyPort<()>,
+    ),
 }
 
 pub struct PluginHostArgs {
@@ -168,31 +185,74 @@ impl Actor for PluginHost {
             a.plugin.manifest.placement.max_concurrency as usize,
         ));
         let ctx = a.ctx.clone();
+        let plugin_name = a.plugin.name.clone();
         let pump = tokio::spawn(async move {
             loop {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
                 let Some(env) = sub.recv().await else { break };
+                // The plugin's circuit breaker decides before anything runs.
+                let bp = match BreakerPermit::acquire(&ctx, &plugin_name).await {
+                    Ok(bp) => bp,
+                    Err(refused) => {
+                        let req =
+                            parse_request(&env).unwrap_or_else(|_| empty_request(&plugin_name));
+                        let after = refused
+                            .retry_after
+                            .map(|d| format!("; retry after {} ms", d.as_millis()))
+                            .unwrap_or_default();
+                        let reply = ExecReply::error(
+                            ctx.name(),
+                            &req,
+                            0.0,
+                            "breaker_open",
+                            format!(
+                                "circuit breaker of {} on {} is {}{after}",
+                                plugin_name,
+                                ctx.name(),
+                                crate::breaker_actor::state_name(refused.state)
+                            ),
+                            false,
+                        );
+                        respond(&ctx, &env, &reply);
+                        continue;
+                    }
+                };
                 let keep = env.clone();
+                let crash_permit = bp.as_ref().map(|b| b.id);
                 let taken = myself
                     .call(
-                        |reply| PluginHostMsg::Exec(Box::new(env), permit, reply),
+                        |reply| PluginHostMsg::Exec(Box::new(env), permit, bp, reply),
                         None,
                     )
                     .await;
                 if !matches!(taken, Ok(ractor::rpc::CallResult::Success(()))) {
+                    if let Some(id) = crash_permit {
+                        BreakerPermit { id }.report(
+                            &ctx,
+                            &plugin_name,
+                            CallResult::Failure,
+                            Duration::ZERO,
+                        );
+                    }
                     // The host died with this request in hand: answer it, and
                     // stop pumping so the restarted host takes over the topic.
-                    let req = parse_request(&keep).unwrap_or_else(|_| ExecRequest {
-                        plugin: sub.owner().to_string(),
-                        command: String::new(),
-                        input: String::new(),
-                        idempotency_key: None,
-                        trace_id: None,
-                        model: None,
-                    });
-                    let reply = ExecReply::error(ctx.name(), &req, 0.0, "crashed", format!("plugin host of {} crashed while handling the request; it is being restarted", req.plugin), true);
+                    let req = parse_request(&keep).unwrap_or_else(|_| empty_request(sub.owner()));
+                    // Not retryable: the request itself may be what crashes the
+                    // host, and retrying a poison request would crash-loop the
+                    // plugin into `failed`.
+                    let reply = ExecReply::error(
+                        ctx.name(),
+                        &req,
+                        0.0,
+                        "crashed",
+                        format!(
+                            "plugin host of {} crashed while handling the request; it is being restarted",
+                            req.plugin
+                        ),
+                        false,
+                    );
                     respond(&ctx, &keep, &reply);
                     break;
                 }
@@ -221,12 +281,20 @@ impl Actor for PluginHost {
         msg: PluginHostMsg,
         st: &mut PluginHostState,
     ) -> Result<(), ActorProcessingErr> {
-        let PluginHostMsg::Exec(env, permit, taken) = msg;
+        let PluginHostMsg::Exec(env, permit, bp, taken) = msg;
         let started = Instant::now();
         let req = match parse_request(&env) {
             Ok(r) => r,
             Err(e) => {
                 let _ = taken.send(());
+                if let Some(bp) = bp {
+                    bp.report(
+                        &st.ctx,
+                        &st.plugin.name,
+                        CallResult::Ignored,
+                        Duration::ZERO,
+                    );
+                }
                 let bad = ExecRequest {
                     plugin: st.plugin.name.clone(),
                     command: String::new(),
@@ -267,11 +335,68 @@ impl Actor for PluginHost {
                 Ok(r) => r,
                 Err(_) => Err(HandlerError::Timeout(timeout.as_millis() as u64)),
             };
+            let outcome = match &result {
+                Ok(_) => CallResult::Success,
+                Err(HandlerError::Failed(_) | HandlerError::Timeout(_)) => CallResult::Failure,
+                Err(_) => CallResult::Ignored,
+            };
+            if let Some(bp) = bp {
+                bp.report(&ctx, &req.plugin, outcome, started.elapsed());
+            }
             let reply = ExecReply::from_result(ctx.name(), &req, started, result);
             respond(&ctx, &env, &reply);
         });
         Ok(())
     }
+}
+
+fn empty_request(plugin: &str) -> ExecRequest {
+    ExecRequest {
+        plugin: plugin.to_string(),
+        command: String::new(),
+        input: String::new(),
+        idempotency_key: None,
+        trace_id: None,
+        model: None,
+    }
+}
+
+/// A call permitted by the plugin's breaker, to be reported exactly once.
+pub struct BreakerPermit {
+    id: u64,
+}
+
+impl BreakerPermit {
+    /// Ask the plugin's breaker. `Ok(None)` when the breaker is restarting:
+    /// the call goes ahead unguarded rather than failing.
+    async fn acquire(ctx: &NodeCtx, plugin: &str) -> Result<Option<BreakerPermit>, Refused> {
+        let Some(b) = breaker_of(ctx, plugin) else {
+            return Ok(None);
+        };
+        match b
+            .call(BreakerMsg::Acquire, Some(Duration::from_secs(1)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(Ok(id))) => Ok(Some(BreakerPermit { id })),
+            Ok(ractor::rpc::CallResult::Success(Err(r))) => Err(r),
+            _ => Ok(None),
+        }
+    }
+
+    fn report(self, ctx: &NodeCtx, plugin: &str, result: CallResult, duration: Duration) {
+        if let Some(b) = breaker_of(ctx, plugin) {
+            let _ = b.cast(BreakerMsg::Report {
+                permit: self.id,
+                result,
+                duration,
+            });
+        }
+    }
+}
+
+fn breaker_of(ctx: &NodeCtx, plugin: &str) -> Option<ActorRef<BreakerMsg>> {
+    ractor::registry::where_is(actor_name(ctx.name(), &format!("breaker:{plugin}")))
+        .map(ActorRef::from)
 }
 
 fn sim_faults_allowed(p: &Plugin) -> bool {
@@ -312,6 +437,8 @@ pub fn exec_envelope(source: &str, req: &ExecRequest, priority: u8) -> Envelope 
 pub enum PluginSupervisorMsg {
     /// Start (or restart) the host of a plugin.
     Start(String),
+    /// Start (or restart) the circuit breaker of a plugin.
+    StartBreaker(String),
 }
 
 struct Hosted {
@@ -326,6 +453,7 @@ struct Hosted {
 pub struct PluginSupervisorState {
     ctx: Arc<NodeCtx>,
     hosts: HashMap<String, Hosted>,
+    breakers: HashMap<String, ActorCell>,
 }
 
 pub struct PluginSupervisor;
@@ -357,9 +485,14 @@ impl Actor for PluginSupervisor {
                     restarts: 0,
                 },
             );
+            myself.cast(PluginSupervisorMsg::StartBreaker(p.name.clone()))?;
             myself.cast(PluginSupervisorMsg::Start(p.name.clone()))?;
         }
-        Ok(PluginSupervisorState { ctx, hosts })
+        Ok(PluginSupervisorState {
+            ctx,
+            hosts,
+            breakers: HashMap::new(),
+        })
     }
 
     async fn handle(
@@ -368,7 +501,36 @@ impl Actor for PluginSupervisor {
         msg: PluginSupervisorMsg,
         st: &mut PluginSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let PluginSupervisorMsg::Start(name) = msg;
+        let name = match msg {
+            PluginSupervisorMsg::Start(name) => name,
+            PluginSupervisorMsg::StartBreaker(name) => {
+                let Some(h) = st.hosts.get(&name) else {
+                    return Ok(());
+                };
+                if st.breakers.contains_key(&name) {
+                    return Ok(());
+                }
+                let args = BreakerArgs {
+                    ctx: st.ctx.clone(),
+                    plugin: h.plugin.clone(),
+                };
+                let actor_id = actor_name(st.ctx.name(), &format!("breaker:{name}"));
+                match Actor::spawn_linked(Some(actor_id), BreakerActor, args, myself.get_cell())
+                    .await
+                {
+                    Ok((b, _)) => {
+                        st.breakers.insert(name, b.get_cell());
+                    }
+                    Err(e) => {
+                        tracing::error!(plugin = %name, error = %e, "breaker failed to start; retrying");
+                        myself.send_after(Duration::from_millis(200), move || {
+                            PluginSupervisorMsg::StartBreaker(name)
+                        });
+                    }
+                }
+                return Ok(());
+            }
+        };
         let node = st.ctx.name().to_string();
         let Some(h) = st.hosts.get_mut(&name) else {
             return Ok(());
@@ -417,6 +579,20 @@ impl Actor for PluginSupervisor {
             }
             _ => return Ok(()),
         };
+        let breaker = st
+            .breakers
+            .iter()
+            .find(|(_, c)| c.get_id() == cell.get_id())
+            .map(|(n, _)| n.clone());
+        if let Some(name) = breaker {
+            // A breaker that dies restarts Closed: its window was only advice.
+            tracing::warn!(plugin = %name, %reason, "circuit breaker actor failed; restarting");
+            st.breakers.remove(&name);
+            myself.send_after(Duration::from_millis(50), move || {
+                PluginSupervisorMsg::StartBreaker(name)
+            });
+            return Ok(());
+        }
         let name = st
             .hosts
             .iter()

@@ -29,6 +29,11 @@ pub enum RegistryMsg {
         status: PluginStatus,
         restarts: u32,
     },
+    /// A local plugin's circuit breaker changed state.
+    LocalBreaker {
+        plugin: String,
+        state: String,
+    },
     /// Our identity changed (rejoin): tell everyone again.
     Reannounce,
     Tick,
@@ -71,6 +76,7 @@ impl Actor for Registry {
                     .filter_map(|c| c.alias.clone().map(|a| (a, c.name.clone())))
                     .collect(),
                 restarts: 0,
+                breaker: "closed".into(),
             })
             .collect();
         myself.send_interval(Duration::from_secs(10), || RegistryMsg::Tick);
@@ -130,6 +136,12 @@ impl Actor for Registry {
                 }
                 broadcast(st);
             }
+            RegistryMsg::LocalBreaker { plugin, state } => {
+                if let Some(p) = st.local.iter_mut().find(|p| p.name == plugin) {
+                    p.breaker = state;
+                }
+                broadcast(st);
+            }
             RegistryMsg::Reannounce | RegistryMsg::Tick => broadcast(st),
             RegistryMsg::Snapshot(reply) => {
                 let mut all: Vec<NodeAnnounce> = st.nodes.values().cloned().collect();
@@ -173,6 +185,8 @@ pub struct PluginRow {
     pub agents: usize,
     pub commands: usize,
     pub restarts: u32,
+    /// closed | open | half-open | forced-open
+    pub breaker: String,
 }
 
 /// Join announces with the membership view.
@@ -201,6 +215,7 @@ pub fn plugin_rows(announces: &[NodeAnnounce], view: &[MemberView]) -> Vec<Plugi
                 agents: p.agents.len(),
                 commands: p.commands.len(),
                 restarts: p.restarts,
+                breaker: p.breaker.clone(),
             });
         }
     }
@@ -231,6 +246,7 @@ mod tests {
             commands: vec!["c".into()],
             aliases: vec![],
             restarts: 0,
+            breaker: "closed".into(),
         }
     }
 

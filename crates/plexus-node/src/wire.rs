@@ -49,6 +49,8 @@ pub struct HostedPlugin {
     pub commands: Vec<String>,
     pub aliases: Vec<(String, String)>,
     pub restarts: u32,
+    /// The plugin's circuit breaker: closed | open | half-open | forced-open.
+    pub breaker: String,
 }
 
 /// A plugin host's state on its node.

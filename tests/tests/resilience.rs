@@ -1,0 +1,181 @@
+//! Circuit breakers, retries and cached results across real node processes.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use plexus_tests::{plexus, wait_for, Cluster, NodeSpec};
+
+fn catalog(dir: &Path) -> std::path::PathBuf {
+    let d = dir.join("catalog");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("brittle.toml"),
+        r#"
+[plugin]
+name = "brittle"
+
+[handler]
+kind = "sim"
+latencyMs = 1
+allowFaultInjection = true
+
+[errorHandling.circuitBreaker]
+failureRateThreshold = 0.5
+monitoringWindow = 4
+minimumCalls = 3
+timeoutMs = 1500
+halfOpenRetries = 1
+
+[errorHandling.retryPolicy]
+maxRetries = 0
+
+[[commands]]
+name = "poke"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("patient.toml"),
+        r#"
+[plugin]
+name = "patient"
+
+[handler]
+kind = "sim"
+latencyMs = 1
+allowFaultInjection = true
+
+[errorHandling.circuitBreaker]
+minimumCalls = 50
+monitoringWindow = 100
+
+[errorHandling.retryPolicy]
+maxRetries = 2
+backoff = "linear"
+initialDelayMs = 20
+maxDelayMs = 100
+jitter = 0.0
+
+[[commands]]
+name = "read"
+
+[[commands]]
+name = "write"
+idempotent = false
+"#,
+    )
+    .unwrap();
+    d
+}
+
+fn cluster() -> (tempfile::TempDir, Cluster) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cat = catalog(tmp.path());
+    let spec = |name: &str, plugins: &[&str]| NodeSpec {
+        name: name.into(),
+        plugins: plugins.iter().map(|s| s.to_string()).collect(),
+        catalogs: vec![cat.clone()],
+        extra: vec![],
+    };
+    let c = Cluster::start(vec![
+        spec("node1", &["jira-orchestrator"]),
+        spec("node2", &["brittle", "patient"]),
+    ]);
+    (tmp, c)
+}
+
+fn breaker(c: &Cluster, plugin: &str) -> Option<String> {
+    let s = c.nodes[0].status()?;
+    s["plugins"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == plugin)?["breaker"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[test]
+fn a_failing_plugin_trips_its_breaker_which_recovers_after_the_wait() {
+    let (_t, c) = cluster();
+    let n1 = &c.nodes[0];
+    assert_eq!(breaker(&c, "brittle").as_deref(), Some("closed"));
+    for _ in 0..3 {
+        let o = n1.exec("brittle", "poke", Some(r#"{"$sim":{"fail":true}}"#));
+        assert_eq!(o.code, 1, "{o:?}");
+        assert!(o.stderr.contains("simulated failure"), "{}", o.stderr);
+    }
+    wait_for(Duration::from_secs(5), "the breaker to open", || {
+        (breaker(&c, "brittle")? == "open").then_some(())
+    });
+    // Open: refused at once, even a call that would succeed.
+    let t = Instant::now();
+    let o = n1.exec("brittle", "poke", None);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stderr.contains("circuit breaker"), "{}", o.stderr);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // After the wait (1.5 s) a trial call goes through and closes it.
+    let ok = wait_for(Duration::from_secs(6), "a trial call to succeed", || {
+        let o = n1.exec("brittle", "poke", None);
+        (o.code == 0).then_some(o)
+    });
+    assert_eq!(ok.json()["node"], "node2");
+    wait_for(Duration::from_secs(5), "the breaker to close", || {
+        (breaker(&c, "brittle")? == "closed").then_some(())
+    });
+}
+
+#[test]
+fn failures_are_retried_by_policy_but_only_when_safe() {
+    let (_t, c) = cluster();
+    let n1 = &c.nodes[0];
+    // Idempotent: 2 retries, then the error says so.
+    let o = n1.exec("patient", "read", Some(r#"{"$sim":{"fail":true}}"#));
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stderr.contains("after 2 retries"), "{}", o.stderr);
+    // Not idempotent and no key: not retried.
+    let o = n1.exec("patient", "write", Some(r#"{"$sim":{"fail":true}}"#));
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(!o.stderr.contains("retries"), "{}", o.stderr);
+    // With an idempotency key it is.
+    let o = plexus(&[
+        "exec",
+        "--connect",
+        &n1.api,
+        "--plugin",
+        "patient",
+        "--command",
+        "write",
+        "--input",
+        r#"{"$sim":{"fail":true}}"#,
+        "--idempotency-key",
+        "k1",
+    ]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stderr.contains("after 2 retries"), "{}", o.stderr);
+    // A success says which path served it.
+    let o = n1.exec("patient", "read", Some(r#"{"q":1}"#));
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.json()["served_by"], "primary");
+}
+
+#[test]
+fn a_cached_answer_is_served_when_the_plugin_is_gone() {
+    let (_t, mut c) = cluster();
+    let o = c.nodes[0].exec("patient", "read", Some(r#"{"q":"cached"}"#));
+    assert_eq!(o.code, 0, "{o:?}");
+    let first = o.json();
+    c.node_mut("node2").kill9();
+    wait_for(
+        Duration::from_secs(10),
+        "patient to become unavailable",
+        || (c.plugin_status(0, "patient")? == "unavailable").then_some(()),
+    );
+    let o = c.nodes[0].exec("patient", "read", Some(r#"{"q":"cached"}"#));
+    assert_eq!(o.code, 0, "{o:?}");
+    let v = o.json();
+    assert_eq!(v["served_by"], "cache");
+    assert_eq!(v["output"], first["output"]);
+    // A request never answered before has nothing to fall back on.
+    let o = c.nodes[0].exec("patient", "read", Some(r#"{"q":"new"}"#));
+    assert_eq!(o.code, 1, "{o:?}");
+}
