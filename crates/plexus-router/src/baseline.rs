@@ -168,6 +168,7 @@ impl BaselineRouter {
             classification: Classification {
                 domains: vec![],
                 complexity,
+                complexity_score: req.text.split_whitespace().count() as f64,
                 contexts: vec![],
                 patterns: vec![],
                 urgency: classify::urgency(&req.text),
@@ -203,6 +204,7 @@ impl BaselineRouter {
             estimated_duration_min: choice.duration_min,
             opus_cost_usd: choice.opus_cost_usd,
             abstain_reason: primary.is_none().then(|| "no keyword matched".to_string()),
+            evidence: Default::default(),
             candidates: ranked
                 .iter()
                 .take(5)

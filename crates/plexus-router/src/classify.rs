@@ -90,7 +90,7 @@ impl Default for ComplexityModel {
     fn default() -> Self {
         ComplexityModel {
             moderate_at: 0.5,
-            complex_at: 2.75,
+            complex_at: 3.0,
         }
     }
 }
@@ -141,15 +141,21 @@ pub fn complexity_score(s: &Signals) -> f64 {
     x - 1.0
 }
 
-pub fn complexity(s: &Signals, m: &ComplexityModel) -> Complexity {
-    let x = complexity_score(s);
-    if x >= m.complex_at {
-        Complexity::Complex
-    } else if x >= m.moderate_at {
-        Complexity::Moderate
-    } else {
-        Complexity::Simple
+impl ComplexityModel {
+    /// The class of a complexity score.
+    pub fn classify(&self, x: f64) -> Complexity {
+        if x >= self.complex_at {
+            Complexity::Complex
+        } else if x >= self.moderate_at {
+            Complexity::Moderate
+        } else {
+            Complexity::Simple
+        }
     }
+}
+
+pub fn complexity(s: &Signals, m: &ComplexityModel) -> Complexity {
+    m.classify(complexity_score(s))
 }
 
 /// Urgency from generic urgency words.

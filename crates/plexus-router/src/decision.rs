@@ -111,6 +111,8 @@ pub struct Classification {
     /// plugin keywords the request touched).
     pub domains: Vec<String>,
     pub complexity: Complexity,
+    /// The score the complexity class was cut from (higher is bigger work).
+    pub complexity_score: f64,
     /// Request words that matched the chosen plugins, strongest first.
     pub contexts: Vec<String>,
     /// Manifest capability patterns the request touched.
@@ -147,6 +149,27 @@ pub struct Candidate {
     pub agent: Option<String>,
 }
 
+/// How well the best plugin explains the request: the quantities the
+/// abstention thresholds and the confidence are computed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Share (idf-weighted) of the request's content words that the plugin
+    /// matches in any of its documents.
+    pub coverage: f64,
+    /// The same share for its best single agent or command.
+    pub doc_coverage: f64,
+    /// Its score over the most any one document could score on this request.
+    pub norm_score: f64,
+    /// Matched information: Σ idf of the content words it matches, in units
+    /// of the idf of a word only one document has.
+    pub info: f64,
+    /// 1 − runner-up score / its score (1 when there is no runner-up).
+    pub margin: f64,
+    /// Content words in the request, and how many the plugin matches.
+    pub words: usize,
+    pub matched_words: usize,
+}
+
 /// The router's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoutingDecision {
@@ -168,6 +191,9 @@ pub struct RoutingDecision {
     /// What always-opus would cost for the same plan (for savings reports).
     pub opus_cost_usd: f64,
     pub abstain_reason: Option<String>,
+    /// What the abstention test and the confidence saw (the best plugin's
+    /// evidence, also when abstaining; zero when nothing matched).
+    pub evidence: Evidence,
     /// Best plugins with their scores (primary first when not abstaining).
     pub candidates: Vec<Candidate>,
     pub explanation: Vec<String>,

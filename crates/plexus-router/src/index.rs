@@ -3,12 +3,10 @@
 //! an inverted index whose postings carry the finished per-term weight so a
 //! query is a sum over postings.
 
-use std::collections::HashMap;
-
 use plexus_catalog::{Catalog, ModelTier, Plugin};
 use serde::{Deserialize, Serialize};
 
-use crate::text::Analyzer;
+use crate::text::{Analyzer, FastMap};
 
 /// The fields of a document, in weight order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +105,7 @@ pub struct PluginMeta {
 pub struct Index {
     pub analyzer: Analyzer,
     pub params: Bm25Params,
-    pub terms: HashMap<String, u32>,
+    pub terms: FastMap<String, u32>,
     pub postings: Vec<Vec<Posting>>,
     pub idf: Vec<f32>,
     /// idf a term that no document has would get.
@@ -219,26 +217,27 @@ impl Index {
     /// Index every plugin, agent and command of `catalog`.
     pub fn build(catalog: &Catalog, params: Bm25Params) -> Index {
         let analyzer = Analyzer::new();
-        let mut terms: HashMap<String, u32> = HashMap::new();
+        let mut terms: FastMap<String, u32> = FastMap::default();
         let mut docs = vec![];
         let mut plugins = vec![];
         // per doc: (term, per-field tf), and per-field lengths
         let mut doc_tf: Vec<Vec<(u32, [f32; NFIELDS])>> = vec![];
         let mut doc_len: Vec<[f32; NFIELDS]> = vec![];
 
-        let intern = |terms: &mut HashMap<String, u32>, t: String| -> u32 {
+        let intern = |terms: &mut FastMap<String, u32>, t: String| -> u32 {
             let n = terms.len() as u32;
             *terms.entry(t).or_insert(n)
         };
+        let mut stems: FastMap<String, String> = FastMap::default();
         let mut add_doc = |text: DocText,
                            meta: DocMeta,
-                           terms: &mut HashMap<String, u32>,
+                           terms: &mut FastMap<String, u32>,
                            docs: &mut Vec<DocMeta>|
          -> u32 {
-            let mut tf: HashMap<u32, [f32; NFIELDS]> = HashMap::new();
+            let mut tf: FastMap<u32, [f32; NFIELDS]> = FastMap::default();
             let mut len = [0f32; NFIELDS];
             for (f, s) in text.fields.iter().enumerate() {
-                for tok in analyzer.analyze(s) {
+                for tok in analyzer.analyze_cached(s, &mut stems) {
                     let id = intern(terms, tok.term);
                     tf.entry(id).or_default()[f] += 1.0;
                     len[f] += 1.0;

@@ -43,6 +43,7 @@
 //! ```
 
 pub mod baseline;
+pub mod calibrate;
 pub mod classify;
 pub mod decision;
 pub mod index;
@@ -51,10 +52,11 @@ pub mod router;
 pub mod text;
 
 pub use baseline::BaselineRouter;
+pub use calibrate::ConfidenceModel;
 pub use classify::ComplexityModel;
 pub use decision::{
-    Candidate, Classification, CollaborationPlan, Complexity, Phase, RouteRequest, RoutingDecision,
-    Strategy, Urgency,
+    Candidate, Classification, CollaborationPlan, Complexity, Evidence, Phase, RouteRequest,
+    RoutingDecision, Strategy, Urgency,
 };
 pub use index::Bm25Params;
 pub use learning::OutcomeStats;

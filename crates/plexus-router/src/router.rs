@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use plexus_catalog::Catalog;
 use serde::{Deserialize, Serialize};
 
+use crate::calibrate::ConfidenceModel;
 use crate::classify::{self, ComplexityModel};
 use crate::decision::{
-    Candidate, Classification, CollaborationPlan, Phase, RouteRequest, RoutingDecision, Strategy,
+    Candidate, Classification, CollaborationPlan, Evidence, Phase, RouteRequest, RoutingDecision,
+    Strategy,
 };
 use crate::index::{pattern_literals, Bm25Params, DocKind, Index};
 use crate::learning::OutcomeStats;
@@ -28,12 +30,11 @@ pub struct RouterConfig {
     ///              + (1 − mix) × Σ over query terms of the plugin's best match.
     pub best_doc_mix: f32,
     pub plugin_doc_weight: f32,
-    /// Abstain when the best plugin matches less than this share of the
-    /// request's informative (idf-weighted) words.
-    pub min_coverage: f64,
-    /// Abstain when the best plugin's score is below this share of the most
-    /// any document could score on this request.
-    pub min_norm_score: f64,
+    /// How much the manifest's routing priority (1–10, default 5) scales a
+    /// plugin's score: × (1 + priority_weight × (priority − 5) / 5).
+    pub priority_weight: f32,
+    /// Confidence from the best plugin's evidence; abstain below its threshold.
+    pub confidence: ConfidenceModel,
     /// A runner-up joins the plan when its score is at least this share of the
     /// primary's...
     pub collab_min_ratio: f64,
@@ -53,10 +54,10 @@ impl Default for RouterConfig {
             bigram_weight: 0.5,
             best_doc_mix: 0.5,
             plugin_doc_weight: 0.5,
-            min_coverage: 0.3,
-            min_norm_score: 0.1,
-            collab_min_ratio: 0.5,
-            collab_min_gain: 0.25,
+            priority_weight: 0.0,
+            confidence: ConfidenceModel::default(),
+            collab_min_ratio: 0.7,
+            collab_min_gain: 0.1,
             fallback_min_ratio: 0.15,
             complexity: ComplexityModel::default(),
             learning_weight: 0.3,
@@ -78,6 +79,8 @@ struct QTerm {
 #[derive(Debug, Clone, Copy, Default)]
 struct PluginScore {
     score: f32,
+    /// The score before priority and learnt outcomes scale it.
+    raw: f32,
     coverage: f32,
     best_doc: Option<u32>,
 }
@@ -339,11 +342,12 @@ impl Router {
                 .sum();
             let pdoc = doc_scores[pm.plugin_doc as usize];
             let mix = cfg.best_doc_mix;
-            let mut s = mix * (best + cfg.plugin_doc_weight * pdoc) + (1.0 - mix) * union;
-            s *= 0.5 + pm.priority as f32 / 10.0;
-            s *= self.plugin_mult[p];
+            let raw = mix * (best + cfg.plugin_doc_weight * pdoc) + (1.0 - mix) * union;
+            let prio = 1.0 + cfg.priority_weight * (pm.priority as f32 - 5.0) / 5.0;
+            let s = raw * prio.max(0.05) * self.plugin_mult[p];
             plugins[p] = PluginScore {
                 score: s,
+                raw,
                 coverage: if idf_total > 0.0 {
                     covered / idf_total
                 } else {
@@ -358,6 +362,57 @@ impl Router {
             contrib,
             plugins,
             max_possible,
+        }
+    }
+
+    /// How well plugin `p` explains the request (see [`Evidence`]).
+    fn evidence(&self, sc: &Scored, p: usize, runner_up: Option<usize>) -> Evidence {
+        let ix = &self.index;
+        let ps = sc.plugins[p];
+        let nq = sc.q.len();
+        let row = &sc.contrib[p * nq..p * nq + nq];
+        let mut total = 0f32;
+        let mut in_doc = 0f32;
+        let mut words = 0;
+        let mut matched = 0;
+        let mut info = 0f32;
+        for (i, t) in sc.q.iter().enumerate().filter(|(_, t)| t.unigram) {
+            let w = t.idf * t.weight;
+            total += w;
+            words += 1;
+            if row[i] > 0.0 {
+                matched += 1;
+                info += t.idf;
+            }
+            let hit = match (t.id, ps.best_doc) {
+                (Some(id), Some(d)) => ix.postings[id as usize]
+                    .binary_search_by_key(&d, |x| x.doc)
+                    .is_ok(),
+                _ => false,
+            };
+            if hit {
+                in_doc += w;
+            }
+        }
+        let s1 = ps.score.max(1e-9);
+        Evidence {
+            coverage: ps.coverage as f64,
+            doc_coverage: if total > 0.0 {
+                (in_doc / total) as f64
+            } else {
+                0.0
+            },
+            norm_score: if sc.max_possible > 0.0 {
+                ((ps.raw / sc.max_possible) as f64).min(1.0)
+            } else {
+                0.0
+            },
+            info: (info / ix.idf_unseen.max(1e-6)) as f64,
+            margin: runner_up
+                .map(|r| (1.0 - sc.plugins[r].score / s1).clamp(0.0, 1.0) as f64)
+                .unwrap_or(1.0),
+            words,
+            matched_words: matched,
         }
     }
 
@@ -411,34 +466,21 @@ impl Router {
 
         // Abstain?
         let top = ranked.first().copied();
-        let abstain_reason = match top {
-            None if down.is_empty() => {
-                Some("no word of the request matches any plugin".to_string())
-            }
-            None => Some("every plugin that matches is unavailable".to_string()),
-            Some(p) => {
-                let ps = sc.plugins[p];
-                let norm = if sc.max_possible > 0.0 {
-                    (ps.score / sc.max_possible) as f64
-                } else {
-                    0.0
-                };
-                if (ps.coverage as f64) < cfg.min_coverage {
-                    Some(format!(
-                        "best match {} explains only {:.0}% of the request's informative words (needs {:.0}%)",
-                        ix.plugins[p].name,
-                        100.0 * ps.coverage,
-                        100.0 * cfg.min_coverage
-                    ))
-                } else if norm < cfg.min_norm_score {
-                    Some(format!(
-                        "best match {} scores {:.2} of the possible (needs {:.2})",
-                        ix.plugins[p].name, norm, cfg.min_norm_score
-                    ))
-                } else {
-                    None
-                }
-            }
+        let evidence = top.map(|p| self.evidence(&sc, p, ranked.get(1).copied()));
+        let top_confidence = evidence.map(|e| cfg.confidence.confidence(&e));
+        let abstain_reason = match (top, evidence, top_confidence) {
+            (Some(p), Some(ev), Some(c)) if c < cfg.confidence.abstain_below => Some(format!(
+                "confidence {c:.2} is below {:.2}: the best match, {}, covers {:.0}% of the request's \
+                 informative words ({:.0}% in one agent or command) and scores {:.2} of the possible",
+                cfg.confidence.abstain_below,
+                ix.plugins[p].name,
+                100.0 * ev.coverage,
+                100.0 * ev.doc_coverage,
+                ev.norm_score
+            )),
+            (Some(_), _, _) => None,
+            _ if down.is_empty() => Some("no word of the request matches any plugin".to_string()),
+            _ => Some("every plugin that matches is unavailable".to_string()),
         };
 
         let signals = classify::signals(&req.text);
@@ -449,13 +491,15 @@ impl Router {
             for c in candidates.iter().take(3) {
                 explanation.push(format!("runner-up {} score {:.2}", c.plugin, c.score));
             }
-            let complexity = classify::complexity(&signals, &cfg.complexity);
+            let complexity_score = classify::complexity_score(&signals);
+            let complexity = cfg.complexity.classify(complexity_score);
             return RoutingDecision {
                 request_id: format!("route-{n:06}"),
                 request: req.text.clone(),
                 classification: Classification {
                     domains: vec![],
                     complexity,
+                    complexity_score,
                     contexts: vec![],
                     patterns: vec![],
                     urgency,
@@ -464,7 +508,7 @@ impl Router {
                 primary_plugin: None,
                 agent: None,
                 fallbacks: vec![],
-                confidence: 0.0,
+                confidence: top_confidence.unwrap_or(0.0),
                 plan: CollaborationPlan {
                     coordinator: None,
                     phases: vec![],
@@ -475,6 +519,7 @@ impl Router {
                 estimated_duration_min: 0.0,
                 opus_cost_usd: 0.0,
                 abstain_reason: Some(reason),
+                evidence: evidence.unwrap_or_default(),
                 candidates,
                 explanation,
             };
@@ -640,19 +685,9 @@ impl Router {
             }
         }
 
-        // Confidence: coverage, share of the possible score, margin to the
-        // best plugin left out of the plan.
         let ps = sc.plugins[primary];
-        let norm = (ps.score / sc.max_possible.max(1e-6)).min(1.0) as f64;
-        let rival = ranked
-            .iter()
-            .find(|p| !plan.contains(p))
-            .map(|&p| sc.plugins[p].score)
-            .unwrap_or(0.0);
-        let margin = (1.0 - rival / s1).clamp(0.0, 1.0) as f64;
-        let confidence =
-            ((ps.coverage as f64).sqrt() * (0.4 + 0.6 * margin) * (norm / 0.4).min(1.0))
-                .clamp(0.0, 1.0);
+        let norm = evidence.map(|e| e.norm_score).unwrap_or(0.0);
+        let confidence = top_confidence.unwrap_or(0.0);
 
         let agent = self.agent_label(ps.best_doc);
         let matched: Vec<String> = match ps.best_doc {
@@ -757,6 +792,7 @@ impl Router {
             classification: Classification {
                 domains,
                 complexity,
+                complexity_score: classify::complexity_score(&cx_signals),
                 contexts,
                 patterns,
                 urgency,
@@ -776,6 +812,7 @@ impl Router {
             estimated_duration_min: choice.duration_min,
             opus_cost_usd: choice.opus_cost_usd,
             abstain_reason: None,
+            evidence: evidence.unwrap_or_default(),
             candidates,
             explanation,
         }

@@ -81,6 +81,23 @@ impl Analyzer {
     /// stemmed), shape tokens, the parts of camelCase words, and bigrams
     /// `a_b` of content words that stand next to each other in the text.
     pub fn analyze(&self, text: &str) -> Vec<Token> {
+        self.analyze_with(text, &mut |w| self.stem(w))
+    }
+
+    /// As [`Analyzer::analyze`], remembering stems in `cache` (indexing a
+    /// large catalog stems the same words over and over).
+    pub fn analyze_cached(&self, text: &str, cache: &mut FastMap<String, String>) -> Vec<Token> {
+        self.analyze_with(text, &mut |w| {
+            if let Some(s) = cache.get(w) {
+                return s.clone();
+            }
+            let s = self.stem(w);
+            cache.insert(w.to_string(), s.clone());
+            s
+        })
+    }
+
+    fn analyze_with(&self, text: &str, stem_fn: &mut dyn FnMut(&str) -> String) -> Vec<Token> {
         let mut out = Vec::with_capacity(text.len() / 5 + 4);
         // previous content word (stemmed) and whether it is adjacent
         let mut prev: Option<String> = None;
@@ -100,7 +117,7 @@ impl Analyzer {
                     prev = None;
                     continue;
                 }
-                let stem = self.stem(&lower);
+                let stem = stem_fn(&lower);
                 if let Some(p) = prev.take() {
                     out.push(Token {
                         term: format!("{p}_{stem}"),
@@ -114,7 +131,7 @@ impl Analyzer {
                         let l = cp.to_ascii_lowercase();
                         if l.len() > 1 && !is_stopword(&l) {
                             out.push(Token {
-                                term: self.stem(&l),
+                                term: stem_fn(&l),
                                 pos,
                             });
                         }
@@ -233,6 +250,62 @@ fn shape_of(w: &str) -> Option<&'static str> {
     }
     None
 }
+
+/// A fast non-cryptographic hasher (the Fx hash of rustc) for the index's
+/// term maps: keys are catalog words, not attacker-chosen at a scale where
+/// flooding matters, and SipHash dominated index build time.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ w).wrapping_mul(FX_SEED);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// A `HashMap` with [`FxHasher`].
+pub type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
 
 #[cfg(test)]
 mod tests {
