@@ -65,6 +65,64 @@ idempotent = false
 "#,
     )
     .unwrap();
+    std::fs::write(
+        d.join("weather.toml"),
+        r#"
+[plugin]
+name = "weather"
+description = "Weather forecasts for any city"
+
+[routing]
+priority = 9
+keywords = ["weather", "forecast", "rain", "temperature"]
+
+[handler]
+kind = "sim"
+latencyMs = 1
+allowFaultInjection = true
+
+[errorHandling]
+fallback = ["weather-backup"]
+
+[errorHandling.circuitBreaker]
+failureRateThreshold = 0.5
+monitoringWindow = 4
+minimumCalls = 2
+timeoutMs = 1500
+halfOpenRetries = 1
+
+[errorHandling.retryPolicy]
+maxRetries = 0
+
+[[agents]]
+name = "forecaster"
+description = "Gives the weather forecast, rain and temperature for a city"
+keywords = ["weather", "forecast"]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("weather-backup.toml"),
+        r#"
+[plugin]
+name = "weather-backup"
+description = "Backup weather service with cached forecasts"
+
+[routing]
+priority = 2
+keywords = ["weather", "forecast"]
+
+[handler]
+kind = "sim"
+latencyMs = 1
+
+[[agents]]
+name = "fallback-forecaster"
+description = "Backup weather forecast for a city"
+keywords = ["weather", "forecast"]
+"#,
+    )
+    .unwrap();
     d
 }
 
@@ -79,7 +137,10 @@ fn cluster() -> (tempfile::TempDir, Cluster) {
     };
     let c = Cluster::start(vec![
         spec("node1", &["jira-orchestrator"]),
-        spec("node2", &["brittle", "patient"]),
+        spec(
+            "node2",
+            &["brittle", "patient", "weather", "weather-backup"],
+        ),
     ]);
     (tmp, c)
 }
@@ -178,4 +239,51 @@ fn a_cached_answer_is_served_when_the_plugin_is_gone() {
     // A request never answered before has nothing to fall back on.
     let o = c.nodes[0].exec("patient", "read", Some(r#"{"q":"new"}"#));
     assert_eq!(o.code, 1, "{o:?}");
+}
+
+#[test]
+fn a_failing_plugin_is_served_by_its_fallback_then_heals_through_half_open() {
+    let (_t, c) = cluster();
+    let ask = |input: Option<&str>| {
+        let mut args = vec![
+            "ask",
+            "--connect",
+            &c.nodes[0].api,
+            "weather forecast for Paris tomorrow, will it rain?",
+            "--json",
+        ];
+        if let Some(i) = input {
+            args.extend(["--input", i]);
+        }
+        let o = plexus(&args);
+        assert_eq!(o.code, 0, "{o:?}");
+        o.json()
+    };
+    // The primary fails; the fallback serves.
+    let v = ask(Some(r#"{"$sim":{"fail":true}}"#));
+    assert_eq!(v["decision"]["primary_plugin"], "weather", "{v:#}");
+    assert_eq!(v["served_by"], "fallback:weather-backup", "{v:#}");
+    assert_eq!(v["result"]["plugin"], "weather-backup");
+    let _ = ask(Some(r#"{"$sim":{"fail":true}}"#));
+    wait_for(Duration::from_secs(5), "weather's breaker to open", || {
+        (breaker(&c, "weather")? == "open").then_some(())
+    });
+    // Open: the router does not even try it.
+    let v = ask(None);
+    let tried: Vec<&str> = v["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["plugin"].as_str().unwrap())
+        .collect();
+    assert!(!tried.contains(&"weather"), "{v:#}");
+    assert_eq!(v["result"]["plugin"], "weather-backup");
+    // Healed (no fault injected): after the wait a trial call closes the breaker.
+    wait_for(Duration::from_secs(6), "weather to serve again", || {
+        let v = ask(None);
+        (v["result"]["plugin"] == "weather").then_some(())
+    });
+    wait_for(Duration::from_secs(5), "weather's breaker to close", || {
+        (breaker(&c, "weather")? == "closed").then_some(())
+    });
 }

@@ -105,6 +105,14 @@ fn init_logging(json: bool) {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`plexus status | head`), like other CLIs.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let cli = Cli::parse();
     let r = match cli.command {
         Cmd::Up(a) => up_cmd::run(a),

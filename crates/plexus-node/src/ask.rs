@@ -182,7 +182,17 @@ pub async fn ask(ctx: &NodeCtx, body: AskBody) -> Result<AskReply, Problem> {
     };
     let mut order: Vec<(String, Option<String>, String)> =
         vec![(primary, d.agent.clone(), "primary".into())];
-    for f in &d.fallbacks {
+    // The router's fallbacks, then the primary's declared ones (manifest
+    // `errorHandling.fallback`), each once.
+    let declared: Vec<String> = ctx
+        .catalog
+        .plugin(&order[0].0)
+        .map(|p| p.manifest.error_handling.fallback.clone())
+        .unwrap_or_default();
+    for f in d.fallbacks.iter().chain(declared.iter()) {
+        if order.iter().any(|(p, _, _)| p == f) {
+            continue;
+        }
         let target = d
             .candidates
             .iter()
