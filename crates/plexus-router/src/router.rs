@@ -851,3 +851,376 @@ fn sequenced(text: &str, a: usize, b: usize) -> bool {
     ];
     CUES.iter().any(|c| between.contains(c))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route_batch_line;
+    use plexus_catalog::{Agent, Command, Manifest, ModelTier, Plugin};
+
+    fn plugin(name: &str, description: &str, agents: &[(&str, &str)]) -> Plugin {
+        Plugin {
+            name: name.into(),
+            version: "1".into(),
+            description: description.into(),
+            keywords: vec![],
+            agents: agents
+                .iter()
+                .map(|(n, d)| Agent {
+                    name: n.to_string(),
+                    description: d.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            commands: vec![],
+            mcp_servers: vec![],
+            manifest: Manifest::default_for(name),
+            claude_dir: None,
+            manifest_file: None,
+        }
+    }
+
+    /// A small catalog in the shape of the real one (not its text).
+    fn catalog() -> Catalog {
+        let mut jira = plugin(
+            "jira-orchestrator",
+            "Jira issue tracking, sprints, pull requests and orchestration of other plugins",
+            &[
+                (
+                    "sprint-planner",
+                    "Plan sprints from team velocity and capacity in Jira",
+                ),
+                (
+                    "pr-creator",
+                    "Open a pull request for a finished Jira issue",
+                ),
+            ],
+        );
+        jira.commands.push(Command {
+            name: "worklog".into(),
+            description: "Log hours of work against a Jira issue".into(),
+            ..Default::default()
+        });
+        Catalog {
+            plugins: vec![
+                jira,
+                plugin(
+                    "secrets-keeper",
+                    "HashiCorp Vault secrets management for infrastructure",
+                    &[
+                        (
+                            "secret-rotator",
+                            "Rotate database passwords stored in Vault",
+                        ),
+                        ("policy-writer", "Write Vault access policies for services"),
+                        (
+                            "secrets-architect",
+                            "Design and implement an end-to-end migration of all secrets across \
+                             every service of the infrastructure into Vault",
+                        ),
+                    ],
+                ),
+                plugin(
+                    "backup-a",
+                    "Database backups",
+                    &[("nightly", "Back up the database nightly to object storage")],
+                ),
+                plugin(
+                    "backup-b",
+                    "Database backups",
+                    &[("nightly", "Back up the database nightly to object storage")],
+                ),
+                plugin(
+                    "home-lights",
+                    "Smart home lighting: lamps, dimmers, scenes and automations",
+                    &[
+                        (
+                            "scene-builder",
+                            "Create lighting scenes and turn lights on at sunset",
+                        ),
+                        ("dimmer-tuner", "Tune dimmer curves of smart lamps"),
+                    ],
+                ),
+                plugin(
+                    "ui-kit",
+                    "React component library: buttons, forms, themes and accessibility",
+                    &[
+                        ("form-builder", "Build React forms with validation"),
+                        (
+                            "theme-designer",
+                            "Design themes and colour tokens for React components",
+                        ),
+                    ],
+                ),
+            ],
+            diagnostics: vec![],
+        }
+    }
+
+    fn route(r: &Router, text: &str) -> RoutingDecision {
+        r.route(&RouteRequest::new(text))
+    }
+
+    #[test]
+    fn routes_to_the_plugin_and_agent_that_fit() {
+        let r = Router::new(&catalog());
+        let d = route(&r, "Rotate the database password kept in Vault");
+        assert_eq!(d.primary_plugin.as_deref(), Some("secrets-keeper"), "{d}");
+        assert_eq!(d.agent.as_deref(), Some("agent:secret-rotator"));
+        assert!((0.0..=1.0).contains(&d.confidence));
+        assert!(d.fallbacks.len() <= 3);
+        assert!(!d.fallbacks.contains(&"secrets-keeper".to_string()));
+        assert_eq!(d.strategy, Strategy::Single);
+        assert_eq!(d.plugins(), vec!["secrets-keeper".to_string()]);
+        let d = route(&r, "Log 3 hours of work against issue OPS-19");
+        assert_eq!(d.primary_plugin.as_deref(), Some("jira-orchestrator"));
+        assert_eq!(d.agent.as_deref(), Some("command:worklog"));
+    }
+
+    #[test]
+    fn abstains_with_a_reason_on_off_topic_requests() {
+        let r = Router::new(&catalog());
+        for text in [
+            "book me a flight",
+            "What is the capital of Australia?",
+            "Write me a poem about autumn leaves",
+            "",
+            "   ",
+            "!!! ??? ...",
+        ] {
+            let d = route(&r, text);
+            assert_eq!(d.primary_plugin, None, "{text:?} → {d}");
+            assert!(d.agent.is_none() && d.fallbacks.is_empty() && d.plugins().is_empty());
+            assert!(!d.abstain_reason.as_deref().unwrap_or("").is_empty());
+            assert_eq!(d.estimated_cost_usd, 0.0);
+            let j = d.to_batch_json();
+            assert!(j["primary_plugin"].is_null());
+            assert!(d.to_string().contains("no plugin chosen"));
+        }
+    }
+
+    #[test]
+    fn an_unavailable_plugin_is_skipped_for_its_fallback() {
+        let mut c = catalog();
+        // A second secrets plugin that fits a little less well.
+        c.plugins.push(plugin(
+            "vault-lite",
+            "Secrets in Vault",
+            &[("rotator", "Rotate passwords in Vault")],
+        ));
+        let mut r = Router::new(&c);
+        let text = "Rotate the database password kept in Vault";
+        let d = route(&r, text);
+        assert_eq!(d.primary_plugin.as_deref(), Some("secrets-keeper"));
+        assert!(d.fallbacks.contains(&"vault-lite".to_string()), "{d}");
+
+        assert!(r.set_available("secrets-keeper", false));
+        assert!(!r.is_available("secrets-keeper"));
+        let d = route(&r, text);
+        assert_eq!(d.primary_plugin.as_deref(), Some("vault-lite"), "{d}");
+        assert!(!d.fallbacks.contains(&"secrets-keeper".to_string()));
+        assert!(!d.plugins().contains(&"secrets-keeper".to_string()));
+        assert!(d
+            .explanation
+            .iter()
+            .any(|e| e.contains("skipped secrets-keeper")));
+
+        assert!(r.set_available("secrets-keeper", true));
+        assert_eq!(
+            route(&r, text).primary_plugin.as_deref(),
+            Some("secrets-keeper")
+        );
+        assert!(!r.set_available("no-such-plugin", false));
+    }
+
+    #[test]
+    fn all_matching_plugins_down_means_abstain() {
+        let mut r = Router::new(&catalog());
+        r.set_available("secrets-keeper", false);
+        let d = route(&r, "Vault");
+        assert_eq!(d.primary_plugin, None, "{d}");
+        assert!(d.abstain_reason.is_some());
+    }
+
+    #[test]
+    fn outcomes_shift_later_decisions() {
+        // backup-a and backup-b fit the request equally well.
+        let mut r = Router::new(&catalog());
+        let text = "Back up the database nightly to object storage";
+        let first = route(&r, text).primary_plugin.unwrap();
+        let other = if first == "backup-a" {
+            "backup-b"
+        } else {
+            "backup-a"
+        };
+        for _ in 0..10 {
+            assert!(r.record_outcome(&first, "agent:nightly", false, 900));
+            assert!(r.record_outcome(other, "nightly", true, 100));
+        }
+        let d = route(&r, text);
+        assert_eq!(d.primary_plugin.as_deref(), Some(other), "{d}");
+        assert!(d.fallbacks.contains(&first));
+        let s = r.outcome_stats(&first, "agent:nightly").unwrap();
+        assert_eq!((s.successes, s.failures), (0, 10));
+        assert!(!r.record_outcome("no-such-plugin", "x", true, 1));
+        // A longer record of successes brings it back.
+        for _ in 0..100 {
+            r.record_outcome(&first, "agent:nightly", true, 100);
+        }
+        assert_eq!(
+            route(&r, text).primary_plugin.as_deref(),
+            Some(first.as_str())
+        );
+    }
+
+    #[test]
+    fn a_budget_or_time_limit_forces_a_cheaper_model() {
+        let r = Router::new(&catalog());
+        let text = "Design and implement an end-to-end migration of all secrets across every \
+                    service into Vault, then rotate every database password";
+        let free = r.route(&RouteRequest::new(text));
+        assert_eq!(
+            free.primary_plugin.as_deref(),
+            Some("secrets-keeper"),
+            "{free}"
+        );
+        assert_eq!(free.model, ModelTier::Opus, "{free}");
+        let tight = r.route(&RouteRequest::new(text).with_budget(free.estimated_cost_usd / 3.0));
+        assert!(tight.model < free.model, "{tight}");
+        assert!(tight.estimated_cost_usd <= free.estimated_cost_usd / 3.0 + 1e-9);
+        assert!(tight.explanation.iter().any(|e| e.contains("budget")));
+        let quick =
+            r.route(&RouteRequest::new(text).with_max_duration(free.estimated_duration_min * 0.9));
+        assert!(quick.model < free.model);
+        assert!(quick.estimated_duration_min <= free.estimated_duration_min * 0.9 + 1e-9);
+        // Simple requests get haiku and save against always-opus.
+        let d = route(&r, "Turn on the lights");
+        assert_eq!(d.model, ModelTier::Haiku, "{d}");
+        assert!(d.estimated_cost_usd < d.opus_cost_usd);
+    }
+
+    #[test]
+    fn requests_spanning_plugins_get_a_coordinated_plan() {
+        // The collaboration threshold is calibrated on the real catalog; the
+        // toy one scores the second plugin lower, so admit it a bit sooner.
+        let cfg = RouterConfig {
+            collab_min_ratio: 0.5,
+            ..RouterConfig::default()
+        };
+        let r = Router::with_config(&catalog(), cfg);
+        let d = route(
+            &r,
+            "Build React forms with validation and design the colour theme of the React components, \
+             then open a pull request for the Jira issue",
+        );
+        let plugins = d.plugins();
+        assert!(plugins.len() >= 2, "{d}");
+        assert_eq!(plugins[0], d.primary_plugin.clone().unwrap());
+        assert_eq!(d.plan.coordinator.as_deref(), Some("jira-orchestrator"));
+        assert_ne!(d.strategy, Strategy::Single);
+        for (k, ph) in d.plan.phases.iter().enumerate() {
+            assert!(ph.duration_min > 0.0);
+            assert!(ph
+                .depends_on
+                .iter()
+                .all(|&j| j < d.plan.phases.len() && j != k));
+            if !ph.depends_on.is_empty() {
+                assert!(!ph.parallel);
+            }
+        }
+        let text = d.to_string();
+        assert!(text.contains("plan ("), "{text}");
+        assert!(
+            text.contains("runner-up") || text.contains("joins the plan"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn batch_lines_give_decisions_or_error_objects_in_order() {
+        let r = Router::new(&catalog());
+        let lines = [
+            r#"{"request": "Rotate the database password kept in Vault", "expect_plugins": ["x"]}"#,
+            r#"{"request": "Rotate the database password"#,
+            r#"["not", "an", "object"]"#,
+            r#"{"text": "no request field"}"#,
+            r#"{"request": 42}"#,
+            "",
+            r#"{"request": "book me a flight"}"#,
+            r#"{"request": "Turn on the lights at sunset", "budget_usd": 0.0001}"#,
+        ];
+        let out: Vec<serde_json::Value> = lines.iter().map(|l| route_batch_line(&r, l)).collect();
+        assert_eq!(out.len(), lines.len());
+        assert_eq!(out[0]["primary_plugin"], "secrets-keeper");
+        for k in [
+            "request",
+            "primary_plugin",
+            "agent",
+            "fallbacks",
+            "plugins",
+            "complexity",
+            "model",
+            "confidence",
+            "strategy",
+            "estimated_cost_usd",
+            "estimated_duration_min",
+        ] {
+            assert!(out[0].get(k).is_some(), "missing {k}: {}", out[0]);
+            assert!(out[6].get(k).is_some(), "missing {k}: {}", out[6]);
+        }
+        assert_eq!(
+            out[0]["request"],
+            "Rotate the database password kept in Vault"
+        );
+        for bad in &out[1..=5] {
+            assert!(bad["error"].is_string(), "{bad}");
+        }
+        assert!(out[6]["primary_plugin"].is_null());
+        assert_eq!(out[7]["primary_plugin"], "home-lights");
+        assert_eq!(out[7]["model"], "haiku");
+    }
+
+    #[test]
+    fn odd_input_never_panics() {
+        let r = Router::new(&catalog());
+        let huge = "rotate vault passwords and build react forms ".repeat(20_000);
+        let texts = [
+            String::new(),
+            "\u{0}\u{1}\u{7f}".into(),
+            "Vault—password rotation".into(),
+            "ключи Vault и пароли базы данных".into(),
+            "保管庫のパスワードを回転".into(),
+            "🔐 vault 🔑 password 🏠 lights".into(),
+            "a\u{301}e\u{301} Vault-Passwörter rotieren".into(),
+            "PROJ-412—open a pull request·then log hours".into(),
+            "x".repeat(100_000),
+            huge,
+        ];
+        for t in &texts {
+            let d = r.route(
+                &RouteRequest::new(t.clone())
+                    .with_budget(-1.0)
+                    .with_max_duration(f64::NAN),
+            );
+            assert!((0.0..=1.0).contains(&d.confidence), "{t:?}");
+            assert!(d.estimated_cost_usd.is_finite() && d.estimated_cost_usd >= 0.0);
+            let _ = d.to_string();
+            let _ = d.to_batch_json().to_string();
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        #[test]
+        fn any_text_routes_without_panic(text in "\\PC{0,200}") {
+            let r = Router::new(&catalog());
+            let d = r.route(&RouteRequest::new(text.clone()));
+            proptest::prop_assert!((0.0..=1.0).contains(&d.confidence));
+            proptest::prop_assert!(d.fallbacks.len() <= 3);
+            proptest::prop_assert_eq!(d.primary_plugin.is_none(), d.plugins().is_empty());
+            let line = serde_json::json!({ "request": text }).to_string();
+            let v = route_batch_line(&r, &line);
+            proptest::prop_assert!(v.get("primary_plugin").is_some());
+        }
+    }
+}

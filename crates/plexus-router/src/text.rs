@@ -197,13 +197,12 @@ fn raw_words(text: &str) -> impl Iterator<Item = RawWord<'_>> {
 
 /// Maximal alphanumeric runs of a chunk with their byte offsets.
 fn alnum_runs(s: &str) -> impl Iterator<Item = (usize, &str)> {
+    // Offsets from the parts' own addresses: separators may be several
+    // bytes long (an em dash, a middle dot).
+    let base = s.as_ptr() as usize;
     s.split(|c: char| !c.is_alphanumeric())
-        .scan(0usize, move |off, part| {
-            let here = *off;
-            *off += part.len() + 1;
-            Some((here, part))
-        })
-        .filter(|(_, p)| !p.is_empty())
+        .filter(|p| !p.is_empty())
+        .map(move |p| (p.as_ptr() as usize - base, p))
 }
 
 /// `DatePicker` → [Date, Picker]; `WCAG` → [WCAG]; `llama3` → [llama3].
@@ -354,6 +353,16 @@ mod tests {
         assert!(terms("validate the staging .env now").contains(&SHAPE_FILE.to_string()));
         assert!(!terms("release 4.2 train").contains(&SHAPE_FILE.to_string()));
         assert!(!terms("a well-known thing").contains(&SHAPE_KEY.to_string()));
+    }
+
+    #[test]
+    fn positions_stay_on_char_boundaries_after_multibyte_separators() {
+        let text = "docker—compose·file naïve Größe";
+        for t in Analyzer::new().analyze(text) {
+            assert!(text.is_char_boundary(t.pos), "{t:?}");
+        }
+        let toks = Analyzer::new().analyze("docker—compose");
+        assert_eq!(toks.last().unwrap().pos, "docker—".len());
     }
 
     #[test]
