@@ -409,10 +409,24 @@ impl Store {
             );
             return Err(e);
         }
+        // Owner and access before, only needed if the merge deletes.
         let (before_hash, before) = match self.entries.get(key) {
-            Some(s) => (Some(s.hash), owner_access(&s.state)),
+            Some(s) if state.is_tombstone() || state.gen > s.state.gen => {
+                (Some(s.hash), owner_access(&s.state))
+            }
+            Some(s) => (Some(s.hash), None),
             None => (None, None),
         };
+        // Nothing new: same generation, no change this replica lacks.
+        if let Some(s) = self.entries.get(key) {
+            let st = &s.state;
+            if st.gen == state.gen
+                && state.version <= st.version
+                && (st.is_tombstone() || !state.is_tombstone())
+            {
+                return Ok(Vec::new());
+            }
+        }
         match self.entries.get_mut(key) {
             Some(slot) => {
                 let gen = slot.state.gen;

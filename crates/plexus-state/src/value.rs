@@ -259,39 +259,50 @@ impl FieldMap {
 
     /// Join another replica's map.
     pub fn join(&mut self, other: FieldMap) {
-        let (actx, bctx) = (&self.ctx, &other.ctx);
-        let mut fields = BTreeMap::new();
-        let mut mine = std::mem::take(&mut self.fields);
-        let names: BTreeSet<String> = mine.keys().chain(other.fields.keys()).cloned().collect();
-        let mut theirs = other.fields;
-        for name in names {
-            let a = mine.remove(&name).unwrap_or_default();
-            let b = theirs.remove(&name).unwrap_or_default();
-            let mut set = BTreeMap::new();
-            let members: BTreeSet<String> = a.set.keys().chain(b.set.keys()).cloned().collect();
-            let (mut aset, mut bset) = (a.set, b.set);
-            for m in members {
-                let dots = join_dots(
-                    aset.remove(&m).unwrap_or_default(),
-                    bset.remove(&m).unwrap_or_default(),
-                    actx,
-                    bctx,
-                );
-                if !dots.is_empty() {
-                    set.insert(m, dots);
+        self.join_from(&other);
+    }
+
+    /// Join another replica's map, in place: only what is new is cloned,
+    /// so joining two large maps that mostly agree allocates little.
+    pub fn join_from(&mut self, other: &FieldMap) {
+        let FieldMap { ctx: actx, fields } = self;
+        let bctx = &other.ctx;
+        let mut theirs = other.fields.iter().peekable();
+        let mut only_theirs: Vec<(&String, &FieldStores)> = Vec::new();
+        let mut emptied = false;
+        for (name, a) in fields.iter_mut() {
+            while let Some((k, b)) = theirs.peek() {
+                if *k < name {
+                    only_theirs.push((k, b));
+                    theirs.next();
+                } else {
+                    break;
                 }
             }
-            let st = FieldStores {
-                reg: join_fun(a.reg, b.reg, actx, bctx),
-                counter: join_fun(a.counter, b.counter, actx, bctx),
-                set,
-            };
+            match theirs.peek() {
+                Some((k, b)) if *k == name => {
+                    // Equal content joins to itself (the common case).
+                    if a != *b {
+                        join_stores(a, b, actx, bctx);
+                    }
+                    theirs.next();
+                }
+                _ => forget_seen(a, bctx),
+            }
+            emptied |= a.is_empty();
+        }
+        only_theirs.extend(theirs);
+        if emptied {
+            fields.retain(|_, st| !st.is_empty());
+        }
+        for (name, b) in only_theirs {
+            let mut st = FieldStores::default();
+            join_stores(&mut st, b, actx, bctx);
             if !st.is_empty() {
-                fields.insert(name, st);
+                fields.insert(name.clone(), st);
             }
         }
-        self.fields = fields;
-        self.ctx.merge(other.ctx);
+        actx.merge(bctx.clone());
     }
 
     /// Type shown for `field`, if present.
@@ -308,47 +319,65 @@ impl FieldMap {
     }
 }
 
-/// Causal join of two dot-tagged functions.
-fn join_fun<V>(
-    a: BTreeMap<MapDot, V>,
-    mut b: BTreeMap<MapDot, V>,
-    actx: &Version,
-    bctx: &Version,
-) -> BTreeMap<MapDot, V> {
-    let mut out = BTreeMap::new();
-    for (d, v) in a {
-        let in_b = b.remove(&d).is_some();
-        if in_b || !FieldMap::has_seen(bctx, &d) {
-            out.insert(d, v);
+/// Causal join of one field's stores, in place (`actx`: the context of
+/// `a`'s map, `bctx`: of `b`'s).
+fn join_stores(a: &mut FieldStores, b: &FieldStores, actx: &Version, bctx: &Version) {
+    join_fun(&mut a.reg, &b.reg, actx, bctx);
+    join_fun(&mut a.counter, &b.counter, actx, bctx);
+    for (m, dots) in a.set.iter_mut() {
+        match b.set.get(m) {
+            Some(theirs) => join_dots(dots, theirs, actx, bctx),
+            None => dots.retain(|d| !FieldMap::has_seen(bctx, d)),
         }
     }
-    for (d, v) in b {
-        if !FieldMap::has_seen(actx, &d) {
-            out.insert(d, v);
+    for (m, theirs) in &b.set {
+        if !a.set.contains_key(m) {
+            let dots: BTreeSet<MapDot> = theirs
+                .iter()
+                .filter(|d| !FieldMap::has_seen(actx, d))
+                .cloned()
+                .collect();
+            if !dots.is_empty() {
+                a.set.insert(m.clone(), dots);
+            }
         }
     }
-    out
+    a.set.retain(|_, dots| !dots.is_empty());
 }
 
-/// Causal join of two dot sets.
-fn join_dots(
-    a: BTreeSet<MapDot>,
-    b: BTreeSet<MapDot>,
+/// Join with a side that lacks the field: drop what that side has seen.
+fn forget_seen(a: &mut FieldStores, bctx: &Version) {
+    a.reg.retain(|d, _| !FieldMap::has_seen(bctx, d));
+    a.counter.retain(|d, _| !FieldMap::has_seen(bctx, d));
+    a.set.retain(|_, dots| {
+        dots.retain(|d| !FieldMap::has_seen(bctx, d));
+        !dots.is_empty()
+    });
+}
+
+/// Causal join of two dot-tagged functions, into `a`.
+fn join_fun<V: Clone>(
+    a: &mut BTreeMap<MapDot, V>,
+    b: &BTreeMap<MapDot, V>,
     actx: &Version,
     bctx: &Version,
-) -> BTreeSet<MapDot> {
-    let mut out = BTreeSet::new();
-    for d in &a {
-        if b.contains(d) || !FieldMap::has_seen(bctx, d) {
-            out.insert(d.clone());
+) {
+    a.retain(|d, _| b.contains_key(d) || !FieldMap::has_seen(bctx, d));
+    for (d, v) in b {
+        if !FieldMap::has_seen(actx, d) && !a.contains_key(d) {
+            a.insert(d.clone(), v.clone());
         }
     }
+}
+
+/// Causal join of two dot sets, into `a`.
+fn join_dots(a: &mut BTreeSet<MapDot>, b: &BTreeSet<MapDot>, actx: &Version, bctx: &Version) {
+    a.retain(|d| b.contains(d) || !FieldMap::has_seen(bctx, d));
     for d in b {
-        if !a.contains(&d) && !FieldMap::has_seen(actx, &d) {
-            out.insert(d);
+        if !FieldMap::has_seen(actx, d) && !a.contains(d) {
+            a.insert(d.clone());
         }
     }
-    out
 }
 
 /// The value of an entry: one CRDT.

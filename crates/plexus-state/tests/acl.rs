@@ -315,8 +315,8 @@ fn revocation_is_judged_the_same_everywhere() {
             NOW,
         )
         .expect("create");
-    for i in 1..3 {
-        deliver(&mut s[i], "n0", &c.deltas, NOW);
+    for st in s.iter_mut().skip(1) {
+        deliver(st, "n0", &c.deltas, NOW);
     }
     // Concurrently: the owner revokes on n0, the friend increments on n1.
     let revoke = s[0]

@@ -19,7 +19,11 @@ const NOW: u64 = 1_700_000_000_000;
 /// Naive anti-entropy: `from` sends its state only if its clock is not
 /// dominated by the peer's (the peer "has everything").
 fn naive_gossip(from: &Orswot<String, String>, to: &mut Orswot<String, String>) {
-    if !(from.clock() <= to.clock()) {
+    let dominated = matches!(
+        from.clock().partial_cmp(&to.clock()),
+        Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+    );
+    if !dominated {
         to.merge(from.clone());
     }
 }
@@ -111,7 +115,7 @@ fn removal_spreads_as_whole_state() {
         delta_log_per_key: 0,
         ..StoreConfig::default()
     };
-    let mut s = vec![Store::new("n0", cfg.clone()), Store::new("n1", cfg)];
+    let mut s = [Store::new("n0", cfg.clone()), Store::new("n1", cfg)];
     let c = s[0].add("p", "k", "x", NOW).expect("add");
     deliver(&mut s[1], "n0", &c.deltas, NOW);
     s[1].remove("p", "k", "x", NOW + 1).expect("remove");
