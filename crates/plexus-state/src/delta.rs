@@ -200,8 +200,47 @@ impl StateEvent {
         }
     }
 
-    /// The bus topic for this event.
+    /// The bus topic for this event: `state/changes/{key}`, always a valid
+    /// concrete topic. The key's `/` separate segments; `*`, `%`, whitespace
+    /// and control characters are percent-encoded (and `/` too if the key
+    /// has an empty segment); a topic longer than [`MAX_TOPIC_BYTES`] ends in
+    /// `~` and a hash of the key instead. Subscribe to `state/changes/**`;
+    /// the event carries the exact key.
     pub fn topic(&self) -> String {
-        format!("state/changes/{}", self.key)
+        topic_for(&self.key)
     }
+}
+
+/// Longest bus topic (the bus refuses longer ones).
+pub const MAX_TOPIC_BYTES: usize = 256;
+
+/// Topic prefix of state-change events.
+pub const TOPIC_PREFIX: &str = "state/changes/";
+
+/// The bus topic of changes to `key` (see [`StateEvent::topic`]).
+pub fn topic_for(key: &str) -> String {
+    use std::fmt::Write;
+    let keep_slash = !key.split('/').any(str::is_empty);
+    let mut t = String::with_capacity(TOPIC_PREFIX.len() + key.len());
+    t.push_str(TOPIC_PREFIX);
+    for c in key.chars() {
+        let escape = c == '*'
+            || c == '%'
+            || c.is_whitespace()
+            || c.is_control()
+            || (c == '/' && !keep_slash);
+        if escape {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(t, "%{b:02X}");
+            }
+        } else {
+            t.push(c);
+        }
+    }
+    if t.len() > MAX_TOPIC_BYTES || key.is_empty() {
+        let h = crate::digest::Fnv::new().str(key).finish();
+        t = format!("{TOPIC_PREFIX}~{h:016x}");
+    }
+    t
 }

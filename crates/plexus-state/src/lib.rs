@@ -36,7 +36,9 @@ pub mod types;
 pub mod value;
 
 pub use audit::{AuditLog, AuditQuery, AuditRecord, Outcome, Source};
-pub use delta::{ChangeKind, Delta, DeltaOp, Prev, StateEvent};
+pub use delta::{
+    topic_for, ChangeKind, Delta, DeltaOp, Prev, StateEvent, MAX_TOPIC_BYTES, TOPIC_PREFIX,
+};
 pub use digest::{bucket_of, Digest, KeyDigest, KeySummary, SyncItem, BUCKETS};
 pub use durable::{DurableConfig, DurableStore};
 pub use entry::{Body, Creation, EntryInfo, EntryState, Live, Meta};

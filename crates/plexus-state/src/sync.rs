@@ -217,11 +217,14 @@ impl Store {
         GossipMsg::Digest(self.digest())
     }
 
-    /// Per-key summaries of the keys in `buckets`.
+    /// Per-key summaries of the keys in `buckets` (ids out of range and
+    /// repeats, which only a faulty peer sends, are ignored).
     pub fn key_digest(&self, buckets: &[u16]) -> KeyDigest {
         let wanted = bucket_mask(buckets);
         KeyDigest {
-            buckets: buckets.to_vec(),
+            buckets: (0..BUCKETS as u16)
+                .filter(|b| wanted[*b as usize])
+                .collect(),
             keys: self
                 .entries
                 .iter()

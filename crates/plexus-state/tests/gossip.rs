@@ -183,3 +183,65 @@ fn durable_gossip_round_trip() {
         Some(plexus_state::View::Counter(5))
     );
 }
+
+/// A faulty peer listing buckets many times, or out of range, gets one
+/// summary per real bucket.
+#[test]
+fn repeated_buckets_do_not_amplify() {
+    let mut s = stores(1);
+    for i in 0..100 {
+        s[0].incr("p", &format!("k{i}"), 1, NOW).expect("incr");
+    }
+    let summary = plexus_state::KeyDigest {
+        buckets: [vec![7u16; 10_000], vec![60_000u16; 10]].concat(),
+        keys: Vec::new(),
+    };
+    let out = s[0].handle_gossip(
+        "evil",
+        GossipMsg::Summaries {
+            summary,
+            reply: true,
+        },
+        NOW,
+        1 << 20,
+    );
+    for m in &out.replies {
+        if let GossipMsg::Summaries { summary, .. } = m {
+            assert_eq!(summary.buckets, vec![7]);
+        }
+    }
+}
+
+/// Event topics are always valid concrete bus topics.
+#[test]
+fn event_topics_are_valid() {
+    fn valid(t: &str) -> bool {
+        t.len() <= 256
+            && !t
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '*')
+            && !t.split('/').any(str::is_empty)
+    }
+    for key in [
+        "a",
+        "ctx/jira/1",
+        "a//b",
+        "/lead",
+        "trail/",
+        "sp ace",
+        "star*",
+        "100%",
+        "tab\tx",
+        &"k".repeat(400),
+    ] {
+        let t = plexus_state::topic_for(key);
+        assert!(t.starts_with(plexus_state::TOPIC_PREFIX), "{t}");
+        assert!(valid(&t), "{key:?} -> {t:?}");
+    }
+    assert_eq!(
+        plexus_state::topic_for("ctx/jira/1"),
+        "state/changes/ctx/jira/1"
+    );
+    assert_eq!(plexus_state::topic_for("a//b"), "state/changes/a%2F%2Fb");
+    assert_eq!(plexus_state::topic_for("star*"), "state/changes/star%2A");
+}
