@@ -287,3 +287,55 @@ fn a_failing_plugin_is_served_by_its_fallback_then_heals_through_half_open() {
         (breaker(&c, "weather")? == "closed").then_some(())
     });
 }
+
+#[test]
+fn a_request_resent_with_the_same_key_has_one_effect() {
+    let (_t, mut c) = cluster();
+    let send = |c: &Cluster, key: &str| {
+        plexus(&[
+            "exec",
+            "--connect",
+            &c.nodes[0].api,
+            "--plugin",
+            "patient",
+            "--command",
+            "write",
+            "--input",
+            r#"{"amount":5}"#,
+            "--idempotency-key",
+            key,
+            "--json",
+        ])
+    };
+    let a = send(&c, "order-1");
+    let b = send(&c, "order-1");
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(b.code, 0, "{b:?}");
+    assert_eq!(a.json()["output"], b.json()["output"]);
+    let _ = send(&c, "order-2");
+    // The key is remembered across a restart of the plugin's node.
+    c.node_mut("node2").restart();
+    c.wait_members(0, Duration::from_secs(15), |ms| {
+        ms.iter()
+            .any(|m| m["name"] == "node2" && m["status"] == "up" && m["generation"] == 2)
+    });
+    wait_for(
+        Duration::from_secs(10),
+        "patient to be available again",
+        || (c.plugin_status(0, "patient")? == "available").then_some(()),
+    );
+    let again = send(&c, "order-1");
+    assert_eq!(again.code, 0, "{again:?}");
+    let log =
+        std::fs::read_to_string(c.node("node2").data_dir.join("effects/patient.jsonl")).unwrap();
+    let keys: Vec<String> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys, vec!["order-1", "order-2"], "{log}");
+}

@@ -10,6 +10,7 @@ pub mod ask;
 pub mod breaker_actor;
 pub mod config;
 pub mod ctx;
+pub mod effects;
 pub mod gateway;
 pub mod membership_actor;
 pub mod plugins;

@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::breaker_actor::{BreakerActor, BreakerArgs, BreakerMsg, CallResult, Refused};
 use crate::ctx::{actor_name, NodeCtx};
+use crate::effects::EffectLog;
 use crate::gateway::cast_named;
 use crate::registry::RegistryMsg;
 use crate::supervisor::NodeSupervisorMsg;
@@ -156,12 +157,14 @@ pub struct PluginHostArgs {
     pub ctx: Arc<NodeCtx>,
     pub plugin: Arc<Plugin>,
     pub handler: Arc<dyn CommandHandler>,
+    pub effects: Option<Arc<EffectLog>>,
 }
 
 pub struct PluginHostState {
     ctx: Arc<NodeCtx>,
     plugin: Arc<Plugin>,
     handler: Arc<dyn CommandHandler>,
+    effects: Option<Arc<EffectLog>>,
     pump: tokio::task::JoinHandle<()>,
 }
 
@@ -262,6 +265,7 @@ impl Actor for PluginHost {
             ctx: a.ctx,
             plugin: a.plugin,
             handler: a.handler,
+            effects: a.effects,
             pump,
         })
     }
@@ -321,6 +325,7 @@ impl Actor for PluginHost {
         }
         let _ = taken.send(());
         let handler = st.handler.clone();
+        let effects = st.effects.clone();
         let ctx = st.ctx.clone();
         let timeout = env
             .metadata
@@ -331,9 +336,35 @@ impl Actor for PluginHost {
             let _permit = permit;
             let span = tracing::info_span!("exec", plugin = %req.plugin, command = %req.command, trace_id = ?req.trace_id);
             let _g = span.enter();
-            let result = match tokio::time::timeout(timeout, handler.execute(req.clone())).await {
-                Ok(r) => r,
-                Err(_) => Err(HandlerError::Timeout(timeout.as_millis() as u64)),
+            // A request with an idempotency key runs at most once to success.
+            let keyed = req.idempotency_key.clone().zip(effects);
+            let _held = match &keyed {
+                Some((k, log)) => Some(log.lock(k).await),
+                None => None,
+            };
+            let recorded = keyed.as_ref().and_then(|(k, log)| log.get(k));
+            let result = match recorded {
+                Some(o) => {
+                    tracing::debug!(key = ?req.idempotency_key, "duplicate request: answering from the effect log");
+                    Ok(o)
+                }
+                None => {
+                    let r = match tokio::time::timeout(timeout, handler.execute(req.clone())).await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(HandlerError::Timeout(timeout.as_millis() as u64)),
+                    };
+                    match (&r, &keyed) {
+                        (Ok(o), Some((k, log))) => match log.record(k, &req.command, o) {
+                            Ok(()) => r,
+                            Err(e) => Err(HandlerError::Failed(format!(
+                                "could not record the effect durably in {}: {e}",
+                                log.path().display()
+                            ))),
+                        },
+                        _ => r,
+                    }
+                }
             };
             let outcome = match &result {
                 Ok(_) => CallResult::Success,
@@ -444,6 +475,7 @@ pub enum PluginSupervisorMsg {
 struct Hosted {
     plugin: Arc<Plugin>,
     handler: Arc<dyn CommandHandler>,
+    effects: Option<Arc<EffectLog>>,
     intensity: RestartIntensity,
     actor: Option<ActorCell>,
     status: PluginStatus,
@@ -476,6 +508,13 @@ impl Actor for PluginSupervisor {
                 Hosted {
                     plugin: p.clone(),
                     handler: make_handler(p),
+                    effects: match EffectLog::open(&ctx.config.data_dir.join("effects"), &p.name) {
+                        Ok(l) => Some(Arc::new(l)),
+                        Err(e) => {
+                            tracing::error!(plugin = %p.name, error = %e, "no effect log: duplicate requests will run again");
+                            None
+                        }
+                    },
                     intensity: RestartIntensity::new(
                         pl.max_restarts,
                         Duration::from_secs(pl.restart_window_secs),
@@ -542,6 +581,7 @@ impl Actor for PluginSupervisor {
             ctx: st.ctx.clone(),
             plugin: h.plugin.clone(),
             handler: h.handler.clone(),
+            effects: h.effects.clone(),
         };
         match Actor::spawn_linked(
             Some(actor_name(&node, &format!("plugin:{name}"))),
