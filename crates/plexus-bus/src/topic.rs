@@ -64,9 +64,23 @@ pub fn validate_pattern(pattern: &str) -> Result<(), TopicError> {
 
 /// Does `pattern` match `topic`? (Reference implementation; the trie is the fast path.)
 pub fn matches(pattern: &str, topic: &str) -> bool {
-    let p: Vec<&str> = pattern.split('/').collect();
-    let t: Vec<&str> = topic.split('/').collect();
-    match_segs(&p, &t)
+    with_segments(pattern, |p| with_segments(topic, |t| match_segs(p, t)))
+}
+
+/// Split on `/` into a stack buffer (no allocation for the usual depth).
+fn with_segments<R>(s: &str, f: impl FnOnce(&[&str]) -> R) -> R {
+    const N: usize = 16;
+    let mut buf: [&str; N] = [""; N];
+    let mut n = 0;
+    for seg in s.split('/') {
+        if n == N {
+            let v: Vec<&str> = s.split('/').collect();
+            return f(&v);
+        }
+        buf[n] = seg;
+        n += 1;
+    }
+    f(&buf[..n])
 }
 
 fn match_segs(p: &[&str], t: &[&str]) -> bool {
@@ -164,8 +178,7 @@ impl<V: PartialEq + Clone> TopicTrie<V> {
     /// several `**` can match one topic in more than one way and is then
     /// reported more than once; [`TopicTrie::matches`] deduplicates.
     pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&V)) {
-        let segs: Vec<&str> = topic.split('/').collect();
-        match_rec(&self.root, &segs, &mut f);
+        with_segments(topic, |segs| match_rec(&self.root, segs, &mut f));
     }
 
     /// All values matching `topic`, deduplicated.
@@ -249,6 +262,18 @@ fn match_rec<V>(node: &Node<V>, segs: &[&str], f: &mut impl FnMut(&V)) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn deep_topics_past_the_stack_buffer() {
+        let deep: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+        let topic = deep.join("/");
+        assert!(matches("s0/**/s39", &topic));
+        assert!(!matches("s0/**/s38", &topic));
+        let mut t = TopicTrie::new();
+        t.insert("s0/**", 1);
+        t.insert(&topic, 2);
+        assert_eq!(t.matches(&topic), vec![1, 2]);
+    }
 
     #[test]
     fn wildcards() {
