@@ -120,6 +120,7 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/v1/route", post(route))
         .route("/v1/ask", post(ask))
         .route("/v1/dead-letters", get(dead_letters))
+        .merge(crate::state_api::routes())
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(ctx)

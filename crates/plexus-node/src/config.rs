@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub membership: MembershipSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub state: StateSection,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -84,6 +86,106 @@ pub struct LimitsSection {
     pub max_payload_bytes: Option<usize>,
 }
 
+/// The `[state]` table: replicated state (anti-entropy and consistency).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// Time between anti-entropy rounds (default 500 ms).
+    pub gossip_interval_ms: Option<u64>,
+    /// Peers a round talks to (default 2).
+    pub gossip_fanout: Option<usize>,
+    /// Largest state protocol message (default 256 KiB).
+    pub max_message_bytes: Option<usize>,
+    /// Time between expiry purges (default 1000 ms).
+    pub purge_interval_ms: Option<u64>,
+    /// Default timeout of majority/all reads and writes (default 3000 ms).
+    pub consistency_timeout_ms: Option<u64>,
+}
+
+/// Validated `[state]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    pub gossip_interval: Duration,
+    pub gossip_fanout: usize,
+    pub max_message_bytes: usize,
+    pub purge_interval: Duration,
+    pub consistency_timeout: Duration,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            gossip_interval: Duration::from_millis(500),
+            gossip_fanout: 2,
+            max_message_bytes: 256 * 1024,
+            purge_interval: Duration::from_millis(1000),
+            consistency_timeout: Duration::from_millis(3000),
+        }
+    }
+}
+
+impl StateSection {
+    fn finish(&self, max_frame_bytes: usize) -> Result<StateConfig, ConfigError> {
+        let d = StateConfig::default();
+        let bad = |field: &str, message: String| ConfigError::Invalid {
+            field: format!("state.{field}"),
+            message,
+        };
+        let interval = self
+            .gossip_interval_ms
+            .unwrap_or(d.gossip_interval.as_millis() as u64);
+        if !(10..=600_000).contains(&interval) {
+            return Err(bad(
+                "gossip_interval_ms",
+                format!("{interval} must be between 10 and 600000"),
+            ));
+        }
+        let fanout = self.gossip_fanout.unwrap_or(d.gossip_fanout);
+        if !(1..=64).contains(&fanout) {
+            return Err(bad(
+                "gossip_fanout",
+                format!("{fanout} must be between 1 and 64"),
+            ));
+        }
+        let max = self.max_message_bytes.unwrap_or(d.max_message_bytes);
+        let ceiling = max_frame_bytes.saturating_sub(16 * 1024);
+        if max < plexus_state::MIN_MESSAGE_BYTES || max > ceiling {
+            return Err(bad(
+                "max_message_bytes",
+                format!(
+                    "{max} must be between {} and {ceiling} (limits.max_frame_bytes minus 16 KiB)",
+                    plexus_state::MIN_MESSAGE_BYTES
+                ),
+            ));
+        }
+        let purge = self
+            .purge_interval_ms
+            .unwrap_or(d.purge_interval.as_millis() as u64);
+        if !(10..=3_600_000).contains(&purge) {
+            return Err(bad(
+                "purge_interval_ms",
+                format!("{purge} must be between 10 and 3600000"),
+            ));
+        }
+        let timeout = self
+            .consistency_timeout_ms
+            .unwrap_or(d.consistency_timeout.as_millis() as u64);
+        if !(1..=600_000).contains(&timeout) {
+            return Err(bad(
+                "consistency_timeout_ms",
+                format!("{timeout} must be between 1 and 600000"),
+            ));
+        }
+        Ok(StateConfig {
+            gossip_interval: Duration::from_millis(interval),
+            gossip_fanout: fanout,
+            max_message_bytes: max,
+            purge_interval: Duration::from_millis(purge),
+            consistency_timeout: Duration::from_millis(timeout),
+        })
+    }
+}
+
 /// A complete, validated node configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -102,6 +204,8 @@ pub struct NodeConfig {
     pub max_frame_bytes: usize,
     pub request_timeout: Duration,
     pub max_payload_bytes: usize,
+    /// Replicated state settings (`[state]`).
+    pub state: StateConfig,
 }
 
 impl NodeConfig {
@@ -264,7 +368,9 @@ impl FileConfig {
                 message: "must leave at least 64 KiB of the frame limit for headers".into(),
             });
         }
+        let state = self.state.finish(max_frame_bytes)?;
         Ok(NodeConfig {
+            state,
             data_dir: n
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(".plexus").join(&name)),
@@ -344,6 +450,46 @@ mod tests {
         std::fs::write(&p, "[node]\nnmae = \"n1\"\n").unwrap();
         let e = read_file(&p).unwrap_err().to_string();
         assert!(e.contains("n.toml:2") && e.contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn state_section_defaults_and_validation() {
+        let c = fc(Some("n1"), Some("127.0.0.1:7101")).finish().unwrap();
+        assert_eq!(c.state, StateConfig::default());
+        assert_eq!(c.state.gossip_interval, Duration::from_millis(500));
+        assert_eq!(c.state.gossip_fanout, 2);
+        assert_eq!(c.state.max_message_bytes, 256 * 1024);
+        for (field, f) in [
+            (
+                "state.gossip_interval_ms",
+                (|s: &mut StateSection| s.gossip_interval_ms = Some(0)) as fn(&mut StateSection),
+            ),
+            ("state.gossip_fanout", |s| s.gossip_fanout = Some(0)),
+            ("state.max_message_bytes", |s| {
+                s.max_message_bytes = Some(100)
+            }),
+            ("state.max_message_bytes", |s| {
+                s.max_message_bytes = Some(1 << 30)
+            }),
+            ("state.purge_interval_ms", |s| s.purge_interval_ms = Some(1)),
+        ] {
+            let mut c = fc(Some("n1"), Some("127.0.0.1:7101"));
+            f(&mut c.state);
+            let e = c.finish().unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        std::fs::write(&p, "[state]\ngossip_interval_ms = 100\ngossip_fanout = 3\n").unwrap();
+        let mut f = read_file(&p).unwrap();
+        f.node.name = Some("n1".into());
+        f.node.listen = Some("127.0.0.1:1".into());
+        let c = f.finish().unwrap();
+        assert_eq!(c.state.gossip_interval, Duration::from_millis(100));
+        assert_eq!(c.state.gossip_fanout, 3);
+        std::fs::write(&p, "[state]\ngossip_intervl_ms = 100\n").unwrap();
+        let e = read_file(&p).unwrap_err().to_string();
+        assert!(e.contains("n.toml:2"), "{e}");
     }
 
     #[test]

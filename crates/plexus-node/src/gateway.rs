@@ -9,6 +9,7 @@ use ractor::{pg, Actor, ActorProcessingErr, ActorRef};
 use crate::ctx::{actor_name, gateway_group, NodeCtx};
 use crate::membership_actor::MembershipMsg;
 use crate::registry::RegistryMsg;
+use crate::state_actor::StateMsg;
 use crate::wire::{GatewayMsg, Wire, WireFrame};
 
 pub struct Gateway;
@@ -62,6 +63,14 @@ fn dispatch(ctx: &NodeCtx, frame: WireFrame) {
         Wire::Foca(p) => cast_named(node, "membership", MembershipMsg::Packet(p)),
         Wire::Announce(a) => cast_named(node, "registry", RegistryMsg::Announce(a)),
         Wire::Bus(f) => ctx.bus.handle_frame(&frame.from, *f),
+        Wire::State(bytes) => cast_named(
+            node,
+            "state",
+            StateMsg::Peer {
+                from: frame.from,
+                bytes,
+            },
+        ),
     }
 }
 

@@ -16,6 +16,8 @@ pub mod membership_actor;
 pub mod plugins;
 pub mod registry;
 pub mod router_actor;
+pub mod state_actor;
+pub mod state_api;
 pub mod supervisor;
 pub mod wire;
 

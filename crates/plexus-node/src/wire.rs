@@ -35,6 +35,9 @@ pub enum Wire {
     Announce(NodeAnnounce),
     /// Message bus traffic.
     Bus(Box<BusFrame>),
+    /// Replicated state protocol: one encoded
+    /// [`StateWire`](crate::state_actor::StateWire).
+    State(Vec<u8>),
 }
 
 /// A plugin as its host node describes it to the cluster.

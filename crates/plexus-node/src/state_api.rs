@@ -1,0 +1,401 @@
+//! `/v1/state/...`: the replicated state over HTTP. Every call names the
+//! acting plugin (`as`); the replica checks it against the entry's access
+//! level. Errors are problem documents: 403 names the access rule, 404 an
+//! unknown key, 504 a consistency level not reached in time (with the acks
+//! that did arrive).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use plexus_state::{Access, AuditQuery, AuditRecord, Consistency, Lease};
+use ractor::{ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+
+use crate::api::Problem;
+use crate::ctx::{actor_name, NodeCtx};
+use crate::state_actor::{
+    parse_consistency, ReadDone, ReadReq, StateMsg, StateProblem, WriteDone, WriteOp, WriteReq,
+};
+
+/// Body of the write endpoints (`put`, `incr`, `add`, `remove`, `delete`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteBody {
+    /// The acting plugin.
+    #[serde(rename = "as")]
+    pub plugin: String,
+    pub key: String,
+    /// `put`: the JSON value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    /// `incr`: amount (negative counts down; default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<i64>,
+    /// `add` / `remove`: set members.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+    /// `public` | `protected` | `private` (creates the key with it, or
+    /// changes it: owner only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<String>,
+    /// Plugins that may read and write a `protected` key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<String>,
+    /// Expire this long from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// `local` (default) | `majority` | `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Query of `GET /v1/state/get`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GetQuery {
+    #[serde(rename = "as")]
+    pub plugin: String,
+    pub key: String,
+    #[serde(default)]
+    pub consistency: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Query of `GET /v1/state/list`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListQuery {
+    #[serde(rename = "as")]
+    pub plugin: String,
+}
+
+/// Answer of `GET /v1/state/list`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListReply {
+    pub node: String,
+    pub keys: Vec<String>,
+}
+
+/// Query of `GET /v1/state/audit`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditParams {
+    #[serde(rename = "as")]
+    pub plugin: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Only changes authored by this plugin.
+    #[serde(default)]
+    pub author: Option<String>,
+    /// `true`: accepted only; `false`: rejected only.
+    #[serde(default)]
+    pub accepted: Option<bool>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Answer of `GET /v1/state/audit`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditReply {
+    pub node: String,
+    pub records: Vec<AuditRecord>,
+}
+
+/// Body of `POST /v1/state/lease/acquire`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseBody {
+    #[serde(rename = "as")]
+    pub plugin: String,
+    pub name: String,
+    pub ttl_ms: u64,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Body of `POST /v1/state/lease/release`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseBody {
+    #[serde(rename = "as")]
+    pub plugin: String,
+    pub name: String,
+    pub token: u64,
+}
+
+/// Answer of `POST /v1/state/lease/release`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseReply {
+    pub released: bool,
+}
+
+/// The state routes (merged into [`crate::api::router`]).
+pub fn routes() -> Router<Arc<NodeCtx>> {
+    Router::new()
+        .route("/v1/state/put", post(put))
+        .route("/v1/state/incr", post(incr))
+        .route("/v1/state/add", post(add))
+        .route("/v1/state/remove", post(remove))
+        .route("/v1/state/delete", post(delete))
+        .route("/v1/state/get", get(read))
+        .route("/v1/state/list", get(list))
+        .route("/v1/state/audit", get(audit))
+        .route("/v1/state/lease/acquire", post(lease_acquire))
+        .route("/v1/state/lease/release", post(lease_release))
+}
+
+fn bad(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "bad-request", detail)
+}
+
+fn to_problem(p: StateProblem) -> Problem {
+    let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Problem::new(status, p.kind, p.detail)
+}
+
+fn check_plugin(p: &str) -> Result<(), Problem> {
+    if p.trim().is_empty() {
+        return Err(bad("`as` (the acting plugin) is required"));
+    }
+    Ok(())
+}
+
+fn parse_access(access: Option<&str>, readers: &[String]) -> Result<Option<Access>, Problem> {
+    match access {
+        None if readers.is_empty() => Ok(None),
+        None | Some("protected") => Ok(Some(Access::protected(readers.iter().cloned()))),
+        Some("public") | Some("private") if !readers.is_empty() => {
+            Err(bad("readers are only allowed with access `protected`"))
+        }
+        Some("public") => Ok(Some(Access::Public)),
+        Some("private") => Ok(Some(Access::Private)),
+        Some(other) => Err(bad(format!(
+            "unknown access {other:?}: use public, protected or private"
+        ))),
+    }
+}
+
+fn consistency(
+    ctx: &NodeCtx,
+    c: Option<&str>,
+    t: Option<u64>,
+) -> Result<(Consistency, Duration), Problem> {
+    let level = match c {
+        None => Consistency::Local,
+        Some(s) => parse_consistency(s).map_err(bad)?,
+    };
+    let timeout = match t {
+        None => ctx.config.state.consistency_timeout,
+        Some(0) => return Err(bad("timeout_ms must be positive")),
+        Some(ms) => Duration::from_millis(ms.min(600_000)),
+    };
+    Ok((level, timeout))
+}
+
+fn actor(ctx: &NodeCtx) -> Result<ActorRef<StateMsg>, Problem> {
+    ractor::registry::where_is(actor_name(ctx.name(), "state"))
+        .map(ActorRef::from)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "restarting",
+                "the state replica is restarting",
+            )
+        })
+}
+
+async fn ask<T: Send + 'static>(
+    ctx: &NodeCtx,
+    wait: Duration,
+    build: impl FnOnce(RpcReplyPort<Result<T, StateProblem>>) -> StateMsg,
+) -> Result<T, Problem> {
+    let a = actor(ctx)?;
+    let r = a
+        .call(build, Some(wait + Duration::from_secs(5)))
+        .await
+        .ok()
+        .and_then(|r| r.success_or(()).ok())
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the state replica did not answer",
+            )
+        })?;
+    r.map_err(to_problem)
+}
+
+fn json_body<T>(ctx: &NodeCtx, b: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
+    let _ = ctx;
+    b.map(|Json(x)| x)
+        .map_err(|e| bad(format!("malformed request: {}", e.body_text())))
+}
+
+async fn write(ctx: &NodeCtx, b: WriteBody, op: WriteOp) -> Result<Json<WriteDone>, Problem> {
+    check_plugin(&b.plugin)?;
+    let access = parse_access(b.access.as_deref(), &b.readers)?;
+    let (level, timeout) = consistency(ctx, b.consistency.as_deref(), b.timeout_ms)?;
+    let req = WriteReq {
+        plugin: b.plugin,
+        key: b.key,
+        op,
+        access,
+        ttl_ms: b.ttl_ms,
+        consistency: level,
+        timeout,
+    };
+    ask(ctx, timeout, |r| StateMsg::Write(req, r))
+        .await
+        .map(Json)
+}
+
+async fn put(
+    State(ctx): State<Arc<NodeCtx>>,
+    b: Result<Json<WriteBody>, JsonRejection>,
+) -> Result<Json<WriteDone>, Problem> {
+    let mut b = json_body(&ctx, b)?;
+    let v = b.value.take().ok_or_else(|| bad("`value` is required"))?;
+    write(&ctx, b, WriteOp::Put(v)).await
+}
+
+async fn incr(
+    State(ctx): State<Arc<NodeCtx>>,
+    b: Result<Json<WriteBody>, JsonRejection>,
+) -> Result<Json<WriteDone>, Problem> {
+    let b = json_body(&ctx, b)?;
+    let by = b.by.unwrap_or(1);
+    write(&ctx, b, WriteOp::Incr(by)).await
+}
+
+async fn add(
+    State(ctx): State<Arc<NodeCtx>>,
+    b: Result<Json<WriteBody>, JsonRejection>,
+) -> Result<Json<WriteDone>, Problem> {
+    let b = json_body(&ctx, b)?;
+    if b.members.is_empty() {
+        return Err(bad("`members` must name at least one member"));
+    }
+    let m = b.members.clone();
+    write(&ctx, b, WriteOp::Add(m)).await
+}
+
+async fn remove(
+    State(ctx): State<Arc<NodeCtx>>,
+    b: Result<Json<WriteBody>, JsonRejection>,
+) -> Result<Json<WriteDone>, Problem> {
+    let b = json_body(&ctx, b)?;
+    if b.members.is_empty() {
+        return Err(bad("`members` must name at least one member"));
+    }
+    let m = b.members.clone();
+    write(&ctx, b, WriteOp::Remove(m)).await
+}
+
+async fn delete(
+    State(ctx): State<Arc<NodeCtx>>,
+    b: Result<Json<WriteBody>, JsonRejection>,
+) -> Result<Json<WriteDone>, Problem> {
+    let b = json_body(&ctx, b)?;
+    write(&ctx, b, WriteOp::Delete).await
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
+    q.map(|Query(x)| x)
+        .map_err(|e| bad(format!("malformed query: {}", e.body_text())))
+}
+
+async fn read(
+    State(ctx): State<Arc<NodeCtx>>,
+    q: Result<Query<GetQuery>, QueryRejection>,
+) -> Result<Json<ReadDone>, Problem> {
+    let q = query(q)?;
+    check_plugin(&q.plugin)?;
+    let (level, timeout) = consistency(&ctx, q.consistency.as_deref(), q.timeout_ms)?;
+    let req = ReadReq {
+        plugin: q.plugin,
+        key: q.key,
+        consistency: level,
+        timeout,
+    };
+    ask(&ctx, timeout, |r| StateMsg::Read(req, r))
+        .await
+        .map(Json)
+}
+
+async fn list(
+    State(ctx): State<Arc<NodeCtx>>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<ListReply>, Problem> {
+    let q = query(q)?;
+    check_plugin(&q.plugin)?;
+    let keys = ask(&ctx, Duration::ZERO, |r| StateMsg::List(q.plugin, r)).await?;
+    Ok(Json(ListReply {
+        node: ctx.name().to_string(),
+        keys,
+    }))
+}
+
+async fn audit(
+    State(ctx): State<Arc<NodeCtx>>,
+    q: Result<Query<AuditParams>, QueryRejection>,
+) -> Result<Json<AuditReply>, Problem> {
+    let q = query(q)?;
+    check_plugin(&q.plugin)?;
+    let aq = AuditQuery {
+        key: q.key,
+        plugin: q.author,
+        accepted: q.accepted,
+        limit: q.limit.unwrap_or(100).min(10_000),
+        ..Default::default()
+    };
+    let records = ask(&ctx, Duration::ZERO, |r| StateMsg::Audit(q.plugin, aq, r)).await?;
+    Ok(Json(AuditReply {
+        node: ctx.name().to_string(),
+        records,
+    }))
+}
+
+async fn lease_acquire(
+    State(ctx): State<Arc<NodeCtx>>,
+    b: Result<Json<LeaseBody>, JsonRejection>,
+) -> Result<Json<Lease>, Problem> {
+    let b = json_body(&ctx, b)?;
+    check_plugin(&b.plugin)?;
+    if b.name.is_empty() {
+        return Err(bad("`name` is required"));
+    }
+    if b.ttl_ms == 0 {
+        return Err(bad("ttl_ms must be positive"));
+    }
+    let (_, timeout) = consistency(&ctx, None, b.timeout_ms)?;
+    ask(&ctx, timeout, |reply| StateMsg::LeaseAcquire {
+        name: b.name,
+        holder: b.plugin,
+        ttl_ms: b.ttl_ms,
+        timeout,
+        reply,
+    })
+    .await
+    .map(Json)
+}
+
+async fn lease_release(
+    State(ctx): State<Arc<NodeCtx>>,
+    b: Result<Json<ReleaseBody>, JsonRejection>,
+) -> Result<Json<ReleaseReply>, Problem> {
+    let b = json_body(&ctx, b)?;
+    check_plugin(&b.plugin)?;
+    let released = ask(&ctx, Duration::ZERO, |reply| StateMsg::LeaseRelease {
+        name: b.name,
+        holder: b.plugin,
+        token: b.token,
+        reply,
+    })
+    .await?;
+    Ok(Json(ReleaseReply { released }))
+}
