@@ -77,6 +77,20 @@ impl Client {
         self.read(path, r)
     }
 
+    /// GET with query parameters (percent-encoded).
+    pub fn get_query<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> Result<Result<T, Problem>, Failure> {
+        let r = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .query_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
+            .call();
+        self.read(path, r)
+    }
+
     pub fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

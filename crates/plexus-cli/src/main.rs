@@ -11,6 +11,7 @@ mod defaults;
 mod exec_cmd;
 mod node_cmd;
 mod route_cmd;
+mod state_cmd;
 mod status_cmd;
 mod up_cmd;
 
@@ -48,6 +49,9 @@ enum Cmd {
     Route(route_cmd::RouteArgs),
     /// Route a request in the cluster and run it where the chosen plugin lives.
     Ask(ask_cmd::AskArgs),
+    /// Read and write the cluster's replicated state (CRDTs) as a plugin.
+    #[command(subcommand)]
+    State(state_cmd::StateCmd),
 }
 
 /// Catalog sources shared by several subcommands.
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
         Cmd::Exec(a) => exec_cmd::run(a),
         Cmd::Route(a) => route_cmd::run(a),
         Cmd::Ask(a) => ask_cmd::run(a),
+        Cmd::State(c) => state_cmd::run(c),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
