@@ -439,3 +439,38 @@ fn leases_are_granted_by_a_majority_with_increasing_fencing_tokens() {
     assert!(l2["token"].as_u64().unwrap() > t1, "{l1:#} then {l2:#}");
     assert_eq!(l2["holder"], "beta");
 }
+
+#[test]
+fn bad_input_is_refused_clearly_and_changes_nothing() {
+    let (_tmp, c) = cluster(1, 100);
+    let n = &c.nodes[0];
+    ok(state(n, "incr", "alpha", &["ctr", "--by", "3"]));
+    // Type mismatch on an existing key.
+    let o = state(n, "put", "alpha", &["ctr", r#""text""#]);
+    let p = o.json();
+    assert_eq!(p["status"], 409, "{p:#}");
+    assert!(p["detail"].as_str().unwrap().contains("pncounter"), "{p:#}");
+    let o = state(n, "add", "alpha", &["ctr", "m"]);
+    assert_eq!(o.json()["status"], 409, "{o:?}");
+    // Oversized value (the limit is 64 KiB), on a new key with an access level.
+    let big = format!("\"{}\"", "x".repeat(70_000));
+    let o = state(n, "put", "alpha", &["big", &big, "--access", "private"]);
+    let p = o.json();
+    assert_eq!(p["status"], 413, "{p:#}");
+    assert!(p["detail"].as_str().unwrap().contains("limit"), "{p:#}");
+    // Not JSON: a usage error before anything is sent.
+    let o = state(n, "put", "alpha", &["k", "not json"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    // Bad access combinations.
+    let o = state(
+        n,
+        "put",
+        "alpha",
+        &["k", "1", "--access", "private", "--readers", "b"],
+    );
+    assert_eq!(o.json()["status"], 400, "{o:?}");
+    // Nothing changed.
+    assert_eq!(value(n, "alpha", "ctr"), Some(Value::from(3)));
+    assert_eq!(state(n, "get", "alpha", &["big"]).json()["status"], 404);
+    assert_eq!(state(n, "get", "alpha", &["k"]).json()["status"], 404);
+}
