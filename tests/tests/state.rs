@@ -325,9 +325,14 @@ fn a_frozen_node_catches_up_after_thaw_and_all_replicas_converge() {
     ));
     assert_eq!(w["acks"], 2, "{w:#}");
     c.nodes[2].thaw();
+    let thawed = std::time::Instant::now();
 
     let keys = ["members", "during", "count", "quorum"];
     let vals = converged(&c, "alpha", &keys, Duration::from_secs(20));
+    eprintln!(
+        "replicas converged {:?} after the thaw (gossip every 100 ms)",
+        thawed.elapsed()
+    );
     // The removal made during the partition was not lost over gossip.
     assert_eq!(vals[0], serde_json::json!(["y", "z"]));
     assert_eq!(vals[1], Value::from("partition"));
@@ -473,4 +478,55 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     assert_eq!(value(n, "alpha", "ctr"), Some(Value::from(3)));
     assert_eq!(state(n, "get", "alpha", &["big"]).json()["status"], 404);
     assert_eq!(state(n, "get", "alpha", &["k"]).json()["status"], 404);
+}
+
+#[test]
+fn a_killed_node_restarts_and_catches_up_with_writes_made_while_it_was_dead() {
+    let (_tmp, mut c) = cluster(3, 100);
+    ok(state(&c.nodes[2], "put", "alpha", &["before", "1"]));
+    ok(state(&c.nodes[2], "incr", "alpha", &["n"]));
+    c.nodes[2].kill9();
+    // Writes go on concurrently on the two live nodes.
+    let apis: Vec<String> = c.nodes[..2].iter().map(|n| n.api.clone()).collect();
+    let handles: Vec<_> = apis
+        .into_iter()
+        .enumerate()
+        .map(|(i, api)| {
+            std::thread::spawn(move || {
+                for j in 0..5 {
+                    let member = format!("m{i}-{j}");
+                    for args in [
+                        vec!["state", "incr", "--connect", &api, "--as", "alpha", "n"],
+                        vec![
+                            "state",
+                            "add",
+                            "--connect",
+                            &api,
+                            "--as",
+                            "alpha",
+                            "s",
+                            &member,
+                        ],
+                    ] {
+                        let o = plexus(&args);
+                        assert_eq!(o.code, 0, "{o:?}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    ok(state(
+        &c.nodes[0],
+        "remove",
+        "alpha",
+        &["s", "m0-0", "m1-0"],
+    ));
+    c.nodes[2].restart();
+    let vals = converged(&c, "alpha", &["before", "n", "s"], Duration::from_secs(20));
+    assert_eq!(vals[0], Value::from(1));
+    assert_eq!(vals[1], Value::from(11));
+    assert_eq!(vals[2].as_array().unwrap().len(), 8, "{:#}", vals[2]);
 }
