@@ -530,3 +530,65 @@ fn a_killed_node_restarts_and_catches_up_with_writes_made_while_it_was_dead() {
     assert_eq!(vals[1], Value::from(11));
     assert_eq!(vals[2].as_array().unwrap().len(), 8, "{:#}", vals[2]);
 }
+
+#[test]
+fn maps_fields_and_explicit_types() {
+    let (_tmp, c) = cluster(1, 100);
+    let n = &c.nodes[0];
+    ok(state(
+        n,
+        "put",
+        "alpha",
+        &["job", r#""build""#, "--field", "name"],
+    ));
+    ok(state(
+        n,
+        "incr",
+        "alpha",
+        &["job", "--field", "tries", "--by", "2"],
+    ));
+    ok(state(
+        n,
+        "add",
+        "alpha",
+        &["job", "a", "b", "--field", "tags"],
+    ));
+    ok(state(
+        n,
+        "remove",
+        "alpha",
+        &["job", "a", "--field", "tags"],
+    ));
+    let r = ok(state(n, "get", "alpha", &["job"]));
+    assert_eq!(r["kind"], "map");
+    assert_eq!(
+        r["value"],
+        serde_json::json!({"name": "build", "tries": 2, "tags": ["b"]})
+    );
+    ok(state(n, "delete", "alpha", &["job", "--field", "tries"]));
+    assert_eq!(
+        value(n, "alpha", "job"),
+        Some(serde_json::json!({"name": "build", "tags": ["b"]}))
+    );
+    // A field holding a counter does not take a register.
+    let o = state(n, "put", "alpha", &["job", "1", "--field", "tags"]);
+    assert_eq!(o.code, 1, "{o:?}");
+    // Explicit types.
+    let r = ok(state(n, "incr", "alpha", &["g", "--type", "gcounter"]));
+    assert_eq!(r["ops"], serde_json::json!(["create", "incr"]));
+    assert_eq!(ok(state(n, "get", "alpha", &["g"]))["kind"], "gcounter");
+    let o = state(n, "incr", "alpha", &["g", "--by", "-1"]);
+    assert_eq!(o.json()["status"], 409, "{o:?}");
+    let o = state(n, "put", "alpha", &["t", "1", "--type", "orset"]);
+    assert_eq!(o.json()["status"], 409, "{o:?}");
+    let o = state(n, "put", "alpha", &["u", "1", "--type", "tensor"]);
+    let p = o.json();
+    assert_eq!(p["status"], 400, "{p:#}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("unknown value type"),
+        "{p:#}"
+    );
+    assert_eq!(state(n, "get", "alpha", &["t"]).json()["status"], 404);
+    assert_eq!(state(n, "get", "alpha", &["u"]).json()["status"], 404);
+    assert_eq!(value(n, "alpha", "g"), Some(Value::from(1)));
+}

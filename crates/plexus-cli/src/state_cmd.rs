@@ -24,7 +24,7 @@ pub enum StateCmd {
     Add(MembersArgs),
     /// Remove members from a set.
     Remove(MembersArgs),
-    /// Delete a key (owner only).
+    /// Delete a key (owner only), or one field of a map.
     Delete(KeyWriteArgs),
     /// Keys the plugin may read.
     List(Common),
@@ -93,6 +93,13 @@ pub struct WriteOpts {
     /// Expire the key this long from now.
     #[arg(long, value_name = "N")]
     pub ttl_ms: Option<u64>,
+    /// Value type for a new key: lww, gcounter, pncounter, orset, map
+    /// (default: implied by the command).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: Option<String>,
+    /// Apply the command to this field of a map.
+    #[arg(long)]
+    pub field: Option<String>,
     /// How many replicas must durably hold the write before it is acknowledged.
     #[arg(long, value_enum, default_value = "local")]
     pub consistency: Level,
@@ -156,6 +163,9 @@ pub struct KeyWriteArgs {
     #[command(flatten)]
     pub common: Common,
     pub key: String,
+    /// Remove only this field of a map.
+    #[arg(long)]
+    pub field: Option<String>,
     #[arg(long, value_enum, default_value = "local")]
     pub consistency: Level,
     #[arg(long, value_name = "MS")]
@@ -242,6 +252,8 @@ fn write_body(c: &Common, key: &str, o: &WriteOpts) -> WriteBody {
         }),
         readers: o.readers.clone(),
         ttl_ms: o.ttl_ms,
+        kind: o.kind.clone(),
+        field: o.field.clone(),
         consistency: Some(o.consistency.name().to_string()),
         timeout_ms: o.timeout_ms,
         ..Default::default()
@@ -307,6 +319,7 @@ pub fn run(cmd: StateCmd) -> CliResult {
             let b = WriteBody {
                 plugin: a.common.plugin.clone(),
                 key: a.key.clone(),
+                field: a.field.clone(),
                 consistency: Some(a.consistency.name().to_string()),
                 timeout_ms: a.timeout_ms,
                 ..Default::default()

@@ -123,6 +123,10 @@ pub struct WriteReq {
     pub access: Option<Access>,
     /// Expiry from now (creates with it, or changes it: owner only).
     pub ttl_ms: Option<u64>,
+    /// Value type to create the key with (default: implied by the op).
+    pub kind: Option<Kind>,
+    /// Map field the op applies to (the key is a map).
+    pub field: Option<String>,
     pub consistency: Consistency,
     pub timeout: Duration,
 }
@@ -889,37 +893,79 @@ impl StateState {
                 s.state(&req.key).is_some_and(|st| st.is_visible(now)),
             )
         };
-        let value_op = match &req.op {
-            WriteOp::Put(v) => {
-                let text = v.to_string();
-                if text.len() > max_value {
-                    return Err(StateProblem::new(
-                        413,
-                        "too-large",
-                        format!(
-                            "value of {} bytes exceeds the limit of {max_value} bytes",
-                            text.len()
-                        ),
-                    ));
-                }
-                LocalOp::Put(text)
-            }
-            WriteOp::Incr(n) if *n >= 0 => LocalOp::Incr(n.unsigned_abs()),
-            WriteOp::Incr(n) => LocalOp::Decr(n.unsigned_abs()),
-            WriteOp::Add(m) => LocalOp::Add(m.clone()),
-            WriteOp::Remove(m) => LocalOp::Remove(m.clone()),
-            WriteOp::Delete => LocalOp::Delete,
+        let field = req.field.clone();
+        let value_op = match (&req.op, field) {
+            (WriteOp::Put(v), None) => LocalOp::Put(v.to_string()),
+            (WriteOp::Put(v), Some(field)) => LocalOp::MapPut {
+                field,
+                value: v.to_string(),
+            },
+            (WriteOp::Incr(n), None) if *n >= 0 => LocalOp::Incr(n.unsigned_abs()),
+            (WriteOp::Incr(n), None) => LocalOp::Decr(n.unsigned_abs()),
+            (WriteOp::Incr(n), Some(field)) if *n >= 0 => LocalOp::MapIncr {
+                field,
+                by: n.unsigned_abs(),
+            },
+            (WriteOp::Incr(n), Some(field)) => LocalOp::MapDecr {
+                field,
+                by: n.unsigned_abs(),
+            },
+            (WriteOp::Add(m), None) => LocalOp::Add(m.clone()),
+            (WriteOp::Add(m), Some(field)) => LocalOp::MapAdd {
+                field,
+                members: m.clone(),
+            },
+            (WriteOp::Remove(m), None) => LocalOp::Remove(m.clone()),
+            (WriteOp::Remove(m), Some(field)) => LocalOp::MapRemove {
+                field,
+                members: m.clone(),
+            },
+            (WriteOp::Delete, None) => LocalOp::Delete,
+            (WriteOp::Delete, Some(field)) => LocalOp::MapRemoveField(field),
         };
-        let kind = match &value_op {
+        // Size first: a refused write must not leave an implicit creation.
+        let size = payload_len(&value_op);
+        if size > max_value {
+            return Err(StateProblem::new(
+                413,
+                "too-large",
+                format!("value of {size} bytes exceeds the limit of {max_value} bytes"),
+            ));
+        }
+        let implied = match &value_op {
             LocalOp::Put(_) => Some(Kind::Lww),
             LocalOp::Incr(_) | LocalOp::Decr(_) => Some(Kind::PnCounter),
             LocalOp::Add(_) => Some(Kind::Set),
+            LocalOp::MapPut { .. }
+            | LocalOp::MapIncr { .. }
+            | LocalOp::MapDecr { .. }
+            | LocalOp::MapAdd { .. } => Some(Kind::Map),
             _ => None,
+        };
+        let kind = match (req.kind, implied) {
+            (Some(k), Some(_)) if !fits(k, &value_op) => {
+                return Err(StateProblem::new(
+                    409,
+                    "type-mismatch",
+                    format!(
+                        "a {} cannot take `{}`{}",
+                        k.name(),
+                        value_op.name(),
+                        if req.field.is_some() {
+                            ""
+                        } else {
+                            " (use --field for a map)"
+                        }
+                    ),
+                ));
+            }
+            (Some(k), _) => Some(k),
+            (None, k) => k,
         };
         let expires_at = req.ttl_ms.map(|t| now.saturating_add(t));
         let mut ops: Vec<LocalOp> = Vec::new();
         let with_meta = req.access.is_some() || req.ttl_ms.is_some();
-        if with_meta && value_op != LocalOp::Delete {
+        if (with_meta || req.kind.is_some()) && !matches!(value_op, LocalOp::Delete) {
             match (exists, kind) {
                 (false, Some(kind)) => ops.push(LocalOp::Create {
                     kind,
@@ -952,8 +998,8 @@ impl StateState {
                     names.push(name);
                 }
                 Err(e) => {
-                    // Earlier steps (a creation) are applied and durable:
-                    // publish and replicate them anyway.
+                    // Earlier steps (a meta change) are applied and
+                    // durable: publish them; gossip spreads them.
                     self.publish(&all.events);
                     return Err(problem(&self.store, &e));
                 }
@@ -1134,6 +1180,39 @@ impl StateState {
             return None;
         }
         Some(id)
+    }
+}
+
+/// Bytes of a change's payload, as the core counts them for its limit.
+fn payload_len(op: &LocalOp) -> usize {
+    let sum = |v: &Vec<String>| v.iter().map(String::len).sum::<usize>();
+    match op {
+        LocalOp::Put(v) => v.len(),
+        LocalOp::Add(m) | LocalOp::Remove(m) => sum(m),
+        LocalOp::MapPut { field, value } => field.len() + value.len(),
+        LocalOp::MapIncr { field, .. } | LocalOp::MapDecr { field, .. } => field.len(),
+        LocalOp::MapAdd { field, members } | LocalOp::MapRemove { field, members } => {
+            field.len() + sum(members)
+        }
+        LocalOp::MapRemoveField(f) => f.len(),
+        _ => 0,
+    }
+}
+
+/// Can a key of `kind` take `op`?
+fn fits(kind: Kind, op: &LocalOp) -> bool {
+    match op {
+        LocalOp::Put(_) => kind == Kind::Lww,
+        LocalOp::Incr(_) => matches!(kind, Kind::GCounter | Kind::PnCounter),
+        LocalOp::Decr(_) => kind == Kind::PnCounter,
+        LocalOp::Add(_) | LocalOp::Remove(_) => kind == Kind::Set,
+        LocalOp::MapPut { .. }
+        | LocalOp::MapIncr { .. }
+        | LocalOp::MapDecr { .. }
+        | LocalOp::MapAdd { .. }
+        | LocalOp::MapRemove { .. }
+        | LocalOp::MapRemoveField(_) => kind == Kind::Map,
+        _ => true,
     }
 }
 

@@ -12,7 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use plexus_state::{Access, AuditQuery, AuditRecord, Consistency, Lease};
+use plexus_state::{Access, AuditQuery, AuditRecord, Consistency, Kind, Lease};
 use ractor::{ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,13 @@ pub struct WriteBody {
     /// Expire this long from now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// Value type for a new key: `lww`, `gcounter`, `pncounter`, `orset`,
+    /// `map` (default: implied by the operation).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Map field the operation applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
     /// `local` (default) | `majority` | `all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<String>,
@@ -240,12 +247,18 @@ async fn write(ctx: &NodeCtx, b: WriteBody, op: WriteOp) -> Result<Json<WriteDon
     check_plugin(&b.plugin)?;
     let access = parse_access(b.access.as_deref(), &b.readers)?;
     let (level, timeout) = consistency(ctx, b.consistency.as_deref(), b.timeout_ms)?;
+    let kind = match b.kind.as_deref() {
+        None => None,
+        Some(k) => Some(k.parse::<Kind>().map_err(|e| bad(e.to_string()))?),
+    };
     let req = WriteReq {
         plugin: b.plugin,
         key: b.key,
         op,
         access,
         ttl_ms: b.ttl_ms,
+        kind,
+        field: b.field,
         consistency: level,
         timeout,
     };

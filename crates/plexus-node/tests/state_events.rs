@@ -41,6 +41,8 @@ async fn a_state_change_is_published_on_its_key_topic() {
         op: WriteOp::Put(serde_json::json!({"done": true})),
         access: None,
         ttl_ms: None,
+        kind: None,
+        field: None,
         consistency: Consistency::Local,
         timeout: Duration::from_secs(1),
     };
