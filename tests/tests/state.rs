@@ -442,7 +442,8 @@ fn leases_are_granted_by_a_majority_with_increasing_fencing_tokens() {
         (o.code == 0).then(|| o.json())
     });
     assert!(l2["token"].as_u64().unwrap() > t1, "{l1:#} then {l2:#}");
-    assert_eq!(l2["holder"], "beta");
+    assert_eq!(l2["holder"], "beta@node2");
+    assert_eq!(l1["holder"], "alpha@node1");
 }
 
 #[test]

@@ -113,7 +113,9 @@ pub struct AuditReply {
     pub records: Vec<AuditRecord>,
 }
 
-/// Body of `POST /v1/state/lease/acquire`.
+/// Body of `POST /v1/state/lease/acquire`. The holder is `{as}@{node}`: a
+/// plugin hosted on two nodes holds a lease on one of them at a time, and
+/// releases it through the node it acquired it on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseBody {
@@ -388,7 +390,7 @@ async fn lease_acquire(
     let (_, timeout) = consistency(&ctx, None, b.timeout_ms)?;
     ask(&ctx, timeout, |reply| StateMsg::LeaseAcquire {
         name: b.name,
-        holder: b.plugin,
+        holder: format!("{}@{}", b.plugin, ctx.name()),
         ttl_ms: b.ttl_ms,
         timeout,
         reply,
@@ -405,7 +407,7 @@ async fn lease_release(
     check_plugin(&b.plugin)?;
     let released = ask(&ctx, Duration::ZERO, |reply| StateMsg::LeaseRelease {
         name: b.name,
-        holder: b.plugin,
+        holder: format!("{}@{}", b.plugin, ctx.name()),
         token: b.token,
         reply,
     })
