@@ -304,7 +304,7 @@ impl Store {
         let slot = self
             .entries
             .entry(d.key.clone())
-            .or_insert_with(|| Slot::new(EntryState::fresh(d.gen)));
+            .or_insert_with(|| Slot::new(&d.key, EntryState::fresh(d.gen)));
         if slot.state.gen < d.gen {
             slot.state = EntryState::fresh(d.gen);
             slot.log.clear();
@@ -436,7 +436,7 @@ impl Store {
                 }
             }
             None => {
-                self.entries.insert(key.to_string(), Slot::new(state));
+                self.entries.insert(key.to_string(), Slot::new(key, state));
             }
         }
         self.rehash(key);

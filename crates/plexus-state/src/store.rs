@@ -195,15 +195,18 @@ pub struct Change {
 pub(crate) struct Slot {
     pub(crate) state: EntryState,
     pub(crate) hash: u64,
+    /// The key's digest bucket.
+    pub(crate) bucket: u16,
     /// Recent deltas of the current generation, in apply (causal) order.
     pub(crate) log: VecDeque<Delta>,
 }
 
 impl Slot {
-    pub(crate) fn new(state: EntryState) -> Self {
+    pub(crate) fn new(key: &str, state: EntryState) -> Self {
         Slot {
             state,
             hash: 0,
+            bucket: bucket_of(key),
             log: VecDeque::new(),
         }
     }
@@ -709,7 +712,7 @@ impl Store {
             return;
         };
         let new = summary_hash(key, &slot.state);
-        let b = bucket_of(key) as usize;
+        let b = slot.bucket as usize;
         self.buckets[b] = self.buckets[b].wrapping_sub(slot.hash).wrapping_add(new);
         slot.hash = new;
         if let Some(d) = self.dirty.as_mut() {
@@ -720,7 +723,7 @@ impl Store {
     /// Forget `key` entirely (tombstone collection).
     pub(crate) fn forget(&mut self, key: &str) {
         if let Some(slot) = self.entries.remove(key) {
-            let b = bucket_of(key) as usize;
+            let b = slot.bucket as usize;
             self.buckets[b] = self.buckets[b].wrapping_sub(slot.hash);
             if let Some(d) = self.dirty.as_mut() {
                 d.insert(key.to_string());
@@ -777,7 +780,7 @@ impl Store {
         next_seq: u64,
     ) {
         for (key, state) in states {
-            self.entries.insert(key.clone(), Slot::new(state));
+            self.entries.insert(key.clone(), Slot::new(&key, state));
             self.rehash(&key);
         }
         self.audit.restore(audit, next_seq);
