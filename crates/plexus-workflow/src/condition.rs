@@ -398,7 +398,9 @@ mod tests {
     }
 
     fn eval(s: &str) -> bool {
-        Condition::parse(s).unwrap_or_else(|e| panic!("{s}: {e}")).eval(&ctx())
+        Condition::parse(s)
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+            .eval(&ctx())
     }
 
     #[test]

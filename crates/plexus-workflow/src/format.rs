@@ -269,7 +269,12 @@ struct Check<'a> {
 }
 
 impl Check<'_> {
-    fn err(&self, span: Range<usize>, field: impl Into<String>, msg: impl Into<String>) -> WorkflowError {
+    fn err(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> WorkflowError {
         WorkflowError::at(self.text, Some(span.start), Some(field.into()), msg)
     }
 }
@@ -355,7 +360,11 @@ impl Workflow {
                 }
             }
         } else if let Some(s) = &raw.saga {
-            return Err(ck.err(s.span(), "saga", "only allowed in a workflow of kind \"saga\""));
+            return Err(ck.err(
+                s.span(),
+                "saga",
+                "only allowed in a workflow of kind \"saga\"",
+            ));
         }
         for (name, g) in &raw.groups {
             if !valid_id(name) {
@@ -366,7 +375,11 @@ impl Workflow {
                 ));
             }
             if g.get_ref().timeout_ms == 0 {
-                return Err(ck.err(g.span(), format!("groups.{name}.timeout_ms"), "must be above 0"));
+                return Err(ck.err(
+                    g.span(),
+                    format!("groups.{name}.timeout_ms"),
+                    "must be above 0",
+                ));
             }
         }
 
@@ -509,7 +522,11 @@ impl Workflow {
                         continue;
                     }
                     let Some(target) = p.step() else {
-                        return Err(ck.err(span.clone(), where_, format!("{p}: name a step: steps.ID.…")));
+                        return Err(ck.err(
+                            span.clone(),
+                            where_,
+                            format!("{p}: name a step: steps.ID.…"),
+                        ));
                     };
                     let Some(&j) = index.get(target) else {
                         return Err(ck.err(
@@ -659,11 +676,19 @@ impl Workflow {
                     }
                     let c = c.get_ref();
                     if c.command.get_ref().trim().is_empty() {
-                        return Err(ck.err(c.command.span(), format!("{field}.command"), "must not be empty"));
+                        return Err(ck.err(
+                            c.command.span(),
+                            format!("{field}.command"),
+                            "must not be empty",
+                        ));
                     }
                     let plugin = match &c.plugin {
                         Some(p) if p.get_ref().trim().is_empty() => {
-                            return Err(ck.err(p.span(), format!("{field}.plugin"), "must not be empty"))
+                            return Err(ck.err(
+                                p.span(),
+                                format!("{field}.plugin"),
+                                "must not be empty",
+                            ))
                         }
                         Some(p) => p.get_ref().clone(),
                         None => s.plugin.get_ref().clone(),
@@ -679,7 +704,12 @@ impl Workflow {
                             .into_iter()
                             .map(|(f, p)| (format!("{field}.input{f}"), p))
                             .collect();
-                        check_refs(paths, t.span(), format!("{field}.input"), Scope::Compensation)?;
+                        check_refs(
+                            paths,
+                            t.span(),
+                            format!("{field}.input"),
+                            Scope::Compensation,
+                        )?;
                     }
                     Some(Compensation {
                         plugin,
@@ -698,14 +728,22 @@ impl Workflow {
             }
             let max_attempts = match &s.max_attempts {
                 Some(m) if *m.get_ref() == 0 => {
-                    return Err(ck.err(m.span(), format!("steps[{i}].max_attempts"), "must be at least 1"))
+                    return Err(ck.err(
+                        m.span(),
+                        format!("steps[{i}].max_attempts"),
+                        "must be at least 1",
+                    ))
                 }
                 Some(m) => *m.get_ref(),
                 None => 1,
             };
             let timeout_ms = match &s.timeout_ms {
                 Some(t) if *t.get_ref() == 0 => {
-                    return Err(ck.err(t.span(), format!("steps[{i}].timeout_ms"), "must be above 0"))
+                    return Err(ck.err(
+                        t.span(),
+                        format!("steps[{i}].timeout_ms"),
+                        "must be above 0",
+                    ))
                 }
                 t => t.as_ref().map(|t| *t.get_ref()),
             };
@@ -741,10 +779,8 @@ impl Workflow {
         let plan_stages = stages
             .into_iter()
             .map(|(group, members)| {
-                let mut ps: Vec<PlannedStep> = members
-                    .iter()
-                    .filter_map(|&m| planned[m].take())
-                    .collect();
+                let mut ps: Vec<PlannedStep> =
+                    members.iter().filter_map(|&m| planned[m].take()).collect();
                 match group {
                     None => Stage::Step(ps.remove(0)),
                     Some(g) if g.is_empty() => Stage::Parallel {
