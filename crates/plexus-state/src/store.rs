@@ -66,6 +66,7 @@ impl Default for StoreConfig {
     }
 }
 
+/// A change a plugin asks for (see [`Store::apply_local`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LocalOp {
     /// Create the key; the author becomes its owner.
