@@ -49,7 +49,10 @@ pub enum SagaError {
     Journal(#[from] JournalFileError),
     /// The workflow text kept in the journal no longer parses.
     #[error("{path}: the journal's workflow does not parse: {error}")]
-    Workflow { path: String, error: WorkflowError },
+    Workflow {
+        path: String,
+        error: Box<WorkflowError>,
+    },
     /// The journal's entries do not form a valid saga history.
     #[error("{path}:{line}: {message}")]
     Replay {
@@ -419,7 +422,7 @@ fn replay(file: &FileJournal) -> Result<(Workflow, SagaJournal<Value>, RunReport
     let header = file.header();
     let workflow = Workflow::parse(&header.source).map_err(|error| SagaError::Workflow {
         path: path.clone(),
-        error,
+        error: Box::new(error),
     })?;
     if workflow.kind() != WorkflowKind::Saga {
         return Err(SagaError::NotASaga {

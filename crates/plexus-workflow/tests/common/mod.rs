@@ -49,6 +49,8 @@ pub struct Fake {
     pub crashed: AtomicBool,
     pub notify: tokio::sync::Notify,
     pub calls_made: AtomicUsize,
+    /// Keys of calls that returned success to the caller, in order.
+    pub returned: Mutex<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -101,6 +103,10 @@ impl Fake {
             after_effect,
         });
         self.crashed.store(false, Ordering::SeqCst);
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls_made.load(Ordering::SeqCst)
     }
 
     pub fn no_crash(&self) {
@@ -192,6 +198,9 @@ impl StepExecutor for Fake {
                     self.notify.notify_one();
                     futures::future::pending::<()>().await;
                 }
+            }
+            if res.is_ok() {
+                self.returned.lock().unwrap().push(key.clone());
             }
             res
         })
