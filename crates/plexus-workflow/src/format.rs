@@ -578,8 +578,20 @@ impl Workflow {
                     if kind == WorkflowKind::Saga {
                         return Err(ck.err(w.span(), field, "not allowed in a saga"));
                     }
-                    let c = Condition::parse(w.get_ref())
-                        .map_err(|e| ck.err(w.span(), field.clone(), e.to_string()))?;
+                    let c = Condition::parse(w.get_ref()).map_err(|e| {
+                        // Point into the string when it is written plainly
+                        // (no escapes), else at its start.
+                        let span = w.span();
+                        let raw = text.get(span.clone()).unwrap_or("");
+                        let plain = raw.len() == w.get_ref().len() + 2
+                            && raw.get(1..raw.len() - 1) == Some(w.get_ref().as_str());
+                        let at = if plain {
+                            span.start + 1 + e.offset
+                        } else {
+                            span.start
+                        };
+                        ck.err(at..at, field.clone(), e.to_string())
+                    })?;
                     let paths = c
                         .paths()
                         .into_iter()

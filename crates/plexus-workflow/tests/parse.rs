@@ -128,6 +128,8 @@ fn condition_on_a_later_step() {
 fn condition_syntax_error() {
     let text = format!("{HEAD}{}{}when = \"steps.a.ok &&\"\n", step("a"), step("b"));
     expect(&text, 14, "steps[1].when", "found the end");
+    // The column points into the condition: `when = "` is 8 characters.
+    assert_eq!(err(&text).column, Some(9 + 13));
     let text = format!("{HEAD}{}{}when = \"steps.a.okay\"\n", step("a"), step("b"));
     expect(&text, 14, "steps[1].when", "a step has ok, failed");
     let text = format!("{HEAD}{}{}when = \"env.HOME\"\n", step("a"), step("b"));
