@@ -50,11 +50,17 @@ pub enum Operand {
 /// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CmpOp {
+    /// `==`
     Eq,
+    /// `!=`
     Ne,
+    /// `<`
     Lt,
+    /// `<=`
     Le,
+    /// `>`
     Gt,
+    /// `>=`
     Ge,
 }
 
@@ -75,7 +81,9 @@ impl CmpOp {
 /// condition text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConditionError {
+    /// Byte offset in the condition text.
     pub offset: usize,
+    /// What is wrong there.
     pub message: String,
 }
 

@@ -56,6 +56,7 @@ pub enum OnError {
 pub struct Compensation {
     /// Defaults to the step's plugin.
     pub plugin: String,
+    /// The compensating command.
     pub command: String,
     /// Templates may read `result.…` (the step's output), `input.…` and
     /// `steps.ID.output.…` of steps up to this one.
@@ -67,7 +68,9 @@ pub struct Compensation {
 pub struct Step {
     /// Unique in the workflow; letters, digits, `_` and `-`.
     pub id: String,
+    /// The plugin that runs the command.
     pub plugin: String,
+    /// The plugin's command.
     pub command: String,
     /// A JSON object; string values may hold templates.
     pub input: Value,
@@ -75,6 +78,7 @@ pub struct Step {
     pub when: Option<Condition>,
     /// What happens when `when` is false.
     pub on_false: OnFalse,
+    /// What a failure of this step does to the run.
     pub on_error: OnError,
     /// Fields added to the input of the next step(s) that run: each value is
     /// a template that may read `output.…` (this step's output), `input.…`
@@ -95,6 +99,7 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Group {
+    /// How long the group's steps may run, together.
     pub timeout_ms: u64,
 }
 
@@ -103,8 +108,11 @@ pub struct Group {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySpec {
+    /// The shape of the delays (linear, exponential, fibonacci).
     pub backoff: Backoff,
+    /// The wait before the first retry.
     pub initial_delay_ms: u64,
+    /// Cap on every wait.
     pub max_delay_ms: u64,
     /// 0–1, see [`RetryPolicy::jitter`].
     pub jitter: f64,

@@ -36,7 +36,9 @@ pub const JOURNAL_SUFFIX: &str = ".saga.jsonl";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JournalHeader {
+    /// [`JOURNAL_VERSION`] when written by this crate.
     pub version: u32,
+    /// The saga id (also the file name's stem).
     pub saga_id: String,
     /// The workflow's name.
     pub workflow: String,
@@ -44,10 +46,13 @@ pub struct JournalHeader {
     pub source: String,
     /// The saga's input.
     pub input: Value,
+    /// When the saga was created, ms since the Unix epoch.
     pub created_ms: u64,
 }
 
-/// A record after the header.
+/// A record after the header. `line` is its 1-based line in the file,
+/// `at_ms` when it was written (ms since the Unix epoch).
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum JournalRecord {
     /// A saga journal entry.
@@ -86,9 +91,11 @@ enum Line {
     },
 }
 
-/// A journal file that cannot be used.
+/// A journal file that cannot be used. `path` is the file's path.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum JournalFileError {
+    /// Reading, writing or syncing failed.
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -109,9 +116,12 @@ pub enum JournalFileError {
     #[error(
         "{path}: journal version {version} is not supported (this build reads {JOURNAL_VERSION})"
     )]
+    /// Written by another version of this crate.
     Version { path: String, version: u32 },
+    /// [`FileJournal::create`] on an existing file.
     #[error("{path}: a journal already exists there")]
     Exists { path: String },
+    /// An append to a journal opened with [`FileJournal::read`].
     #[error("{path}: opened read-only")]
     ReadOnly { path: String },
 }

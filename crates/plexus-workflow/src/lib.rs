@@ -50,6 +50,8 @@
 //! assert_eq!(report.steps[1].output.as_ref().unwrap()["input"]["about"], "PLX-1");
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod condition;
 pub mod error;
 pub mod format;

@@ -25,6 +25,7 @@ use crate::template;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct StepError {
+    /// What went wrong.
     pub message: String,
     /// Whether the same call (same idempotency key) may succeed if tried
     /// again: timeouts and transient failures. Retried up to the step's
@@ -108,10 +109,15 @@ impl<T: StepExecutor + ?Sized> StepExecutor for Box<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StepStatus {
+    /// Not started (or never reached: the run stopped before it).
     Pending,
+    /// Its command is running (for a saga: its intent is journaled).
     Running,
+    /// Succeeded; `output` holds its result.
     Ok,
+    /// Failed; `error` says why.
     Failed,
+    /// Its condition was false, or a jump passed over it; `error` says which.
     Skipped,
     /// A saga step whose compensation is under way.
     Compensating,
@@ -123,6 +129,7 @@ pub enum StepStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
+    /// Steps are running (or, read from a journal, the saga was interrupted).
     Running,
     /// Every step that ran succeeded (or failed with `on_error = "continue"`).
     Completed,
@@ -150,7 +157,9 @@ impl RunStatus {
 /// One step's state in a [`RunReport`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepState {
+    /// The step's id.
     pub id: String,
+    /// Where it stands.
     pub status: StepStatus,
     /// The step's output, once it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,6 +171,7 @@ pub struct StepState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When it succeeded or failed.
     pub finished_ms: Option<u64>,
     /// Calls made to the executor for this step (by this process, for a
     /// resumed saga at least 1 when the step ran).
@@ -203,7 +213,9 @@ pub struct RunReport {
     pub id: String,
     /// The workflow's name.
     pub name: String,
+    /// The workflow's kind.
     pub kind: WorkflowKind,
+    /// Where the run stands.
     pub status: RunStatus,
     /// One per workflow step, in file order.
     pub steps: Vec<StepState>,
@@ -211,7 +223,9 @@ pub struct RunReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the run (or saga) started, ms since the Unix epoch.
     pub started_ms: Option<u64>,
+    /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<u64>,
 }

@@ -34,14 +34,18 @@ use crate::runner::{
 };
 use crate::template;
 
-/// Why a saga could not be started, resumed or driven.
+/// Why a saga could not be started, resumed or driven. `path` is the
+/// journal file's.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum SagaError {
+    /// Only workflows of kind `saga` run as sagas.
     #[error("workflow {name:?} is of kind {kind:?}; only kind \"saga\" runs as a saga")]
     NotASaga { name: String, kind: WorkflowKind },
     #[error(
         "bad saga id {0:?}: use 1 to 128 letters, digits, '.', '_' and '-', not starting with '.'"
     )]
+    /// Saga ids name files: they must be safe as file names.
     BadId(String),
     /// The journal file cannot be created, read or appended to. When an
     /// append fails the saga stops before the effect: resume it later.
@@ -541,6 +545,7 @@ fn mark_stuck(report: &mut RunReport, workflow: &Workflow, step: u32, attempts: 
 /// A saga journal found in a directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JournalSummary {
+    /// The journal file.
     pub path: PathBuf,
     /// From the header, when it could be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
