@@ -114,7 +114,7 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>, ConditionError> {
             continue;
         }
         let start = i;
-        let two = if i + 1 < b.len() { &s[i..i + 2] } else { "" };
+        let two = s.get(i..i + 2).unwrap_or("");
         let op2 = ["==", "!=", "<=", ">=", "&&", "||"]
             .into_iter()
             .find(|o| *o == two);
@@ -449,6 +449,16 @@ mod tests {
             assert_eq!(e.offset, off, "{s}: {e}");
             assert!(e.message.contains(msg), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn non_ascii_does_not_panic() {
+        for s in ["aé", "é", "steps.a.ok == 'é'", "!é", "a ==é", "\u{1F600}&&"] {
+            let _ = Condition::parse(s);
+        }
+        assert!(Condition::parse("input.x == 'é'")
+            .unwrap()
+            .eval(&json!({"input": {"x": "é"}})));
     }
 
     #[test]

@@ -400,3 +400,34 @@ fn example_workflows_parse() {
         assert!(kinds.contains(&k), "no {k:?} example");
     }
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const EXAMPLE: &str = include_str!("../../../cluster-config/workflows/ticket-to-pr.toml");
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Arbitrary text never panics the parser.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+            let _ = Workflow::parse(&text);
+        }
+
+        /// Damaged real files give an error with a line, or parse.
+        #[test]
+        fn damaged_example_errors_have_a_place(cut in 0usize..EXAMPLE.len(), insert in "[ =\"{}\\[\\]a-z0-9é\n]{0,8}") {
+            let mut cut = cut;
+            while !EXAMPLE.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let text = format!("{}{}{}", &EXAMPLE[..cut], insert, &EXAMPLE[cut..]);
+            if let Err(e) = Workflow::parse(&text) {
+                prop_assert!(e.line.is_some(), "no line: {}", e);
+                prop_assert!(e.line.unwrap() <= text.lines().count() + 1, "{}", e);
+            }
+        }
+    }
+}
