@@ -483,3 +483,26 @@ async fn example_workflows_run_against_a_sim_like_executor() {
         );
     }
 }
+
+/// The node spawns these futures on tokio: they must be `Send + 'static`
+/// given an owned executor.
+#[test]
+fn futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    fn assert_static<T: 'static>(_: &T) {}
+    let exec: Arc<dyn plexus_workflow::StepExecutor> = Fake::new();
+    let w = wf(JUMP);
+    let fut = async move { run("r", &w, json!({}), &exec).await };
+    assert_send(&fut);
+    assert_static(&fut);
+    let dir = tempfile::tempdir().unwrap();
+    let saga = Workflow::parse(
+        "[workflow]\nname = \"s\"\nkind = \"saga\"\n[[steps]]\nid = \"a\"\nplugin = \"p\"\ncommand = \"c\"\ncompensate = { command = \"u\" }\n",
+    )
+    .unwrap();
+    let exec: Arc<dyn plexus_workflow::StepExecutor> = Fake::new();
+    let mut s = plexus_workflow::SagaRun::start("s", &saga, json!({}), dir.path(), exec).unwrap();
+    let fut = async move { s.run().await };
+    assert_send(&fut);
+    assert_static(&fut);
+}
