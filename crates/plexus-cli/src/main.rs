@@ -11,6 +11,7 @@ mod defaults;
 mod exec_cmd;
 mod node_cmd;
 mod route_cmd;
+mod run_cmd;
 mod status_cmd;
 mod up_cmd;
 
@@ -48,6 +49,10 @@ enum Cmd {
     Route(route_cmd::RouteArgs),
     /// Route a request in the cluster and run it where the chosen plugin lives.
     Ask(ask_cmd::AskArgs),
+    /// Run a workflow file (sequential, parallel, conditional, or a saga).
+    Run(run_cmd::RunArgs),
+    /// List the workflow runs of a node with their step states.
+    Workflows(run_cmd::WorkflowsArgs),
 }
 
 /// Catalog sources shared by several subcommands.
@@ -125,6 +130,8 @@ fn main() -> ExitCode {
         Cmd::Exec(a) => exec_cmd::run(a),
         Cmd::Route(a) => route_cmd::run(a),
         Cmd::Ask(a) => ask_cmd::run(a),
+        Cmd::Run(a) => run_cmd::run(a),
+        Cmd::Workflows(a) => run_cmd::list(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,6 +18,7 @@ pub mod registry;
 pub mod router_actor;
 pub mod supervisor;
 pub mod wire;
+pub mod workflows;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -7,7 +7,8 @@
 //! ├── Gateway           the node's one cluster-visible actor
 //! ├── PluginSupervisor
 //! │   └── PluginHost[p] one per hosted plugin
-//! └── Router            routing engine fed by the live registry
+//! ├── Router            routing engine fed by the live registry
+//! └── Workflows         one RunActor per workflow run / saga
 //! ```
 //!
 //! A failed child is restarted within a restart intensity; past it the
@@ -28,6 +29,7 @@ use crate::membership_actor::{MembershipActor, MembershipArgs};
 use crate::plugins::PluginSupervisor;
 use crate::registry::Registry;
 use crate::router_actor::RouterActor;
+use crate::workflows::WorkflowSupervisor;
 
 #[derive(RactorMessage)]
 pub enum NodeSupervisorMsg {
@@ -44,6 +46,7 @@ pub enum Role {
     Gateway,
     Plugins,
     Router,
+    Workflows,
 }
 
 impl Role {
@@ -54,6 +57,7 @@ impl Role {
             Role::Gateway => "gateway",
             Role::Plugins => "plugins",
             Role::Router => "router",
+            Role::Workflows => "workflows",
         }
     }
 }
@@ -109,6 +113,10 @@ async fn spawn_child(
             .await?
             .0
             .get_cell(),
+        Role::Workflows => Actor::spawn_linked(name, WorkflowSupervisor, ctx, sup)
+            .await?
+            .0
+            .get_cell(),
     };
     Ok(cell)
 }
@@ -135,6 +143,7 @@ impl Actor for NodeSupervisor {
             Role::Gateway,
             Role::Plugins,
             Role::Router,
+            Role::Workflows,
         ] {
             let cell = spawn_child(&myself, &st, role).await?;
             st.children.insert(role, cell);
