@@ -395,6 +395,28 @@ pub async fn exec_command(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
                         return Ok(c);
                     }
                 }
+                if unavailable {
+                    let declared = ctx
+                        .catalog
+                        .plugin(&body.plugin)
+                        .and_then(|pl| pl.manifest.error_handling.default_result.clone());
+                    if let Some(d) = declared {
+                        return Ok(ExecReply {
+                            ok: true,
+                            plugin: body.plugin.clone(),
+                            command: body.command.clone(),
+                            node: ctx.name().to_string(),
+                            output: serde_json::to_value(d).ok(),
+                            error: None,
+                            duration_ms: 0.0,
+                            model: None,
+                            cost_usd: None,
+                            work_minutes: None,
+                            served_by: Some("default".into()),
+                            retries,
+                        });
+                    }
+                }
                 if retries > 0 {
                     p.detail = format!("{} (after {retries} retries)", p.detail);
                 }
