@@ -88,6 +88,31 @@ fn cluster(dir: &Path) -> Cluster {
     ])
 }
 
+/// `plexus run` of `file` against node 0 with `input` and one extra flag.
+fn run(c: &Cluster, file: &Path, input: &str, flag: &str) -> plexus_tests::Output {
+    plexus(&[
+        "run",
+        "--connect",
+        &c.nodes[0].api,
+        file.to_str().unwrap(),
+        "--input",
+        input,
+        flag,
+    ])
+}
+
+/// The step statuses of a run report.
+fn statuses(r: &Value) -> Vec<String> {
+    r["steps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| s["status"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The effect log of `shop` on node2: (command, key) in the order they ran.
 fn effects(c: &Cluster) -> Vec<(String, String)> {
     let path = c.node("node2").data_dir.join("effects/shop.jsonl");
@@ -114,25 +139,15 @@ fn a_failing_third_step_compensates_two_then_one() {
         saga(r#"{ "$sim" = { fail = true } }"#, r#"{ amount = 42 }"#),
     )
     .unwrap();
-    let o = plexus(&[
-        "run",
-        "--connect",
-        &c.nodes[0].api,
-        f.to_str().unwrap(),
-        "--input",
-        r#"{"item":"book"}"#,
-        "--json",
-    ]);
+    let o = run(&c, &f, r#"{"item":"book"}"#, "--json");
     assert_eq!(o.code, 1, "{o:?}");
     let r = o.json();
     assert_eq!(r["status"], "compensated", "{r:#}");
-    let st: Vec<&str> = r["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(st, vec!["compensated", "compensated", "failed"], "{r:#}");
+    assert_eq!(
+        statuses(&r),
+        vec!["compensated", "compensated", "failed"],
+        "{r:#}"
+    );
     let cmds: Vec<String> = effects(&c).into_iter().map(|(c, _)| c).collect();
     assert_eq!(cmds, vec!["reserve", "charge", "refund", "release"]);
     // The run is listed with its step states.
@@ -155,15 +170,7 @@ fn a_saga_survives_kill_9_of_its_node_between_steps_with_each_effect_once() {
         ),
     )
     .unwrap();
-    let o = plexus(&[
-        "run",
-        "--connect",
-        &c.nodes[0].api,
-        f.to_str().unwrap(),
-        "--input",
-        r#"{"item":"lamp"}"#,
-        "--detach",
-    ]);
+    let o = run(&c, &f, r#"{"item":"lamp"}"#, "--detach");
     assert_eq!(o.code, 0, "{o:?}");
     let id = o.stdout.trim().to_string();
     let api = c.nodes[0].api.clone();
@@ -242,15 +249,7 @@ input = { item = "{{steps.reserve.output.input.item}}" }
 "#,
     )
     .unwrap();
-    let o = plexus(&[
-        "run",
-        "--connect",
-        &c.nodes[0].api,
-        f.to_str().unwrap(),
-        "--input",
-        r#"{"item":"pen"}"#,
-        "--json",
-    ]);
+    let o = run(&c, &f, r#"{"item":"pen"}"#, "--json");
     assert_eq!(
         o.code,
         0,
@@ -258,13 +257,7 @@ input = { item = "{{steps.reserve.output.input.item}}" }
         plexus_tests::tail(&c.nodes[0].log_text(), 30)
     );
     let r = o.json();
-    let st: Vec<&str> = r["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(st, vec!["ok", "skipped", "ok"], "{r:#}");
+    assert_eq!(statuses(&r), vec!["ok", "skipped", "ok"], "{r:#}");
     assert_eq!(r["steps"][2]["output"]["input"]["item"], "pen");
 }
 
