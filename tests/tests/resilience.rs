@@ -66,6 +66,28 @@ idempotent = false
     )
     .unwrap();
     std::fs::write(
+        d.join("steady.toml"),
+        r#"
+[plugin]
+name = "steady"
+
+[handler]
+kind = "sim"
+latencyMs = 1
+allowFaultInjection = true
+
+[errorHandling]
+defaultResult = { status = "degraded", items = [] }
+
+[errorHandling.retryPolicy]
+maxRetries = 0
+
+[[commands]]
+name = "list"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
         d.join("weather.toml"),
         r#"
 [plugin]
@@ -139,7 +161,7 @@ fn cluster() -> (tempfile::TempDir, Cluster) {
         spec("node1", &["jira-orchestrator"]),
         spec(
             "node2",
-            &["brittle", "patient", "weather", "weather-backup"],
+            &["brittle", "patient", "weather", "weather-backup", "steady"],
         ),
     ]);
     (tmp, c)
@@ -338,4 +360,14 @@ fn a_request_resent_with_the_same_key_has_one_effect() {
         })
         .collect();
     assert_eq!(keys, vec!["order-1", "order-2"], "{log}");
+}
+
+#[test]
+fn the_declared_default_is_served_when_nothing_else_can_answer() {
+    let (_t, c) = cluster();
+    let o = c.nodes[0].exec("steady", "list", Some(r#"{"$sim":{"fail":true}}"#));
+    assert_eq!(o.code, 0, "{o:?}");
+    let v = o.json();
+    assert_eq!(v["served_by"], "default");
+    assert_eq!(v["output"]["status"], "degraded");
 }

@@ -137,6 +137,10 @@ pub struct ErrorHandling {
     /// Fallback plugins, tried in order.
     #[serde(default)]
     pub fallback: Vec<String>,
+    /// The answer of last resort, when every try failed and nothing is
+    /// cached (served as `default`). Any TOML value; sent as JSON.
+    #[serde(default)]
+    pub default_result: Option<toml::Value>,
 }
 
 /// Breaker settings (Resilience4j-style), all optional in the file.

@@ -11,6 +11,7 @@ mod defaults;
 mod exec_cmd;
 mod node_cmd;
 mod route_cmd;
+mod run_cmd;
 mod state_cmd;
 mod status_cmd;
 mod up_cmd;
@@ -52,6 +53,10 @@ enum Cmd {
     /// Read and write the cluster's replicated state (CRDTs) as a plugin.
     #[command(subcommand)]
     State(state_cmd::StateCmd),
+    /// Run a workflow file (sequential, parallel, conditional, or a saga).
+    Run(run_cmd::RunArgs),
+    /// List the workflow runs of a node with their step states.
+    Workflows(run_cmd::WorkflowsArgs),
 }
 
 /// Catalog sources shared by several subcommands.
@@ -130,6 +135,8 @@ fn main() -> ExitCode {
         Cmd::Route(a) => route_cmd::run(a),
         Cmd::Ask(a) => ask_cmd::run(a),
         Cmd::State(c) => state_cmd::run(c),
+        Cmd::Run(a) => run_cmd::run(a),
+        Cmd::Workflows(a) => run_cmd::list(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

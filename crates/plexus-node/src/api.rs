@@ -119,6 +119,8 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/v1/exec", post(exec))
         .route("/v1/route", post(route))
         .route("/v1/ask", post(ask))
+        .route("/v1/workflows", post(start_workflow).get(list_workflows))
+        .route("/v1/workflows/{id}", get(get_workflow))
         .route("/v1/dead-letters", get(dead_letters))
         .merge(crate::state_api::routes())
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
@@ -394,6 +396,28 @@ pub async fn exec_command(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
                         return Ok(c);
                     }
                 }
+                if unavailable {
+                    let declared = ctx
+                        .catalog
+                        .plugin(&body.plugin)
+                        .and_then(|pl| pl.manifest.error_handling.default_result.clone());
+                    if let Some(d) = declared {
+                        return Ok(ExecReply {
+                            ok: true,
+                            plugin: body.plugin.clone(),
+                            command: body.command.clone(),
+                            node: ctx.name().to_string(),
+                            output: serde_json::to_value(d).ok(),
+                            error: None,
+                            duration_ms: 0.0,
+                            model: None,
+                            cost_usd: None,
+                            work_minutes: None,
+                            served_by: Some("default".into()),
+                            retries,
+                        });
+                    }
+                }
                 if retries > 0 {
                     p.detail = format!("{} (after {retries} retries)", p.detail);
                 }
@@ -539,4 +563,134 @@ async fn ask(
 ) -> Result<Json<crate::ask::AskReply>, Problem> {
     let Json(body) = body.map_err(|e| body_problem(&ctx, e))?;
     crate::ask::ask(&ctx, body).await.map(Json)
+}
+
+/// `POST /v1/workflows` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartWorkflowBody {
+    /// The workflow file's text (TOML).
+    pub workflow: String,
+    /// Its file name, for error messages.
+    #[serde(default)]
+    pub file: Option<String>,
+    #[serde(default)]
+    pub input: Option<serde_json::Value>,
+    /// Wait for the run to end (default) or answer with its id at once.
+    #[serde(default)]
+    pub detach: bool,
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+fn workflows_of(ctx: &NodeCtx) -> Result<ActorRef<crate::workflows::WorkflowsMsg>, Problem> {
+    crate::workflows::supervisor_of(ctx).ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "restarting",
+            "the workflow service is restarting",
+        )
+    })
+}
+
+async fn start_workflow(
+    State(ctx): State<Arc<NodeCtx>>,
+    body: Result<Json<StartWorkflowBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    use crate::workflows::WorkflowsMsg;
+    let Json(body) = body.map_err(|e| body_problem(&ctx, e))?;
+    let wf = plexus_workflow::Workflow::parse(&body.workflow).map_err(|e| {
+        let e = match &body.file {
+            Some(f) => e.in_file(f.clone()),
+            None => e,
+        };
+        Problem::new(StatusCode::BAD_REQUEST, "bad-workflow", e.to_string())
+    })?;
+    let sup = workflows_of(&ctx)?;
+    let input = body.input.unwrap_or(serde_json::json!({}));
+    let started = sup
+        .call(
+            |reply| WorkflowsMsg::Start {
+                workflow: Box::new(wf),
+                input,
+                reply,
+            },
+            Some(ACTOR_TIMEOUT),
+        )
+        .await;
+    let id = match started {
+        Ok(ractor::rpc::CallResult::Success(Ok(id))) => id,
+        Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+            return Err(Problem::new(StatusCode::BAD_REQUEST, "bad-workflow", e))
+        }
+        _ => {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the workflow service did not answer",
+            ))
+        }
+    };
+    if body.detach {
+        return Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"id": id}))).into_response());
+    }
+    let wait = body
+        .wait_ms
+        .map(Duration::from_millis)
+        .unwrap_or(crate::workflows::MAX_WAIT)
+        .min(crate::workflows::MAX_WAIT);
+    match sup
+        .call(
+            |reply| WorkflowsMsg::Wait {
+                id: id.clone(),
+                reply,
+            },
+            Some(wait),
+        )
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(Some(r))) => Ok(Json(r).into_response()),
+        _ => Err(Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "workflow {id} is still running after {} ms; see GET /v1/workflows/{id}",
+                wait.as_millis()
+            ),
+        )),
+    }
+}
+
+async fn list_workflows(
+    State(ctx): State<Arc<NodeCtx>>,
+) -> Result<Json<Vec<plexus_workflow::RunReport>>, Problem> {
+    let sup = workflows_of(&ctx)?;
+    match sup
+        .call(crate::workflows::WorkflowsMsg::List, Some(ACTOR_TIMEOUT))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(v)) => Ok(Json(v)),
+        _ => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the workflow service did not answer",
+        )),
+    }
+}
+
+async fn get_workflow(
+    State(ctx): State<Arc<NodeCtx>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<plexus_workflow::RunReport>, Problem> {
+    let Json(all) = list_workflows(State(ctx)).await?;
+    all.into_iter()
+        .find(|r| r.id == id)
+        .map(Json)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-workflow",
+                format!("no workflow run {id:?} on this node"),
+            )
+        })
 }

@@ -20,6 +20,7 @@ pub mod state_actor;
 pub mod state_api;
 pub mod supervisor;
 pub mod wire;
+pub mod workflows;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -8,7 +8,8 @@
 //! ├── PluginSupervisor
 //! │   └── PluginHost[p] one per hosted plugin
 //! ├── Router            routing engine fed by the live registry
-//! └── State             replicated state replica (gossip, consistency, leases)
+//! ├── State             replicated state replica (gossip, consistency, leases)
+//! └── Workflows         one RunActor per workflow run / saga
 //! ```
 //!
 //! A failed child is restarted within a restart intensity; past it the
@@ -30,6 +31,7 @@ use crate::plugins::PluginSupervisor;
 use crate::registry::Registry;
 use crate::router_actor::RouterActor;
 use crate::state_actor::StateActor;
+use crate::workflows::WorkflowSupervisor;
 
 #[derive(RactorMessage)]
 pub enum NodeSupervisorMsg {
@@ -47,6 +49,7 @@ pub enum Role {
     Plugins,
     Router,
     State,
+    Workflows,
 }
 
 impl Role {
@@ -58,6 +61,7 @@ impl Role {
             Role::Plugins => "plugins",
             Role::Router => "router",
             Role::State => "state",
+            Role::Workflows => "workflows",
         }
     }
 }
@@ -117,6 +121,10 @@ async fn spawn_child(
             .await?
             .0
             .get_cell(),
+        Role::Workflows => Actor::spawn_linked(name, WorkflowSupervisor, ctx, sup)
+            .await?
+            .0
+            .get_cell(),
     };
     Ok(cell)
 }
@@ -144,6 +152,7 @@ impl Actor for NodeSupervisor {
             Role::Plugins,
             Role::Router,
             Role::State,
+            Role::Workflows,
         ] {
             let cell = spawn_child(&myself, &st, role).await?;
             st.children.insert(role, cell);

@@ -205,6 +205,11 @@ impl RoutingDecision {
         self.plan.phases.iter().map(|p| p.plugin.clone()).collect()
     }
 
+    /// The readable explanation (the same text as `Display`).
+    pub fn explain(&self) -> String {
+        self.to_string()
+    }
+
     /// The flat object `plexus route --batch --json` prints for one request.
     pub fn to_batch_json(&self) -> serde_json::Value {
         serde_json::json!({

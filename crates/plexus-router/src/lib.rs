@@ -7,11 +7,37 @@
 //!   an inverted index whose postings hold finished term weights.
 //! - **Match**: a plugin's score mixes its best document (+ its plugin-level
 //!   document) with the sum over request words of its best match anywhere,
-//!   scaled by manifest priority and by learnt outcomes.
-//! - **Decide**: abstain when the best plugin explains too little of the
-//!   request; add runners-up to a collaboration plan when they score close
-//!   and bring evidence of their own; classify complexity, urgency and
-//!   duration; choose haiku/sonnet/opus within budget and time limits.
+//!   scaled by learnt outcomes (and by manifest priority, weight 0 by default:
+//!   cross-validation found it did not help).
+//! - **Decide**: the confidence is a logistic model ([`calibrate`]) over the
+//!   best plugin's [`Evidence`] (coverage, single-document coverage, share of
+//!   the possible score, matched information), fitted by cross-validation on
+//!   labelled requests; below its threshold the router abstains and says why.
+//!   Runners-up that score close and bring evidence of their own join a
+//!   collaboration plan coordinated by jira-orchestrator; complexity, urgency
+//!   and duration are classified; haiku/sonnet/opus is chosen within budget
+//!   and time limits.
+//!
+//! # API for callers (the CLI, the Router actor)
+//!
+//! - [`Router::new`]`(&Catalog) -> Router` — build once per catalog (tens of ms).
+//! - [`Router::route`]`(&self, &RouteRequest) -> RoutingDecision` — one
+//!   decision; [`RouteRequest::new`]`(text)` with optional
+//!   [`RouteRequest::with_budget`] / [`RouteRequest::with_max_duration`].
+//! - [`RoutingDecision`]: `Serialize`; `Display` is the readable explanation
+//!   (why this plugin, runners-up, plan, model and cost); also
+//!   [`RoutingDecision::explain`]. [`RoutingDecision::to_batch_json`] gives
+//!   the flat object of `plexus route --batch --json` (`request`,
+//!   `primary_plugin` (string or null), `agent`, `fallbacks`, `plugins`,
+//!   `complexity`, `model`, `confidence`, `strategy`, `estimated_cost_usd`,
+//!   `estimated_duration_min`, and a few more).
+//! - [`route_batch_line`]`(&Router, &str) -> serde_json::Value` — one JSONL
+//!   line in, one object out; a malformed line gives `{"error": ...}`.
+//! - [`keyword_baseline`]`(&Catalog) -> impl Fn(&str) -> RoutingDecision` —
+//!   the seed's keyword-point router, for comparison ([`BaselineRouter`]).
+//! - Live state: [`Router::set_available`] (plugin down / breaker open: never
+//!   chosen, planned or offered as fallback) and [`Router::record_outcome`]
+//!   (success and latency per agent shift later decisions).
 //!
 //! ```
 //! use plexus_catalog::{Agent, Catalog, Manifest, Plugin};

@@ -296,15 +296,20 @@ impl DurableStore {
         self.check()?;
         let rx = self.db.begin_read().map_err(storage)?;
         let table = rx.open_table(AUDIT).map_err(storage)?;
+        // Newest first, so that a `limit` stops the scan early.
         let mut out = Vec::new();
-        for row in table.iter().map_err(storage)? {
+        for row in table.iter().map_err(storage)?.rev() {
             let (_, v) = row.map_err(storage)?;
             let r: AuditRecord = decode("audit record", v.value())?;
             if q.matches(&r) {
                 out.push(r);
+                if q.limit > 0 && out.len() >= q.limit {
+                    break;
+                }
             }
         }
-        Ok(q.truncate(out))
+        out.reverse();
+        Ok(out)
     }
 
     /// Number of audit records on disk.

@@ -22,6 +22,8 @@
 //! Time is always passed in (`now_ms`, milliseconds since the Unix epoch).
 //! `docs/state.md` describes the model, the protocol and the guarantees.
 
+#![warn(missing_docs)]
+
 pub mod audit;
 pub mod delta;
 pub mod digest;

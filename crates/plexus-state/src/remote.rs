@@ -304,9 +304,10 @@ impl Store {
         let slot = self
             .entries
             .entry(d.key.clone())
-            .or_insert_with(|| Slot::new(EntryState::fresh(d.gen)));
+            .or_insert_with(|| Slot::new(&d.key, EntryState::fresh(d.gen)));
         if slot.state.gen < d.gen {
             slot.state = EntryState::fresh(d.gen);
+            self.log.len -= slot.log.len();
             slot.log.clear();
         }
         let before = owner_access(&slot.state);
@@ -358,8 +359,13 @@ impl Store {
         if log_cap > 0 {
             if slot.log.len() >= log_cap {
                 slot.log.pop_front();
+                self.log.len -= 1;
             }
             slot.log.push_back(d.clone());
+            self.log.len += 1;
+            self.log
+                .order
+                .push_back((d.key.clone(), d.gen, d.origin.clone(), d.counter));
         }
         let (owner, access) = owner_access(&slot.state).or(before).unzip();
         let event = StateEvent {
@@ -373,7 +379,29 @@ impl Store {
             version: slot.state.version.clone(),
         };
         self.rehash(&d.key);
+        self.trim_log();
         event
+    }
+
+    /// Keep the delta logs of all keys within `delta_log_capacity`, oldest
+    /// out first.
+    fn trim_log(&mut self) {
+        let cap = self.cfg.delta_log_capacity;
+        while self.log.len > cap || self.log.order.len() > cap.saturating_mul(2).max(64) {
+            let Some((key, gen, origin, counter)) = self.log.order.pop_front() else {
+                break;
+            };
+            if let Some(slot) = self.entries.get_mut(&key) {
+                let front = slot
+                    .log
+                    .front()
+                    .is_some_and(|d| d.gen == gen && d.origin == origin && d.counter == counter);
+                if front {
+                    slot.log.pop_front();
+                    self.log.len -= 1;
+                }
+            }
+        }
     }
 
     /// Join a whole entry state from peer node `from` (anti-entropy, or a
@@ -432,11 +460,12 @@ impl Store {
                 let gen = slot.state.gen;
                 slot.state.join(state);
                 if slot.state.gen != gen {
+                    self.log.len -= slot.log.len();
                     slot.log.clear();
                 }
             }
             None => {
-                self.entries.insert(key.to_string(), Slot::new(state));
+                self.entries.insert(key.to_string(), Slot::new(key, state));
             }
         }
         self.rehash(key);
@@ -504,6 +533,7 @@ impl Store {
             };
             let (owner, access) = owner_access(&slot.state).unzip();
             slot.state.body = Body::Tombstone { at_ms: e };
+            self.log.len -= slot.log.len();
             slot.log.clear();
             events.push(StateEvent {
                 key: key.clone(),

@@ -34,6 +34,9 @@ pub struct StoreConfig {
     /// peer exactly the changes it lacks (each one ACL-checked on arrival)
     /// instead of the whole entry. 0 always sends whole entries.
     pub delta_log_per_key: usize,
+    /// Deltas remembered over all keys (oldest forgotten first): bounds the
+    /// log's memory (a delta is typically 100-300 bytes).
+    pub delta_log_capacity: usize,
     /// An expired entry is purged to a tombstone this long after it expired
     /// (it is invisible from the expiry on). Absorbs clock skew between nodes.
     pub expiry_grace_ms: u64,
@@ -55,6 +58,7 @@ impl Default for StoreConfig {
             pending_capacity: 10_000,
             pending_ttl_ms: 10 * 60_000,
             delta_log_per_key: 16,
+            delta_log_capacity: 20_000,
             expiry_grace_ms: 60_000,
             tombstone_ttl_ms: 24 * 3_600_000,
             epoch_ms: 24 * 3_600_000,
@@ -62,6 +66,7 @@ impl Default for StoreConfig {
     }
 }
 
+/// A change a plugin asks for (see [`Store::apply_local`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LocalOp {
     /// Create the key; the author becomes its owner.
@@ -195,15 +200,18 @@ pub struct Change {
 pub(crate) struct Slot {
     pub(crate) state: EntryState,
     pub(crate) hash: u64,
+    /// The key's digest bucket.
+    pub(crate) bucket: u16,
     /// Recent deltas of the current generation, in apply (causal) order.
     pub(crate) log: VecDeque<Delta>,
 }
 
 impl Slot {
-    pub(crate) fn new(state: EntryState) -> Self {
+    pub(crate) fn new(key: &str, state: EntryState) -> Self {
         Slot {
             state,
             hash: 0,
+            bucket: bucket_of(key),
             log: VecDeque::new(),
         }
     }
@@ -224,6 +232,17 @@ pub struct Store {
     pub(crate) pending_len: usize,
     pub(crate) audit: AuditLog,
     pub(crate) dirty: Option<BTreeSet<String>>,
+    pub(crate) log: LogIndex,
+}
+
+/// Global bookkeeping of the per-key delta logs.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LogIndex {
+    /// Deltas held in all logs.
+    pub(crate) len: usize,
+    /// Log pushes, oldest first: `(key, gen, origin, counter)`; entries
+    /// whose delta already left its log are skipped when popped.
+    pub(crate) order: VecDeque<(String, Gen, NodeId, u64)>,
 }
 
 impl Store {
@@ -242,6 +261,7 @@ impl Store {
             pending_len: 0,
             audit,
             dirty: None,
+            log: LogIndex::default(),
         }
     }
 
@@ -709,7 +729,7 @@ impl Store {
             return;
         };
         let new = summary_hash(key, &slot.state);
-        let b = bucket_of(key) as usize;
+        let b = slot.bucket as usize;
         self.buckets[b] = self.buckets[b].wrapping_sub(slot.hash).wrapping_add(new);
         slot.hash = new;
         if let Some(d) = self.dirty.as_mut() {
@@ -720,7 +740,8 @@ impl Store {
     /// Forget `key` entirely (tombstone collection).
     pub(crate) fn forget(&mut self, key: &str) {
         if let Some(slot) = self.entries.remove(key) {
-            let b = bucket_of(key) as usize;
+            self.log.len -= slot.log.len();
+            let b = slot.bucket as usize;
             self.buckets[b] = self.buckets[b].wrapping_sub(slot.hash);
             if let Some(d) = self.dirty.as_mut() {
                 d.insert(key.to_string());
@@ -777,7 +798,7 @@ impl Store {
         next_seq: u64,
     ) {
         for (key, state) in states {
-            self.entries.insert(key.clone(), Slot::new(state));
+            self.entries.insert(key.clone(), Slot::new(&key, state));
             self.rehash(&key);
         }
         self.audit.restore(audit, next_seq);

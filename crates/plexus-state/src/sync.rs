@@ -228,7 +228,7 @@ impl Store {
             keys: self
                 .entries
                 .iter()
-                .filter(|(k, _)| wanted[bucket_of(k) as usize])
+                .filter(|(_, s)| wanted[s.bucket as usize])
                 .map(|(k, s)| KeySummary {
                     key: k.clone(),
                     gen: s.state.gen,
@@ -249,7 +249,7 @@ impl Store {
             peer.keys.iter().map(|s| (s.key.as_str(), s)).collect();
         let mut out = Vec::new();
         for (key, slot) in &self.entries {
-            if !wanted[bucket_of(key) as usize] {
+            if !wanted[slot.bucket as usize] {
                 continue;
             }
             let st = &slot.state;

@@ -134,6 +134,7 @@ impl World {
     fn new(n: usize, log: usize) -> Self {
         let cfg = StoreConfig {
             delta_log_per_key: log,
+            delta_log_capacity: log * 3,
             ..StoreConfig::default()
         };
         let mut stores: Vec<Store> = (0..n)
@@ -291,7 +292,7 @@ proptest! {
     /// equal, and equal to a replica that received every delta. A short
     /// delta log forces whole-state transfers too.
     #[test]
-    fn gossip_converges(acts in prop::collection::vec(act_strategy(4), 0..60), log in 0usize..4) {
+    fn gossip_converges(acts in prop::collection::vec(act_strategy(4), 0..60), log in 0usize..6) {
         let mut w = World::new(4, log);
         w.run(&acts);
         let t = w.time + 1;

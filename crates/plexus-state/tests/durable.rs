@@ -112,6 +112,20 @@ fn round_trip_restores_data_and_audit() {
         by_time.iter().map(|r| r.op.as_str()).collect::<Vec<_>>(),
         ["incr", "or-add", "or-remove"]
     );
+    let newest = db
+        .audit_query(&AuditQuery {
+            limit: 2,
+            ..AuditQuery::default()
+        })
+        .expect("audit");
+    assert_eq!(newest.iter().map(|r| r.seq).collect::<Vec<_>>(), [6, 7]);
+    assert_eq!(
+        newest,
+        s.audit_query(&AuditQuery {
+            limit: 2,
+            ..AuditQuery::default()
+        })
+    );
     let by_plugin = db
         .audit_query(&AuditQuery {
             plugin: Some("evil".into()),

@@ -245,3 +245,40 @@ fn event_topics_are_valid() {
     assert_eq!(plexus_state::topic_for("a//b"), "state/changes/a%2F%2Fb");
     assert_eq!(plexus_state::topic_for("star*"), "state/changes/star%2A");
 }
+
+/// The delta logs of all keys together stay within their capacity; keys
+/// whose deltas were forgotten are sent whole.
+#[test]
+fn delta_log_capacity_is_global() {
+    let cfg = StoreConfig {
+        delta_log_capacity: 2,
+        ..StoreConfig::default()
+    };
+    let mut s = [Store::new("n0", cfg.clone()), Store::new("n1", cfg)];
+    for i in 0..5 {
+        let c = s[0]
+            .create(
+                "p",
+                &format!("k{i}"),
+                Kind::PnCounter,
+                Access::Public,
+                None,
+                NOW,
+            )
+            .expect("create");
+        deliver(&mut s[1], "n0", &c.deltas, NOW);
+    }
+    for i in 0..5 {
+        s[0].incr("p", &format!("k{i}"), 1, NOW).expect("incr");
+    }
+    let summary = s[1].key_digest(&(0..BUCKETS as u16).collect::<Vec<_>>());
+    let items = s[0].missing_for(&summary);
+    let deltas = items
+        .iter()
+        .filter(|i| matches!(i, SyncItem::Delta(_)))
+        .count();
+    assert_eq!((deltas, items.len()), (2, 5));
+    let out = s[1].handle_gossip("n0", GossipMsg::Items(items), NOW, 1 << 20);
+    assert!(out.rejected.is_empty());
+    assert_eq!(s[0].digest(), s[1].digest());
+}

@@ -50,11 +50,17 @@ pub enum Operand {
 /// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CmpOp {
+    /// `==`
     Eq,
+    /// `!=`
     Ne,
+    /// `<`
     Lt,
+    /// `<=`
     Le,
+    /// `>`
     Gt,
+    /// `>=`
     Ge,
 }
 
@@ -75,7 +81,9 @@ impl CmpOp {
 /// condition text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConditionError {
+    /// Byte offset in the condition text.
     pub offset: usize,
+    /// What is wrong there.
     pub message: String,
 }
 
@@ -106,7 +114,7 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>, ConditionError> {
             continue;
         }
         let start = i;
-        let two = if i + 1 < b.len() { &s[i..i + 2] } else { "" };
+        let two = s.get(i..i + 2).unwrap_or("");
         let op2 = ["==", "!=", "<=", ">=", "&&", "||"]
             .into_iter()
             .find(|o| *o == two);
@@ -398,7 +406,9 @@ mod tests {
     }
 
     fn eval(s: &str) -> bool {
-        Condition::parse(s).unwrap_or_else(|e| panic!("{s}: {e}")).eval(&ctx())
+        Condition::parse(s)
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+            .eval(&ctx())
     }
 
     #[test]
@@ -439,6 +449,16 @@ mod tests {
             assert_eq!(e.offset, off, "{s}: {e}");
             assert!(e.message.contains(msg), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn non_ascii_does_not_panic() {
+        for s in ["aé", "é", "steps.a.ok == 'é'", "!é", "a ==é", "\u{1F600}&&"] {
+            let _ = Condition::parse(s);
+        }
+        assert!(Condition::parse("input.x == 'é'")
+            .unwrap()
+            .eval(&json!({"input": {"x": "é"}})));
     }
 
     #[test]

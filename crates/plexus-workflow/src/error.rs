@@ -125,7 +125,10 @@ mod tests {
     fn display_forms() {
         let e = WorkflowError::at("a\nb", Some(2), Some("steps[0].id".into()), "bad");
         assert_eq!(e.to_string(), "line 2, column 1: steps[0].id: bad");
-        assert_eq!(e.in_file("f.toml").to_string(), "f.toml:2:1: steps[0].id: bad");
+        assert_eq!(
+            e.in_file("f.toml").to_string(),
+            "f.toml:2:1: steps[0].id: bad"
+        );
         assert_eq!(WorkflowError::plain("x").in_file("f").to_string(), "f: x");
     }
 }

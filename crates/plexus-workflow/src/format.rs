@@ -56,6 +56,7 @@ pub enum OnError {
 pub struct Compensation {
     /// Defaults to the step's plugin.
     pub plugin: String,
+    /// The compensating command.
     pub command: String,
     /// Templates may read `result.…` (the step's output), `input.…` and
     /// `steps.ID.output.…` of steps up to this one.
@@ -67,7 +68,9 @@ pub struct Compensation {
 pub struct Step {
     /// Unique in the workflow; letters, digits, `_` and `-`.
     pub id: String,
+    /// The plugin that runs the command.
     pub plugin: String,
+    /// The plugin's command.
     pub command: String,
     /// A JSON object; string values may hold templates.
     pub input: Value,
@@ -75,6 +78,7 @@ pub struct Step {
     pub when: Option<Condition>,
     /// What happens when `when` is false.
     pub on_false: OnFalse,
+    /// What a failure of this step does to the run.
     pub on_error: OnError,
     /// Fields added to the input of the next step(s) that run: each value is
     /// a template that may read `output.…` (this step's output), `input.…`
@@ -95,6 +99,7 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Group {
+    /// How long the group's steps may run, together.
     pub timeout_ms: u64,
 }
 
@@ -103,8 +108,11 @@ pub struct Group {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySpec {
+    /// The shape of the delays (linear, exponential, fibonacci).
     pub backoff: Backoff,
+    /// The wait before the first retry.
     pub initial_delay_ms: u64,
+    /// Cap on every wait.
     pub max_delay_ms: u64,
     /// 0–1, see [`RetryPolicy::jitter`].
     pub jitter: f64,
@@ -269,7 +277,12 @@ struct Check<'a> {
 }
 
 impl Check<'_> {
-    fn err(&self, span: Range<usize>, field: impl Into<String>, msg: impl Into<String>) -> WorkflowError {
+    fn err(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> WorkflowError {
         WorkflowError::at(self.text, Some(span.start), Some(field.into()), msg)
     }
 }
@@ -355,7 +368,11 @@ impl Workflow {
                 }
             }
         } else if let Some(s) = &raw.saga {
-            return Err(ck.err(s.span(), "saga", "only allowed in a workflow of kind \"saga\""));
+            return Err(ck.err(
+                s.span(),
+                "saga",
+                "only allowed in a workflow of kind \"saga\"",
+            ));
         }
         for (name, g) in &raw.groups {
             if !valid_id(name) {
@@ -366,7 +383,11 @@ impl Workflow {
                 ));
             }
             if g.get_ref().timeout_ms == 0 {
-                return Err(ck.err(g.span(), format!("groups.{name}.timeout_ms"), "must be above 0"));
+                return Err(ck.err(
+                    g.span(),
+                    format!("groups.{name}.timeout_ms"),
+                    "must be above 0",
+                ));
             }
         }
 
@@ -509,7 +530,11 @@ impl Workflow {
                         continue;
                     }
                     let Some(target) = p.step() else {
-                        return Err(ck.err(span.clone(), where_, format!("{p}: name a step: steps.ID.…")));
+                        return Err(ck.err(
+                            span.clone(),
+                            where_,
+                            format!("{p}: name a step: steps.ID.…"),
+                        ));
                     };
                     let Some(&j) = index.get(target) else {
                         return Err(ck.err(
@@ -561,8 +586,20 @@ impl Workflow {
                     if kind == WorkflowKind::Saga {
                         return Err(ck.err(w.span(), field, "not allowed in a saga"));
                     }
-                    let c = Condition::parse(w.get_ref())
-                        .map_err(|e| ck.err(w.span(), field.clone(), e.to_string()))?;
+                    let c = Condition::parse(w.get_ref()).map_err(|e| {
+                        // Point into the string when it is written plainly
+                        // (no escapes), else at its start.
+                        let span = w.span();
+                        let raw = text.get(span.clone()).unwrap_or("");
+                        let plain = raw.len() == w.get_ref().len() + 2
+                            && raw.get(1..raw.len() - 1) == Some(w.get_ref().as_str());
+                        let at = if plain {
+                            span.start + 1 + e.offset
+                        } else {
+                            span.start
+                        };
+                        ck.err(at..at, field.clone(), e.to_string())
+                    })?;
                     let paths = c
                         .paths()
                         .into_iter()
@@ -659,11 +696,19 @@ impl Workflow {
                     }
                     let c = c.get_ref();
                     if c.command.get_ref().trim().is_empty() {
-                        return Err(ck.err(c.command.span(), format!("{field}.command"), "must not be empty"));
+                        return Err(ck.err(
+                            c.command.span(),
+                            format!("{field}.command"),
+                            "must not be empty",
+                        ));
                     }
                     let plugin = match &c.plugin {
                         Some(p) if p.get_ref().trim().is_empty() => {
-                            return Err(ck.err(p.span(), format!("{field}.plugin"), "must not be empty"))
+                            return Err(ck.err(
+                                p.span(),
+                                format!("{field}.plugin"),
+                                "must not be empty",
+                            ))
                         }
                         Some(p) => p.get_ref().clone(),
                         None => s.plugin.get_ref().clone(),
@@ -679,7 +724,12 @@ impl Workflow {
                             .into_iter()
                             .map(|(f, p)| (format!("{field}.input{f}"), p))
                             .collect();
-                        check_refs(paths, t.span(), format!("{field}.input"), Scope::Compensation)?;
+                        check_refs(
+                            paths,
+                            t.span(),
+                            format!("{field}.input"),
+                            Scope::Compensation,
+                        )?;
                     }
                     Some(Compensation {
                         plugin,
@@ -698,14 +748,22 @@ impl Workflow {
             }
             let max_attempts = match &s.max_attempts {
                 Some(m) if *m.get_ref() == 0 => {
-                    return Err(ck.err(m.span(), format!("steps[{i}].max_attempts"), "must be at least 1"))
+                    return Err(ck.err(
+                        m.span(),
+                        format!("steps[{i}].max_attempts"),
+                        "must be at least 1",
+                    ))
                 }
                 Some(m) => *m.get_ref(),
                 None => 1,
             };
             let timeout_ms = match &s.timeout_ms {
                 Some(t) if *t.get_ref() == 0 => {
-                    return Err(ck.err(t.span(), format!("steps[{i}].timeout_ms"), "must be above 0"))
+                    return Err(ck.err(
+                        t.span(),
+                        format!("steps[{i}].timeout_ms"),
+                        "must be above 0",
+                    ))
                 }
                 t => t.as_ref().map(|t| *t.get_ref()),
             };
@@ -741,10 +799,8 @@ impl Workflow {
         let plan_stages = stages
             .into_iter()
             .map(|(group, members)| {
-                let mut ps: Vec<PlannedStep> = members
-                    .iter()
-                    .filter_map(|&m| planned[m].take())
-                    .collect();
+                let mut ps: Vec<PlannedStep> =
+                    members.iter().filter_map(|&m| planned[m].take()).collect();
                 match group {
                     None => Stage::Step(ps.remove(0)),
                     Some(g) if g.is_empty() => Stage::Parallel {

@@ -50,7 +50,12 @@ pub enum Branch {
     /// Skip the step.
     Skip,
     /// Skip the step and every stage before `to_stage`.
-    Jump { to_step: String, to_stage: usize },
+    Jump {
+        /// The step that runs next.
+        to_step: String,
+        /// Its stage.
+        to_stage: usize,
+    },
 }
 
 /// One step as planned.
@@ -58,6 +63,7 @@ pub enum Branch {
 pub struct PlannedStep {
     /// Index in [`crate::Workflow::steps`].
     pub index: usize,
+    /// The step's id.
     pub id: String,
     /// The step's condition, if any.
     pub when: Option<Condition>,
@@ -73,8 +79,11 @@ pub enum Stage {
     Step(PlannedStep),
     /// Steps run at once, joined under a timeout.
     Parallel {
+        /// The group's name (`workflow` for a parallel workflow).
         group: String,
+        /// Steps still running after this fail.
         timeout_ms: u64,
+        /// The group's steps, in file order.
         steps: Vec<PlannedStep>,
     },
 }
@@ -92,6 +101,7 @@ impl Stage {
 /// The ordered stages of a workflow (see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Plan {
+    /// The stages, in execution order.
     pub stages: Vec<Stage>,
 }
 
