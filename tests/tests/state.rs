@@ -593,3 +593,70 @@ fn maps_fields_and_explicit_types() {
     assert_eq!(state(n, "get", "alpha", &["u"]).json()["status"], 404);
     assert_eq!(value(n, "alpha", "g"), Some(Value::from(1)));
 }
+
+/// Issue 5's convergence figure: 5 nodes, gossip every 100 ms; two nodes are
+/// cut off (SIGSTOP) until the others declare them down, writes go on, then
+/// the partition heals. Prints the time until both returning nodes hold
+/// exactly what the other three hold (polling through the CLI, so an upper
+/// bound; `docs/benchmarks.md` has the figures).
+#[test]
+fn five_nodes_converge_quickly_after_a_partition_heals() {
+    let (_tmp, c) = cluster(5, 100);
+    ok(state(&c.nodes[0], "add", "alpha", &["set", "a", "b", "c"]));
+    converged(&c, "alpha", &["set"], Duration::from_secs(10));
+    c.nodes[3].freeze();
+    c.nodes[4].freeze();
+    c.wait_members(0, Duration::from_secs(20), |ms| {
+        ms.iter()
+            .filter(|m| m["name"] == "node4" || m["name"] == "node5")
+            .all(|m| m["status"] == "down")
+    });
+    for (i, n) in c.nodes[..3].iter().enumerate() {
+        ok(state(n, "incr", "alpha", &["count", "--by", "3"]));
+        ok(state(n, "add", "alpha", &["set", &format!("n{i}")]));
+        ok(state(
+            n,
+            "put",
+            "alpha",
+            &[&format!("reg{i}"), &i.to_string()],
+        ));
+    }
+    ok(state(&c.nodes[1], "remove", "alpha", &["set", "a"]));
+    let keys = ["count", "set", "reg0", "reg1", "reg2"];
+    // The majority side agrees first.
+    let live = wait_for(Duration::from_secs(10), "the live side to agree", || {
+        let mut vals = vec![];
+        for k in keys {
+            let v = read(&c.nodes[0], "alpha", k)?;
+            for n in &c.nodes[1..3] {
+                if read(n, "alpha", k)? != v {
+                    return None;
+                }
+            }
+            vals.push(v);
+        }
+        Some(vals)
+    });
+    c.nodes[3].thaw();
+    c.nodes[4].thaw();
+    let healed = std::time::Instant::now();
+    wait_for(
+        Duration::from_secs(20),
+        "the returning nodes to converge",
+        || {
+            for n in &c.nodes[3..] {
+                for (k, want) in keys.iter().zip(&live) {
+                    if read(n, "alpha", k).as_ref() != Some(want) {
+                        return None;
+                    }
+                }
+            }
+            Some(())
+        },
+    );
+    let took = healed.elapsed();
+    eprintln!("5 nodes: the 2 returning replicas converged {took:?} after the partition healed (gossip 100 ms)");
+    assert_eq!(live[0].0, Value::from(9));
+    assert_eq!(live[1].0, serde_json::json!(["b", "c", "n0", "n1", "n2"]));
+    converged(&c, "alpha", &keys, Duration::from_secs(10));
+}
