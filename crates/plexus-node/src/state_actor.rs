@@ -351,10 +351,18 @@ impl Actor for StateActor {
             StateMsg::Expire(id) => st.expire(id),
             StateMsg::Write(req, reply) => {
                 let members = members(&st.ctx).await;
+                if members.is_empty() && req.consistency != Consistency::Local {
+                    let _ = reply.send(Err(no_view()));
+                    return Ok(());
+                }
                 st.write(&myself, &members, req, reply);
             }
             StateMsg::Read(req, reply) => {
                 let members = members(&st.ctx).await;
+                if members.is_empty() && req.consistency != Consistency::Local {
+                    let _ = reply.send(Err(no_view()));
+                    return Ok(());
+                }
                 st.read(&myself, &members, req, reply);
             }
             StateMsg::List(plugin, reply) => {
@@ -376,6 +384,10 @@ impl Actor for StateActor {
                 reply,
             } => {
                 let members = members(&st.ctx).await;
+                if members.is_empty() {
+                    let _ = reply.send(Err(no_view()));
+                    return Ok(());
+                }
                 st.lease_acquire(&myself, &members, name, holder, ttl_ms, timeout, reply);
             }
             StateMsg::LeaseRelease {
@@ -418,6 +430,16 @@ async fn members(ctx: &NodeCtx) -> Vec<MemberView> {
         .ok()
         .and_then(|r| r.success_or(()).ok())
         .unwrap_or_default()
+}
+
+/// Without a membership view the quorum size is unknown: refuse rather
+/// than count a majority of one.
+fn no_view() -> StateProblem {
+    StateProblem::new(
+        503,
+        "membership-unavailable",
+        "the membership view is unavailable (restarting?); only `local` reads and writes are served",
+    )
 }
 
 /// Nodes counted for consistency: every member the view knows, whatever its
