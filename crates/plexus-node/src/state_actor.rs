@@ -862,8 +862,11 @@ impl StateState {
         };
         if req.consistency == Consistency::Local || tracker.status() == AckStatus::Reached {
             // Push the fresh deltas eagerly; gossip repairs any loss.
-            let packed =
-                plexus_state::pack_deltas(change.deltas, self.ctx.config.state.max_message_bytes);
+            let max = self.ctx.config.state.max_message_bytes;
+            let packed = plexus_state::pack_deltas(change.deltas, max);
+            for k in &packed.oversized {
+                tracing::warn!(key = %k, max, "a change exceeds state.max_message_bytes; peers get it only if it fits later");
+            }
             for p in self.live_peers(members) {
                 for m in &packed.messages {
                     self.send(&p, &StateWire::Gossip(m.clone()));
