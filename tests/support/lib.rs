@@ -109,6 +109,29 @@ pub struct Node {
 impl Node {
     /// Start a node and wait for its ready line. `listen`/`api` may use port 0.
     pub fn start(spec: NodeSpec, dir: &Path, listen: &str, api: &str, seeds: &[String]) -> Node {
+        // With port 0 another process can take the port between the node's
+        // probe and its bind; try again with fresh ports.
+        if listen.ends_with(":0") {
+            for _ in 0..3 {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    Node::start_once(spec.clone(), dir, listen, api, seeds)
+                })) {
+                    Ok(n) => return n,
+                    Err(e) => {
+                        let log = std::fs::read_to_string(dir.join(format!("{}.log", spec.name)))
+                            .unwrap_or_default();
+                        if !log.contains("Address already in use") {
+                            std::panic::resume_unwind(e);
+                        }
+                        let _ = std::fs::remove_file(dir.join(format!("{}.log", spec.name)));
+                    }
+                }
+            }
+        }
+        Node::start_once(spec, dir, listen, api, seeds)
+    }
+
+    fn start_once(spec: NodeSpec, dir: &Path, listen: &str, api: &str, seeds: &[String]) -> Node {
         let data_dir = dir.join(&spec.name);
         let log = dir.join(format!("{}.log", spec.name));
         let mut n = Node {
@@ -145,7 +168,9 @@ impl Node {
             .arg(self.spec.plugins.join(","))
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--cookie", "test-cookie"])
+            // One cookie per test directory: clusters of parallel tests must
+            // never join each other when one reuses a port another freed.
+            .args(["--cookie", &cookie_for(dir_of(&self.data_dir))])
             .env("PLEXUS_LOG", "info,plexus_node=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -346,6 +371,30 @@ impl Cluster {
             .find(|p| p["name"] == plugin)
             .and_then(|p| p["status"].as_str().map(str::to_string))
     }
+}
+
+impl Drop for Cluster {
+    /// A failing test shows what the nodes logged (the directory goes away).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                eprintln!(
+                    "--- log of {} (last 400 lines)\n{}",
+                    n.spec.name,
+                    tail(&n.log_text(), 400)
+                );
+            }
+        }
+    }
+}
+
+fn dir_of(data_dir: &Path) -> &Path {
+    data_dir.parent().unwrap_or(data_dir)
+}
+
+fn cookie_for(dir: &Path) -> String {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("plexus");
+    format!("test-{name}-{}", std::process::id())
 }
 
 /// The last `n` lines of `s`.

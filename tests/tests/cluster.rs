@@ -78,7 +78,7 @@ fn exec_runs_where_the_plugin_lives_and_survives_kill_and_restart() {
         .unwrap()
         .iter()
         .find(|p| p["name"] == "lobbi-platform-manager")
-        .expect("lobbi row")
+        .unwrap_or_else(|| panic!("no lobbi row in {s:#}"))
         .clone();
     assert_eq!(lobbi["node"], "node3");
     assert_eq!(lobbi["status"], "available");

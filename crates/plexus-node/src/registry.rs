@@ -60,6 +60,7 @@ impl Actor for Registry {
         myself: ActorRef<Self::Msg>,
         ctx: Arc<NodeCtx>,
     ) -> Result<RegistryState, ActorProcessingErr> {
+        tracing::debug!("registry starting");
         let local = ctx
             .hosted
             .iter()
@@ -100,6 +101,7 @@ impl Actor for Registry {
                 let newer = st.nodes.get(&a.identity.name).is_none_or(|old| {
                     (a.identity.generation, a.seq) > (old.identity.generation, old.seq)
                 });
+                tracing::debug!(from = %a.identity.name, generation = a.identity.generation, seq = a.seq, plugins = a.plugins.len(), newer, "announce");
                 if newer {
                     st.nodes.insert(a.identity.name.clone(), a);
                 }
