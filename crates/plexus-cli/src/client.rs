@@ -96,10 +96,33 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<Result<T, Problem>, Failure> {
+        let bytes = serde_json::to_vec(body).map_err(anyhow::Error::from)?;
         let r = self
             .agent
             .post(format!("{}{path}", self.base))
-            .send_json(body);
+            .header("content-type", "application/json")
+            .send(&bytes[..]);
+        // A node refuses an oversized body by answering 413 and closing the
+        // connection, which can reach us as a broken pipe mid-upload.
+        if let Err(ureq::Error::Io(e)) = &r {
+            if bytes.len() > 64 * 1024
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                )
+            {
+                return Ok(Err(Problem {
+                    status: 413,
+                    detail: format!(
+                        "request body too large: the node at {} closed the connection while receiving {} bytes (its limit is limits.max_payload_bytes)",
+                        self.base,
+                        bytes.len()
+                    ),
+                    kind: "payload-too-large".into(),
+                    reply: None,
+                }));
+            }
+        }
         self.read(path, r)
     }
 }
