@@ -115,6 +115,7 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
     let limit = ctx.config.max_payload_bytes + 64 * 1024;
     Router::new()
         .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/exec", post(exec))
         .route("/v1/route", post(route))
@@ -335,6 +336,25 @@ pub fn breaker_open(state: &str) -> bool {
 /// Run a command wherever its plugin is hosted, with the plugin's retry
 /// policy, then its cached result (TTL) if every try failed.
 pub async fn exec_command(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Problem> {
+    let started = Instant::now();
+    let plugin = body.plugin.clone();
+    let r = exec_with_policy(ctx, body).await;
+    let outcome = match &r {
+        Ok(rep) => rep
+            .served_by
+            .as_deref()
+            .map(|s| s.split(' ').next().unwrap_or(s).to_string())
+            .unwrap_or_else(|| "primary".into()),
+        Err(p) => p.kind.rsplit('/').next().unwrap_or("error").to_string(),
+    };
+    // Only catalog plugins get a label: clients must not mint time series.
+    if ctx.catalog.plugin(&plugin).is_some() {
+        ctx.metrics.exec(&plugin, &outcome, started.elapsed());
+    }
+    r
+}
+
+async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Problem> {
     let spec = ctx.catalog.plugin(&body.plugin).map(|p| {
         let idempotent = p
             .command(body.command.trim_start_matches('/'))
@@ -693,4 +713,160 @@ async fn get_workflow(
                 format!("no workflow run {id:?} on this node"),
             )
         })
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
+    use crate::metrics::{esc, header};
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut o = String::new();
+    let b = ctx.bus.stats();
+    for (name, kind, help, v) in [
+        (
+            "plexus_bus_published_total",
+            "counter",
+            "Messages published on this node's bus.",
+            b.published,
+        ),
+        (
+            "plexus_bus_delivered_total",
+            "counter",
+            "Messages delivered to local subscribers.",
+            b.delivered,
+        ),
+        (
+            "plexus_bus_forwarded_total",
+            "counter",
+            "Messages forwarded to other nodes.",
+            b.forwarded,
+        ),
+        (
+            "plexus_bus_dead_letters_total",
+            "counter",
+            "Messages dead-lettered (undeliverable or expired).",
+            b.dead_lettered,
+        ),
+        (
+            "plexus_bus_subscriptions",
+            "gauge",
+            "Live subscriptions.",
+            b.subscriptions as u64,
+        ),
+        (
+            "plexus_bus_pending_requests",
+            "gauge",
+            "Requests waiting for a response.",
+            b.pending_requests as u64,
+        ),
+        (
+            "plexus_link_frames_in_total",
+            "counter",
+            "Cluster frames received.",
+            ctx.stats.frames_in.load(Relaxed),
+        ),
+        (
+            "plexus_link_frames_out_total",
+            "counter",
+            "Cluster frames sent.",
+            ctx.stats.frames_out.load(Relaxed),
+        ),
+        (
+            "plexus_link_bytes_in_total",
+            "counter",
+            "Cluster bytes received.",
+            ctx.stats.bytes_in.load(Relaxed),
+        ),
+        (
+            "plexus_link_bytes_out_total",
+            "counter",
+            "Cluster bytes sent.",
+            ctx.stats.bytes_out.load(Relaxed),
+        ),
+        (
+            "plexus_link_bad_frames_total",
+            "counter",
+            "Frames from peers that did not decode (dropped).",
+            ctx.stats.bad_frames.load(Relaxed),
+        ),
+        (
+            "plexus_link_send_failures_total",
+            "counter",
+            "Frames that could not be sent.",
+            ctx.stats.send_failures.load(Relaxed),
+        ),
+    ] {
+        header(&mut o, name, kind, help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    if let (Ok(view), Ok(ann)) = (view(&ctx).await, announces(&ctx).await) {
+        header(
+            &mut o,
+            "plexus_members",
+            "gauge",
+            "Cluster members by status, as this node sees them.",
+        );
+        for st in [
+            MemberStatus::Up,
+            MemberStatus::Unreachable,
+            MemberStatus::Down,
+        ] {
+            let n = view.iter().filter(|m| m.status == st).count();
+            let _ = writeln!(o, "plexus_members{{status=\"{st}\"}} {n}");
+        }
+        let rows = plugin_rows(&ann, &view);
+        header(
+            &mut o,
+            "plexus_plugin_available",
+            "gauge",
+            "1 when the plugin serves on that node.",
+        );
+        for r in &rows {
+            let _ = writeln!(
+                o,
+                "plexus_plugin_available{{plugin=\"{}\",node=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&r.node),
+                u8::from(r.status == "available")
+            );
+        }
+        header(
+            &mut o,
+            "plexus_plugin_breaker_open",
+            "gauge",
+            "1 when the plugin's circuit breaker refuses calls (open or forced open).",
+        );
+        for r in &rows {
+            let _ = writeln!(
+                o,
+                "plexus_plugin_breaker_open{{plugin=\"{}\",node=\"{}\",state=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&r.node),
+                esc(&r.breaker),
+                u8::from(breaker_open(&r.breaker))
+            );
+        }
+        header(
+            &mut o,
+            "plexus_plugin_restarts",
+            "gauge",
+            "Restarts of the plugin's host actor.",
+        );
+        for r in &rows {
+            let _ = writeln!(
+                o,
+                "plexus_plugin_restarts{{plugin=\"{}\",node=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&r.node),
+                r.restarts
+            );
+        }
+    }
+    ctx.metrics.render(&mut o);
+    let mut r = o.into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }

@@ -135,7 +135,10 @@ async fn decide(ctx: &NodeCtx, req: RouteRequest) -> Result<RoutingDecision, Pro
         )
         .await;
     match r {
-        Ok(ractor::rpc::CallResult::Success(d)) => Ok(d),
+        Ok(ractor::rpc::CallResult::Success(d)) => {
+            ctx.metrics.route(d.primary_plugin.is_none(), d.confidence);
+            Ok(d)
+        }
         _ => Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "restarting",

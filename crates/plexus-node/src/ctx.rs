@@ -65,6 +65,8 @@ pub struct NodeCtx {
     /// failed (graceful degradation).
     pub cache:
         parking_lot::Mutex<plexus_resilience::ResultCache<String, crate::plugins::ExecReply>>,
+    /// Request and routing metrics (`/metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl NodeCtx {

@@ -13,6 +13,7 @@ pub mod ctx;
 pub mod effects;
 pub mod gateway;
 pub mod membership_actor;
+pub mod metrics;
 pub mod plugins;
 pub mod registry;
 pub mod router_actor;
@@ -183,6 +184,7 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         hosted,
         stats: LinkStats::default(),
         started: Instant::now(),
+        metrics: metrics::Metrics::default(),
         cache: parking_lot::Mutex::new(plexus_resilience::ResultCache::new(
             1024,
             Duration::from_secs(300),

@@ -1,0 +1,188 @@
+//! `/metrics` in the Prometheus text format (version 0.0.4).
+//!
+//! Counters kept here are the ones no other part already has: request
+//! latency and outcomes per plugin (as seen by the node that took the
+//! client's request) and routing decisions. Bus, link, membership and plugin
+//! gauges are read from their owners when the page is rendered.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+}
+
+/// Node-local request and routing metrics.
+#[derive(Default)]
+pub struct Metrics {
+    exec: Mutex<BTreeMap<String, Histogram>>,
+    outcomes: Mutex<BTreeMap<(String, String), u64>>,
+    routes: Mutex<BTreeMap<&'static str, u64>>,
+    confidence: Mutex<Histogram>,
+}
+
+impl Metrics {
+    /// One client request to `plugin` ended with `outcome` (`primary`,
+    /// `retry`, `cache`, `default`, or an error kind) after `took`.
+    pub fn exec(&self, plugin: &str, outcome: &str, took: Duration) {
+        self.exec
+            .lock()
+            .entry(plugin.to_string())
+            .or_default()
+            .observe(took.as_secs_f64());
+        *self
+            .outcomes
+            .lock()
+            .entry((plugin.to_string(), outcome.to_string()))
+            .or_default() += 1;
+    }
+
+    /// One routing decision.
+    pub fn route(&self, abstained: bool, confidence: f64) {
+        *self
+            .routes
+            .lock()
+            .entry(if abstained { "abstained" } else { "routed" })
+            .or_default() += 1;
+        self.confidence.lock().observe(confidence);
+    }
+
+    /// Append this node's own metrics.
+    pub fn render(&self, out: &mut String) {
+        let exec = self.exec.lock().clone();
+        header(
+            out,
+            "plexus_exec_duration_seconds",
+            "histogram",
+            "Client request latency per plugin, on the node that took the request.",
+        );
+        for (p, h) in &exec {
+            histogram(
+                out,
+                "plexus_exec_duration_seconds",
+                &format!("plugin=\"{}\"", esc(p)),
+                h,
+            );
+        }
+        header(
+            out,
+            "plexus_exec_total",
+            "counter",
+            "Client requests per plugin and outcome (served_by path or error kind).",
+        );
+        for ((p, o), n) in self.outcomes.lock().iter() {
+            let _ = writeln!(
+                out,
+                "plexus_exec_total{{plugin=\"{}\",outcome=\"{}\"}} {n}",
+                esc(p),
+                esc(o)
+            );
+        }
+        header(
+            out,
+            "plexus_route_decisions_total",
+            "counter",
+            "Routing decisions by result.",
+        );
+        for (r, n) in self.routes.lock().iter() {
+            let _ = writeln!(out, "plexus_route_decisions_total{{result=\"{r}\"}} {n}");
+        }
+        header(
+            out,
+            "plexus_route_confidence",
+            "histogram",
+            "Confidence of routing decisions (0-1; buckets reuse the latency bounds).",
+        );
+        histogram(
+            out,
+            "plexus_route_confidence",
+            "",
+            &self.confidence.lock().clone(),
+        );
+    }
+}
+
+/// `# HELP` and `# TYPE` lines.
+pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A label value escaped for the text format.
+pub fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (i, b) in BUCKETS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
+            h.counts[i]
+        );
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{braces} {}", h.count);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_labels_escaped() {
+        let m = Metrics::default();
+        m.exec("p\"x", "primary", Duration::from_millis(3));
+        m.exec("p\"x", "primary", Duration::from_millis(300));
+        let mut s = String::new();
+        m.render(&mut s);
+        assert!(
+            s.contains("plexus_exec_duration_seconds_bucket{plugin=\"p\\\"x\",le=\"0.005\"} 1"),
+            "{s}"
+        );
+        assert!(
+            s.contains("plexus_exec_duration_seconds_bucket{plugin=\"p\\\"x\",le=\"0.5\"} 2"),
+            "{s}"
+        );
+        assert!(
+            s.contains("plexus_exec_duration_seconds_count{plugin=\"p\\\"x\"} 2"),
+            "{s}"
+        );
+        assert!(
+            s.contains("plexus_exec_total{plugin=\"p\\\"x\",outcome=\"primary\"} 2"),
+            "{s}"
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! `/metrics` parses as Prometheus text and its counters move with traffic.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use plexus_tests::{Cluster, NodeSpec};
+
+fn get(api: &str, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(api).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").expect("http response");
+    (head.to_string(), body.to_string())
+}
+
+/// Parse the text format strictly enough to catch a malformed page:
+/// every sample line is `name{labels} value` with a known TYPE.
+fn parse(body: &str) -> HashMap<String, f64> {
+    let mut types = HashMap::new();
+    let mut samples = HashMap::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE line");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            types.insert(name.to_string(), kind.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (key, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("sample without value: {line}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        let name = key.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).map(String::as_str) == Some("histogram"))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "sample before its TYPE: {line}");
+        if key.contains('{') {
+            assert!(key.ends_with('}'), "{line}");
+        }
+        samples.insert(key.to_string(), v);
+    }
+    samples
+}
+
+#[test]
+fn metrics_parse_and_counters_move_with_traffic() {
+    let spec = |name: &str, plugins: &[&str]| NodeSpec {
+        name: name.into(),
+        plugins: plugins.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let c = Cluster::start(vec![
+        spec("node1", &["jira-orchestrator"]),
+        spec("node2", &["frontend-powerhouse"]),
+    ]);
+    let (head, body) = get(&c.nodes[0].api, "/metrics");
+    assert!(
+        head.contains("200") && head.contains("text/plain"),
+        "{head}"
+    );
+    let before = parse(&body);
+    assert_eq!(
+        before.get("plexus_members{status=\"up\"}"),
+        Some(&2.0),
+        "{body}"
+    );
+    assert_eq!(
+        before.get("plexus_plugin_available{plugin=\"frontend-powerhouse\",node=\"node2\"}"),
+        Some(&1.0)
+    );
+    for _ in 0..3 {
+        let o = c.nodes[0].exec(
+            "frontend-powerhouse",
+            "create-component",
+            Some(r#"{"name":"X"}"#),
+        );
+        assert_eq!(o.code, 0, "{o:?}");
+    }
+    let _ = c.nodes[0].exec("frontend-powerhouse", "no-such-command", None);
+    let after = parse(&get(&c.nodes[0].api, "/metrics").1);
+    let key = "plexus_exec_total{plugin=\"frontend-powerhouse\",outcome=\"primary\"}";
+    assert_eq!(
+        after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0),
+        3.0
+    );
+    assert_eq!(
+        after.get("plexus_exec_total{plugin=\"frontend-powerhouse\",outcome=\"unknown-command\"}"),
+        Some(&1.0)
+    );
+    assert_eq!(
+        after.get("plexus_exec_duration_seconds_count{plugin=\"frontend-powerhouse\"}"),
+        Some(&4.0)
+    );
+    assert!(after["plexus_link_frames_out_total"] > before["plexus_link_frames_out_total"]);
+}
