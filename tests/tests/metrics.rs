@@ -108,3 +108,27 @@ fn metrics_parse_and_counters_move_with_traffic() {
     );
     assert!(after["plexus_link_frames_out_total"] > before["plexus_link_frames_out_total"]);
 }
+
+#[test]
+fn status_watch_keeps_reporting_until_stopped() {
+    use std::io::BufRead;
+    let c = Cluster::start(vec![NodeSpec {
+        name: "node1".into(),
+        plugins: vec!["jira-orchestrator".into()],
+        ..Default::default()
+    }]);
+    let mut child = std::process::Command::new(plexus_tests::bin())
+        .args(["status", "--connect", &c.nodes[0].api, "--watch", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..2 {
+        let line = lines.next().expect("a line").expect("read");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json line");
+        assert_eq!(v["node"], "node1");
+    }
+    assert!(child.try_wait().unwrap().is_none(), "still watching");
+    child.kill().unwrap();
+    let _ = child.wait();
+}

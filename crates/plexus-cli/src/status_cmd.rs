@@ -17,19 +17,29 @@ pub struct StatusArgs {
     /// Print the node's answer as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Redraw every second until interrupted (with --json: one line per second).
+    #[arg(long)]
+    pub watch: bool,
 }
 
 pub fn run(a: StatusArgs) -> CliResult {
     let c = Client::new(&a.connect, Duration::from_secs(10));
-    let body: StatusBody = c
-        .get("/v1/status")?
-        .map_err(|p| anyhow!("{} (HTTP {})", p.detail, p.status))?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
-    } else {
-        print!("{}", render(&body));
+    loop {
+        let body: StatusBody = c
+            .get("/v1/status")?
+            .map_err(|p| anyhow!("{} (HTTP {})", p.detail, p.status))?;
+        match (a.json, a.watch) {
+            (true, false) => println!("{}", serde_json::to_string_pretty(&body)?),
+            (true, true) => println!("{}", serde_json::to_string(&body)?),
+            // Clear the screen and home the cursor, then redraw.
+            (false, true) => print!("\x1b[2J\x1b[H{}", render(&body)),
+            (false, false) => print!("{}", render(&body)),
+        }
+        if !a.watch {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
-    Ok(())
 }
 
 /// The human view of a status answer.
