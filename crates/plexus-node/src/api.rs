@@ -547,7 +547,8 @@ async fn exec(
     exec_command(&ctx, body).await.map(Json)
 }
 
-fn body_problem(ctx: &NodeCtx, e: JsonRejection) -> Problem {
+/// The problem document for a request body that did not parse or was too large.
+pub(crate) fn body_problem(ctx: &NodeCtx, e: JsonRejection) -> Problem {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE
         || e.body_text().contains("length limit exceeded")
     {

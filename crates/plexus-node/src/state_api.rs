@@ -240,9 +240,8 @@ async fn ask<T: Send + 'static>(
 }
 
 fn json_body<T>(ctx: &NodeCtx, b: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
-    let _ = ctx;
     b.map(|Json(x)| x)
-        .map_err(|e| bad(format!("malformed request: {}", e.body_text())))
+        .map_err(|e| crate::api::body_problem(ctx, e))
 }
 
 async fn write(ctx: &NodeCtx, b: WriteBody, op: WriteOp) -> Result<Json<WriteDone>, Problem> {
