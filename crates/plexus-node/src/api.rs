@@ -17,7 +17,7 @@ use plexus_resilience::RetryPolicy;
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 
-use crate::ctx::{actor_name, NodeCtx};
+use crate::ctx::{local_actor, NodeCtx};
 use crate::membership_actor::MembershipMsg;
 use crate::plugins::{exec_envelope, ExecReply};
 use crate::registry::{plugin_rows, PluginRow, RegistryMsg};
@@ -44,6 +44,14 @@ impl Problem {
             detail: detail.into(),
             reply: None,
         }
+    }
+}
+
+impl Problem {
+    /// Unavailable, failed or timed out (502–504): it may pass on another
+    /// node, plugin or try, unlike a bad request.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self.status, 502..=504)
     }
 }
 
@@ -135,18 +143,23 @@ async fn health(State(ctx): State<Arc<NodeCtx>>) -> Json<serde_json::Value> {
 
 const ACTOR_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The membership view from the Membership actor.
-pub async fn view(ctx: &NodeCtx) -> Result<Vec<MemberView>, Problem> {
-    let cell =
-        ractor::registry::where_is(actor_name(ctx.name(), "membership")).ok_or_else(|| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "restarting",
-                "membership service is restarting",
-            )
-        })?;
-    let a: ActorRef<MembershipMsg> = cell.into();
-    a.call(MembershipMsg::View, Some(ACTOR_TIMEOUT))
+/// Ask the node-local actor `role` and wait up to `wait`. A missing actor is
+/// a 503 "`what` is restarting", a silent one a 503 "`what` did not answer".
+pub(crate) async fn call_local<M: ractor::Message, T: Send + 'static>(
+    ctx: &NodeCtx,
+    role: &str,
+    what: &str,
+    wait: Duration,
+    build: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
+) -> Result<T, Problem> {
+    let a: ActorRef<M> = local_actor(ctx.name(), role).ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "restarting",
+            format!("{what} is restarting"),
+        )
+    })?;
+    a.call(build, Some(wait))
         .await
         .ok()
         .and_then(|r| r.success_or(()).ok())
@@ -154,32 +167,33 @@ pub async fn view(ctx: &NodeCtx) -> Result<Vec<MemberView>, Problem> {
             Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
-                "membership service did not answer",
+                format!("{what} did not answer"),
             )
         })
 }
 
+/// The membership view from the Membership actor.
+pub async fn view(ctx: &NodeCtx) -> Result<Vec<MemberView>, Problem> {
+    call_local(
+        ctx,
+        "membership",
+        "membership service",
+        ACTOR_TIMEOUT,
+        MembershipMsg::View,
+    )
+    .await
+}
+
 /// The registry's announces.
 pub async fn announces(ctx: &NodeCtx) -> Result<Vec<NodeAnnounce>, Problem> {
-    let cell = ractor::registry::where_is(actor_name(ctx.name(), "registry")).ok_or_else(|| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "restarting",
-            "registry is restarting",
-        )
-    })?;
-    let a: ActorRef<RegistryMsg> = cell.into();
-    a.call(RegistryMsg::Snapshot, Some(ACTOR_TIMEOUT))
-        .await
-        .ok()
-        .and_then(|r| r.success_or(()).ok())
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "registry did not answer",
-            )
-        })
+    call_local(
+        ctx,
+        "registry",
+        "registry",
+        ACTOR_TIMEOUT,
+        RegistryMsg::Snapshot,
+    )
+    .await
 }
 
 /// Build the status document (also used by `plexus up`'s live view).
@@ -355,16 +369,17 @@ pub async fn exec_command(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
 }
 
 async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Problem> {
-    let spec = ctx.catalog.plugin(&body.plugin).map(|p| {
-        let idempotent = p
-            .command(body.command.trim_start_matches('/'))
-            .is_none_or(|c| c.idempotent);
-        (
-            RetryPolicy::from_spec(&p.manifest.error_handling.retry_policy),
-            idempotent,
-        )
+    let handling = ctx
+        .catalog
+        .plugin(&body.plugin)
+        .map(|p| (p, &p.manifest.error_handling));
+    let policy = handling.map_or_else(RetryPolicy::none, |(_, h)| {
+        RetryPolicy::from_spec(&h.retry_policy)
     });
-    let (policy, idempotent) = spec.unwrap_or((RetryPolicy::none(), true));
+    let idempotent = handling.is_none_or(|(p, _)| {
+        p.command(body.command.trim_start_matches('/'))
+            .is_none_or(|c| c.idempotent)
+    });
     let key = format!(
         "{}\u{0}{}\u{0}{}",
         body.plugin,
@@ -396,9 +411,10 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
                     .and_then(|r| r.error.as_ref())
                     .is_some_and(|e| e.retryable)
                     || p.kind.ends_with("/timeout");
-                let delay = policy.delay_for(retries + 1, &mut rand::thread_rng());
                 if RetryPolicy::should_retry(idempotent, body.idempotency_key.is_some(), retryable)
                 {
+                    // Its own statement: the thread-local RNG must not live across the sleep.
+                    let delay = policy.delay_for(retries + 1, &mut rand::thread_rng());
                     if let Some(d) = delay {
                         retries += 1;
                         tracing::debug!(plugin = %body.plugin, retries, delay_ms = d.as_millis() as u64, error = %p.detail, "retrying");
@@ -407,7 +423,7 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
                     }
                 }
                 // Degrade to the last good answer, if still fresh.
-                let unavailable = matches!(p.status, 502..=504);
+                let unavailable = p.is_unavailable();
                 if unavailable && idempotent {
                     if let Some(c) = ctx.cache.lock().get(&key, Instant::now()).cloned() {
                         let mut c = c;
@@ -417,11 +433,7 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
                     }
                 }
                 if unavailable {
-                    let declared = ctx
-                        .catalog
-                        .plugin(&body.plugin)
-                        .and_then(|pl| pl.manifest.error_handling.default_result.clone());
-                    if let Some(d) = declared {
+                    if let Some(d) = handling.and_then(|(_, h)| h.default_result.as_ref()) {
                         return Ok(ExecReply {
                             ok: true,
                             plugin: body.plugin.clone(),
@@ -484,12 +496,7 @@ async fn exec_once(ctx: &NodeCtx, body: &ExecBody) -> Result<ExecReply, Problem>
         trace_id: None,
         model: body.model,
     };
-    let mut env = exec_envelope(&format!("api@{}", ctx.name()), &req, priority);
-    // Trace id = message id, so the reply and every log line can be joined.
-    let trace = env.headers.trace_id.clone();
-    let mut r2 = req.clone();
-    r2.trace_id = trace;
-    env.payload = serde_json::to_vec(&r2).unwrap_or_default();
+    let env = exec_envelope(&format!("api@{}", ctx.name()), req, priority);
     let started = Instant::now();
     let resp = ctx.bus.request(env, timeout).await.map_err(|e| match e {
         BusError::NoRoute { .. } => Problem::new(
@@ -604,16 +611,6 @@ pub struct StartWorkflowBody {
     pub wait_ms: Option<u64>,
 }
 
-fn workflows_of(ctx: &NodeCtx) -> Result<ActorRef<crate::workflows::WorkflowsMsg>, Problem> {
-    crate::workflows::supervisor_of(ctx).ok_or_else(|| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "restarting",
-            "the workflow service is restarting",
-        )
-    })
-}
-
 async fn start_workflow(
     State(ctx): State<Arc<NodeCtx>>,
     body: Result<Json<StartWorkflowBody>, JsonRejection>,
@@ -627,31 +624,15 @@ async fn start_workflow(
         };
         Problem::new(StatusCode::BAD_REQUEST, "bad-workflow", e.to_string())
     })?;
-    let sup = workflows_of(&ctx)?;
     let input = body.input.unwrap_or(serde_json::json!({}));
-    let started = sup
-        .call(
-            |reply| WorkflowsMsg::Start {
-                workflow: Box::new(wf),
-                input,
-                reply,
-            },
-            Some(ACTOR_TIMEOUT),
-        )
-        .await;
-    let id = match started {
-        Ok(ractor::rpc::CallResult::Success(Ok(id))) => id,
-        Ok(ractor::rpc::CallResult::Success(Err(e))) => {
-            return Err(Problem::new(StatusCode::BAD_REQUEST, "bad-workflow", e))
+    let id = call_local(&ctx, "workflows", WORKFLOWS, ACTOR_TIMEOUT, |reply| {
+        WorkflowsMsg::Start {
+            workflow: Box::new(wf),
+            input,
+            reply,
         }
-        _ => {
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "the workflow service did not answer",
-            ))
-        }
-    };
+    })
+    .await?;
     if body.detach {
         return Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"id": id}))).into_response());
     }
@@ -660,18 +641,24 @@ async fn start_workflow(
         .map(Duration::from_millis)
         .unwrap_or(crate::workflows::MAX_WAIT)
         .min(crate::workflows::MAX_WAIT);
-    match sup
-        .call(
-            |reply| WorkflowsMsg::Wait {
-                id: id.clone(),
-                reply,
-            },
-            Some(wait),
-        )
-        .await
-    {
-        Ok(ractor::rpc::CallResult::Success(Some(r))) => Ok(Json(r).into_response()),
-        _ => Err(Problem::new(
+    let ended = match local_actor::<WorkflowsMsg>(ctx.name(), "workflows") {
+        Some(sup) => sup
+            .call(
+                |reply| WorkflowsMsg::Wait {
+                    id: id.clone(),
+                    reply,
+                },
+                Some(wait),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+            .flatten(),
+        None => None,
+    };
+    match ended {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(Problem::new(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
             format!(
@@ -685,19 +672,19 @@ async fn start_workflow(
 async fn list_workflows(
     State(ctx): State<Arc<NodeCtx>>,
 ) -> Result<Json<Vec<plexus_workflow::RunReport>>, Problem> {
-    let sup = workflows_of(&ctx)?;
-    match sup
-        .call(crate::workflows::WorkflowsMsg::List, Some(ACTOR_TIMEOUT))
-        .await
-    {
-        Ok(ractor::rpc::CallResult::Success(v)) => Ok(Json(v)),
-        _ => Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "the workflow service did not answer",
-        )),
-    }
+    call_local(
+        &ctx,
+        "workflows",
+        WORKFLOWS,
+        ACTOR_TIMEOUT,
+        crate::workflows::WorkflowsMsg::List,
+    )
+    .await
+    .map(Json)
 }
+
+/// How errors name the workflow service.
+const WORKFLOWS: &str = "the workflow service";
 
 async fn get_workflow(
     State(ctx): State<Arc<NodeCtx>>,

@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use plexus_router::{RouteRequest, RoutingDecision};
-use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{announces, view, ExecBody, Problem};
-use crate::ctx::{actor_name, NodeCtx};
+use crate::api::{announces, call_local, view, ExecBody, Problem};
+use crate::ctx::{local_actor, NodeCtx};
 use crate::plugins::ExecReply;
 use crate::registry::plugin_rows;
 use crate::router_actor::RouterMsg;
@@ -123,40 +122,20 @@ pub async fn route(ctx: &NodeCtx, body: &RouteBody) -> Result<RoutingDecision, P
 
 async fn decide(ctx: &NodeCtx, req: RouteRequest) -> Result<RoutingDecision, Problem> {
     let available = availability(ctx).await?;
-    let router = router_ref(ctx)?;
-    let r = router
-        .call(
-            |reply| RouterMsg::Route {
-                req,
-                available,
-                reply,
-            },
-            Some(Duration::from_secs(5)),
-        )
-        .await;
-    match r {
-        Ok(ractor::rpc::CallResult::Success(d)) => {
-            ctx.metrics.route(d.primary_plugin.is_none(), d.confidence);
-            Ok(d)
-        }
-        _ => Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "restarting",
-            "the router is restarting",
-        )),
-    }
-}
-
-fn router_ref(ctx: &NodeCtx) -> Result<ActorRef<RouterMsg>, Problem> {
-    ractor::registry::where_is(actor_name(ctx.name(), "router"))
-        .map(ActorRef::from)
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "restarting",
-                "the router is restarting",
-            )
-        })
+    let d = call_local(
+        ctx,
+        "router",
+        "the router",
+        Duration::from_secs(5),
+        |reply| RouterMsg::Route {
+            req,
+            available,
+            reply,
+        },
+    )
+    .await?;
+    ctx.metrics.route(d.primary_plugin.is_none(), d.confidence);
+    Ok(d)
 }
 
 /// The decision as the API shows it.
@@ -203,7 +182,7 @@ pub async fn ask(ctx: &NodeCtx, body: AskBody) -> Result<AskReply, Problem> {
             .and_then(|c| c.agent.clone());
         order.push((f.clone(), target, format!("fallback:{f}")));
     }
-    let router = router_ref(ctx).ok();
+    let router = local_actor::<RouterMsg>(ctx.name(), "router");
     for (plugin, target, path) in order {
         let Some(target) = target else {
             reply.attempts.push(Attempt {
@@ -258,7 +237,7 @@ pub async fn ask(ctx: &NodeCtx, body: AskBody) -> Result<AskReply, Problem> {
                 return Ok(reply);
             }
             Err(p) => {
-                let retry_elsewhere = matches!(p.status, 502..=504);
+                let retry_elsewhere = p.is_unavailable();
                 reply.attempts.push(Attempt {
                     plugin,
                     target,

@@ -30,6 +30,11 @@ pub fn actor_name(node: &str, role: &str) -> String {
     format!("{node}:{role}")
 }
 
+/// A node-local actor by role (see [`actor_name`]), if it is running.
+pub fn local_actor<M: ractor::Message>(node: &str, role: &str) -> Option<ActorRef<M>> {
+    ractor::registry::where_is(actor_name(node, role)).map(ActorRef::from)
+}
+
 /// Why a frame could not be sent.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ractor::{pg, Actor, ActorProcessingErr, ActorRef};
 
-use crate::ctx::{actor_name, gateway_group, NodeCtx};
+use crate::ctx::{gateway_group, local_actor, NodeCtx};
 use crate::membership_actor::MembershipMsg;
 use crate::registry::RegistryMsg;
 use crate::state_actor::StateMsg;
@@ -76,8 +76,7 @@ fn dispatch(ctx: &NodeCtx, frame: WireFrame) {
 
 /// Cast to a node-local actor by role name; a missing actor (restarting) drops the message.
 pub fn cast_named<M: ractor::Message>(node: &str, role: &str, msg: M) {
-    if let Some(cell) = ractor::registry::where_is(actor_name(node, role)) {
-        let r: ActorRef<M> = cell.into();
+    if let Some(r) = local_actor::<M>(node, role) {
         if let Err(e) = r.cast(msg) {
             tracing::debug!(role, error = %e, "local actor unavailable");
         }

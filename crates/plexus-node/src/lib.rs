@@ -259,8 +259,7 @@ impl NodeHandle {
 
     /// Leave the cluster gracefully and stop everything.
     pub async fn shutdown(self) {
-        if let Some(cell) = ractor::registry::where_is(actor_name(self.ctx.name(), "membership")) {
-            let m: ActorRef<MembershipMsg> = cell.into();
+        if let Some(m) = ctx::local_actor::<MembershipMsg>(self.ctx.name(), "membership") {
             let _ = m
                 .call(MembershipMsg::Leave, Some(Duration::from_secs(1)))
                 .await;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::breaker_actor::{BreakerActor, BreakerArgs, BreakerMsg, CallResult, Refused};
-use crate::ctx::{actor_name, NodeCtx};
+use crate::ctx::{actor_name, local_actor, NodeCtx};
 use crate::effects::EffectLog;
 use crate::gateway::cast_named;
 use crate::registry::RegistryMsg;
@@ -426,8 +426,7 @@ impl BreakerPermit {
 }
 
 fn breaker_of(ctx: &NodeCtx, plugin: &str) -> Option<ActorRef<BreakerMsg>> {
-    ractor::registry::where_is(actor_name(ctx.name(), &format!("breaker:{plugin}")))
-        .map(ActorRef::from)
+    local_actor(ctx.name(), &format!("breaker:{plugin}"))
 }
 
 fn sim_faults_allowed(p: &Plugin) -> bool {
@@ -448,18 +447,23 @@ fn respond(ctx: &NodeCtx, req: &Envelope, reply: &ExecReply) {
     }
 }
 
-/// Build the bus envelope of an exec request.
-pub fn exec_envelope(source: &str, req: &ExecRequest, priority: u8) -> Envelope {
-    let payload = serde_json::to_vec(req).unwrap_or_default();
-    Envelope::new(
+/// Build the bus envelope of an exec request. A request without a trace id
+/// takes the envelope's, so the reply and every log line can be joined.
+pub fn exec_envelope(source: &str, mut req: ExecRequest, priority: u8) -> Envelope {
+    let mut env = Envelope::new(
         MessageKind::Request,
         request_topic(&req.plugin),
         source,
-        payload,
+        Vec::new(),
     )
     .to(req.plugin.clone())
     .with_priority(priority)
-    .with_trace(req.trace_id.clone())
+    .with_trace(req.trace_id.clone());
+    if req.trace_id.is_none() {
+        req.trace_id = env.headers.trace_id.clone();
+    }
+    env.payload = serde_json::to_vec(&req).unwrap_or_default();
+    env
 }
 
 // ---------------------------------------------------------- PluginSupervisor

@@ -31,7 +31,7 @@ use ractor_cluster::RactorMessage;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::ctx::{actor_name, NodeCtx};
+use crate::ctx::{local_actor, NodeCtx};
 use crate::membership_actor::MembershipMsg;
 use crate::wire::Wire;
 
@@ -421,10 +421,9 @@ impl Actor for StateActor {
 /// The membership view (empty if the membership actor does not answer: then
 /// only `local` operations succeed and gossip pauses).
 async fn members(ctx: &NodeCtx) -> Vec<MemberView> {
-    let Some(cell) = ractor::registry::where_is(actor_name(ctx.name(), "membership")) else {
+    let Some(a) = local_actor::<MembershipMsg>(ctx.name(), "membership") else {
         return vec![];
     };
-    let a: ActorRef<MembershipMsg> = cell.into();
     a.call(MembershipMsg::View, Some(Duration::from_secs(2)))
         .await
         .ok()

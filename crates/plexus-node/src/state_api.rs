@@ -13,11 +13,11 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use plexus_state::{Access, AuditQuery, AuditRecord, Consistency, Kind, Lease};
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::RpcReplyPort;
 use serde::{Deserialize, Serialize};
 
-use crate::api::Problem;
-use crate::ctx::{actor_name, NodeCtx};
+use crate::api::{call_local, Problem};
+use crate::ctx::NodeCtx;
 use crate::state_actor::{
     parse_consistency, ReadDone, ReadReq, StateMsg, StateProblem, WriteDone, WriteOp, WriteReq,
 };
@@ -206,37 +206,20 @@ fn consistency(
     Ok((level, timeout))
 }
 
-fn actor(ctx: &NodeCtx) -> Result<ActorRef<StateMsg>, Problem> {
-    ractor::registry::where_is(actor_name(ctx.name(), "state"))
-        .map(ActorRef::from)
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "restarting",
-                "the state replica is restarting",
-            )
-        })
-}
-
 async fn ask<T: Send + 'static>(
     ctx: &NodeCtx,
     wait: Duration,
     build: impl FnOnce(RpcReplyPort<Result<T, StateProblem>>) -> StateMsg,
 ) -> Result<T, Problem> {
-    let a = actor(ctx)?;
-    let r = a
-        .call(build, Some(wait + Duration::from_secs(5)))
-        .await
-        .ok()
-        .and_then(|r| r.success_or(()).ok())
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "the state replica did not answer",
-            )
-        })?;
-    r.map_err(to_problem)
+    call_local(
+        ctx,
+        "state",
+        "the state replica",
+        wait + Duration::from_secs(5),
+        build,
+    )
+    .await?
+    .map_err(to_problem)
 }
 
 fn json_body<T>(ctx: &NodeCtx, b: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {

@@ -53,7 +53,7 @@ impl StepExecutor for NodeExecutor {
             match exec_command(&self.ctx, body).await {
                 Ok(r) => Ok(r.output.unwrap_or(Value::Null)),
                 // Unavailable, breaker open, failed, timed out: may pass.
-                Err(p) if matches!(p.status, 502..=504) => Err(StepError::transient(p.detail)),
+                Err(p) if p.is_unavailable() => Err(StepError::transient(p.detail)),
                 Err(p) => Err(StepError::permanent(p.detail)),
             }
         })
@@ -78,7 +78,7 @@ pub enum WorkflowsMsg {
     Start {
         workflow: Box<Workflow>,
         input: Value,
-        reply: RpcReplyPort<Result<String, String>>,
+        reply: RpcReplyPort<String>,
     },
     /// A run's report changed.
     Update(Box<RunReport>),
@@ -187,7 +187,7 @@ impl Actor for WorkflowSupervisor {
                     },
                 )
                 .await;
-                let _ = reply.send(Ok(id));
+                let _ = reply.send(id);
             }
             WorkflowsMsg::Update(r) => {
                 st.runs.insert(r.id.clone(), *r);
@@ -397,11 +397,6 @@ impl Actor for RunActor {
         myself.stop(None);
         Ok(())
     }
-}
-
-/// Ask the node's WorkflowSupervisor.
-pub fn supervisor_of(ctx: &NodeCtx) -> Option<ActorRef<WorkflowsMsg>> {
-    ractor::registry::where_is(actor_name(ctx.name(), "workflows")).map(ActorRef::from)
 }
 
 /// Longest `wait` an API call may ask for.
