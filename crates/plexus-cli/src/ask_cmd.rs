@@ -43,9 +43,7 @@ pub fn run(a: AskArgs) -> CliResult {
         timeout_ms: Some(a.timeout_ms),
     };
     let c = Client::new(&a.connect, Duration::from_millis(a.timeout_ms * 4 + 5_000));
-    let r: AskReply = c
-        .post("/v1/ask", &body)?
-        .map_err(|p| anyhow!("{} (HTTP {})", p.detail, p.status))?;
+    let r: AskReply = c.post("/v1/ask", &body)??;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

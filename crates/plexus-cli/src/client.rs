@@ -26,6 +26,14 @@ pub struct Problem {
     pub reply: Option<serde_json::Value>,
 }
 
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (HTTP {})", self.detail, self.status)
+    }
+}
+
+impl std::error::Error for Problem {}
+
 impl Client {
     /// `connect` is the node's API address, `HOST:PORT` (or a full `http://` URL).
     pub fn new(connect: &str, timeout: Duration) -> Client {

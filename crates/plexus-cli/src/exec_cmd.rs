@@ -84,7 +84,7 @@ pub fn run(a: ExecArgs) -> CliResult {
                     serde_json::json!({"ok": false, "status": p.status, "type": p.kind, "detail": p.detail, "reply": p.reply})
                 );
             }
-            Err(anyhow!("{} (HTTP {})", p.detail, p.status).into())
+            Err(p.into())
         }
     }
 }

@@ -41,9 +41,7 @@ pub fn run(a: RouteArgs) -> CliResult {
             max_duration_min: a.max_duration_min,
         };
         let c = crate::client::Client::new(node, std::time::Duration::from_secs(10));
-        let d: serde_json::Value = c
-            .post("/v1/route", &body)?
-            .map_err(|p| anyhow!("{} (HTTP {})", p.detail, p.status))?;
+        let d: serde_json::Value = c.post("/v1/route", &body)??;
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(());
     }

@@ -57,9 +57,7 @@ pub fn run(a: RunArgs) -> CliResult {
     };
     let c = Client::new(&a.connect, Duration::from_secs(620));
     if a.detach {
-        let v: serde_json::Value = c
-            .post("/v1/workflows", &body)?
-            .map_err(|p| anyhow!("{} (HTTP {})", p.detail, p.status))?;
+        let v: serde_json::Value = c.post("/v1/workflows", &body)??;
         println!(
             "{}",
             if a.json {
@@ -70,9 +68,7 @@ pub fn run(a: RunArgs) -> CliResult {
         );
         return Ok(());
     }
-    let r: RunReport = c
-        .post("/v1/workflows", &body)?
-        .map_err(|p| anyhow!("{} (HTTP {})", p.detail, p.status))?;
+    let r: RunReport = c.post("/v1/workflows", &body)??;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -92,9 +88,7 @@ pub fn run(a: RunArgs) -> CliResult {
 
 pub fn list(a: WorkflowsArgs) -> CliResult {
     let c = Client::new(&a.connect, Duration::from_secs(10));
-    let all: Vec<RunReport> = c
-        .get("/v1/workflows")?
-        .map_err(|p| anyhow!("{} (HTTP {})", p.detail, p.status))?;
+    let all: Vec<RunReport> = c.get("/v1/workflows")??;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else if all.is_empty() {

@@ -224,7 +224,7 @@ fn failed(c: &Common, p: Problem) -> Failure {
             serde_json::json!({"ok": false, "status": p.status, "type": p.kind, "detail": p.detail})
         );
     }
-    anyhow!("{} (HTTP {})", p.detail, p.status).into()
+    p.into()
 }
 
 fn post<B: Serialize, T: DeserializeOwned>(

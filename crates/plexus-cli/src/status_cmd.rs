@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::anyhow;
 use clap::Args;
 use plexus_node::api::StatusBody;
 
@@ -25,9 +24,7 @@ pub struct StatusArgs {
 pub fn run(a: StatusArgs) -> CliResult {
     let c = Client::new(&a.connect, Duration::from_secs(10));
     loop {
-        let body: StatusBody = c
-            .get("/v1/status")?
-            .map_err(|p| anyhow!("{} (HTTP {})", p.detail, p.status))?;
+        let body: StatusBody = c.get("/v1/status")??;
         match (a.json, a.watch) {
             (true, false) => println!("{}", serde_json::to_string_pretty(&body)?),
             (true, true) => println!("{}", serde_json::to_string(&body)?),
