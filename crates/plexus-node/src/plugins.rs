@@ -299,14 +299,7 @@ impl Actor for PluginHost {
                         Duration::ZERO,
                     );
                 }
-                let bad = ExecRequest {
-                    plugin: st.plugin.name.clone(),
-                    command: String::new(),
-                    input: String::new(),
-                    idempotency_key: None,
-                    trace_id: None,
-                    model: None,
-                };
+                let bad = empty_request(&st.plugin.name);
                 respond(
                     &st.ctx,
                     &env,
