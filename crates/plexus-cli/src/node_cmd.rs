@@ -142,7 +142,9 @@ pub fn run(a: NodeArgs) -> CliResult {
             "event": "ready",
             "node": ctx.name(),
             "cluster_addr": ctx.config.cluster_addr(),
-            "api_addr": handle.api_addr.to_string(),
+            // The address peers and clients are told (the advertised host
+            // when the API listens on 0.0.0.0, as in a container).
+            "api_addr": ctx.config.api_addr(),
             "generation": ctx.identity.read().generation,
             "plugins": ctx.hosted.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
         });
