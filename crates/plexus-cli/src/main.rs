@@ -158,3 +158,36 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    /// The global API `--token` and a lease's fencing token once shared an
+    /// argument id, which clap only notices when the subcommand is parsed.
+    #[test]
+    fn the_api_token_and_a_fencing_token_parse_together() {
+        let cli = super::Cli::try_parse_from([
+            "plexus",
+            "--token",
+            "s3cret",
+            "state",
+            "lease",
+            "release",
+            "--connect",
+            "127.0.0.1:7100",
+            "--as",
+            "p",
+            "deploy",
+            "--fencing-token",
+            "3",
+        ])
+        .expect("parses");
+        assert_eq!(cli.token.as_deref(), Some("s3cret"));
+    }
+}
