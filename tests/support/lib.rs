@@ -308,11 +308,28 @@ impl Cluster {
             ));
         }
         let c = Cluster { dir, nodes };
-        let n = c.nodes.len();
-        c.wait_members(0, Duration::from_secs(20), |ms| {
-            ms.len() == n && ms.iter().all(|m| m["status"] == "up")
-        });
+        c.wait_converged();
         c
+    }
+
+    /// Wait until every node sees every member up and knows every hosted
+    /// plugin. Node 0 seeing all members is not enough: a test that then
+    /// freezes a node must not depend on whether that node's announce
+    /// reached the others before it froze.
+    pub fn wait_converged(&self) {
+        let n = self.nodes.len();
+        for i in 0..n {
+            self.wait_members(i, Duration::from_secs(20), |ms| {
+                ms.len() == n && ms.iter().all(|m| m["status"] == "up")
+            });
+            for p in self.nodes.iter().flat_map(|node| &node.spec.plugins) {
+                wait_for(
+                    Duration::from_secs(20),
+                    &format!("node {i} to know plugin {p}"),
+                    || self.plugin_status(i, p).map(|_| ()),
+                );
+            }
+        }
     }
 
     pub fn node(&self, name: &str) -> &Node {
