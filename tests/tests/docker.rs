@@ -589,10 +589,10 @@ fn a_saga_whose_node_is_killed_resumes_after_docker_start_and_completes_each_eff
 
 /// `plexus state put` of a JSON value; true when acknowledged.
 fn put(api: &str, key: &str, value: &str) -> bool {
-    put_output(api, key, value).code == 0
+    put_output(api, key, value, "local").code == 0
 }
 
-fn put_output(api: &str, key: &str, value: &str) -> Output {
+fn put_output(api: &str, key: &str, value: &str, consistency: &str) -> Output {
     plexus(&[
         "state",
         "put",
@@ -602,6 +602,8 @@ fn put_output(api: &str, key: &str, value: &str) -> Output {
         "exec-automator",
         key,
         value,
+        "--consistency",
+        consistency,
         "--timeout-ms",
         "3000",
     ])
@@ -694,6 +696,29 @@ fn a_partitioned_node_converges_after_reconnect_and_no_acknowledged_write_is_los
     for i in 0..5 {
         write(&api1, format!("before/{i}"), format!("{i}"), &mut acked);
     }
+    // Majority writes through node1 and node2 all along: before, during and
+    // after the partition. A majority is two of three: node3's absence does
+    // not stop them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let background = {
+        let (stop, apis) = (stop.clone(), [api1.clone(), api2.clone()]);
+        std::thread::spawn(move || {
+            let mut w = Writes::default();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let (key, value) = (format!("bg/{i:04}"), format!("{i}"));
+                w.tried += 1;
+                let o = put_output(&apis[i % 2], &key, &value, "majority");
+                if o.code == 0 {
+                    w.acked.insert(key, value);
+                } else {
+                    *w.errors.entry(o.stderr).or_default() += 1;
+                }
+                i += 1;
+            }
+            w
+        })
+    };
 
     // Partition: node3 leaves the cluster network. The host still reaches it
     // through a second network the other nodes are not on.
@@ -772,6 +797,17 @@ fn a_partitioned_node_converges_after_reconnect_and_no_acknowledged_write_is_los
     docker(&["network", "disconnect", &side, &c.container(3)]);
     let healed = Instant::now();
     c.wait_all_up(Duration::from_secs(60));
+    stop.store(true, Ordering::Relaxed);
+    let bg = background.join().expect("background writer");
+    assert!(
+        bg.acked.len() >= 10,
+        "only {} of {} majority writes were acknowledged: {:#?}",
+        bg.acked.len(),
+        bg.tried,
+        bg.errors
+    );
+    let bg_acked = bg.acked.len();
+    acked.extend(bg.acked);
     wait_converged(&c, &acked, hits_acked, hits_tried);
     // The concurrently written key has one value everywhere.
     wait_for(
@@ -788,9 +824,10 @@ fn a_partitioned_node_converges_after_reconnect_and_no_acknowledged_write_is_los
         "counters differ: {hits:?}"
     );
     eprintln!(
-        "converged {:?} after reconnect: {} keys, hits {:?} ({hits_acked} acknowledged)",
+        "converged {:?} after reconnect: {} keys ({bg_acked} of {} majority writes during the run acknowledged), hits {:?} ({hits_acked} acknowledged)",
         healed.elapsed(),
         acked.len(),
+        bg.tried,
         hits[0]
     );
     assert!(get(&api3, "minor/0").is_some());
@@ -834,7 +871,7 @@ fn a_rolling_restart_of_all_three_loses_no_acknowledged_write() {
                 while !stop.load(Ordering::Relaxed) {
                     let (key, value) = (format!("roll/node{}/{i:04}", n + 1), format!("{i}"));
                     w.tried += 1;
-                    let o = put_output(&api, &key, &value);
+                    let o = put_output(&api, &key, &value, "local");
                     if o.code == 0 {
                         w.acked.insert(key, value);
                     } else {
