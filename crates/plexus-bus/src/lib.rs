@@ -418,6 +418,7 @@ impl Bus {
             let pending = self.inner.pending.lock();
             if pending.contains_key(&id) {
                 self.inner.awaiting.lock().insert(id, node.clone());
+                tracing::debug!(%id, %node, topic = %topic, "request awaits one node");
             }
         }
         let r = tokio::time::timeout(timeout, rx).await;
@@ -522,20 +523,26 @@ impl Bus {
     }
 
     /// Forget a peer's interest (it is down) and fail at once the pending
-    /// requests that went to it alone (`BusError::PeerDown`).
-    pub fn peer_down(&self, node: &str) {
+    /// requests that went to it alone (`BusError::PeerDown`); returns how
+    /// many.
+    pub fn peer_down(&self, node: &str) -> usize {
         self.inner.remote.write().remove(node);
         let mut pending = self.inner.pending.lock();
         let mut awaiting = self.inner.awaiting.lock();
+        let mut failed = 0;
         awaiting.retain(|id, n| {
-            if n == node {
+            if n.as_str() == node {
                 // Dropping the sender wakes the request.
-                pending.remove(id);
+                if pending.remove(id).is_some() {
+                    tracing::debug!(%id, %node, "request failed: its node is down");
+                    failed += 1;
+                }
                 false
             } else {
                 true
             }
         });
+        failed
     }
 
     /// Nodes with any interest registered.

@@ -216,7 +216,7 @@ async fn a_request_in_flight_fails_at_once_when_its_node_goes_down() {
     let got = server.recv().await.unwrap();
     assert_eq!(got.source_node, "a");
     let started = std::time::Instant::now();
-    a.peer_down("b");
+    assert_eq!(a.peer_down("b"), 1);
     let r = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
         .expect("the request still waits after peer_down")
@@ -249,7 +249,7 @@ async fn a_request_in_flight_fails_at_once_when_its_node_goes_down() {
         aa.request(req, Duration::from_secs(5)).await
     });
     took_rx.await.unwrap();
-    a.peer_down("c");
+    assert_eq!(a.peer_down("c"), 0);
     go_tx.send(()).unwrap();
     assert_eq!(waiting.await.unwrap().unwrap().payload, b"late but fine");
 }
