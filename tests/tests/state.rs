@@ -430,7 +430,7 @@ fn leases_are_granted_by_a_majority_with_increasing_fencing_tokens() {
     let r = ok(lease(
         &c.nodes[0],
         "alpha",
-        &["release", "deploy", "--token", &t1.to_string()],
+        &["release", "deploy", "--fencing-token", &t1.to_string()],
     ));
     assert_eq!(r["released"], true);
     let l2 = wait_for(Duration::from_secs(5), "the lease for beta", || {

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// What kind of message an envelope carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageKind {
     Request,
@@ -14,7 +14,7 @@ pub enum MessageKind {
 }
 
 /// Tracing and identity headers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Headers {
     pub trace_id: Option<String>,
     pub span_id: Option<String>,
@@ -25,7 +25,7 @@ pub struct Headers {
 }
 
 /// Delivery metadata.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Metadata {
     pub retry_count: u32,
     /// How long the sender waits for a response.
@@ -41,7 +41,7 @@ pub const MAX_PRIORITY: u8 = 10;
 pub const DEFAULT_PRIORITY: u8 = 5;
 
 /// One bus message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Envelope {
     pub message_id: Uuid,
     /// For a response: the request's `message_id`.

@@ -102,7 +102,7 @@ pub trait RemoteSink: Send + Sync + 'static {
 }
 
 /// An undeliverable message and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub at_ms: u64,
     pub reason: String,
@@ -110,7 +110,7 @@ pub struct DeadLetter {
 }
 
 /// Counters for status and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BusStats {
     pub published: u64,
     pub delivered: u64,

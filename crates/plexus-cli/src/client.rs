@@ -12,6 +12,22 @@ use crate::Failure;
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    /// `Authorization` header value, when a token was given.
+    auth: Option<String>,
+}
+
+/// The API token every client of this process sends (`--token` /
+/// `PLEXUS_API_TOKEN`), set once by `main`.
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The token given to this process, if any.
+pub fn token() -> Option<&'static str> {
+    TOKEN.get().map(String::as_str)
+}
+
+/// Send `token` as `Authorization: Bearer` on every API call.
+pub fn set_token(token: String) {
+    let _ = TOKEN.set(token);
 }
 
 /// A non-2xx answer: the node's problem document.
@@ -47,7 +63,18 @@ impl Client {
             .timeout_global(Some(timeout))
             .build()
             .into();
-        Client { base, agent }
+        Client {
+            base,
+            agent,
+            auth: TOKEN.get().map(|t| format!("Bearer {t}")),
+        }
+    }
+
+    fn with_auth<B>(&self, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.auth {
+            Some(a) => r.header("authorization", a),
+            None => r,
+        }
     }
 
     fn read<T: DeserializeOwned>(
@@ -81,7 +108,9 @@ impl Client {
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Result<T, Problem>, Failure> {
-        let r = self.agent.get(format!("{}{path}", self.base)).call();
+        let r = self
+            .with_auth(self.agent.get(format!("{}{path}", self.base)))
+            .call();
         self.read(path, r)
     }
 
@@ -92,8 +121,7 @@ impl Client {
         params: &[(&str, String)],
     ) -> Result<Result<T, Problem>, Failure> {
         let r = self
-            .agent
-            .get(format!("{}{path}", self.base))
+            .with_auth(self.agent.get(format!("{}{path}", self.base)))
             .query_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
             .call();
         self.read(path, r)
@@ -106,8 +134,7 @@ impl Client {
     ) -> Result<Result<T, Problem>, Failure> {
         let bytes = serde_json::to_vec(body).map_err(anyhow::Error::from)?;
         let r = self
-            .agent
-            .post(format!("{}{path}", self.base))
+            .with_auth(self.agent.post(format!("{}{path}", self.base)))
             .header("content-type", "application/json")
             .send(&bytes[..]);
         // A node refuses an oversized body by answering 413 and closing the

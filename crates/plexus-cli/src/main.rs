@@ -29,6 +29,9 @@ struct Cli {
     /// Log as JSON lines (stderr).
     #[arg(long, global = true)]
     log_json: bool,
+    /// API token to send to nodes that require one (`Authorization: Bearer`).
+    #[arg(long, global = true, env = "PLEXUS_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -57,6 +60,8 @@ enum Cmd {
     Run(run_cmd::RunArgs),
     /// List the workflow runs of a node with their step states.
     Workflows(run_cmd::WorkflowsArgs),
+    /// Print the node API's OpenAPI document (what `docs/openapi.json` holds).
+    Openapi,
 }
 
 /// Catalog sources shared by several subcommands.
@@ -123,6 +128,9 @@ fn main() -> ExitCode {
         );
     }
     let cli = Cli::parse();
+    if let Some(t) = cli.token.clone().filter(|t| !t.is_empty()) {
+        client::set_token(t);
+    }
     let r = match cli.command {
         Cmd::Up(a) => up_cmd::run(a),
         Cmd::Node(a) => {
@@ -137,6 +145,10 @@ fn main() -> ExitCode {
         Cmd::State(c) => state_cmd::run(c),
         Cmd::Run(a) => run_cmd::run(a),
         Cmd::Workflows(a) => run_cmd::list(a),
+        Cmd::Openapi => {
+            print!("{}", plexus_node::openapi::spec_json());
+            Ok(())
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -144,5 +156,38 @@ fn main() -> ExitCode {
             eprintln!("error: {:#}", f.error);
             ExitCode::from(f.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    /// The global API `--token` and a lease's fencing token once shared an
+    /// argument id, which clap only notices when the subcommand is parsed.
+    #[test]
+    fn the_api_token_and_a_fencing_token_parse_together() {
+        let cli = super::Cli::try_parse_from([
+            "plexus",
+            "--token",
+            "s3cret",
+            "state",
+            "lease",
+            "release",
+            "--connect",
+            "127.0.0.1:7100",
+            "--as",
+            "p",
+            "deploy",
+            "--fencing-token",
+            "3",
+        ])
+        .expect("parses");
+        assert_eq!(cli.token.as_deref(), Some("s3cret"));
     }
 }

@@ -39,6 +39,9 @@ pub struct NodeArgs {
     /// Shared secret every node of the cluster must present.
     #[arg(long, env = "PLEXUS_COOKIE", hide_env_values = true)]
     pub cookie: Option<String>,
+    /// Bearer token the node's API requires (overrides `[api] token`).
+    #[arg(long, env = "PLEXUS_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
     /// Where the node keeps its state (generation, journals).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -84,6 +87,9 @@ fn merged_config(a: &NodeArgs) -> Result<FileConfig, Failure> {
     }
     if a.data_dir.is_some() {
         n.data_dir = a.data_dir.clone();
+    }
+    if a.api_token.is_some() {
+        fc.api.token = a.api_token.clone();
     }
     Ok(fc)
 }

@@ -206,9 +206,10 @@ pub struct LeaseReleaseArgs {
     #[command(flatten)]
     pub common: Common,
     pub name: String,
-    /// The fencing token the lease was granted with.
+    /// The fencing token the lease was granted with (`--token` is the
+    /// global API token).
     #[arg(long)]
-    pub token: u64,
+    pub fencing_token: u64,
 }
 
 fn client(c: &Common, timeout_ms: Option<u64>) -> Client {
@@ -448,7 +449,7 @@ pub fn run(cmd: StateCmd) -> CliResult {
             let body = serde_json::json!({
                 "as": a.common.plugin,
                 "name": a.name,
-                "token": a.token,
+                "token": a.fencing_token,
             });
             let r: serde_json::Value = post(&a.common, None, "/v1/state/lease/release", &body)?;
             if a.common.json {
@@ -458,7 +459,7 @@ pub fn run(cmd: StateCmd) -> CliResult {
             } else {
                 println!(
                     "lease `{}` was not held by {} under token {} here (already expired or released)",
-                    a.name, a.common.plugin, a.token
+                    a.name, a.common.plugin, a.fencing_token
                 );
             }
             Ok(())

@@ -191,6 +191,10 @@ async fn start_node(
     if a.catalog.no_default_plugins {
         cmd.arg("--no-default-plugins");
     }
+    // `plexus --token T up`: the local cluster requires the token too.
+    if let Some(t) = crate::client::token() {
+        cmd.env("PLEXUS_API_TOKEN", t);
+    }
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {

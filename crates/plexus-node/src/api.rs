@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ use crate::registry::{plugin_rows, PluginRow, RegistryMsg};
 use crate::wire::NodeAnnounce;
 
 /// A problem document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
@@ -68,7 +68,7 @@ impl IntoResponse for Problem {
 }
 
 /// `GET /v1/status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusBody {
     pub node: String,
     pub generation: u64,
@@ -81,7 +81,7 @@ pub struct StatusBody {
     pub links: LinkRow,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberRow {
     pub name: String,
     pub cluster_addr: String,
@@ -91,7 +91,7 @@ pub struct MemberRow {
     pub local: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LinkRow {
     pub linked: Vec<String>,
     pub frames_in: u64,
@@ -100,7 +100,7 @@ pub struct LinkRow {
 }
 
 /// `POST /v1/exec` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecBody {
     pub plugin: String,
@@ -131,14 +131,38 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/v1/workflows", post(start_workflow).get(list_workflows))
         .route("/v1/workflows/{id}", get(get_workflow))
         .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/openapi.json", get(openapi))
         .merge(crate::state_api::routes())
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            crate::auth::require_token,
+        ))
         .with_state(ctx)
 }
 
-async fn health(State(ctx): State<Arc<NodeCtx>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({"ok": true, "node": ctx.name()}))
+/// `GET /v1/health`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HealthBody {
+    pub ok: bool,
+    pub node: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "health",
+    description = "Liveness probe (no token needed).",
+    responses(
+        (status = 200, description = "The node is serving", body = HealthBody),
+    )
+)]
+async fn health(State(ctx): State<Arc<NodeCtx>>) -> Json<HealthBody> {
+    Json(HealthBody {
+        ok: true,
+        node: ctx.name().to_string(),
+    })
 }
 
 const ACTOR_TIMEOUT: Duration = Duration::from_secs(3);
@@ -231,6 +255,16 @@ pub async fn status_body(ctx: &NodeCtx) -> Result<StatusBody, Problem> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "status",
+    description = "Members, plugins (with breaker states), bus and link counters as this node sees them.",
+    responses(
+        (status = 200, description = "The node's view of the cluster", body = StatusBody),
+        (status = 503, description = "A node service is restarting or busy", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn status(State(ctx): State<Arc<NodeCtx>>) -> Result<Json<StatusBody>, Problem> {
     status_body(&ctx).await.map(Json)
 }
@@ -240,11 +274,35 @@ struct Limit {
     limit: Option<usize>,
 }
 
+/// `POST /v1/workflows` with `detach`: the new run's id.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowStarted {
+    pub id: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/dead-letters",
+    tag = "status",
+    description = "The most recent undeliverable messages (newest last).",
+    params(("limit" = Option<usize>, Query, description = "How many (default 50, at most 1000)")),
+    responses(
+        (status = 200, description = "Dead letters", body = Vec<DeadLetter>),
+        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn dead_letters(
     State(ctx): State<Arc<NodeCtx>>,
-    Query(q): Query<Limit>,
-) -> Json<Vec<DeadLetter>> {
-    Json(ctx.bus.dead_letters(q.limit.unwrap_or(50).min(1000)))
+    q: Result<Query<Limit>, QueryRejection>,
+) -> Result<Json<Vec<DeadLetter>>, Problem> {
+    let Query(q) = q.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("malformed query: {}", e.body_text()),
+        )
+    })?;
+    Ok(Json(ctx.bus.dead_letters(q.limit.unwrap_or(50).min(1000))))
 }
 
 /// Check that `plugin` and `command` exist and that a host can take it.
@@ -554,6 +612,22 @@ async fn exec_once(ctx: &NodeCtx, body: &ExecBody) -> Result<ExecReply, Problem>
     Err(p)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/exec",
+    tag = "exec",
+    description = "Run one plugin command wherever the plugin is hosted (breaker, retry policy, cache and default result apply).",
+    request_body = ExecBody,
+    responses(
+        (status = 200, description = "The command ran (or a degraded path served it: see served_by)", body = ExecReply),
+        (status = 400, description = "Malformed request or bad input", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown plugin or command", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Payload too large", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The plugin failed (reply holds its answer)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No host can take it (unavailable, breaker open)", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "No answer in time", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn exec(
     State(ctx): State<Arc<NodeCtx>>,
     body: Result<Json<ExecBody>, JsonRejection>,
@@ -584,6 +658,18 @@ pub(crate) fn body_problem(ctx: &NodeCtx, e: JsonRejection) -> Problem {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/route",
+    tag = "route",
+    description = "Decide which plugin and agent should handle a free-text request, with the live availability of every plugin. The answer is the decision: primary plugin, agent, model, confidence, fallbacks, explanation, candidates and plan.",
+    request_body = crate::ask::RouteBody,
+    responses(
+        (status = 200, description = "The routing decision", body = Object),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The router is restarting or busy", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn route(
     State(ctx): State<Arc<NodeCtx>>,
     body: Result<Json<crate::ask::RouteBody>, JsonRejection>,
@@ -593,6 +679,18 @@ async fn route(
     Ok(Json(crate::ask::decision_json(&d)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/ask",
+    tag = "route",
+    description = "Route a free-text request and run it on the chosen plugin, then on each fallback in order.",
+    request_body = crate::ask::AskBody,
+    responses(
+        (status = 200, description = "What ran and which path served it", body = crate::ask::AskReply),
+        (status = 400, description = "Malformed request or bad input", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The router is restarting or busy", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn ask(
     State(ctx): State<Arc<NodeCtx>>,
     body: Result<Json<crate::ask::AskBody>, JsonRejection>,
@@ -602,7 +700,7 @@ async fn ask(
 }
 
 /// `POST /v1/workflows` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartWorkflowBody {
     /// The workflow file's text (TOML).
@@ -619,6 +717,20 @@ pub struct StartWorkflowBody {
     pub wait_ms: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/workflows",
+    tag = "workflows",
+    description = "Start a workflow run (sequential, parallel or saga). Waits for it to end unless `detach` is set.",
+    request_body = StartWorkflowBody,
+    responses(
+        (status = 200, description = "The run ended: its report", body = plexus_workflow::RunReport),
+        (status = 202, description = "Started (detach): its id", body = WorkflowStarted),
+        (status = 400, description = "Malformed request or workflow file", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The workflow service is restarting", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "Still running after wait_ms", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn start_workflow(
     State(ctx): State<Arc<NodeCtx>>,
     body: Result<Json<StartWorkflowBody>, JsonRejection>,
@@ -642,7 +754,7 @@ async fn start_workflow(
     })
     .await?;
     if body.detach {
-        return Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"id": id}))).into_response());
+        return Ok((StatusCode::ACCEPTED, Json(WorkflowStarted { id })).into_response());
     }
     let wait = body
         .wait_ms
@@ -677,6 +789,16 @@ async fn start_workflow(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/workflows",
+    tag = "workflows",
+    description = "Every workflow run and saga of this node with its step states.",
+    responses(
+        (status = 200, description = "Run reports", body = Vec<plexus_workflow::RunReport>),
+        (status = 503, description = "The workflow service is restarting", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn list_workflows(
     State(ctx): State<Arc<NodeCtx>>,
 ) -> Result<Json<Vec<plexus_workflow::RunReport>>, Problem> {
@@ -694,6 +816,18 @@ async fn list_workflows(
 /// How errors name the workflow service.
 const WORKFLOWS: &str = "the workflow service";
 
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}",
+    tag = "workflows",
+    description = "One workflow run or saga with its step states.",
+    params(("id" = String, Path, description = "The run id")),
+    responses(
+        (status = 200, description = "The run's report", body = plexus_workflow::RunReport),
+        (status = 404, description = "No such run on this node", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The workflow service is restarting", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn get_workflow(
     State(ctx): State<Arc<NodeCtx>>,
     axum::extract::Path(id): axum::extract::Path<String>,
@@ -711,7 +845,26 @@ async fn get_workflow(
         })
 }
 
+/// `GET /v1/openapi.json`: this API's OpenAPI document.
+async fn openapi() -> Response {
+    let mut r = crate::openapi::spec_json().into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "metrics",
+    description = "Prometheus metrics (text format 0.0.4).",
+    responses(
+        (status = 200, description = "Prometheus text", body = String, content_type = "text/plain"),
+    )
+)]
 async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
     use crate::metrics::{esc, header};
     use std::fmt::Write;

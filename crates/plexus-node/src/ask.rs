@@ -16,7 +16,7 @@ use crate::registry::plugin_rows;
 use crate::router_actor::RouterMsg;
 
 /// `POST /v1/route` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteBody {
     pub request: String,
@@ -27,7 +27,7 @@ pub struct RouteBody {
 }
 
 /// `POST /v1/ask` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AskBody {
     pub request: String,
@@ -42,7 +42,7 @@ pub struct AskBody {
 }
 
 /// One try of an ask.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub plugin: String,
     /// `agent:NAME` or `command:NAME`.
@@ -54,7 +54,7 @@ pub struct Attempt {
 }
 
 /// `POST /v1/ask` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AskReply {
     /// The decision (the batch-line fields plus the explanation).
     pub decision: serde_json::Value,

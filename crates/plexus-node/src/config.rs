@@ -41,6 +41,19 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     #[serde(default)]
     pub state: StateSection,
+    #[serde(default)]
+    pub api: ApiSection,
+}
+
+/// The `[api]` table: the client API's access control.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Bearer token every API call must carry (`Authorization: Bearer ...`),
+    /// except the `/v1/health` probe and the dashboard page. Unset: the API
+    /// is open (fine on loopback). `plexus node --api-token` or
+    /// `PLEXUS_API_TOKEN` override it.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -206,6 +219,8 @@ pub struct NodeConfig {
     pub max_payload_bytes: usize,
     /// Replicated state settings (`[state]`).
     pub state: StateConfig,
+    /// The API's bearer token (`[api] token`); `None` leaves the API open.
+    pub api_token: Option<String>,
 }
 
 impl NodeConfig {
@@ -369,7 +384,23 @@ impl FileConfig {
             });
         }
         let state = self.state.finish(max_frame_bytes)?;
+        let api_token = match self.api.token {
+            Some(t) if t.trim().is_empty() => {
+                return Err(ConfigError::Invalid {
+                    field: "api.token".into(),
+                    message: "must not be empty (leave it out for an open API)".into(),
+                })
+            }
+            Some(t) if t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic()) => {
+                return Err(ConfigError::Invalid {
+                    field: "api.token".into(),
+                    message: "must be at least 16 printable ASCII characters without spaces".into(),
+                })
+            }
+            t => t,
+        };
         Ok(NodeConfig {
+            api_token,
             state,
             data_dir: n
                 .data_dir
@@ -488,6 +519,29 @@ mod tests {
         assert_eq!(c.state.gossip_interval, Duration::from_millis(100));
         assert_eq!(c.state.gossip_fanout, 3);
         std::fs::write(&p, "[state]\ngossip_intervl_ms = 100\n").unwrap();
+        let e = read_file(&p).unwrap_err().to_string();
+        assert!(e.contains("n.toml:2"), "{e}");
+    }
+
+    #[test]
+    fn api_token_is_read_and_checked() {
+        let c = fc(Some("n1"), Some("127.0.0.1:7101")).finish().unwrap();
+        assert_eq!(c.api_token, None);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        std::fs::write(&p, "[api]\ntoken = \"0123456789abcdef-secret\"\n").unwrap();
+        let mut f = read_file(&p).unwrap();
+        f.node.name = Some("n1".into());
+        f.node.listen = Some("127.0.0.1:1".into());
+        let c = f.clone().finish().unwrap();
+        assert_eq!(c.api_token.as_deref(), Some("0123456789abcdef-secret"));
+        for bad in ["", "short", "has a space in it, long enough"] {
+            let mut f = f.clone();
+            f.api.token = Some(bad.into());
+            let e = f.finish().unwrap_err().to_string();
+            assert!(e.contains("api.token"), "{bad:?}: {e}");
+        }
+        std::fs::write(&p, "[api]\ntokn = \"x\"\n").unwrap();
         let e = read_file(&p).unwrap_err().to_string();
         assert!(e.contains("n.toml:2"), "{e}");
     }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod ask;
+pub mod auth;
 pub mod breaker_actor;
 pub mod config;
 pub mod ctx;
@@ -14,6 +15,7 @@ pub mod effects;
 pub mod gateway;
 pub mod membership_actor;
 pub mod metrics;
+pub mod openapi;
 pub mod plugins;
 pub mod registry;
 pub mod router_actor;

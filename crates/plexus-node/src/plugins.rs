@@ -37,7 +37,7 @@ pub fn request_topic(plugin: &str) -> String {
 }
 
 /// What a plugin host answers to an exec request (JSON payload of the response).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecReply {
     pub ok: bool,
     pub plugin: String,
@@ -59,7 +59,7 @@ pub struct ExecReply {
 }
 
 /// A failed execution, typed for breakers and retries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecErrorBody {
     /// unknown_command | bad_input | failed | timeout | crashed | breaker_open
     pub kind: String,

@@ -175,7 +175,7 @@ fn broadcast(st: &mut RegistryState) {
 }
 
 /// A plugin as the cluster sees it, joined with its node's membership status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PluginRow {
     pub name: String,
     pub version: String,

@@ -132,7 +132,7 @@ pub struct WriteReq {
 }
 
 /// A successful write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WriteDone {
     pub node: String,
     pub key: String,
@@ -153,7 +153,7 @@ pub struct ReadReq {
 }
 
 /// A successful read.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReadDone {
     pub node: String,
     pub key: String,
@@ -171,7 +171,7 @@ pub struct ReadDone {
 }
 
 /// An access level in JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccessView {
     pub level: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

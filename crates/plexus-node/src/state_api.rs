@@ -23,7 +23,7 @@ use crate::state_actor::{
 };
 
 /// Body of the write endpoints (`put`, `incr`, `add`, `remove`, `delete`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WriteBody {
     /// The acting plugin.
@@ -64,7 +64,8 @@ pub struct WriteBody {
 }
 
 /// Query of `GET /v1/state/get`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GetQuery {
     #[serde(rename = "as")]
     pub plugin: String,
@@ -76,21 +77,23 @@ pub struct GetQuery {
 }
 
 /// Query of `GET /v1/state/list`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     #[serde(rename = "as")]
     pub plugin: String,
 }
 
 /// Answer of `GET /v1/state/list`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListReply {
     pub node: String,
     pub keys: Vec<String>,
 }
 
 /// Query of `GET /v1/state/audit`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
     #[serde(rename = "as")]
     pub plugin: String,
@@ -107,7 +110,7 @@ pub struct AuditParams {
 }
 
 /// Answer of `GET /v1/state/audit`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditReply {
     pub node: String,
     pub records: Vec<AuditRecord>,
@@ -116,7 +119,7 @@ pub struct AuditReply {
 /// Body of `POST /v1/state/lease/acquire`. The holder is `{as}@{node}`: a
 /// plugin hosted on two nodes holds a lease on one of them at a time, and
 /// releases it through the node it acquired it on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseBody {
     #[serde(rename = "as")]
@@ -128,7 +131,7 @@ pub struct LeaseBody {
 }
 
 /// Body of `POST /v1/state/lease/release`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseBody {
     #[serde(rename = "as")]
@@ -138,7 +141,7 @@ pub struct ReleaseBody {
 }
 
 /// Answer of `POST /v1/state/lease/release`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReleaseReply {
     pub released: bool,
 }
@@ -251,6 +254,20 @@ async fn write(ctx: &NodeCtx, b: WriteBody, op: WriteOp) -> Result<Json<WriteDon
         .map(Json)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/state/put",
+    tag = "state",
+    description = "Set a key (last writer wins, or a map field).",
+    request_body = WriteBody,
+    responses(
+        (status = 200, description = "Written", body = WriteDone),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The acting plugin may not do this (names the access rule)", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The consistency level was not reached in time", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The state replica is restarting or its membership view is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn put(
     State(ctx): State<Arc<NodeCtx>>,
     b: Result<Json<WriteBody>, JsonRejection>,
@@ -260,6 +277,20 @@ async fn put(
     write(&ctx, b, WriteOp::Put(v)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/state/incr",
+    tag = "state",
+    description = "Add to a counter.",
+    request_body = WriteBody,
+    responses(
+        (status = 200, description = "Written", body = WriteDone),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The acting plugin may not do this (names the access rule)", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The consistency level was not reached in time", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The state replica is restarting or its membership view is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn incr(
     State(ctx): State<Arc<NodeCtx>>,
     b: Result<Json<WriteBody>, JsonRejection>,
@@ -269,6 +300,20 @@ async fn incr(
     write(&ctx, b, WriteOp::Incr(by)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/state/add",
+    tag = "state",
+    description = "Add members to a set.",
+    request_body = WriteBody,
+    responses(
+        (status = 200, description = "Written", body = WriteDone),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The acting plugin may not do this (names the access rule)", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The consistency level was not reached in time", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The state replica is restarting or its membership view is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn add(
     State(ctx): State<Arc<NodeCtx>>,
     b: Result<Json<WriteBody>, JsonRejection>,
@@ -281,6 +326,20 @@ async fn add(
     write(&ctx, b, WriteOp::Add(m)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/state/remove",
+    tag = "state",
+    description = "Remove members from a set.",
+    request_body = WriteBody,
+    responses(
+        (status = 200, description = "Written", body = WriteDone),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The acting plugin may not do this (names the access rule)", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The consistency level was not reached in time", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The state replica is restarting or its membership view is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn remove(
     State(ctx): State<Arc<NodeCtx>>,
     b: Result<Json<WriteBody>, JsonRejection>,
@@ -293,6 +352,21 @@ async fn remove(
     write(&ctx, b, WriteOp::Remove(m)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/state/delete",
+    tag = "state",
+    description = "Delete a key.",
+    request_body = WriteBody,
+    responses(
+        (status = 200, description = "Deleted", body = WriteDone),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The acting plugin may not do this (names the access rule)", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The consistency level was not reached in time", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The state replica is restarting or its membership view is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn delete(
     State(ctx): State<Arc<NodeCtx>>,
     b: Result<Json<WriteBody>, JsonRejection>,
@@ -306,6 +380,21 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
         .map_err(|e| bad(format!("malformed query: {}", e.body_text())))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/state/get",
+    tag = "state",
+    description = "Read a key.",
+    params(GetQuery),
+    responses(
+        (status = 200, description = "The value", body = ReadDone),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The acting plugin may not do this (names the access rule)", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The consistency level was not reached in time", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The state replica is restarting or its membership view is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn read(
     State(ctx): State<Arc<NodeCtx>>,
     q: Result<Query<GetQuery>, QueryRejection>,
@@ -324,6 +413,18 @@ async fn read(
         .map(Json)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/state/list",
+    tag = "state",
+    description = "Keys the acting plugin may read.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Keys", body = ListReply),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The state replica is restarting or its membership view is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn list(
     State(ctx): State<Arc<NodeCtx>>,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -337,6 +438,19 @@ async fn list(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/state/audit",
+    tag = "state",
+    description = "Audit records of accepted and rejected changes.",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "Records", body = AuditReply),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The acting plugin may not read this", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The state replica is restarting or its membership view is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn audit(
     State(ctx): State<Arc<NodeCtx>>,
     q: Result<Query<AuditParams>, QueryRejection>,
@@ -357,6 +471,20 @@ async fn audit(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/state/lease/acquire",
+    tag = "state",
+    description = "Acquire or renew a lease (majority vote); the holder is `{as}@{node}`.",
+    request_body = LeaseBody,
+    responses(
+        (status = 200, description = "Granted", body = plexus_state::Lease),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Held by another holder (names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "No majority answered in time", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The state replica is restarting or its membership view is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn lease_acquire(
     State(ctx): State<Arc<NodeCtx>>,
     b: Result<Json<LeaseBody>, JsonRejection>,
@@ -381,6 +509,18 @@ async fn lease_acquire(
     .map(Json)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/state/lease/release",
+    tag = "state",
+    description = "Release a lease (best effort).",
+    request_body = ReleaseBody,
+    responses(
+        (status = 200, description = "Released or not held", body = ReleaseReply),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The state replica is restarting or its membership view is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn lease_release(
     State(ctx): State<Arc<NodeCtx>>,
     b: Result<Json<ReleaseBody>, JsonRejection>,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::types::{NodeId, PluginId};
 
 /// Accepted, or rejected with the reason.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Outcome {
     /// The change was applied.
     Accepted,
@@ -24,7 +24,7 @@ impl Outcome {
 }
 
 /// Where a change came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Source {
     /// A plugin on this node.
     Local,
@@ -37,7 +37,7 @@ pub enum Source {
 }
 
 /// One audited change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// Position in this node's log (monotonic, survives restarts when durable).
     pub seq: u64,

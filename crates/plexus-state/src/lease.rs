@@ -33,7 +33,7 @@ use crate::quorum::{AckStatus, AckTracker, Consistency};
 use crate::types::StateError;
 
 /// A lease: who holds `name`, under which fencing token, until when.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lease {
     /// Lease name (the resource it guards).
     pub name: String,

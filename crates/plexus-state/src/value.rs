@@ -15,8 +15,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use compact_str::CompactString;
 use crdts::{CmRDT, CvRDT, Dot, GCounter, LWWReg, Orswot, PNCounter};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use smallvec::SmallVec;
 
 use crate::types::{Kind, NodeId, Stamp, Version};
 
@@ -63,12 +65,87 @@ impl CounterOp {
 }
 
 /// A dot of a [`FieldMap`]: the `counter`-th map change made at `node`.
+///
+/// The node name is a [`CompactString`]: names up to 24 bytes sit inline,
+/// so a map of 10,000 fields does not hold 10,000 heap copies of the same
+/// few node names (joining and freeing large maps is dominated by
+/// allocations otherwise).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MapDot {
     /// Node that made the change.
-    pub node: NodeId,
+    pub node: CompactString,
     /// Its map change counter.
     pub counter: u64,
+}
+
+/// Dot-tagged content of one field, sorted by dot without duplicates.
+///
+/// Almost always one entry (several only after concurrent writes), so it
+/// is kept inline: no allocation per field. Deserialization restores the
+/// order, so a peer cannot break the invariant the lookups rely on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct DotFun<V>(SmallVec<[(MapDot, V); 1]>);
+
+impl<V> Default for DotFun<V> {
+    fn default() -> Self {
+        DotFun(SmallVec::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for DotFun<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut v = SmallVec::<[(MapDot, V); 1]>::deserialize(d)?;
+        if !v.windows(2).all(|w| w[0].0 < w[1].0) {
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v.dedup_by(|a, b| a.0 == b.0);
+        }
+        Ok(DotFun(v))
+    }
+}
+
+impl<V> DotFun<V> {
+    fn find(&self, d: &MapDot) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(d))
+    }
+
+    /// Whether content tagged `d` is present.
+    pub fn contains_key(&self, d: &MapDot) -> bool {
+        self.find(d).is_ok()
+    }
+
+    /// Tag `v` with `d` (replacing content with the same dot).
+    pub fn insert(&mut self, d: MapDot, v: V) {
+        match self.find(&d) {
+            Ok(i) => self.0[i].1 = v,
+            Err(i) => self.0.insert(i, (d, v)),
+        }
+    }
+
+    /// Keep the entries `f` accepts.
+    pub fn retain(&mut self, mut f: impl FnMut(&MapDot, &V) -> bool) {
+        self.0.retain(|(d, v)| f(d, v));
+    }
+
+    /// Whether there is no content.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Entries in dot order.
+    pub fn iter(&self) -> impl Iterator<Item = (&MapDot, &V)> {
+        self.0.iter().map(|(d, v)| (d, v))
+    }
+
+    /// Dots in order.
+    pub fn keys(&self) -> impl Iterator<Item = &MapDot> {
+        self.0.iter().map(|(d, _)| d)
+    }
+
+    /// Values in dot order.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
 }
 
 /// The live contents of one field name, by type. Every piece of content is
@@ -77,11 +154,11 @@ pub struct MapDot {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldStores {
     /// Register writes not yet overwritten (several if concurrent).
-    pub reg: BTreeMap<MapDot, RegVal>,
+    pub reg: DotFun<RegVal>,
     /// Counter contributions: one dot per node, holding that node's total.
-    pub counter: BTreeMap<MapDot, i64>,
+    pub counter: DotFun<i64>,
     /// Set members and the dots of the adds that are still live.
-    pub set: BTreeMap<String, BTreeSet<MapDot>>,
+    pub set: BTreeMap<String, DotFun<()>>,
 }
 
 impl FieldStores {
@@ -107,7 +184,7 @@ impl FieldStores {
         let mut s: BTreeSet<MapDot> = self.reg.keys().cloned().collect();
         s.extend(self.counter.keys().cloned());
         for dots in self.set.values() {
-            s.extend(dots.iter().cloned());
+            s.extend(dots.keys().cloned());
         }
         s
     }
@@ -157,8 +234,8 @@ impl FieldKind {
 pub struct FieldMap {
     /// Causal context.
     pub ctx: Version,
-    /// Live fields.
-    pub fields: BTreeMap<String, FieldStores>,
+    /// Live fields (names of up to 24 bytes are stored inline).
+    pub fields: BTreeMap<CompactString, FieldStores>,
 }
 
 /// What a map change does to its field.
@@ -198,13 +275,13 @@ impl FieldMap {
     }
 
     fn has_seen(ctx: &Version, d: &MapDot) -> bool {
-        ctx.get(&d.node) >= d.counter
+        ctx.dots.get(d.node.as_str()).copied().unwrap_or(0) >= d.counter
     }
 
     /// The next dot for `node`.
     fn next_dot(&self, node: &NodeId) -> MapDot {
         MapDot {
-            node: node.clone(),
+            node: CompactString::from(node.as_str()),
             counter: self.ctx.get(node) + 1,
         }
     }
@@ -214,7 +291,8 @@ impl FieldMap {
         if Self::has_seen(&self.ctx, &op.dot) {
             return;
         }
-        let st = self.fields.entry(op.field.clone()).or_default();
+        let field = CompactString::from(op.field.as_str());
+        let st = self.fields.entry(field.clone()).or_default();
         let keep = |d: &MapDot| !op.seen.contains(d);
         match op.act {
             MapAct::Put(v) => {
@@ -228,14 +306,14 @@ impl FieldMap {
             MapAct::Add(members) => {
                 for m in members {
                     let dots = st.set.entry(m).or_default();
-                    dots.retain(keep);
-                    dots.insert(op.dot.clone());
+                    dots.retain(|d, _| keep(d));
+                    dots.insert(op.dot.clone(), ());
                 }
             }
             MapAct::Remove(members) => {
                 for m in members {
                     if let Some(dots) = st.set.get_mut(&m) {
-                        dots.retain(keep);
+                        dots.retain(|d, _| keep(d));
                         if dots.is_empty() {
                             st.set.remove(&m);
                         }
@@ -246,15 +324,16 @@ impl FieldMap {
                 st.reg.retain(|d, _| keep(d));
                 st.counter.retain(|d, _| keep(d));
                 st.set.retain(|_, dots| {
-                    dots.retain(keep);
+                    dots.retain(|d, _| keep(d));
                     !dots.is_empty()
                 });
             }
         }
         if st.is_empty() {
-            self.fields.remove(&op.field);
+            self.fields.remove(&field);
         }
-        self.ctx.apply(Dot::new(op.dot.node, op.dot.counter));
+        self.ctx
+            .apply(Dot::new(op.dot.node.to_string(), op.dot.counter));
     }
 
     /// Join another replica's map.
@@ -268,7 +347,7 @@ impl FieldMap {
         let FieldMap { ctx: actx, fields } = self;
         let bctx = &other.ctx;
         let mut theirs = other.fields.iter().peekable();
-        let mut only_theirs: Vec<(&String, &FieldStores)> = Vec::new();
+        let mut only_theirs: Vec<(&CompactString, &FieldStores)> = Vec::new();
         let mut emptied = false;
         for (name, a) in fields.iter_mut() {
             while let Some((k, b)) = theirs.peek() {
@@ -314,7 +393,7 @@ impl FieldMap {
     pub fn view(&self) -> BTreeMap<String, FieldView> {
         self.fields
             .iter()
-            .filter_map(|(k, f)| f.view().map(|v| (k.clone(), v)))
+            .filter_map(|(k, f)| f.view().map(|v| (k.to_string(), v)))
             .collect()
     }
 }
@@ -326,17 +405,14 @@ fn join_stores(a: &mut FieldStores, b: &FieldStores, actx: &Version, bctx: &Vers
     join_fun(&mut a.counter, &b.counter, actx, bctx);
     for (m, dots) in a.set.iter_mut() {
         match b.set.get(m) {
-            Some(theirs) => join_dots(dots, theirs, actx, bctx),
-            None => dots.retain(|d| !FieldMap::has_seen(bctx, d)),
+            Some(theirs) => join_fun(dots, theirs, actx, bctx),
+            None => dots.retain(|d, _| !FieldMap::has_seen(bctx, d)),
         }
     }
     for (m, theirs) in &b.set {
         if !a.set.contains_key(m) {
-            let dots: BTreeSet<MapDot> = theirs
-                .iter()
-                .filter(|d| !FieldMap::has_seen(actx, d))
-                .cloned()
-                .collect();
+            let mut dots = DotFun::default();
+            join_fun(&mut dots, theirs, actx, bctx);
             if !dots.is_empty() {
                 a.set.insert(m.clone(), dots);
             }
@@ -350,32 +426,17 @@ fn forget_seen(a: &mut FieldStores, bctx: &Version) {
     a.reg.retain(|d, _| !FieldMap::has_seen(bctx, d));
     a.counter.retain(|d, _| !FieldMap::has_seen(bctx, d));
     a.set.retain(|_, dots| {
-        dots.retain(|d| !FieldMap::has_seen(bctx, d));
+        dots.retain(|d, _| !FieldMap::has_seen(bctx, d));
         !dots.is_empty()
     });
 }
 
-/// Causal join of two dot-tagged functions, into `a`.
-fn join_fun<V: Clone>(
-    a: &mut BTreeMap<MapDot, V>,
-    b: &BTreeMap<MapDot, V>,
-    actx: &Version,
-    bctx: &Version,
-) {
+/// Causal join of two dot-tagged functions (or dot sets, `V = ()`), into `a`.
+fn join_fun<V: Clone>(a: &mut DotFun<V>, b: &DotFun<V>, actx: &Version, bctx: &Version) {
     a.retain(|d, _| b.contains_key(d) || !FieldMap::has_seen(bctx, d));
-    for (d, v) in b {
+    for (d, v) in b.iter() {
         if !FieldMap::has_seen(actx, d) && !a.contains_key(d) {
             a.insert(d.clone(), v.clone());
-        }
-    }
-}
-
-/// Causal join of two dot sets, into `a`.
-fn join_dots(a: &mut BTreeSet<MapDot>, b: &BTreeSet<MapDot>, actx: &Version, bctx: &Version) {
-    a.retain(|d| b.contains(d) || !FieldMap::has_seen(bctx, d));
-    for d in b {
-        if !FieldMap::has_seen(actx, d) && !a.contains(d) {
-            a.insert(d.clone());
         }
     }
 }
@@ -607,7 +668,7 @@ pub(crate) mod make {
             .map(|f| {
                 f.counter
                     .iter()
-                    .filter(|(d, _)| d.node == *node)
+                    .filter(|(d, _)| d.node == node.as_str())
                     .map(|(d, v)| (d.clone(), *v))
                     .collect()
             })
@@ -633,7 +694,7 @@ pub(crate) mod make {
         if let Some(f) = stores(m, field) {
             for mem in members {
                 if let Some(d) = f.set.get(mem) {
-                    seen.extend(d.iter().cloned());
+                    seen.extend(d.keys().cloned());
                 }
             }
         }
@@ -708,4 +769,39 @@ where
             i128::MAX
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dot(node: &str, counter: u64) -> MapDot {
+        MapDot {
+            node: node.into(),
+            counter,
+        }
+    }
+
+    /// A peer's encoding may list dots out of order or twice; lookups rely
+    /// on sorted, unique dots, so decoding restores that.
+    #[test]
+    fn decoded_dot_content_is_sorted_and_unique() {
+        let wire: Vec<(MapDot, i64)> = vec![(dot("b", 2), 5), (dot("a", 9), 1), (dot("b", 2), 7)];
+        let bytes = plexus_codec::encode(&wire).expect("encode");
+        let f: DotFun<i64> = plexus_codec::decode(&bytes).expect("decode");
+        let dots: Vec<&MapDot> = f.keys().collect();
+        assert_eq!(dots, vec![&dot("a", 9), &dot("b", 2)]);
+        assert!(f.contains_key(&dot("b", 2)));
+        assert!(!f.contains_key(&dot("b", 3)));
+    }
+
+    #[test]
+    fn insert_keeps_order_and_replaces_equal_dots() {
+        let mut f = DotFun::default();
+        f.insert(dot("c", 1), 1);
+        f.insert(dot("a", 1), 2);
+        f.insert(dot("c", 1), 3);
+        let got: Vec<(MapDot, i64)> = f.iter().map(|(d, v)| (d.clone(), *v)).collect();
+        assert_eq!(got, vec![(dot("a", 1), 2), (dot("c", 1), 3)]);
+    }
 }

@@ -17,7 +17,7 @@ use crate::plan::{Branch, Plan, PlannedStep, Stage};
 use crate::template::{self, Path};
 
 /// How the steps of a workflow run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkflowKind {
     /// In file order; steps may carry conditions, and consecutive steps may

@@ -106,7 +106,7 @@ impl<T: StepExecutor + ?Sized> StepExecutor for Box<T> {
 }
 
 /// Where a step stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StepStatus {
     /// Not started (or never reached: the run stopped before it).
@@ -126,7 +126,7 @@ pub enum StepStatus {
 }
 
 /// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     /// Steps are running (or, read from a journal, the saga was interrupted).
@@ -155,7 +155,7 @@ impl RunStatus {
 }
 
 /// One step's state in a [`RunReport`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepState {
     /// The step's id.
     pub id: String,
@@ -207,7 +207,7 @@ impl StepState {
 }
 
 /// The state of a run: what `plexus workflows` lists.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunReport {
     /// The run (or saga) id.
     pub id: String,

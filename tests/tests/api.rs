@@ -1,0 +1,154 @@
+//! The HTTP API over real node processes: the served OpenAPI document is the
+//! checked-in one, and bearer-token auth refuses and admits as documented.
+
+use std::time::Duration;
+
+use plexus_tests::{plexus, wait_for, Cluster, Node, NodeSpec};
+use serde_json::Value;
+
+/// GET `path` with an optional bearer token: (status, content type, body).
+fn get(api: &str, path: &str, token: Option<&str>) -> (u16, String, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut req = agent.get(format!("http://{api}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", &format!("Bearer {t}"));
+    }
+    let mut r = req.call().expect("HTTP GET");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = r.body_mut().read_to_string().expect("body");
+    (r.status().as_u16(), ct, body)
+}
+
+fn spec(name: &str, plugins: &[&str], extra: &[&str]) -> NodeSpec {
+    NodeSpec {
+        name: name.into(),
+        plugins: plugins.iter().map(|s| s.to_string()).collect(),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_served_openapi_document_is_the_checked_in_one() {
+    let c = Cluster::start(vec![
+        spec("node1", &["jira-orchestrator"], &[]),
+        spec("node2", &["frontend-powerhouse"], &[]),
+    ]);
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    let on_disk = std::fs::read_to_string(&file).expect("docs/openapi.json");
+    for n in &c.nodes {
+        let (status, ct, body) = get(&n.api, "/v1/openapi.json", None);
+        assert_eq!(status, 200, "{body}");
+        assert!(ct.starts_with("application/json"), "{ct}");
+        assert!(
+            body == on_disk,
+            "the spec {} serves differs from docs/openapi.json; regenerate: cargo run -p plexus-cli -- openapi > docs/openapi.json",
+            n.spec.name
+        );
+    }
+    let v: Value = serde_json::from_str(&on_disk).expect("JSON");
+    assert!(v["openapi"].as_str().unwrap_or("").starts_with("3."));
+    for p in [
+        "/v1/status",
+        "/v1/exec",
+        "/v1/route",
+        "/v1/ask",
+        "/v1/workflows",
+        "/v1/workflows/{id}",
+        "/v1/state/put",
+        "/v1/state/get",
+        "/metrics",
+    ] {
+        assert!(v["paths"][p].is_object(), "{p} missing from the spec");
+    }
+    // The CLI prints the same document.
+    let o = plexus(&["openapi"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout == on_disk, "plexus openapi differs from the file");
+}
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+#[test]
+fn a_node_with_a_token_refuses_calls_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--api-token", TOKEN];
+    let n1 = Node::start(
+        spec("node1", &["jira-orchestrator"], &extra),
+        dir.path(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[],
+    );
+    let n2 = Node::start(
+        spec("node2", &["frontend-powerhouse"], &extra),
+        dir.path(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        std::slice::from_ref(&n1.cluster),
+    );
+    // The cluster forms (links are cookie-authenticated, not token-checked).
+    wait_for(Duration::from_secs(20), "two members up", || {
+        let (s, _, body) = get(&n1.api, "/v1/status", Some(TOKEN));
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let up = v["members"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["status"] == "up")
+            .count();
+        (s == 200 && up == 2).then_some(())
+    });
+    for path in [
+        "/v1/status",
+        "/metrics",
+        "/v1/workflows",
+        "/v1/openapi.json",
+    ] {
+        let (s, ct, body) = get(&n1.api, path, None);
+        assert_eq!(s, 401, "{path}: {body}");
+        assert!(ct.starts_with("application/problem+json"), "{path}: {ct}");
+        let p: Value = serde_json::from_str(&body).expect("problem JSON");
+        assert_eq!(p["status"], 401);
+        assert!(p["detail"].as_str().unwrap().contains("token"), "{body}");
+        let (s, _, _) = get(&n1.api, path, Some("wrong-token-0123456789"));
+        assert_eq!(s, 401, "{path} with a wrong token");
+        let (s, _, body) = get(&n1.api, path, Some(TOKEN));
+        assert_eq!(s, 200, "{path} with the token: {body}");
+    }
+    // The liveness probe stays open.
+    let (s, _, _) = get(&n2.api, "/v1/health", None);
+    assert_eq!(s, 200);
+    // The CLI: refused without the token, works with --token across nodes.
+    let o = plexus(&["status", "--connect", &n1.api]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.contains("401") && o.stderr.contains("token"),
+        "{}",
+        o.stderr
+    );
+    let o = plexus(&[
+        "exec",
+        "--token",
+        TOKEN,
+        "--connect",
+        &n1.api,
+        "--plugin",
+        "frontend-powerhouse",
+        "--command",
+        "create-component",
+        "--input",
+        r#"{"name":"X"}"#,
+        "--json",
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.json()["node"], "node2");
+}
