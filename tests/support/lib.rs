@@ -171,7 +171,7 @@ impl Node {
             // One cookie per test directory: clusters of parallel tests must
             // never join each other when one reuses a port another freed.
             .args(["--cookie", &cookie_for(dir_of(&self.data_dir))])
-            .env("PLEXUS_LOG", "info,plexus_node=debug")
+            .env("PLEXUS_LOG", "info,plexus_node=debug,plexus_bus=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(logf));

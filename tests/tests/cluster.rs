@@ -294,3 +294,50 @@ fn ask_routes_to_the_live_plugin_and_skips_a_dead_one() {
         .collect();
     assert!(!tried.contains(&"lobbi-platform-manager"), "{tried:?}");
 }
+
+#[test]
+fn a_request_in_flight_fails_as_soon_as_its_node_is_declared_down() {
+    let (_tmp, mut c) = three_nodes();
+    let api = c.nodes[0].api.clone();
+    // `flaky` on node2 takes 20 s; node2 is killed while it runs.
+    let call = std::thread::spawn(move || {
+        let t = Instant::now();
+        let o = plexus_tests::plexus(&[
+            "exec",
+            "--connect",
+            &api,
+            "--plugin",
+            "flaky",
+            "--command",
+            "work",
+            "--input",
+            r#"{"$sim":{"delay_ms":20000}}"#,
+            "--timeout-ms",
+            "30000",
+        ]);
+        (o, t.elapsed())
+    });
+    plexus_tests::wait_for(
+        Duration::from_secs(10),
+        "node1 to wait on the request",
+        || {
+            let s = c.nodes[0].status()?;
+            (s["bus"]["pending_requests"].as_u64()? >= 1).then_some(())
+        },
+    );
+    let killed = Instant::now();
+    c.node_mut("node2").kill9();
+    let (o, took) = call.join().unwrap();
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.contains("node2 went down before answering"),
+        "{}",
+        o.stderr
+    );
+    // Not the 20 s of the command, nor the 30 s timeout: the failure detector's time.
+    assert!(
+        killed.elapsed() < Duration::from_secs(12),
+        "the request ended {:?} after the kill ({took:?} in all)",
+        killed.elapsed()
+    );
+}

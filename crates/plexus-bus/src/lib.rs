@@ -74,6 +74,10 @@ pub enum BusError {
     Timeout { topic: String, timeout: Duration },
     #[error("the responder went away before answering {topic:?}")]
     Dropped { topic: String },
+    /// The one node the request went to was declared down before it
+    /// answered; the request may or may not have run there.
+    #[error("node {node} went down before answering {topic:?}")]
+    PeerDown { topic: String, node: String },
     #[error("message expired before delivery")]
     Expired,
 }
@@ -147,6 +151,9 @@ struct Inner {
     subs: RwLock<SubTable>,
     remote: RwLock<HashMap<String, RemoteInterest>>,
     pending: Mutex<HashMap<Uuid, oneshot::Sender<Envelope>>>,
+    /// Pending requests that went to exactly one other node: failed at
+    /// once by `peer_down` of that node instead of waiting out the timeout.
+    awaiting: Mutex<HashMap<Uuid, String>>,
     dead: Mutex<VecDeque<DeadLetter>>,
     sink: RwLock<Option<Arc<dyn RemoteSink>>>,
     next_sub: AtomicU64,
@@ -179,6 +186,7 @@ impl Bus {
                 subs: RwLock::new(SubTable::default()),
                 remote: RwLock::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
+                awaiting: Mutex::new(HashMap::new()),
                 dead: Mutex::new(VecDeque::new()),
                 sink: RwLock::new(None),
                 next_sub: AtomicU64::new(1),
@@ -401,9 +409,27 @@ impl Bus {
             self.inner.pending.lock().remove(&id);
             return Err(BusError::NoRoute { topic, destination });
         }
-        match tokio::time::timeout(timeout, rx).await {
+        let remote = match report.remote_nodes.as_slice() {
+            [node] if report.local == 0 => Some(node.clone()),
+            _ => None,
+        };
+        if let Some(node) = &remote {
+            // Only while still pending: a fast answer may already be here.
+            let pending = self.inner.pending.lock();
+            if pending.contains_key(&id) {
+                self.inner.awaiting.lock().insert(id, node.clone());
+                tracing::debug!(%id, %node, topic = %topic, "request awaits one node");
+            }
+        }
+        let r = tokio::time::timeout(timeout, rx).await;
+        self.inner.awaiting.lock().remove(&id);
+        match r {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(_)) => Err(BusError::Dropped { topic }),
+            // Only `peer_down` drops the sender of a remote request.
+            Ok(Err(_)) => match remote {
+                Some(node) => Err(BusError::PeerDown { topic, node }),
+                None => Err(BusError::Dropped { topic }),
+            },
             Err(_) => {
                 self.inner.pending.lock().remove(&id);
                 Err(BusError::Timeout { topic, timeout })
@@ -496,9 +522,27 @@ impl Bus {
         }
     }
 
-    /// Forget a peer's interest (it is down).
-    pub fn peer_down(&self, node: &str) {
+    /// Forget a peer's interest (it is down) and fail at once the pending
+    /// requests that went to it alone (`BusError::PeerDown`); returns how
+    /// many.
+    pub fn peer_down(&self, node: &str) -> usize {
         self.inner.remote.write().remove(node);
+        let mut pending = self.inner.pending.lock();
+        let mut awaiting = self.inner.awaiting.lock();
+        let mut failed = 0;
+        awaiting.retain(|id, n| {
+            if n.as_str() == node {
+                // Dropping the sender wakes the request.
+                if pending.remove(id).is_some() {
+                    tracing::debug!(%id, %node, "request failed: its node is down");
+                    failed += 1;
+                }
+                false
+            } else {
+                true
+            }
+        });
+        failed
     }
 
     /// Nodes with any interest registered.

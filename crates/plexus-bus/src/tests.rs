@@ -206,6 +206,55 @@ async fn cross_node_request_response() {
 }
 
 #[tokio::test]
+async fn a_request_in_flight_fails_at_once_when_its_node_goes_down() {
+    let (a, b) = pair();
+    // b takes the request and never answers.
+    let server = b.subscribe("plugin/p/request", "p").unwrap();
+    let req = Envelope::new(MessageKind::Request, "plugin/p/request", "cli", vec![]).to("p");
+    let aa = a.clone();
+    let waiting = tokio::spawn(async move { aa.request(req, Duration::from_secs(30)).await });
+    let got = server.recv().await.unwrap();
+    assert_eq!(got.source_node, "a");
+    let started = std::time::Instant::now();
+    assert_eq!(a.peer_down("b"), 1);
+    let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the request still waits after peer_down")
+        .unwrap();
+    match r {
+        Err(BusError::PeerDown { node, topic }) => {
+            assert_eq!(node, "b");
+            assert_eq!(topic, "plugin/p/request");
+        }
+        other => panic!("expected PeerDown, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(a.stats().pending_requests, 0);
+    // Another node going down does not touch a request to b.
+    let (a, b) = pair();
+    let server = b.subscribe("plugin/p/request", "p").unwrap();
+    let (took_tx, took_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let bb = b.clone();
+    tokio::spawn(async move {
+        let req = server.recv().await.unwrap();
+        let _ = took_tx.send(());
+        let _ = go_rx.await;
+        bb.respond(&req, req.reply("p", b"late but fine".to_vec()))
+            .unwrap();
+    });
+    let aa = a.clone();
+    let waiting = tokio::spawn(async move {
+        let req = Envelope::new(MessageKind::Request, "plugin/p/request", "cli", vec![]).to("p");
+        aa.request(req, Duration::from_secs(5)).await
+    });
+    took_rx.await.unwrap();
+    assert_eq!(a.peer_down("c"), 0);
+    go_tx.send(()).unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap().payload, b"late but fine");
+}
+
+#[tokio::test]
 async fn late_response_is_a_dead_letter() {
     let bus = Bus::new(BusConfig::new("n1"));
     let req = Envelope::new(MessageKind::Request, "x", "c", vec![]);

@@ -574,6 +574,14 @@ async fn exec_once(ctx: &NodeCtx, body: &ExecBody) -> Result<ExecReply, Problem>
                 timeout.as_millis()
             ),
         ),
+        BusError::PeerDown { node, .. } => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node-down",
+            format!(
+                "plugin {:?}: its node {node} went down before answering (the command may or may not have run there)",
+                body.plugin
+            ),
+        ),
         other => Problem::new(StatusCode::BAD_REQUEST, "bad-request", other.to_string()),
     })?;
     let mut reply: ExecReply = serde_json::from_slice(&resp.payload).map_err(|e| {

@@ -189,8 +189,8 @@ fn apply(myself: &ActorRef<MembershipMsg>, st: &mut MembershipState, out: Output
                 cast_named(&node, "registry", RegistryMsg::MemberUp(id));
             }
             MemberEvent::Down(id) => {
-                tracing::warn!(peer = %id.name, generation = id.generation, "member down");
-                st.ctx.bus.peer_down(&id.name);
+                let failed = st.ctx.bus.peer_down(&id.name);
+                tracing::warn!(peer = %id.name, generation = id.generation, failed_requests = failed, "member down");
                 publish_health(&st.ctx, &id, MemberStatus::Down);
                 cast_named(&node, "registry", RegistryMsg::MemberDown(id));
             }
