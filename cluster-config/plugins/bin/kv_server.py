@@ -51,4 +51,6 @@ for line in sys.stdin:
     try:
         reply({"id": req["id"], "output": handle(req.get("command"), req.get("input") or {})})
     except (ValueError, KeyError) as e:
-        reply({"id": req["id"], "error": str(e)})
+        # The request was wrong, not the server: not retried, not counted
+        # against the plugin's circuit breaker.
+        reply({"id": req["id"], "error": str(e), "badInput": True})

@@ -4,7 +4,8 @@
 The node starts this script once per call, in its sandbox: argv comes from
 the manifest's templates, the input JSON arrives on stdin, and whatever JSON
 this prints on stdout is the command's result. Errors go to stderr with a
-non-zero exit code.
+non-zero exit code: 65 (EX_DATAERR) or 64 (EX_USAGE) when the input is
+wrong (the node reports bad input, not retried), anything else for a failure.
 """
 import hashlib
 import json
@@ -22,7 +23,7 @@ def wc(inp):
     text = inp.get("text")
     if not isinstance(text, str):
         print("input field 'text' must be a string", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(65)
     return {
         "lines": text.count("\n") + (0 if text.endswith("\n") or not text else 1),
         "words": len(text.split()),
@@ -33,11 +34,11 @@ def wc(inp):
 def checksum(inp, algorithm):
     if algorithm not in hashlib.algorithms_guaranteed:
         print(f"unknown algorithm {algorithm!r}; one of {sorted(hashlib.algorithms_guaranteed)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(65)
     text = inp.get("text")
     if not isinstance(text, str):
         print("input field 'text' must be a string", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(65)
     h = hashlib.new(algorithm, text.encode())
     return {"algorithm": algorithm, "hex": h.hexdigest() if algorithm[:5] != "shake" else h.hexdigest(32)}
 
@@ -73,7 +74,7 @@ def env_probe(_inp):
 def main():
     if len(sys.argv) < 2:
         print("usage: sys.py wc|checksum ALG|env-probe", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(65)
     inp = read_input()
     cmd = sys.argv[1]
     if cmd == "wc":
@@ -84,7 +85,7 @@ def main():
         out = env_probe(inp)
     else:
         print(f"unknown command {cmd!r}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(65)
     print(json.dumps(out))
 
 

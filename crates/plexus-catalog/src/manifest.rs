@@ -269,6 +269,16 @@ pub enum HandlerSpec {
     Process(Box<crate::process::ProcessSpec>),
 }
 
+impl HandlerSpec {
+    /// The `kind` as written in the manifest (shown in status).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            HandlerSpec::Sim(_) => "sim",
+            HandlerSpec::Process(_) => "process",
+        }
+    }
+}
+
 impl Default for HandlerSpec {
     fn default() -> Self {
         HandlerSpec::Sim(SimSpec::default())

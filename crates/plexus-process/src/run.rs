@@ -224,6 +224,11 @@ fn spawn_error(inv: &Invocation, e: std::io::Error) -> HandlerError {
     ))
 }
 
+/// Exit code of a command-line usage error (sysexits.h).
+pub const EX_USAGE: i32 = 64;
+/// Exit code of "the input data was incorrect" (sysexits.h).
+pub const EX_DATAERR: i32 = 65;
+
 /// Turn how a process ended into success or a typed error.
 ///
 /// Signals are exact (SIGXCPU: CPU; SIGXFSZ: file size). Memory and process
@@ -264,6 +269,15 @@ pub fn classify(
     let fsize_msg = lower.contains("file too large");
     match *ended {
         Ended::Exited(0) => Ok(()),
+        // sysexits.h: the process refused its input. The caller's fault:
+        // not retried, not counted by the breaker.
+        Ended::Exited(c) if c == EX_USAGE || c == EX_DATAERR => {
+            Err(HandlerError::BadInput(if tail.is_empty() {
+                format!("the command refused its input (exit code {c})")
+            } else {
+                tail.clone()
+            }))
+        }
         Ended::Signalled(s) if s == libc::SIGXCPU => Err(HandlerError::LimitExceeded {
             limit: Limit::Cpu,
             detail: format!("used its {} s of CPU time (SIGXCPU)", limits.cpu_secs),
@@ -398,6 +412,10 @@ mod tests {
             )),
             Some(Limit::FileSize)
         );
+        assert!(matches!(
+            classify(&Ended::Exited(EX_DATAERR), "field x must be a number", &l),
+            Err(HandlerError::BadInput(m)) if m.contains("field x")
+        ));
         match classify(&Ended::Exited(3), "first\nboom\n", &l) {
             Err(HandlerError::Failed(m)) => {
                 assert!(m.contains("code 3") && m.contains("boom"), "{m}")

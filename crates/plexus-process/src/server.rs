@@ -3,7 +3,8 @@
 //! Protocol: line-delimited JSON over the server's stdin and stdout.
 //!
 //! - request (node → server): `{"id": 7, "command": "get", "input": {...}}`
-//! - response (server → node): `{"id": 7, "output": ...}` or `{"id": 7, "error": "why"}`
+//! - response (server → node): `{"id": 7, "output": ...}` or `{"id": 7, "error": "why"}`;
+//!   `"badInput": true` next to `error` makes it the caller's fault (bad input)
 //! - publish (server → node, any time): `{"publish": {"topic": "...", "payload": ..., "source": "..."}}`;
 //!   the node publishes it on the bus as the plugin, after checking the
 //!   topic and the source (a source other than the plugin is refused).
@@ -161,9 +162,15 @@ impl Server {
                                 tracing::warn!(plugin = %plugin, "server asked to publish but this handler has no bus")
                             }
                         },
-                        Ok(Line::Reply { id, output, error }) => {
+                        Ok(Line::Reply {
+                            id,
+                            output,
+                            error,
+                            bad_input,
+                        }) => {
                             let tx = pending.lock().remove(&id);
                             let r = match error {
+                                Some(e) if bad_input => Err(HandlerError::BadInput(error_text(&e))),
                                 Some(e) => Err(HandlerError::Failed(error_text(&e))),
                                 None => Ok(output.unwrap_or(Value::Null)),
                             };
@@ -361,6 +368,9 @@ enum Line {
         output: Option<Value>,
         #[serde(default)]
         error: Option<Value>,
+        /// The request itself was wrong (not retried, not counted by the breaker).
+        #[serde(default, rename = "badInput")]
+        bad_input: bool,
     },
 }
 
