@@ -213,3 +213,142 @@ fn a_plugin_forging_another_source_is_rejected_and_audited() {
     // The node that did not host the forger saw nothing forged.
     assert_eq!(rejected(&c.nodes[0].api), 0);
 }
+
+/// Run openssl (part of the machine image; `.ci/run` checks it).
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A CA and one node certificate (SAN 127.0.0.1) signed by it, in `dir`;
+/// returns a node config file naming them.
+fn pki(dir: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=plexus-test-ca",
+    ]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "node.key",
+        "-out",
+        "node.csr",
+        "-subj",
+        "/CN=plexus-node",
+    ]);
+    openssl(dir, &csr);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "node.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "node.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        "[node]\ntls_cert = \"node.pem\"\ntls_key = \"node.key\"\ntls_ca = \"ca.pem\"\n",
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn tls_nodes_join_and_nodes_without_the_clusters_ca_cannot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = pki(&tmp.path().join("pki"));
+    let rogue_cfg = pki(&tmp.path().join("rogue-pki"));
+    let tls = |name: &str, plugins: &[&str], cfg: &Path| {
+        let mut s = spec(name, plugins);
+        s.extra = vec!["--config".into(), cfg.display().to_string()];
+        s
+    };
+    let c = Cluster::start(vec![
+        tls("node1", &["jira-orchestrator"], &cfg),
+        tls("node2", &["frontend-powerhouse"], &cfg),
+    ]);
+    // Requests cross the TLS link.
+    let o = c.nodes[0].exec("frontend-powerhouse", "analyze-performance", Some("{}"));
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.json()["node"], "node2", "{o:?}");
+
+    // Same cookie (same test directory), but a certificate of another CA,
+    // and a node without TLS at all.
+    let rogue = Node::start(
+        tls("rogue", &["exec-automator"], &rogue_cfg),
+        c.dir.path(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[c.nodes[0].cluster.clone()],
+    );
+    let plain = Node::start(
+        spec("plain", &["lobbi-platform-manager"]),
+        c.dir.path(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[c.nodes[0].cluster.clone()],
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "node1 to refuse both handshakes twice",
+        || {
+            let refusals = c.nodes[0]
+                .log_text()
+                .matches("Error establishing secure socket")
+                .count();
+            (refusals >= 4).then_some(())
+        },
+    );
+    for n in &c.nodes {
+        let s = n.status().unwrap();
+        assert_eq!(names(&s, "members"), vec!["node1", "node2"], "{s:#}");
+    }
+    for n in [&rogue, &plain] {
+        let s = n.status().unwrap();
+        assert_eq!(names(&s, "members"), vec![n.spec.name.clone()], "{s:#}");
+    }
+}
