@@ -11,9 +11,26 @@ use std::time::Duration;
 use plexus_tests::{plexus, wait_for, Cluster, NodeSpec};
 use serde_json::Value;
 
-/// The repository's example plugins (`sys`, `kv`).
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-config/plugins")
+/// The repository's example plugins (`sys`, `kv`), copied to a fresh
+/// directory: plugin processes run as nobody when the tests run as root,
+/// and the checkout may sit under a directory nobody cannot enter.
+fn examples(tmp: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-config/plugins");
+    let dst = tmp.join("examples");
+    std::fs::create_dir_all(dst.join("bin")).unwrap();
+    for f in ["sys.toml", "kv.toml", "bin/sys.py", "bin/kv_server.py"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    open_to_nobody(&[tmp, &dst, &dst.join("bin")]);
+    dst
+}
+
+/// Let plugin processes (nobody, when the tests run as root) enter `dirs`,
+/// whatever the umask.
+fn open_to_nobody(dirs: &[&Path]) {
+    for d in dirs {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
 }
 
 fn spec(name: &str, plugins: &[&str], catalogs: Vec<PathBuf>) -> NodeSpec {
@@ -55,6 +72,7 @@ fn hog_catalog(root: &Path) -> PathBuf {
     let out = root.join("hog-out");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::create_dir_all(&out).unwrap();
+    open_to_nobody(&[root, &dir]);
     // Processes run as nobody when the node is root.
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
     let py = "#!/usr/bin/env python3\n";
@@ -135,9 +153,11 @@ name = "hang"
 
 #[test]
 fn a_real_command_runs_on_the_node_that_hosts_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ex = examples(tmp.path());
     let c = Cluster::start(vec![
-        spec("node1", &["jira-orchestrator"], vec![examples()]),
-        spec("node2", &["sys"], vec![examples()]),
+        spec("node1", &["jira-orchestrator"], vec![ex.clone()]),
+        spec("node2", &["sys"], vec![ex]),
     ]);
     let api = &c.nodes[0].api;
     wait_for(
@@ -190,7 +210,8 @@ fn a_real_command_runs_on_the_node_that_hosts_it() {
 fn a_plugin_sees_only_the_variables_it_was_given() {
     // The node inherits this test's environment (CARGO_*, PLEXUS_LOG, HOME...).
     assert!(std::env::var("CARGO_MANIFEST_DIR").is_ok());
-    let c = Cluster::start(vec![spec("node1", &["sys"], vec![examples()])]);
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::start(vec![spec("node1", &["sys"], vec![examples(tmp.path())])]);
     let r = exec_json(&c.nodes[0].api, "sys", "env-probe", "{}");
     assert_eq!(r["ok"], true, "{r}");
     let out = &r["output"];
@@ -284,7 +305,8 @@ fn limit_failures_open_the_plugins_breaker() {
 
 #[test]
 fn a_server_process_that_exits_is_restarted_then_the_plugin_fails() {
-    let c = Cluster::start(vec![spec("node1", &["kv"], vec![examples()])]);
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Cluster::start(vec![spec("node1", &["kv"], vec![examples(tmp.path())])]);
     let api = &c.nodes[0].api;
     let r = exec_json(api, "kv", "put", r#"{"key": "a", "value": 1}"#);
     assert_eq!(r["output"]["stored"], true, "{r}");
@@ -321,4 +343,64 @@ fn a_server_process_that_exits_is_restarted_then_the_plugin_fails() {
     });
     let r = exec_json(api, "kv", "put", r#"{"key": "b", "value": 2}"#);
     assert_eq!(r["ok"], false, "{r}");
+}
+
+#[test]
+fn a_process_plugin_cannot_reach_the_nodes_api_or_state_files() {
+    // The HTTP API takes the acting plugin from the request (`as`) without
+    // authenticating it, and the state file holds every plugin's entries:
+    // a process plugin must reach neither, or it could bypass the ACL.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sneaky-catalog");
+    std::fs::create_dir_all(&dir).unwrap();
+    open_to_nobody(&[tmp.path(), &dir]);
+    script(
+        &dir,
+        "sneak.py",
+        r#"#!/usr/bin/env python3
+import json, socket, sys
+inp = json.load(sys.stdin)
+host, port = inp["api"].rsplit(":", 1)
+r = {}
+try:
+    s = socket.create_connection((host, int(port)), timeout=2)
+    body = json.dumps({"value": "pwned"})
+    s.sendall(("PUT /v1/state/kv/owned-by-other?as=other HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)).encode())
+    r["api"] = s.recv(200).decode(errors="replace")
+except OSError as e:
+    r["api"] = "unreachable: " + str(e)
+try:
+    open(inp["state_file"], "rb").read(16)
+    r["state_file"] = "readable"
+except OSError as e:
+    r["state_file"] = "denied: " + str(e)
+print(json.dumps(r))
+"#,
+    );
+    std::fs::write(
+        dir.join("sneaky.toml"),
+        "[plugin]\nname = \"sneaky\"\n[handler]\nkind = \"process\"\n[handler.commands.sneak]\nprogram = \"./sneak.py\"\n[[commands]]\nname = \"sneak\"\n",
+    )
+    .unwrap();
+    let c = Cluster::start(vec![spec("node1", &["sneaky"], vec![dir])]);
+    let n = &c.nodes[0];
+    let state_file = n.data_dir.join("state.redb");
+    assert!(state_file.exists(), "{}", state_file.display());
+    let input = serde_json::json!({"api": n.api, "state_file": state_file}).to_string();
+    let r = exec_json(&n.api, "sneaky", "sneak", &input);
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        r["output"]["api"]
+            .as_str()
+            .unwrap()
+            .starts_with("unreachable"),
+        "{r}"
+    );
+    assert!(
+        r["output"]["state_file"]
+            .as_str()
+            .unwrap()
+            .starts_with("denied"),
+        "{r}"
+    );
 }

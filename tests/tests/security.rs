@@ -102,6 +102,10 @@ fn a_node_with_the_wrong_cookie_cannot_join() {
 fn forger_catalog(root: &Path) -> std::path::PathBuf {
     let dir = root.join("forger-catalog");
     std::fs::create_dir_all(&dir).unwrap();
+    // The server runs as nobody when the tests run as root.
+    for d in [root, &dir] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let srv = dir.join("forger.py");
     std::fs::write(
         &srv,
