@@ -16,7 +16,8 @@ fn handler(dir: &Path, manifest: &str) -> ProcessHandler {
 
 fn handler_with_sink(dir: &Path, manifest: &str, sink: Option<PublishSink>) -> ProcessHandler {
     // Processes run as nobody when the tests run as root.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o755)).unwrap();
     let f = dir.join("p.toml");
     std::fs::write(&f, manifest).unwrap();
     let c = Catalog::load(&Sources {
