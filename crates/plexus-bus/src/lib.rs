@@ -17,6 +17,7 @@
 
 pub mod envelope;
 mod mailbox;
+pub mod policy;
 pub mod topic;
 
 use std::collections::{HashMap, VecDeque};
@@ -33,6 +34,7 @@ pub use envelope::{
     now_ms, Envelope, Headers, MessageKind, Metadata, DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY,
 };
 use mailbox::{PushError, Shared};
+pub use policy::{PublishPolicy, Violation};
 pub use topic::{matches, validate_pattern, validate_topic, TopicError, TopicTrie};
 
 /// Bus settings.
@@ -80,6 +82,9 @@ pub enum BusError {
     PeerDown { topic: String, node: String },
     #[error("message expired before delivery")]
     Expired,
+    /// A publish on behalf of a plugin broke its policy (audited).
+    #[error("refused: {0}")]
+    Forbidden(#[from] Violation),
 }
 
 /// What crosses the link between two nodes' buses.
@@ -118,6 +123,10 @@ pub struct BusStats {
     pub dead_lettered: u64,
     pub subscriptions: usize,
     pub pending_requests: usize,
+    /// Publishes refused by the source check (forged source, undeclared
+    /// topic, or a peer forwarding another node's message).
+    #[serde(default)]
+    pub rejected: u64,
 }
 
 /// Where one publish went.
@@ -162,6 +171,7 @@ struct Inner {
     delivered: AtomicU64,
     forwarded: AtomicU64,
     dead_count: AtomicU64,
+    rejected: AtomicU64,
 }
 
 /// A node's bus; cheap to clone.
@@ -195,6 +205,7 @@ impl Bus {
                 delivered: AtomicU64::new(0),
                 forwarded: AtomicU64::new(0),
                 dead_count: AtomicU64::new(0),
+                rejected: AtomicU64::new(0),
             }),
         }
     }
@@ -268,6 +279,28 @@ impl Bus {
             });
         }
         Ok(())
+    }
+
+    /// Publish `env` on behalf of a plugin: only as itself and on a topic its
+    /// policy allows. A refusal is audited: logged at warn, counted
+    /// (`stats().rejected`) and kept as a dead letter whose reason starts
+    /// with `rejected:`.
+    pub fn publish_as(
+        &self,
+        policy: &PublishPolicy,
+        env: Envelope,
+    ) -> Result<PublishReport, BusError> {
+        if let Err(v) = policy.check(&env) {
+            self.reject(env, &v.to_string());
+            return Err(BusError::Forbidden(v));
+        }
+        self.publish(env)
+    }
+
+    fn reject(&self, env: Envelope, why: &str) {
+        self.inner.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(target: "plexus_bus::audit", topic = %env.topic, source = %env.source, source_node = %env.source_node, reason = %why, "publish rejected");
+        self.dead_letter(env, format!("rejected: {why}"));
     }
 
     /// Publish `env` to every matching subscriber in the cluster (one, for a request).
@@ -487,6 +520,15 @@ impl Bus {
     pub fn handle_frame(&self, from_node: &str, frame: BusFrame) {
         match frame {
             BusFrame::Publish(env) => {
+                // A peer forwards only what was published on it.
+                if env.source_node != from_node {
+                    let why = format!(
+                        "node {from_node} forwarded a message claiming to come from node {:?}",
+                        env.source_node
+                    );
+                    self.reject(env, &why);
+                    return;
+                }
                 if let Err(e) = self.validate(&env) {
                     tracing::warn!(peer = from_node, error = %e, "refused a malformed bus message");
                     return;
@@ -584,6 +626,7 @@ impl Bus {
             dead_lettered: self.inner.dead_count.load(Ordering::Relaxed),
             subscriptions: self.inner.subs.read().entries.len(),
             pending_requests: self.inner.pending.lock().len(),
+            rejected: self.inner.rejected.load(Ordering::Relaxed),
         }
     }
 }

@@ -262,3 +262,44 @@ async fn late_response_is_a_dead_letter() {
     bus.respond(&req, resp).unwrap();
     assert!(bus.dead_letters(1)[0].reason.contains("no pending request"));
 }
+
+#[tokio::test]
+async fn a_forged_source_or_undeclared_topic_is_rejected_and_audited() {
+    let bus = Bus::new(BusConfig::new("n1"));
+    let sub = bus.subscribe("**", "watcher").unwrap();
+    let (policy, _) = PublishPolicy::new("kv", &["system/telemetry".into()]);
+    let ok = Envelope::new(MessageKind::Event, "plugin/kv/events", "kv", vec![]);
+    assert_eq!(bus.publish_as(&policy, ok).unwrap().local, 1);
+    let forged = Envelope::new(MessageKind::Event, "plugin/kv/events", "jira", vec![]);
+    assert!(matches!(
+        bus.publish_as(&policy, forged),
+        Err(BusError::Forbidden(Violation::ForgedSource { .. }))
+    ));
+    let undeclared = Envelope::new(MessageKind::Event, "system/alerts", "kv", vec![]);
+    assert!(matches!(
+        bus.publish_as(&policy, undeclared),
+        Err(BusError::Forbidden(Violation::TopicNotDeclared { .. }))
+    ));
+    // Only the allowed one was delivered; the others are audited.
+    assert!(sub.try_recv().is_some());
+    assert!(sub.try_recv().is_none());
+    assert_eq!(bus.stats().rejected, 2);
+    let dl = bus.dead_letters(10);
+    assert_eq!(dl.len(), 2);
+    assert!(dl.iter().all(|d| d.reason.starts_with("rejected:")));
+    assert!(dl[0].reason.contains("\"jira\""), "{}", dl[0].reason);
+}
+
+#[tokio::test]
+async fn a_peer_cannot_forward_a_message_as_another_node() {
+    let bus = Bus::new(BusConfig::new("n1"));
+    let sub = bus.subscribe("t", "s").unwrap();
+    let mut env = ev("t");
+    env.source_node = "n3".into();
+    bus.handle_frame("n2", BusFrame::Publish(env.clone()));
+    assert!(sub.try_recv().is_none());
+    assert_eq!(bus.stats().rejected, 1);
+    env.source_node = "n2".into();
+    bus.handle_frame("n2", BusFrame::Publish(env));
+    assert!(sub.try_recv().is_some());
+}

@@ -8,6 +8,7 @@
 pub mod claude;
 pub mod manifest;
 pub mod model;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use manifest::{Backoff, CircuitBreakerSpec, HandlerSpec, Manifest, RetryPolicySpec, SimSpec};
 pub use model::{Agent, Command, McpServer, ModelTier, Plugin};
+pub use process::{ProcessCommand, ProcessLimits, ProcessServer, ProcessSpec, SandboxSpec};
 
 /// How bad a load problem is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -265,6 +265,18 @@ impl Default for RetryPolicySpec {
 pub enum HandlerSpec {
     /// Deterministic simulated execution (tests, simulation, demos).
     Sim(SimSpec),
+    /// Real executables in a sandbox (see `crate::process`).
+    Process(Box<crate::process::ProcessSpec>),
+}
+
+impl HandlerSpec {
+    /// The `kind` as written in the manifest (shown in status).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            HandlerSpec::Sim(_) => "sim",
+            HandlerSpec::Process(_) => "process",
+        }
+    }
 }
 
 impl Default for HandlerSpec {
@@ -440,12 +452,16 @@ impl Manifest {
                 rp.jitter
             ));
         }
-        let HandlerSpec::Sim(sim) = &self.handler;
-        if !(0.0..=1.0).contains(&sim.failure_rate) {
-            return Err(format!(
-                "handler.failureRate is {}, must be within 0..=1",
-                sim.failure_rate
-            ));
+        match &self.handler {
+            HandlerSpec::Sim(sim) => {
+                if !(0.0..=1.0).contains(&sim.failure_rate) {
+                    return Err(format!(
+                        "handler.failureRate is {}, must be within 0..=1",
+                        sim.failure_rate
+                    ));
+                }
+            }
+            HandlerSpec::Process(p) => p.validate()?,
         }
         if self.placement.max_concurrency == 0 {
             return Err("placement.maxConcurrency must be > 0".into());
@@ -582,6 +598,36 @@ idempotent = false
         assert!(err.message.contains("failureRate"));
         let err = Manifest::parse("[plugin]\nname = \"Bad Name\"\n").unwrap_err();
         assert!(err.message.contains("plugin.name"));
+    }
+
+    #[test]
+    fn process_handler_parses_and_is_checked() {
+        let m = Manifest::parse(
+            "[plugin]\nname = \"sys\"\n[handler]\nkind = \"process\"\n\
+             [handler.limits]\ncpuSecs = 2\n[handler.commands.wc]\nprogram = \"bin/wc\"\nargs = [\"{path}\"]\n",
+        )
+        .unwrap();
+        let HandlerSpec::Process(p) = &m.handler else {
+            panic!("{:?}", m.handler)
+        };
+        assert_eq!(p.limits.cpu_secs, 2);
+        assert_eq!(p.commands["wc"].args, vec!["{path}".to_string()]);
+        let err = Manifest::parse(
+            "[plugin]\nname = \"sys\"\n[handler]\nkind = \"process\"\n[handler.commands.wc]\nprogram = \"x\"\nargs = [\"{a\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains("handler.commands.wc.args[0]"),
+            "{err:?}"
+        );
+        let err = Manifest::parse(
+            "[plugin]\nname = \"sys\"\n[handler]\nkind = \"process\"\n[handler.sandbox]\nnetwrk = true\n",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("netwrk"), "{err:?}");
+        // The handler is an internally tagged enum: serde buffers it, so the
+        // line is the `[handler]` table's.
+        assert_eq!(err.line, Some(3), "{err:?}");
     }
 
     #[test]

@@ -51,12 +51,70 @@ pub enum HandlerError {
     Failed(String),
     #[error("command timed out after {0} ms")]
     Timeout(u64),
+    /// The command's process hit one of its resource limits and was stopped.
+    #[error("{limit} limit exceeded: {detail}")]
+    LimitExceeded { limit: Limit, detail: String },
+}
+
+/// Which resource limit a process hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    /// CPU seconds (RLIMIT_CPU: SIGXCPU, or SIGKILL at the hard limit).
+    Cpu,
+    /// Address space (RLIMIT_AS: allocations fail).
+    Memory,
+    /// Size of a written file (RLIMIT_FSIZE: SIGXFSZ).
+    FileSize,
+    /// Number of processes (RLIMIT_NPROC: fork fails with EAGAIN).
+    Processes,
+    /// Bytes written to stdout (the handler's cap; the process group is killed).
+    Output,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Cpu => "cpu",
+            Limit::Memory => "memory",
+            Limit::FileSize => "file_size",
+            Limit::Processes => "processes",
+            Limit::Output => "output",
+        }
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl HandlerError {
-    /// Whether the same call may succeed if tried again.
+    /// Whether the same call may succeed if tried again. A resource limit is
+    /// not: the same input hits it again.
     pub fn retryable(&self) -> bool {
         matches!(self, HandlerError::Failed(_) | HandlerError::Timeout(_))
+    }
+
+    /// Whether the failure is the plugin's (counts against its circuit
+    /// breaker); bad input and unknown commands are the caller's.
+    pub fn is_plugin_fault(&self) -> bool {
+        matches!(
+            self,
+            HandlerError::Failed(_) | HandlerError::Timeout(_) | HandlerError::LimitExceeded { .. }
+        )
+    }
+
+    /// The wire name of the error kind (`ExecReply.error.kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HandlerError::UnknownCommand { .. } => "unknown_command",
+            HandlerError::BadInput(_) => "bad_input",
+            HandlerError::Failed(_) => "failed",
+            HandlerError::Timeout(_) => "timeout",
+            HandlerError::LimitExceeded { .. } => "limit_exceeded",
+        }
     }
 }
 
@@ -66,6 +124,19 @@ pub trait CommandHandler: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Run one command.
     fn execute(&self, req: ExecRequest) -> BoxFuture<'static, Result<ExecOutput, HandlerError>>;
+    /// Start what the handler keeps running (a server process), if it is
+    /// not running. Each new plugin host calls it; an error fails the start,
+    /// which counts against the plugin's restart intensity.
+    fn start(&self) -> BoxFuture<'static, Result<(), HandlerError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Resolves, with the reason, when what the handler keeps running has
+    /// stopped: the plugin host then stops and its supervisor restarts it
+    /// (and calls `start` again) within the restart intensity. Never
+    /// resolves for handlers that keep nothing running.
+    fn stopped(&self) -> BoxFuture<'static, String> {
+        Box::pin(futures::future::pending())
+    }
 }
 
 /// Fault directives a test or the simulation can put in an input under `$sim`.

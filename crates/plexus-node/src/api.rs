@@ -897,6 +897,12 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
             b.dead_lettered,
         ),
         (
+            "plexus_bus_rejected_total",
+            "counter",
+            "Publishes refused by the bus's source check (audited as dead letters).",
+            b.rejected,
+        ),
+        (
             "plexus_bus_subscriptions",
             "gauge",
             "Live subscriptions.",

@@ -78,6 +78,12 @@ pub struct NodeSection {
     /// Leave out the manifests built into the binary.
     #[serde(default)]
     pub no_default_plugins: bool,
+    /// Mutual TLS between nodes: this node's certificate (PEM)...
+    pub tls_cert: Option<PathBuf>,
+    /// ...its private key (PEM)...
+    pub tls_key: Option<PathBuf>,
+    /// ...and the CA every node's certificate must chain to (PEM).
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -221,6 +227,8 @@ pub struct NodeConfig {
     pub state: StateConfig,
     /// The API's bearer token (`[api] token`); `None` leaves the API open.
     pub api_token: Option<String>,
+    /// Mutual TLS between nodes, when configured.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl NodeConfig {
@@ -254,9 +262,16 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         message: e.message().to_string(),
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    if let Some(d) = &fc.node.data_dir {
-        if d.is_relative() {
-            fc.node.data_dir = Some(base.join(d));
+    for p in [
+        &mut fc.node.data_dir,
+        &mut fc.node.tls_cert,
+        &mut fc.node.tls_key,
+        &mut fc.node.tls_ca,
+    ] {
+        if let Some(d) = p {
+            if d.is_relative() {
+                *p = Some(base.join(&*d));
+            }
         }
     }
     fc.node.catalog = fc
@@ -399,9 +414,27 @@ impl FileConfig {
             }
             t => t,
         };
+        let tls = match (n.tls_cert, n.tls_key, n.tls_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(crate::tls::TlsFiles { cert, key, ca }),
+            (c, k, _) => {
+                let missing = if c.is_none() {
+                    "tls_cert"
+                } else if k.is_none() {
+                    "tls_key"
+                } else {
+                    "tls_ca"
+                };
+                return Err(ConfigError::Invalid {
+                    field: format!("node.{missing}"),
+                    message: "TLS needs tls_cert, tls_key and tls_ca together".into(),
+                });
+            }
+        };
         Ok(NodeConfig {
             api_token,
             state,
+            tls,
             data_dir: n
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(".plexus").join(&name)),
@@ -445,6 +478,17 @@ mod tests {
         assert_eq!(c.api.port(), 7201);
         assert_eq!(c.cluster_addr(), "127.0.0.1:7101");
         assert_eq!(c.cookie, DEV_COOKIE);
+    }
+
+    #[test]
+    fn tls_needs_all_three_files() {
+        let mut f = fc(Some("n1"), Some("127.0.0.1:7101"));
+        f.node.tls_cert = Some("c.pem".into());
+        f.node.tls_ca = Some("ca.pem".into());
+        let e = f.clone().finish().unwrap_err();
+        assert!(e.to_string().starts_with("node.tls_key"), "{e}");
+        f.node.tls_key = Some("k.pem".into());
+        assert!(f.finish().unwrap().tls.is_some());
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub struct NodeCtx {
         parking_lot::Mutex<plexus_resilience::ResultCache<String, crate::plugins::ExecReply>>,
     /// Request and routing metrics (`/metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// Mutual TLS between nodes, when configured (dialling uses its connector).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl NodeCtx {

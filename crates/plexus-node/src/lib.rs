@@ -22,6 +22,7 @@ pub mod router_actor;
 pub mod state_actor;
 pub mod state_api;
 pub mod supervisor;
+pub mod tls;
 pub mod wire;
 pub mod workflows;
 
@@ -57,6 +58,8 @@ pub enum StartError {
     },
     #[error("cannot start {what}: {message}")]
     Spawn { what: &'static str, message: String },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running node.
@@ -179,7 +182,9 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
     let mut bus_cfg = BusConfig::new(config.name.clone());
     bus_cfg.max_payload = config.max_payload_bytes + 16 * 1024;
     let bus = Bus::new(bus_cfg);
+    let tls = config.tls.as_ref().map(tls::load).transpose()?;
     let ctx = Arc::new(NodeCtx {
+        tls,
         identity: RwLock::new(identity),
         bus: bus.clone(),
         catalog: Arc::new(catalog),
@@ -198,14 +203,26 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
     }));
 
     let cfg = &ctx.config;
+    // With TLS, ractor_cluster's transitive dialling (plain TCP) cannot
+    // reach a TLS listener: the membership actor's dial loop connects every
+    // member itself, over TLS.
+    let (encryption, mode) = match &ctx.tls {
+        Some(t) => (
+            Some(ractor_cluster::IncomingEncryptionMode::Tls(
+                t.acceptor.clone(),
+            )),
+            NodeConnectionMode::Isolated,
+        ),
+        None => (None, NodeConnectionMode::Transitive),
+    };
     let server = NodeServer::new(
         cfg.listen.port(),
         cfg.cookie.clone(),
         cfg.name.clone(),
         cfg.advertise_host.clone(),
-        None,
+        encryption,
         // ractor_cluster treats `None` as Isolated: say what we mean.
-        Some(NodeConnectionMode::Transitive),
+        Some(mode),
     )
     .with_listen_addr(cfg.listen.ip())
     .with_max_inbound_frame_size((cfg.max_frame_bytes + 64 * 1024) as u64);

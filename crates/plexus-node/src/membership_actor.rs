@@ -230,8 +230,22 @@ fn dial(st: &mut MembershipState, addr: &str, every: Duration) {
     st.last_dial.insert(addr.to_string(), now);
     let server = st.node_server.clone();
     let addr = addr.to_string();
+    let tls = st.ctx.tls.as_ref().map(|t| t.connector.clone());
     tokio::spawn(async move {
-        if let Err(e) = ractor_cluster::client_connect(&server, addr.as_str()).await {
+        let r = match tls {
+            None => ractor_cluster::client_connect(&server, addr.as_str()).await,
+            Some(connector) => match crate::tls::server_name(&addr) {
+                Ok(name) => {
+                    ractor_cluster::client_connect_enc(&server, addr.as_str(), connector, name)
+                        .await
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "cannot dial over TLS: no server name");
+                    return;
+                }
+            },
+        };
+        if let Err(e) = r {
             tracing::debug!(%addr, error = %e, "dial failed");
         }
     });

@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plexus_bus::{Envelope, MessageKind};
+use plexus_bus::{Envelope, MessageKind, PublishPolicy};
 use plexus_catalog::{HandlerSpec, Plugin};
 use plexus_handler::{
     CommandHandler, ExecOutput, ExecRequest, HandlerError, SimFaults, SimHandler,
 };
+use plexus_process::{PluginPublish, ProcessHandler, PublishSink};
 use plexus_resilience::restart::{Decision, RestartIntensity};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
@@ -61,10 +62,13 @@ pub struct ExecReply {
 /// A failed execution, typed for breakers and retries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecErrorBody {
-    /// unknown_command | bad_input | failed | timeout | crashed | breaker_open
+    /// unknown_command | bad_input | failed | timeout | limit_exceeded | crashed | breaker_open
     pub kind: String,
     pub message: String,
     pub retryable: bool,
+    /// For `limit_exceeded`: cpu | memory | file_size | processes | output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
 }
 
 impl ExecReply {
@@ -93,13 +97,19 @@ impl ExecReply {
                 retries: 0,
             },
             Err(e) => {
-                let kind = match &e {
-                    HandlerError::UnknownCommand { .. } => "unknown_command",
-                    HandlerError::BadInput(_) => "bad_input",
-                    HandlerError::Failed(_) => "failed",
-                    HandlerError::Timeout(_) => "timeout",
-                };
-                ExecReply::error(node, req, duration_ms, kind, e.to_string(), e.retryable())
+                let mut r = ExecReply::error(
+                    node,
+                    req,
+                    duration_ms,
+                    e.kind(),
+                    e.to_string(),
+                    e.retryable(),
+                );
+                if let (HandlerError::LimitExceeded { limit, .. }, Some(body)) = (&e, &mut r.error)
+                {
+                    body.limit = Some(limit.as_str().to_string());
+                }
+                r
             }
         }
     }
@@ -122,6 +132,7 @@ impl ExecReply {
                 kind: kind.into(),
                 message,
                 retryable,
+                limit: None,
             }),
             duration_ms,
             model: None,
@@ -134,10 +145,37 @@ impl ExecReply {
 }
 
 /// Build the handler a plugin's manifest asks for.
-pub fn make_handler(plugin: &Arc<Plugin>) -> Arc<dyn CommandHandler> {
+pub fn make_handler(ctx: &NodeCtx, plugin: &Arc<Plugin>) -> Arc<dyn CommandHandler> {
     match &plugin.manifest.handler {
         HandlerSpec::Sim(spec) => Arc::new(SimHandler::new(plugin.clone(), spec.clone())),
+        HandlerSpec::Process(spec) => Arc::new(ProcessHandler::new(
+            plugin.clone(),
+            (**spec).clone(),
+            Some(publish_sink(ctx, plugin)),
+        )),
     }
+}
+
+/// How a plugin's own process publishes: through the bus's source check,
+/// as the plugin and on the topics its manifest declares.
+fn publish_sink(ctx: &NodeCtx, plugin: &Plugin) -> PublishSink {
+    let (policy, bad) = PublishPolicy::new(&plugin.name, &plugin.manifest.communication.topics);
+    for (pattern, e) in bad {
+        tracing::warn!(plugin = %plugin.name, %pattern, error = %e, "communication.topics entry is not a valid pattern; ignored");
+    }
+    let bus = ctx.bus.clone();
+    Arc::new(move |_plugin: &str, p: PluginPublish| {
+        let source = p.source.unwrap_or_else(|| policy.plugin().to_string());
+        let env = Envelope::new(
+            MessageKind::Event,
+            p.topic,
+            source,
+            p.payload.to_string().into_bytes(),
+        );
+        if let Err(e) = bus.publish_as(&policy, env) {
+            tracing::debug!(plugin = %policy.plugin(), error = %e, "plugin publish not delivered");
+        }
+    })
 }
 
 // ---------------------------------------------------------------- PluginHost
@@ -166,6 +204,8 @@ pub struct PluginHostState {
     handler: Arc<dyn CommandHandler>,
     effects: Option<Arc<EffectLog>>,
     pump: tokio::task::JoinHandle<()>,
+    /// Waits for the handler's process to stop.
+    watch: tokio::task::JoinHandle<()>,
 }
 
 pub struct PluginHost;
@@ -180,6 +220,22 @@ impl Actor for PluginHost {
         myself: ActorRef<Self::Msg>,
         a: PluginHostArgs,
     ) -> Result<PluginHostState, ActorProcessingErr> {
+        // A handler that keeps a process (a server) starts it with the host;
+        // a failure here counts against the plugin's restart intensity.
+        a.handler
+            .start()
+            .await
+            .map_err(|e| format!("handler of {} did not start: {e}", a.plugin.name))?;
+        let watch = {
+            let stopped = a.handler.stopped();
+            let me = myself.clone();
+            let plugin = a.plugin.name.clone();
+            tokio::spawn(async move {
+                let reason = stopped.await;
+                tracing::warn!(plugin = %plugin, %reason, "the plugin's process stopped; stopping its host so the supervisor restarts it");
+                me.stop(Some(format!("process stopped: {reason}")));
+            })
+        };
         let sub = a
             .ctx
             .bus
@@ -267,6 +323,7 @@ impl Actor for PluginHost {
             handler: a.handler,
             effects: a.effects,
             pump,
+            watch,
         })
     }
 
@@ -276,6 +333,7 @@ impl Actor for PluginHost {
         st: &mut PluginHostState,
     ) -> Result<(), ActorProcessingErr> {
         st.pump.abort();
+        st.watch.abort();
         Ok(())
     }
 
@@ -361,7 +419,7 @@ impl Actor for PluginHost {
             };
             let outcome = match &result {
                 Ok(_) => CallResult::Success,
-                Err(HandlerError::Failed(_) | HandlerError::Timeout(_)) => CallResult::Failure,
+                Err(e) if e.is_plugin_fault() => CallResult::Failure,
                 Err(_) => CallResult::Ignored,
             };
             if let Some(bp) = bp {
@@ -425,6 +483,7 @@ fn breaker_of(ctx: &NodeCtx, plugin: &str) -> Option<ActorRef<BreakerMsg>> {
 fn sim_faults_allowed(p: &Plugin) -> bool {
     match &p.manifest.handler {
         HandlerSpec::Sim(s) => s.allow_fault_injection,
+        _ => false,
     }
 }
 
@@ -504,7 +563,7 @@ impl Actor for PluginSupervisor {
                 p.name.clone(),
                 Hosted {
                     plugin: p.clone(),
-                    handler: make_handler(p),
+                    handler: make_handler(&ctx, p),
                     effects: match EffectLog::open(&ctx.config.data_dir.join("effects"), &p.name) {
                         Ok(l) => Some(Arc::new(l)),
                         Err(e) => {
