@@ -12,8 +12,10 @@ pub mod config;
 pub mod ctx;
 pub mod effects;
 pub mod gateway;
+pub mod links;
 pub mod membership_actor;
 pub mod metrics;
+pub mod observe;
 pub mod plugins;
 pub mod registry;
 pub mod router_actor;
@@ -26,7 +28,7 @@ pub mod workflows;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use plexus_bus::{Bus, BusConfig};
@@ -35,10 +37,13 @@ use plexus_membership::NodeIdentity;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, NodeServerMessage};
+use rand::SeedableRng;
 
 pub use config::{ConfigError, FileConfig, NodeConfig};
 use ctx::{actor_name, BusLink, LinkStats, NodeCtx};
+use links::{Clock, ClusterLinks, RactorLinks};
 use membership_actor::MembershipMsg;
+use observe::Observer;
 use supervisor::{NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
 
 /// Why a node could not start.
@@ -63,8 +68,22 @@ pub struct NodeHandle {
     pub api_addr: SocketAddr,
     supervisor: ActorRef<NodeSupervisorMsg>,
     supervisor_done: tokio::task::JoinHandle<()>,
-    node_server: ActorRef<NodeServerMessage>,
-    api_task: tokio::task::JoinHandle<()>,
+    /// `None` for an in-process node (simulation): it has no listener.
+    node_server: Option<ActorRef<NodeServerMessage>>,
+    api_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How an in-process node (the simulation harness's) meets the world
+/// instead of sockets: see [`start_in_process`].
+pub struct InProcess {
+    /// The network between the in-process nodes.
+    pub links: Arc<dyn ClusterLinks>,
+    /// Its clock (simulated, skewable).
+    pub clock: Clock,
+    /// Seed of the node's protocol randomness (gossip peers, retry jitter).
+    pub rng_seed: u64,
+    /// Receives the node's observations.
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 /// Pick which catalog plugins this node hosts.
@@ -168,6 +187,96 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         })?,
     );
 
+    let server = NodeServer::new(
+        config.listen.port(),
+        config.cookie.clone(),
+        config.name.clone(),
+        config.advertise_host.clone(),
+        None,
+        // ractor_cluster treats `None` as Isolated: say what we mean.
+        Some(NodeConnectionMode::Transitive),
+    )
+    .with_listen_addr(config.listen.ip())
+    .with_max_inbound_frame_size((config.max_frame_bytes + 64 * 1024) as u64);
+    let (node_server, _) = Actor::spawn(Some(actor_name(&config.name, "node-server")), server, ())
+        .await
+        .map_err(|e| StartError::Spawn {
+            what: "cluster listener",
+            message: e.to_string(),
+        })?;
+    let wiring = InProcess {
+        links: Arc::new(RactorLinks {
+            node_server: node_server.clone(),
+        }),
+        clock: Clock::system(),
+        rng_seed: rand::random(),
+        observer: None,
+    };
+    let (ctx, supervisor, supervisor_done) =
+        match spawn_tree(config, catalog, hosted, generation, wiring).await {
+            Ok(t) => t,
+            Err(e) => {
+                node_server.stop(None);
+                return Err(e);
+            }
+        };
+
+    let app = api::router(ctx.clone());
+    let api_addr = ctx.config.api;
+    let api_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(api_listener, app).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    });
+    tracing::info!(node = %ctx.name(), cluster = %ctx.config.cluster_addr(), api = %api_addr, generation, "node started");
+    Ok(NodeHandle {
+        ctx,
+        api_addr,
+        supervisor,
+        supervisor_done,
+        node_server: Some(node_server),
+        api_task: Some(api_task),
+    })
+}
+
+/// Start a node without sockets: no cluster listener, no HTTP API. Its peers
+/// are reached through `wiring.links`, its time is `wiring.clock`. This is
+/// how the simulation harness runs several real nodes in one process.
+pub async fn start_in_process(
+    config: NodeConfig,
+    catalog: Catalog,
+    wiring: InProcess,
+) -> Result<NodeHandle, StartError> {
+    let hosted = select_plugins(&catalog, config.plugins.as_deref())?;
+    let generation = next_generation(&config.data_dir)?;
+    let api_addr = config.api;
+    let (ctx, supervisor, supervisor_done) =
+        spawn_tree(config, catalog, hosted, generation, wiring).await?;
+    tracing::info!(node = %ctx.name(), generation, "in-process node started");
+    Ok(NodeHandle {
+        ctx,
+        api_addr,
+        supervisor,
+        supervisor_done,
+        node_server: None,
+        api_task: None,
+    })
+}
+
+type Tree = (
+    Arc<NodeCtx>,
+    ActorRef<NodeSupervisorMsg>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// The node's shared context and supervised actor tree.
+async fn spawn_tree(
+    config: NodeConfig,
+    catalog: Catalog,
+    hosted: Vec<Arc<Plugin>>,
+    generation: u64,
+    wiring: InProcess,
+) -> Result<Tree, StartError> {
     let identity = NodeIdentity {
         name: config.name.clone(),
         cluster_addr: config.cluster_addr(),
@@ -183,44 +292,28 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         catalog: Arc::new(catalog),
         hosted,
         stats: LinkStats::default(),
-        started: Instant::now(),
+        started: links::now(),
         metrics: metrics::Metrics::default(),
         cache: parking_lot::Mutex::new(plexus_resilience::ResultCache::new(
             1024,
             Duration::from_secs(300),
         )),
         config,
+        links: wiring.links,
+        clock: wiring.clock,
+        rng: parking_lot::Mutex::new(rand::rngs::StdRng::seed_from_u64(wiring.rng_seed)),
+        observer: wiring.observer,
     });
     bus.set_remote_sink(Arc::new(BusLink {
         ctx: Arc::downgrade(&ctx),
     }));
-
-    let cfg = &ctx.config;
-    let server = NodeServer::new(
-        cfg.listen.port(),
-        cfg.cookie.clone(),
-        cfg.name.clone(),
-        cfg.advertise_host.clone(),
-        None,
-        // ractor_cluster treats `None` as Isolated: say what we mean.
-        Some(NodeConnectionMode::Transitive),
-    )
-    .with_listen_addr(cfg.listen.ip())
-    .with_max_inbound_frame_size((cfg.max_frame_bytes + 64 * 1024) as u64);
-    let (node_server, _) = Actor::spawn(Some(actor_name(&cfg.name, "node-server")), server, ())
-        .await
-        .map_err(|e| StartError::Spawn {
-            what: "cluster listener",
-            message: e.to_string(),
-        })?;
-
-    let seed = plexus_handler::fnv(format!("{}/{generation}", cfg.name).as_bytes());
+    let name = ctx.name().to_string();
+    let seed = plexus_handler::fnv(format!("{name}/{generation}").as_bytes());
     let (supervisor, sup_join) = Actor::spawn(
-        Some(actor_name(&cfg.name, "node")),
+        Some(actor_name(&name, "node")),
         NodeSupervisor,
         NodeSupervisorArgs {
             ctx: ctx.clone(),
-            node_server: node_server.clone(),
             seed,
         },
     )
@@ -232,23 +325,7 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
     let supervisor_done = tokio::spawn(async move {
         let _ = sup_join.await;
     });
-
-    let app = api::router(ctx.clone());
-    let api_addr = ctx.config.api;
-    let api_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(api_listener, app).await {
-            tracing::error!(error = %e, "API server stopped");
-        }
-    });
-    tracing::info!(node = %ctx.name(), cluster = %ctx.config.cluster_addr(), api = %api_addr, generation, "node started");
-    Ok(NodeHandle {
-        ctx,
-        api_addr,
-        supervisor,
-        supervisor_done,
-        node_server,
-        api_task,
-    })
+    Ok((ctx, supervisor, supervisor_done))
 }
 
 impl NodeHandle {
@@ -266,9 +343,26 @@ impl NodeHandle {
         }
         // Give the leave notice a moment on the wire.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        self.api_task.abort();
+        if let Some(t) = &self.api_task {
+            t.abort();
+        }
         self.supervisor.stop(Some("shutdown".into()));
         let _ = tokio::time::timeout(Duration::from_secs(3), self.supervisor_done).await;
-        self.node_server.stop(Some("shutdown".into()));
+        if let Some(s) = self.node_server {
+            s.stop(Some("shutdown".into()));
+        }
+    }
+
+    /// Stop at once, as a crash would: no leave notice, no graceful stop
+    /// (the simulation's crash fault). Returns when the actor tree is gone.
+    pub async fn crash(self) {
+        if let Some(t) = &self.api_task {
+            t.abort();
+        }
+        self.supervisor.kill();
+        let _ = self.supervisor_done.await;
+        if let Some(s) = self.node_server {
+            s.kill();
+        }
     }
 }
