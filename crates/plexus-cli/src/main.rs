@@ -12,6 +12,7 @@ mod exec_cmd;
 mod node_cmd;
 mod route_cmd;
 mod run_cmd;
+mod simulate_cmd;
 mod state_cmd;
 mod status_cmd;
 mod up_cmd;
@@ -57,6 +58,8 @@ enum Cmd {
     Run(run_cmd::RunArgs),
     /// List the workflow runs of a node with their step states.
     Workflows(run_cmd::WorkflowsArgs),
+    /// Run a simulation scenario: real nodes in one process, injected faults, invariants checked.
+    Simulate(simulate_cmd::SimulateArgs),
 }
 
 /// Catalog sources shared by several subcommands.
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
         Cmd::State(c) => state_cmd::run(c),
         Cmd::Run(a) => run_cmd::run(a),
         Cmd::Workflows(a) => run_cmd::list(a),
+        Cmd::Simulate(a) => simulate_cmd::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
