@@ -608,3 +608,95 @@ fn table_line(text: &str, name: &str, idx: usize) -> Option<usize> {
         .nth(idx)
         .map(|(i, _)| i + 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"name = "t"
+duration_ms = 1000
+
+[[nodes]]
+name = "a"
+plugins = ["exec-automator"]
+
+[[nodes]]
+name = "b"
+plugins = ["jira-orchestrator"]
+"#;
+
+    fn err(text: &str) -> ScenarioError {
+        Scenario::parse("t.toml", text).expect_err("should be refused")
+    }
+
+    #[test]
+    fn a_minimal_scenario_gets_defaults() {
+        let s = Scenario::parse("t.toml", OK).expect("parses");
+        assert_eq!(s.invariants, Invariant::ALL.to_vec());
+        assert_eq!(s.settle_ms, 30_000);
+        assert_eq!(s.network, NetworkSpec::default());
+    }
+
+    #[test]
+    fn every_shipped_scenario_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../simulations");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).expect("simulations/") {
+            let p = e.expect("entry").path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Scenario::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "found {n} scenarios");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let e = err(&format!("{OK}\n[network]\nlos = 0.1\n"));
+        assert_eq!(e.line, Some(13), "{e}");
+        assert!(e.message.contains("los"), "{e}");
+        let e = err(&format!(
+            "{OK}\n[[faults]]\nkind = \"crash\"\nnode = \"a\"\nat_ms = 1\nrestart_after = 5\n"
+        ));
+        assert!(e.message.contains("restart_after"), "{e}");
+        let e = err(&format!("{OK}\n[[faults]]\nkind = \"melt\"\nat_ms = 1\n"));
+        assert!(e.message.contains("melt"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field_and_line() {
+        let e = err(&format!(
+            "{OK}\n[[faults]]\nkind = \"one_way\"\nfrom = \"a\"\nto = \"zz\"\nat_ms = 1\n"
+        ));
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("faults[0].to", Some(12)),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{OK}\n[[faults]]\nkind = \"partition\"\nnode = \"a\"\nat_ms = 500\nuntil_ms = 400\n"
+        ));
+        assert_eq!(e.field, "faults[0].until_ms", "{e}");
+        let e = err(&OK.replace("jira-orchestrator", "nope"));
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("nodes[1].plugins", Some(8)),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{OK}\n[workload.requests]\nevery_ms = 10\ntargets = [\"exec-automator/nope\"]\n"
+        ));
+        assert_eq!(e.field, "workload.requests.targets", "{e}");
+        let e = err(&format!(
+            "{OK}\n[[faults]]\nkind = \"plugin\"\nplugin = \"exec-automator\"\nat_ms = 1\n"
+        ));
+        assert!(e.message.contains("allow_fault_injection"), "{e}");
+        let e = err(&OK.replace("name = \"b\"", "name = \"a\""));
+        assert!(e.message.contains("twice"), "{e}");
+        assert!(
+            e.to_string().starts_with("t.toml:8: nodes[1].name: "),
+            "{e}"
+        );
+    }
+}
