@@ -1,7 +1,7 @@
 //! `plexus simulate`: every shipped scenario over fixed seeds, replay by seed,
 //! scenario errors, and a failing run's report — through the CLI.
 //!
-//! Runs per scenario: `PLEXUS_SIM_RUNS` (default 3; a debug build on the
+//! Runs per scenario: `PLEXUS_SIM_RUNS` (default 4; a debug build on the
 //! shared 2-core CI machine does a 20 s scenario in about 2 s of CPU). The
 //! long soak is `plexus simulate FILE --runs 1000` (see simulations/README.md).
 
@@ -68,7 +68,7 @@ fn every_shipped_scenario_passes_its_invariants_over_fixed_seeds() {
     let runs: u64 = std::env::var("PLEXUS_SIM_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(4);
     // Every scenario file in simulations/ is one we ship and test.
     let mut found: Vec<String> = std::fs::read_dir(simulations())
         .expect("simulations/")
@@ -107,6 +107,7 @@ fn every_shipped_scenario_passes_its_invariants_over_fixed_seeds() {
             "partition-heal" => {
                 assert!(sum(&doc, &["net", "partitioned"]) > 0, "no frame was cut");
                 assert!(sum(&doc, &["writes", "ok"]) > 0);
+                assert!(sum(&doc, &["leases"]) > 0, "no lease was granted");
             }
             "node-crash-mid-saga" => {
                 assert!(

@@ -322,3 +322,26 @@ pub fn membership_converges(
         format!("{} nodes agree that all are up", views.len()),
     )
 }
+
+/// No lease token was granted to two different holders (per lease name).
+pub fn leases_fenced(grants: &[plexus_state::Lease]) -> Verdict {
+    let mut holders: BTreeMap<(String, u64), String> = BTreeMap::new();
+    let mut problems = vec![];
+    for l in grants {
+        match holders.get(&(l.name.clone(), l.token)) {
+            Some(h) if *h != l.holder => problems.push(format!(
+                "lease {} token {} granted to {h} and to {}",
+                l.name, l.token, l.holder
+            )),
+            Some(_) => {}
+            None => {
+                holders.insert((l.name.clone(), l.token), l.holder.clone());
+            }
+        }
+    }
+    verdict(
+        Invariant::LeasesFenced,
+        problems,
+        format!("{} grants, each token to one holder", grants.len()),
+    )
+}

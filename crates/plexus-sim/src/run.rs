@@ -70,6 +70,8 @@ pub struct RunReport {
     pub requests: Counts,
     pub writes: Counts,
     pub sagas: SagaCounts,
+    /// Leases granted.
+    pub leases: u64,
     pub crashes: u32,
     pub restarts: u32,
     /// Harness events (faults, link changes, outcomes), in order.
@@ -132,6 +134,7 @@ enum Action {
     Request(u64),
     Write(u64),
     Saga(u64),
+    Lease(u64),
 }
 
 /// Run `loaded` once with `seed` (on its own paused single-threaded runtime).
@@ -170,6 +173,7 @@ struct Harness<'a> {
     requests: Arc<Mutex<Vec<ReqRecord>>>,
     writes: Arc<Mutex<Vec<WriteRecord>>>,
     sagas: Arc<Mutex<Vec<SagaRecord>>>,
+    leases: Arc<Mutex<Vec<plexus_state::Lease>>>,
     saga_workflow: Option<Workflow>,
     /// Active plugin faults: plugin → (fail rate, extra delay).
     plugin_faults: BTreeMap<String, (f64, u64)>,
@@ -257,6 +261,7 @@ impl<'a> Harness<'a> {
             requests: Arc::default(),
             writes: Arc::default(),
             sagas: Arc::default(),
+            leases: Arc::default(),
             saga_workflow,
             plugin_faults: BTreeMap::new(),
             fault_blocks: BTreeMap::new(),
@@ -421,6 +426,9 @@ impl<'a> Harness<'a> {
         if let Some(s) = &w.sagas {
             ticks(s.every_ms, Action::Saga, &mut self.rng);
         }
+        if let Some(l) = &w.leases {
+            ticks(l.every_ms, Action::Lease, &mut self.rng);
+        }
         for (t, a) in planned {
             self.schedule(t, a);
         }
@@ -500,6 +508,10 @@ impl Harness<'_> {
             }
             Action::Saga(n) => {
                 self.saga(n);
+                Ok(())
+            }
+            Action::Lease(n) => {
+                self.lease(n);
                 Ok(())
             }
         }
@@ -859,6 +871,46 @@ impl Harness<'_> {
         }));
     }
 
+    fn lease(&mut self, n: u64) {
+        let Some(spec) = self.loaded.scenario.workload.leases.clone() else {
+            return;
+        };
+        let Some(entry) = self.pick_live() else {
+            self.trace.schedule(format!("lease {n}: no live node"));
+            return;
+        };
+        let name = format!("sim-lock-{}", self.rng.gen_range(0..spec.names));
+        let holder = format!("{CLIENT}@{entry}");
+        self.trace
+            .schedule(format!("lease {n} {name} for {holder}"));
+        let leases = self.leases.clone();
+        let trace = self.trace.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let Some(a) = local_actor::<StateMsg>(&entry, "state") else {
+                return;
+            };
+            let r = a
+                .call(
+                    |reply| StateMsg::LeaseAcquire {
+                        name,
+                        holder,
+                        ttl_ms: spec.ttl_ms,
+                        timeout: Duration::from_secs(2),
+                        reply,
+                    },
+                    Some(Duration::from_secs(4)),
+                )
+                .await;
+            match r {
+                Ok(ractor::rpc::CallResult::Success(Ok(l))) => {
+                    trace.event(format!("lease {n} granted token {}", l.token));
+                    leases.lock().push(l);
+                }
+                _ => trace.event(format!("lease {n} refused")),
+            }
+        }));
+    }
+
     /// End every fault: partitions heal, loss stops, plugins recover,
     /// stopped nodes come back.
     async fn heal(&mut self) -> Result<(), RunError> {
@@ -913,6 +965,9 @@ impl Harness<'_> {
                         states.insert(n.clone(), read_all(&n, &keys).await);
                     }
                     check::replicas_converge(&states, &acked)
+                }
+                crate::scenario::Invariant::LeasesFenced => {
+                    check::leases_fenced(&self.leases.lock())
                 }
                 crate::scenario::Invariant::BreakerRespected => {
                     check::breaker_respected(&self.observer)
@@ -985,6 +1040,7 @@ impl Harness<'_> {
             requests,
             writes,
             sagas,
+            leases: self.leases.lock().len() as u64,
             crashes: self.crashes,
             restarts: self.restarts,
             events: self.trace.events().into_iter().map(|(_, l)| l).collect(),

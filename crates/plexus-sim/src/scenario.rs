@@ -81,15 +81,18 @@ pub enum Invariant {
     /// After heal every node sees every other node up, at its latest
     /// generation.
     MembershipConverges,
+    /// No fencing token of a lease was granted to two different holders.
+    LeasesFenced,
 }
 
 impl Invariant {
-    pub const ALL: [Invariant; 5] = [
+    pub const ALL: [Invariant; 6] = [
         Invariant::NoLostRequests,
         Invariant::SagasAtomic,
         Invariant::ReplicasConverge,
         Invariant::BreakerRespected,
         Invariant::MembershipConverges,
+        Invariant::LeasesFenced,
     ];
 
     pub fn name(self) -> &'static str {
@@ -99,6 +102,7 @@ impl Invariant {
             Invariant::ReplicasConverge => "replicas_converge",
             Invariant::BreakerRespected => "breaker_respected",
             Invariant::MembershipConverges => "membership_converges",
+            Invariant::LeasesFenced => "leases_fenced",
         }
     }
 }
@@ -169,6 +173,22 @@ pub struct Workload {
     pub requests: Option<Requests>,
     pub state: Option<StateWrites>,
     pub sagas: Option<Sagas>,
+    pub leases: Option<Leases>,
+}
+
+/// Lease acquisitions (distributed locks) from random live nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Leases {
+    pub every_ms: u64,
+    /// Number of distinct lease names.
+    #[serde(default = "one")]
+    pub names: u32,
+    pub ttl_ms: u64,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Plugin requests (`exec`) sent to random live nodes.
@@ -493,6 +513,15 @@ impl Scenario {
                 line,
                 s.fail_last_step,
             )?;
+        }
+        if let Some(l) = &self.workload.leases {
+            if l.every_ms == 0 || l.names == 0 || l.ttl_ms == 0 {
+                return Err(err(
+                    "workload.leases".into(),
+                    find_line(text, "[workload.leases]"),
+                    "every_ms, names and ttl_ms must be > 0".into(),
+                ));
+            }
         }
         for (i, f) in self.faults.iter().enumerate() {
             let line = table_line(text, "faults", i);
