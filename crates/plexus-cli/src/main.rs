@@ -12,6 +12,7 @@ mod exec_cmd;
 mod node_cmd;
 mod route_cmd;
 mod run_cmd;
+mod simulate_cmd;
 mod state_cmd;
 mod status_cmd;
 mod up_cmd;
@@ -62,6 +63,8 @@ enum Cmd {
     Workflows(run_cmd::WorkflowsArgs),
     /// Print the node API's OpenAPI document (what `docs/openapi.json` holds).
     Openapi,
+    /// Run a simulation scenario: real nodes in one process, injected faults, invariants checked.
+    Simulate(simulate_cmd::SimulateArgs),
 }
 
 /// Catalog sources shared by several subcommands.
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
             print!("{}", plexus_node::openapi::spec_json());
             Ok(())
         }
+        Cmd::Simulate(a) => simulate_cmd::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -458,7 +458,7 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
                     format!("retry {retries}")
                 });
                 if idempotent {
-                    ctx.cache.lock().insert(key, r.clone(), Instant::now());
+                    ctx.cache.lock().insert(key, r.clone(), crate::links::now());
                 }
                 return Ok(r);
             }
@@ -472,7 +472,7 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
                 if RetryPolicy::should_retry(idempotent, body.idempotency_key.is_some(), retryable)
                 {
                     // Its own statement: the thread-local RNG must not live across the sleep.
-                    let delay = policy.delay_for(retries + 1, &mut rand::thread_rng());
+                    let delay = policy.delay_for(retries + 1, &mut *ctx.rng.lock());
                     if let Some(d) = delay {
                         retries += 1;
                         tracing::debug!(plugin = %body.plugin, retries, delay_ms = d.as_millis() as u64, error = %p.detail, "retrying");
@@ -483,7 +483,7 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
                 // Degrade to the last good answer, if still fresh.
                 let unavailable = p.is_unavailable();
                 if unavailable && idempotent {
-                    if let Some(c) = ctx.cache.lock().get(&key, Instant::now()).cloned() {
+                    if let Some(c) = ctx.cache.lock().get(&key, crate::links::now()).cloned() {
                         let mut c = c;
                         c.served_by = Some("cache".into());
                         c.retries = retries;

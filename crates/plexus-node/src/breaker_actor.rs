@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use plexus_bus::{Envelope, MessageKind};
 use plexus_catalog::Plugin;
@@ -19,6 +19,7 @@ use ractor_cluster::RactorMessage;
 
 use crate::ctx::NodeCtx;
 use crate::gateway::cast_named;
+use crate::observe::Observation;
 use crate::registry::RegistryMsg;
 
 /// Why a call was refused.
@@ -96,13 +97,17 @@ impl Actor for BreakerActor {
         msg: BreakerMsg,
         st: &mut BreakerActorState,
     ) -> Result<(), ActorProcessingErr> {
-        let now = Instant::now();
+        let now = crate::links::now();
         match msg {
             BreakerMsg::Acquire(reply) => match st.breaker.try_acquire(now) {
                 Ok(p) => {
                     if let Some(t) = p.transition() {
                         on_transition(st, t);
                     }
+                    observe(st, |plugin, state| Observation::BreakerGrant {
+                        plugin,
+                        state,
+                    });
                     st.next += 1;
                     st.permits.insert(st.next, p);
                     let _ = reply.send(Ok(st.next));
@@ -111,6 +116,10 @@ impl Actor for BreakerActor {
                     if let Some(t) = r.transition {
                         on_transition(st, t);
                     }
+                    observe(st, |plugin, state| Observation::BreakerRefused {
+                        plugin,
+                        state,
+                    });
                     let _ = reply.send(Err(Refused {
                         state: r.state,
                         retry_after: r.retry_after,
@@ -175,7 +184,30 @@ fn report(st: &BreakerActorState) {
     );
 }
 
+/// Tell the simulation harness (if any) what the breaker just decided.
+fn observe(
+    st: &BreakerActorState,
+    what: impl for<'a> FnOnce(&'a str, &'static str) -> Observation<'a>,
+) {
+    if let Some(o) = &st.ctx.observer {
+        o.observe(
+            st.ctx.name(),
+            what(&st.plugin, state_name(st.breaker.state())),
+        );
+    }
+}
+
 fn on_transition(st: &BreakerActorState, t: Transition) {
+    if let Some(o) = &st.ctx.observer {
+        o.observe(
+            st.ctx.name(),
+            Observation::BreakerTransition {
+                plugin: &st.plugin,
+                from: state_name(t.from),
+                to: state_name(t.to),
+            },
+        );
+    }
     tracing::warn!(plugin = %st.plugin, from = state_name(t.from), to = state_name(t.to), reason = ?t.reason, "circuit breaker transition");
     let ev = serde_json::json!({
         "node": st.ctx.name(),

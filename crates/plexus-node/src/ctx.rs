@@ -9,10 +9,11 @@ use parking_lot::RwLock;
 use plexus_bus::{Bus, BusFrame, RemoteSink};
 use plexus_catalog::{Catalog, Plugin};
 use plexus_membership::NodeIdentity;
-use ractor::{pg, ActorRef};
+use ractor::ActorRef;
 
 use crate::config::NodeConfig;
-use crate::wire::{GatewayMsg, Wire, WireFrame};
+use crate::links::{Clock, ClusterLinks};
+use crate::wire::{Wire, WireFrame};
 
 /// Process-group name of a node's gateway.
 pub fn gateway_group(node: &str) -> String {
@@ -72,8 +73,15 @@ pub struct NodeCtx {
         parking_lot::Mutex<plexus_resilience::ResultCache<String, crate::plugins::ExecReply>>,
     /// Request and routing metrics (`/metrics`).
     pub metrics: crate::metrics::Metrics,
-    /// Mutual TLS between nodes, when configured (dialling uses its connector).
-    pub tls: Option<crate::tls::Tls>,
+    /// How this node reaches its peers (ractor_cluster, or the simulation's network).
+    pub links: Arc<dyn ClusterLinks>,
+    /// Monotonic and wall-clock time (the simulation's clock can be skewed).
+    pub clock: Clock,
+    /// Randomness for protocol choices (gossip peers, retry jitter); seeded
+    /// by the simulation harness.
+    pub rng: parking_lot::Mutex<rand::rngs::StdRng>,
+    /// The simulation harness's window into the node (`None` in production).
+    pub observer: Option<Arc<dyn crate::observe::Observer>>,
 }
 
 impl NodeCtx {
@@ -89,41 +97,26 @@ impl NodeCtx {
         };
         // Refuse oversized frames here: the receiver would drop the whole link.
         let bytes = plexus_codec::encode_limited(&frame, self.config.max_frame_bytes)?;
-        let gw = gateway_of(node).ok_or_else(|| LinkError::NoLink(node.to_string()))?;
         let n = bytes.len() as u64;
-        match gw.cast(GatewayMsg::Frame(bytes)) {
+        match self.links.send(self.name(), node, bytes) {
             Ok(()) => {
                 self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes_out.fetch_add(n, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
-                self.stats.send_failures.fetch_add(1, Ordering::Relaxed);
-                Err(LinkError::Send(node.to_string(), e.to_string()))
+                if !matches!(e, LinkError::NoLink(_)) {
+                    self.stats.send_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e)
             }
         }
     }
 
     /// Nodes we currently have a gateway link to.
     pub fn linked_nodes(&self) -> Vec<String> {
-        let me = self.name().to_string();
-        let mut v: Vec<String> = pg::which_groups()
-            .into_iter()
-            .filter_map(|g| g.strip_prefix("plexus.gw.").map(str::to_string))
-            .filter(|n| *n != me && gateway_of(n).is_some())
-            .collect();
-        v.sort();
-        v.dedup();
-        v
+        self.links.linked(self.name())
     }
-}
-
-/// The remote gateway of `node`, if linked.
-pub fn gateway_of(node: &str) -> Option<ActorRef<GatewayMsg>> {
-    pg::get_members(&gateway_group(node))
-        .into_iter()
-        .max_by_key(|c| c.get_id().pid())
-        .map(ActorRef::from)
 }
 
 /// The bus's way out of the node.

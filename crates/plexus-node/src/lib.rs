@@ -13,8 +13,10 @@ pub mod config;
 pub mod ctx;
 pub mod effects;
 pub mod gateway;
+pub mod links;
 pub mod membership_actor;
 pub mod metrics;
+pub mod observe;
 pub mod openapi;
 pub mod plugins;
 pub mod registry;
@@ -29,7 +31,7 @@ pub mod workflows;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use plexus_bus::{Bus, BusConfig};
@@ -38,10 +40,13 @@ use plexus_membership::NodeIdentity;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, NodeServerMessage};
+use rand::SeedableRng;
 
 pub use config::{ConfigError, FileConfig, NodeConfig};
 use ctx::{actor_name, BusLink, LinkStats, NodeCtx};
+use links::{Clock, ClusterLinks, RactorLinks};
 use membership_actor::MembershipMsg;
+use observe::Observer;
 use supervisor::{NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
 
 /// Why a node could not start.
@@ -68,8 +73,22 @@ pub struct NodeHandle {
     pub api_addr: SocketAddr,
     supervisor: ActorRef<NodeSupervisorMsg>,
     supervisor_done: tokio::task::JoinHandle<()>,
-    node_server: ActorRef<NodeServerMessage>,
-    api_task: tokio::task::JoinHandle<()>,
+    /// `None` for an in-process node (simulation): it has no listener.
+    node_server: Option<ActorRef<NodeServerMessage>>,
+    api_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How an in-process node (the simulation harness's) meets the world
+/// instead of sockets: see [`start_in_process`].
+pub struct InProcess {
+    /// The network between the in-process nodes.
+    pub links: Arc<dyn ClusterLinks>,
+    /// Its clock (simulated, skewable).
+    pub clock: Clock,
+    /// Seed of the node's protocol randomness (gossip peers, retry jitter).
+    pub rng_seed: u64,
+    /// Receives the node's observations.
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 /// Pick which catalog plugins this node hosts.
@@ -173,40 +192,11 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         })?,
     );
 
-    let identity = NodeIdentity {
-        name: config.name.clone(),
-        cluster_addr: config.cluster_addr(),
-        api_addr: config.api_addr(),
-        generation,
-    };
-    let mut bus_cfg = BusConfig::new(config.name.clone());
-    bus_cfg.max_payload = config.max_payload_bytes + 16 * 1024;
-    let bus = Bus::new(bus_cfg);
     let tls = config.tls.as_ref().map(tls::load).transpose()?;
-    let ctx = Arc::new(NodeCtx {
-        tls,
-        identity: RwLock::new(identity),
-        bus: bus.clone(),
-        catalog: Arc::new(catalog),
-        hosted,
-        stats: LinkStats::default(),
-        started: Instant::now(),
-        metrics: metrics::Metrics::default(),
-        cache: parking_lot::Mutex::new(plexus_resilience::ResultCache::new(
-            1024,
-            Duration::from_secs(300),
-        )),
-        config,
-    });
-    bus.set_remote_sink(Arc::new(BusLink {
-        ctx: Arc::downgrade(&ctx),
-    }));
-
-    let cfg = &ctx.config;
     // With TLS, ractor_cluster's transitive dialling (plain TCP) cannot
     // reach a TLS listener: the membership actor's dial loop connects every
-    // member itself, over TLS.
-    let (encryption, mode) = match &ctx.tls {
+    // member itself, over TLS (`RactorLinks::dial`).
+    let (encryption, mode) = match &tls {
         Some(t) => (
             Some(ractor_cluster::IncomingEncryptionMode::Tls(
                 t.acceptor.clone(),
@@ -216,41 +206,39 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         None => (None, NodeConnectionMode::Transitive),
     };
     let server = NodeServer::new(
-        cfg.listen.port(),
-        cfg.cookie.clone(),
-        cfg.name.clone(),
-        cfg.advertise_host.clone(),
+        config.listen.port(),
+        config.cookie.clone(),
+        config.name.clone(),
+        config.advertise_host.clone(),
         encryption,
         // ractor_cluster treats `None` as Isolated: say what we mean.
         Some(mode),
     )
-    .with_listen_addr(cfg.listen.ip())
-    .with_max_inbound_frame_size((cfg.max_frame_bytes + 64 * 1024) as u64);
-    let (node_server, _) = Actor::spawn(Some(actor_name(&cfg.name, "node-server")), server, ())
+    .with_listen_addr(config.listen.ip())
+    .with_max_inbound_frame_size((config.max_frame_bytes + 64 * 1024) as u64);
+    let (node_server, _) = Actor::spawn(Some(actor_name(&config.name, "node-server")), server, ())
         .await
         .map_err(|e| StartError::Spawn {
             what: "cluster listener",
             message: e.to_string(),
         })?;
-
-    let seed = plexus_handler::fnv(format!("{}/{generation}", cfg.name).as_bytes());
-    let (supervisor, sup_join) = Actor::spawn(
-        Some(actor_name(&cfg.name, "node")),
-        NodeSupervisor,
-        NodeSupervisorArgs {
-            ctx: ctx.clone(),
+    let wiring = InProcess {
+        links: Arc::new(RactorLinks {
             node_server: node_server.clone(),
-            seed,
-        },
-    )
-    .await
-    .map_err(|e| StartError::Spawn {
-        what: "node supervisor",
-        message: e.to_string(),
-    })?;
-    let supervisor_done = tokio::spawn(async move {
-        let _ = sup_join.await;
-    });
+            tls: tls.map(|t| t.connector),
+        }),
+        clock: Clock::system(),
+        rng_seed: rand::random(),
+        observer: None,
+    };
+    let (ctx, supervisor, supervisor_done) =
+        match spawn_tree(config, catalog, hosted, generation, wiring).await {
+            Ok(t) => t,
+            Err(e) => {
+                node_server.stop(None);
+                return Err(e);
+            }
+        };
 
     let app = api::router(ctx.clone());
     let api_addr = ctx.config.api;
@@ -265,9 +253,98 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         api_addr,
         supervisor,
         supervisor_done,
-        node_server,
-        api_task,
+        node_server: Some(node_server),
+        api_task: Some(api_task),
     })
+}
+
+/// Start a node without sockets: no cluster listener, no HTTP API. Its peers
+/// are reached through `wiring.links`, its time is `wiring.clock`. This is
+/// how the simulation harness runs several real nodes in one process.
+pub async fn start_in_process(
+    config: NodeConfig,
+    catalog: Catalog,
+    wiring: InProcess,
+) -> Result<NodeHandle, StartError> {
+    let hosted = select_plugins(&catalog, config.plugins.as_deref())?;
+    let generation = next_generation(&config.data_dir)?;
+    let api_addr = config.api;
+    let (ctx, supervisor, supervisor_done) =
+        spawn_tree(config, catalog, hosted, generation, wiring).await?;
+    tracing::info!(node = %ctx.name(), generation, "in-process node started");
+    Ok(NodeHandle {
+        ctx,
+        api_addr,
+        supervisor,
+        supervisor_done,
+        node_server: None,
+        api_task: None,
+    })
+}
+
+type Tree = (
+    Arc<NodeCtx>,
+    ActorRef<NodeSupervisorMsg>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// The node's shared context and supervised actor tree.
+async fn spawn_tree(
+    config: NodeConfig,
+    catalog: Catalog,
+    hosted: Vec<Arc<Plugin>>,
+    generation: u64,
+    wiring: InProcess,
+) -> Result<Tree, StartError> {
+    let identity = NodeIdentity {
+        name: config.name.clone(),
+        cluster_addr: config.cluster_addr(),
+        api_addr: config.api_addr(),
+        generation,
+    };
+    let mut bus_cfg = BusConfig::new(config.name.clone());
+    bus_cfg.max_payload = config.max_payload_bytes + 16 * 1024;
+    let bus = Bus::new(bus_cfg);
+    let ctx = Arc::new(NodeCtx {
+        identity: RwLock::new(identity),
+        bus: bus.clone(),
+        catalog: Arc::new(catalog),
+        hosted,
+        stats: LinkStats::default(),
+        started: links::now(),
+        metrics: metrics::Metrics::default(),
+        cache: parking_lot::Mutex::new(plexus_resilience::ResultCache::new(
+            1024,
+            Duration::from_secs(300),
+        )),
+        config,
+        links: wiring.links,
+        clock: wiring.clock,
+        rng: parking_lot::Mutex::new(rand::rngs::StdRng::seed_from_u64(wiring.rng_seed)),
+        observer: wiring.observer,
+    });
+    bus.set_remote_sink(Arc::new(BusLink {
+        ctx: Arc::downgrade(&ctx),
+    }));
+    let name = ctx.name().to_string();
+    let seed = plexus_handler::fnv(format!("{name}/{generation}").as_bytes());
+    let (supervisor, sup_join) = Actor::spawn(
+        Some(actor_name(&name, "node")),
+        NodeSupervisor,
+        NodeSupervisorArgs {
+            ctx: ctx.clone(),
+            seed,
+        },
+    )
+    .await
+    .map_err(|e| StartError::Spawn {
+        what: "node supervisor",
+        message: e.to_string(),
+    })?;
+    let supervisor_done = tokio::spawn(async move {
+        let _ = sup_join.await;
+    });
+    Ok((ctx, supervisor, supervisor_done))
 }
 
 impl NodeHandle {
@@ -285,9 +362,26 @@ impl NodeHandle {
         }
         // Give the leave notice a moment on the wire.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        self.api_task.abort();
+        if let Some(t) = &self.api_task {
+            t.abort();
+        }
         self.supervisor.stop(Some("shutdown".into()));
         let _ = tokio::time::timeout(Duration::from_secs(3), self.supervisor_done).await;
-        self.node_server.stop(Some("shutdown".into()));
+        if let Some(s) = self.node_server {
+            s.stop(Some("shutdown".into()));
+        }
+    }
+
+    /// Stop at once, as a crash would: no leave notice, no graceful stop
+    /// (the simulation's crash fault). Returns when the actor tree is gone.
+    pub async fn crash(self) {
+        if let Some(t) = &self.api_task {
+            t.abort();
+        }
+        self.supervisor.kill();
+        let _ = self.supervisor_done.await;
+        if let Some(s) = self.node_server {
+            s.kill();
+        }
     }
 }

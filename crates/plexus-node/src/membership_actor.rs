@@ -8,15 +8,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::links::now;
+
 use plexus_bus::{BusFrame, Envelope, MessageKind};
 use plexus_membership::{
     MemberEvent, MemberStatus, MemberView, Membership, NodeIdentity, Output, Timer,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use ractor_cluster::node::NodeServerSessionInformation;
-use ractor_cluster::{NodeEventSubscription, NodeServerMessage, RactorMessage};
+use ractor_cluster::RactorMessage;
 
-use crate::ctx::{actor_name, NodeCtx};
+use crate::ctx::NodeCtx;
 use crate::gateway::cast_named;
 use crate::registry::RegistryMsg;
 use crate::wire::Wire;
@@ -41,14 +42,12 @@ pub enum MembershipMsg {
 
 pub struct MembershipArgs {
     pub ctx: Arc<NodeCtx>,
-    pub node_server: ActorRef<NodeServerMessage>,
     pub seed: u64,
 }
 
 pub struct MembershipState {
     ctx: Arc<NodeCtx>,
     proto: Membership,
-    node_server: ActorRef<NodeServerMessage>,
     links: BTreeSet<String>,
     last_dial: HashMap<String, Instant>,
     tick: Option<ractor::concurrency::JoinHandle<()>>,
@@ -71,18 +70,11 @@ impl Actor for MembershipActor {
         let me = args.ctx.identity.read().clone();
         let proto = Membership::new(me, &args.ctx.config.membership, args.seed);
         // Learn about links coming and going.
-        args.node_server
-            .cast(NodeServerMessage::SubscribeToEvents {
-                id: actor_name(args.ctx.name(), "membership-links"),
-                subscription: Box::new(LinkEvents {
-                    node: args.ctx.name().to_string(),
-                }),
-            })?;
+        args.ctx.links.watch(args.ctx.name());
         let tick = Some(myself.send_interval(TICK, || MembershipMsg::Tick));
         let mut st = MembershipState {
             ctx: args.ctx,
             proto,
-            node_server: args.node_server,
             links: BTreeSet::new(),
             last_dial: HashMap::new(),
             tick,
@@ -103,12 +95,7 @@ impl Actor for MembershipActor {
         if let Some(t) = st.tick.take() {
             t.abort();
         }
-        let _ = st
-            .node_server
-            .cast(NodeServerMessage::UnsubscribeToEvents(actor_name(
-                st.ctx.name(),
-                "membership-links",
-            )));
+        st.ctx.links.unwatch(st.ctx.name());
         Ok(())
     }
 
@@ -219,7 +206,7 @@ fn publish_health(ctx: &NodeCtx, id: &NodeIdentity, status: MemberStatus) {
 }
 
 fn dial(st: &mut MembershipState, addr: &str, every: Duration) {
-    let now = Instant::now();
+    let now = now();
     if st
         .last_dial
         .get(addr)
@@ -228,27 +215,7 @@ fn dial(st: &mut MembershipState, addr: &str, every: Duration) {
         return;
     }
     st.last_dial.insert(addr.to_string(), now);
-    let server = st.node_server.clone();
-    let addr = addr.to_string();
-    let tls = st.ctx.tls.as_ref().map(|t| t.connector.clone());
-    tokio::spawn(async move {
-        let r = match tls {
-            None => ractor_cluster::client_connect(&server, addr.as_str()).await,
-            Some(connector) => match crate::tls::server_name(&addr) {
-                Ok(name) => {
-                    ractor_cluster::client_connect_enc(&server, addr.as_str(), connector, name)
-                        .await
-                }
-                Err(e) => {
-                    tracing::warn!(%addr, error = %e, "cannot dial over TLS: no server name");
-                    return;
-                }
-            },
-        };
-        if let Err(e) = r {
-            tracing::debug!(%addr, error = %e, "dial failed");
-        }
-    });
+    st.ctx.links.dial(st.ctx.name(), addr);
 }
 
 fn dial_seeds(st: &mut MembershipState) {
@@ -293,39 +260,6 @@ fn tick(st: &mut MembershipState) {
             .any(|m| m.identity.name == peer && m.status != MemberStatus::Down);
         if !known {
             say_hello(st, &peer);
-        }
-    }
-}
-
-/// Forwards ractor_cluster session events to the Membership actor.
-struct LinkEvents {
-    node: String,
-}
-
-impl LinkEvents {
-    /// ractor_cluster names peers `name@host`; Plexus names nodes by `name`.
-    fn peer(ses: &NodeServerSessionInformation) -> Option<String> {
-        ses.peer_name
-            .as_ref()
-            .map(|n| n.name.split('@').next().unwrap_or_default().to_string())
-            .filter(|n| !n.is_empty())
-    }
-}
-
-impl NodeEventSubscription for LinkEvents {
-    fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
-
-    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        if let Some(p) = Self::peer(&ses) {
-            cast_named(&self.node, "membership", MembershipMsg::LinkDown(p));
-        }
-    }
-
-    fn node_session_authenticated(&self, _ses: NodeServerSessionInformation) {}
-
-    fn node_session_ready(&self, ses: NodeServerSessionInformation) {
-        if let Some(p) = Self::peer(&ses) {
-            cast_named(&self.node, "membership", MembershipMsg::LinkUp(p));
         }
     }
 }

@@ -78,7 +78,7 @@ impl ExecReply {
         started: Instant,
         r: Result<ExecOutput, HandlerError>,
     ) -> ExecReply {
-        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let duration_ms = crate::links::since(started).as_secs_f64() * 1000.0;
         match r {
             Ok(o) => ExecReply {
                 ok: true,
@@ -344,7 +344,7 @@ impl Actor for PluginHost {
         st: &mut PluginHostState,
     ) -> Result<(), ActorProcessingErr> {
         let PluginHostMsg::Exec(env, permit, bp, taken) = msg;
-        let started = Instant::now();
+        let started = crate::links::now();
         let req = match parse_request(&env) {
             Ok(r) => r,
             Err(e) => {
@@ -400,6 +400,16 @@ impl Actor for PluginHost {
                     Ok(o)
                 }
                 None => {
+                    if let Some(o) = &ctx.observer {
+                        o.observe(
+                            ctx.name(),
+                            crate::observe::Observation::HandlerCall {
+                                plugin: &req.plugin,
+                                command: &req.command,
+                                guarded: bp.is_some(),
+                            },
+                        );
+                    }
                     let r = match tokio::time::timeout(timeout, handler.execute(req.clone())).await
                     {
                         Ok(r) => r,
@@ -423,7 +433,7 @@ impl Actor for PluginHost {
                 Err(_) => CallResult::Ignored,
             };
             if let Some(bp) = bp {
-                bp.report(&ctx, &req.plugin, outcome, started.elapsed());
+                bp.report(&ctx, &req.plugin, outcome, crate::links::since(started));
             }
             let reply = ExecReply::from_result(ctx.name(), &req, started, result);
             respond(&ctx, &env, &reply);
@@ -730,7 +740,7 @@ fn on_failure(
     let Some(h) = st.hosts.get_mut(name) else {
         return;
     };
-    match h.intensity.record(Instant::now()) {
+    match h.intensity.record(crate::links::now()) {
         Decision::Restart => {
             h.restarts += 1;
             h.status = PluginStatus::Restarting;

@@ -342,7 +342,7 @@ impl Actor for StateActor {
                 myself.send_after(st.ctx.config.state.gossip_interval, || StateMsg::Gossip);
             }
             StateMsg::Purge => {
-                match st.store.purge(now_ms()) {
+                match st.store.purge(st.ctx.clock.wall_ms()) {
                     Ok(evs) => st.publish(&evs),
                     Err(e) => tracing::error!(error = %e, "state purge failed"),
                 }
@@ -369,7 +369,7 @@ impl Actor for StateActor {
                 let r = st
                     .store
                     .store()
-                    .map(|s| s.keys(&plugin, now_ms()))
+                    .map(|s| s.keys(&plugin, st.ctx.clock.wall_ms()))
                     .map_err(|e| problem(&st.store, &e));
                 let _ = reply.send(r);
             }
@@ -398,7 +398,7 @@ impl Actor for StateActor {
             } => {
                 let r = st
                     .store
-                    .lease_release(&name, &holder, token, now_ms())
+                    .lease_release(&name, &holder, token, st.ctx.clock.wall_ms())
                     .map_err(|e| problem(&st.store, &e));
                 let members = members(&st.ctx).await;
                 for m in members.iter().filter(|m| !m.local) {
@@ -585,7 +585,7 @@ impl StateState {
         if peers.is_empty() {
             return;
         }
-        peers.shuffle(&mut rand::thread_rng());
+        peers.shuffle(&mut *self.ctx.rng.lock());
         peers.truncate(self.ctx.config.state.gossip_fanout);
         let digest = match self.store.store() {
             Ok(s) => s.gossip_digest(),
@@ -600,7 +600,7 @@ impl StateState {
     }
 
     fn on_peer(&mut self, from: &str, m: StateWire) {
-        let now = now_ms();
+        let now = self.ctx.clock.wall_ms();
         match m {
             StateWire::Gossip(g) => {
                 let max = self.ctx.config.state.max_message_bytes;
@@ -776,7 +776,7 @@ impl StateState {
                     let _ = reply.send(Ok(l));
                 }
                 LeaseProgress::Refused { current } => {
-                    let now = now_ms();
+                    let now = self.ctx.clock.wall_ms();
                     let stale = current.as_ref().is_none_or(|c| c.expires_at_ms <= now);
                     if !retried && stale && !timed_out {
                         // Outbid the expired or released promise once (the
@@ -909,7 +909,7 @@ impl StateState {
     /// Apply a write here (durably): the implicit creation with the asked
     /// access/expiry, meta changes, then the value change.
     fn write_local(&mut self, req: &WriteReq) -> Result<(Change, Vec<String>), StateProblem> {
-        let now = now_ms();
+        let now = self.ctx.clock.wall_ms();
         let (max_value, exists) = {
             let s = self.store.store().map_err(|e| problem(&self.store, &e))?;
             (
@@ -1069,7 +1069,7 @@ impl StateState {
     }
 
     fn read_local(&self, req: &ReadReq, tracker: &AckTracker) -> Result<ReadDone, StateProblem> {
-        let now = now_ms();
+        let now = self.ctx.clock.wall_ms();
         let s = self.store.store().map_err(|e| problem(&self.store, &e))?;
         let view = s
             .get(&req.plugin, &req.key, now)
@@ -1135,7 +1135,7 @@ impl StateState {
         reply: RpcReplyPort<Result<Lease, StateProblem>>,
     ) {
         let req = match self.store.leases() {
-            Ok(t) => t.request(&name, &holder, ttl_ms, now_ms()),
+            Ok(t) => t.request(&name, &holder, ttl_ms, self.ctx.clock.wall_ms()),
             Err(e) => {
                 let _ = reply.send(Err(problem(&self.store, &e)));
                 return;
@@ -1163,7 +1163,7 @@ impl StateState {
         timeout: Duration,
         reply: RpcReplyPort<Result<Lease, StateProblem>>,
     ) -> Option<u64> {
-        let now = now_ms();
+        let now = self.ctx.clock.wall_ms();
         let me = self.me();
         let mut acq = LeaseAcquire::new(req.clone(), cluster, now);
         let vote = match self.store.lease_vote(&req, now) {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use plexus_resilience::restart::{Decision, RestartIntensity};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
-use ractor_cluster::{NodeServerMessage, RactorMessage};
+use ractor_cluster::RactorMessage;
 
 use crate::ctx::{actor_name, NodeCtx};
 use crate::gateway::Gateway;
@@ -68,7 +68,6 @@ impl Role {
 
 pub struct NodeSupervisorArgs {
     pub ctx: Arc<NodeCtx>,
-    pub node_server: ActorRef<NodeServerMessage>,
     pub seed: u64,
 }
 
@@ -97,7 +96,6 @@ async fn spawn_child(
         Role::Membership => {
             let args = MembershipArgs {
                 ctx,
-                node_server: st.args.node_server.clone(),
                 seed: st.args.seed,
             };
             Actor::spawn_linked(name, MembershipActor, args, sup)
@@ -181,7 +179,7 @@ impl Actor for NodeSupervisor {
             NodeSupervisorMsg::Escalate { what, reason } => {
                 tracing::error!(%what, %reason, "escalated to the node supervisor");
                 st.escalations
-                    .push((Instant::now(), format!("{what}: {reason}")));
+                    .push((crate::links::now(), format!("{what}: {reason}")));
                 if st.escalations.len() > 100 {
                     st.escalations.remove(0);
                 }
@@ -216,7 +214,7 @@ impl Actor for NodeSupervisor {
             .map(|(r, _)| *r);
         let Some(role) = role else { return Ok(()) };
         st.children.remove(&role);
-        match st.intensity.record(Instant::now()) {
+        match st.intensity.record(crate::links::now()) {
             Decision::Restart => {
                 tracing::warn!(role = role.name(), reason = %why, "node service failed; restarting");
                 myself.send_after(Duration::from_millis(50), move || {

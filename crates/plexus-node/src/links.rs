@@ -1,0 +1,253 @@
+//! The node's two seams to the outside world: how it reaches peers
+//! ([`ClusterLinks`]) and what time it is ([`Clock`]).
+//!
+//! In production the links are ractor_cluster sessions ([`RactorLinks`]) and
+//! the clock is the machine's. The simulation harness (`plexus-sim`) runs
+//! several nodes in one process and passes its own links and clock instead.
+//! It cannot use ractor_cluster there: ractor's named registry and `pg`
+//! groups are process-global, so a node looking up a peer's Gateway by group
+//! could get the peer's real, local actor instead of the proxy behind the
+//! (faulty) link, and every NodeServer would advertise the other nodes'
+//! actors as its own. Everything a node says to another node goes through
+//! [`ClusterLinks::send`] as one encoded [`WireFrame`](crate::wire::WireFrame),
+//! so replacing the links here, and only here, puts every inter-node byte
+//! on the harness's network.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ractor::{pg, ActorRef};
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{NodeEventSubscription, NodeServerMessage};
+
+use crate::ctx::{actor_name, gateway_group, LinkError};
+use crate::gateway::cast_named;
+use crate::membership_actor::MembershipMsg;
+use crate::wire::GatewayMsg;
+
+/// How a node reaches its peers.
+///
+/// Link changes are reported to the node's Membership actor as
+/// [`MembershipMsg::LinkUp`] / [`MembershipMsg::LinkDown`] (by whatever
+/// watches the links: [`ClusterLinks::watch`] sets that up).
+pub trait ClusterLinks: Send + Sync + 'static {
+    /// Hand one encoded frame from node `from` to node `to`'s Gateway.
+    /// `Ok` means the link took it, not that it arrived.
+    fn send(&self, from: &str, to: &str, frame: Vec<u8>) -> Result<(), LinkError>;
+    /// Nodes `me` has a link to now (sorted, without `me`).
+    fn linked(&self, me: &str) -> Vec<String>;
+    /// Try to open a link from `me` to the node listening at `addr`
+    /// (asynchronously; success shows up as a `LinkUp`).
+    fn dial(&self, me: &str, addr: &str);
+    /// Start reporting `me`'s link changes to its Membership actor.
+    fn watch(&self, me: &str);
+    /// Stop reporting them (the Membership actor is stopping).
+    fn unwatch(&self, me: &str);
+}
+
+/// Production links: ractor_cluster sessions of the node's NodeServer. A
+/// peer's Gateway is found through its `pg` group, which ractor_cluster
+/// fills with the remote proxy when the session comes up.
+pub struct RactorLinks {
+    pub node_server: ActorRef<NodeServerMessage>,
+    /// Dial over mutual TLS (`[node] tls_*`) instead of plain TCP.
+    pub tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// The remote gateway of `node`, if linked (ractor_cluster links only).
+pub fn gateway_of(node: &str) -> Option<ActorRef<GatewayMsg>> {
+    pg::get_members(&gateway_group(node))
+        .into_iter()
+        .max_by_key(|c| c.get_id().pid())
+        .map(ActorRef::from)
+}
+
+impl ClusterLinks for RactorLinks {
+    fn send(&self, _from: &str, to: &str, frame: Vec<u8>) -> Result<(), LinkError> {
+        let gw = gateway_of(to).ok_or_else(|| LinkError::NoLink(to.to_string()))?;
+        gw.cast(GatewayMsg::Frame(frame))
+            .map_err(|e| LinkError::Send(to.to_string(), e.to_string()))
+    }
+
+    fn linked(&self, me: &str) -> Vec<String> {
+        let mut v: Vec<String> = pg::which_groups()
+            .into_iter()
+            .filter_map(|g| g.strip_prefix("plexus.gw.").map(str::to_string))
+            .filter(|n| n != me && gateway_of(n).is_some())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn dial(&self, _me: &str, addr: &str) {
+        let server = self.node_server.clone();
+        let addr = addr.to_string();
+        let tls = self.tls.clone();
+        tokio::spawn(async move {
+            let r = match tls {
+                None => ractor_cluster::client_connect(&server, addr.as_str()).await,
+                Some(connector) => match crate::tls::server_name(&addr) {
+                    Ok(name) => {
+                        ractor_cluster::client_connect_enc(&server, addr.as_str(), connector, name)
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "cannot dial over TLS: no server name");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = r {
+                tracing::debug!(%addr, error = %e, "dial failed");
+            }
+        });
+    }
+
+    fn watch(&self, me: &str) {
+        let _ = self.node_server.cast(NodeServerMessage::SubscribeToEvents {
+            id: actor_name(me, "membership-links"),
+            subscription: Box::new(LinkEvents {
+                node: me.to_string(),
+            }),
+        });
+    }
+
+    fn unwatch(&self, me: &str) {
+        let _ = self
+            .node_server
+            .cast(NodeServerMessage::UnsubscribeToEvents(actor_name(
+                me,
+                "membership-links",
+            )));
+    }
+}
+
+/// Forwards ractor_cluster session events to the Membership actor.
+struct LinkEvents {
+    node: String,
+}
+
+impl LinkEvents {
+    /// ractor_cluster names peers `name@host`; Plexus names nodes by `name`.
+    fn peer(ses: &NodeServerSessionInformation) -> Option<String> {
+        ses.peer_name
+            .as_ref()
+            .map(|n| n.name.split('@').next().unwrap_or_default().to_string())
+            .filter(|n| !n.is_empty())
+    }
+}
+
+impl NodeEventSubscription for LinkEvents {
+    fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
+
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        if let Some(p) = Self::peer(&ses) {
+            cast_named(&self.node, "membership", MembershipMsg::LinkDown(p));
+        }
+    }
+
+    fn node_session_authenticated(&self, _ses: NodeServerSessionInformation) {}
+
+    fn node_session_ready(&self, ses: NodeServerSessionInformation) {
+        if let Some(p) = Self::peer(&ses) {
+            cast_named(&self.node, "membership", MembershipMsg::LinkUp(p));
+        }
+    }
+}
+
+/// The node's clock.
+///
+/// Monotonic time ([`Clock::now`]) is tokio's, so a paused tokio clock (the
+/// simulation) moves breakers, restart windows and dial timers with it.
+/// Wall-clock milliseconds ([`Clock::wall_ms`]) date state entries, expiry
+/// and leases; the harness can fix their origin and skew them per node.
+#[derive(Clone, Debug)]
+pub struct Clock {
+    inner: Arc<ClockInner>,
+}
+
+#[derive(Debug)]
+struct ClockInner {
+    /// `None`: the system clock. `Some`: wall time is this epoch (ms) plus
+    /// the tokio time elapsed since `origin`.
+    fixed: Option<(u64, tokio::time::Instant)>,
+    skew_ms: AtomicI64,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl Clock {
+    /// The machine's clock.
+    pub fn system() -> Clock {
+        Clock {
+            inner: Arc::new(ClockInner {
+                fixed: None,
+                skew_ms: AtomicI64::new(0),
+            }),
+        }
+    }
+
+    /// A clock whose wall time starts at `epoch_ms` now and advances with
+    /// tokio's (possibly paused) clock: simulated time.
+    pub fn simulated(epoch_ms: u64) -> Clock {
+        Clock {
+            inner: Arc::new(ClockInner {
+                fixed: Some((epoch_ms, tokio::time::Instant::now())),
+                skew_ms: AtomicI64::new(0),
+            }),
+        }
+    }
+
+    /// Monotonic now (tokio's clock, as a std `Instant`).
+    pub fn now(&self) -> std::time::Instant {
+        now()
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch, skew included.
+    pub fn wall_ms(&self) -> u64 {
+        let base = match self.inner.fixed {
+            None => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            Some((epoch, origin)) => {
+                epoch
+                    + tokio::time::Instant::now()
+                        .duration_since(origin)
+                        .as_millis() as u64
+            }
+        };
+        base.saturating_add_signed(self.inner.skew_ms.load(Ordering::Relaxed))
+    }
+
+    /// Set this clock's offset from true time (fault injection).
+    pub fn set_skew(&self, skew: Duration, ahead: bool) {
+        let ms = skew.as_millis().min(i64::MAX as u128) as i64;
+        self.inner
+            .skew_ms
+            .store(if ahead { ms } else { -ms }, Ordering::Relaxed);
+    }
+
+    /// The current offset in ms (positive: ahead).
+    pub fn skew_ms(&self) -> i64 {
+        self.inner.skew_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// Monotonic now from tokio's clock: the real one in production, the paused
+/// one under simulation.
+pub fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Time since `t` (taken with [`now`]) on the same clock. (`Instant::elapsed`
+/// would read the real clock and mix it with a paused one.)
+pub fn since(t: std::time::Instant) -> Duration {
+    now().saturating_duration_since(t)
+}
