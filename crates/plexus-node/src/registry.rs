@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ctx::{plugin_group, NodeCtx};
 use crate::wire::{HostedPlugin, NodeAnnounce, PluginStatus, Wire};
+use plexus_bus::BusFrame;
 
 #[derive(RactorMessage)]
 pub enum RegistryMsg {
@@ -166,10 +167,22 @@ fn own_announce(st: &mut RegistryState) -> NodeAnnounce {
     }
 }
 
+/// Send our announce, and our bus interest with it, to every member that is
+/// up. The interest rides along because a peer forgets it when it declares
+/// us down, and a node that rejoins (thawed after being declared down) sees
+/// no `Up` of its peers that would make it resend; repeating it with every
+/// announce (and at once on `Reannounce`) heals that and any lost frame.
 fn broadcast(st: &mut RegistryState) {
     let a = own_announce(st);
+    let interest = st.ctx.bus.local_interest();
     let peers: Vec<String> = st.up.keys().cloned().collect();
     for p in peers {
+        // Interest first: once a peer shows our plugins as available, its
+        // bus can already reach them.
+        let _ = st.ctx.send(
+            &p,
+            Wire::Bus(Box::new(BusFrame::Interest(interest.clone()))),
+        );
         let _ = st.ctx.send(&p, Wire::Announce(a.clone()));
     }
 }
