@@ -15,7 +15,7 @@ use serde_json::Value;
 /// directory: plugin processes run as nobody when the tests run as root,
 /// and the checkout may sit under a directory nobody cannot enter.
 fn examples(tmp: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-config/plugins");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-config/examples");
     let dst = tmp.join("examples");
     std::fs::create_dir_all(dst.join("bin")).unwrap();
     for f in ["sys.toml", "kv.toml", "bin/sys.py", "bin/kv_server.py"] {
