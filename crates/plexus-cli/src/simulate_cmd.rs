@@ -47,10 +47,11 @@ pub fn run(a: SimulateArgs) -> CliResult {
     // A random first seed is kept short so it is easy to retype.
     let first = a.seed.unwrap_or_else(|| u64::from(rand::random::<u32>()));
     let file = a.file.display().to_string();
-    let bar = indicatif::ProgressBar::new(a.runs);
-    if a.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    // Configure while hidden, so the first frame is complete.
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(a.runs),
+        indicatif::ProgressDrawTarget::hidden(),
+    );
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{prefix} [{bar:30}] {pos}/{len} runs, {elapsed} (failed: {msg})",
@@ -60,6 +61,10 @@ pub fn run(a: SimulateArgs) -> CliResult {
     );
     bar.set_prefix(loaded.scenario.name.clone());
     bar.set_message("0");
+    if !a.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.tick();
+    }
     let mut reports: Vec<RunReport> = vec![];
     let mut failed = 0u64;
     for i in 0..a.runs {
