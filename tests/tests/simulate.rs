@@ -234,3 +234,24 @@ at_ms = 1000
         "{out:?}"
     );
 }
+
+/// Seeds of `lossy-gossip` that left a live node `unreachable` for good
+/// (foca dropped a suspicion timer when the suspecting node's own identity
+/// changed; `plexus-membership` now re-arms it). Fixed seeds, so they
+/// replay the same schedule; a code change may move the trace away from
+/// the original failure, but membership must converge either way.
+#[test]
+fn lossy_gossip_seeds_that_once_stuck_a_node_unreachable_converge() {
+    let file = scenario("lossy-gossip");
+    for seed in [9, 37] {
+        let (code, doc, stderr) = simulate(&file, seed, 1);
+        assert_eq!(
+            code,
+            0,
+            "seed {seed}: {}\n{}",
+            doc["failures"],
+            plexus_tests::tail(&stderr, 20)
+        );
+        assert_eq!(doc["passed"], 1, "seed {seed}: {doc}");
+    }
+}

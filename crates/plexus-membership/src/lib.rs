@@ -217,6 +217,12 @@ pub struct Membership {
     runtime: AccumulatingRuntime<NodeIdentity>,
     /// Last known identity per node name, kept after foca forgets down members.
     known: BTreeMap<String, (NodeIdentity, MemberStatus)>,
+    /// Newest timer token foca stamped on a timer it scheduled.
+    token: Option<foca::TimerToken>,
+    /// Suspicions whose `ChangeSuspectToDown` timer foca discarded as stale
+    /// (see [`Membership::handle_timer`]), re-armed under the next token.
+    orphaned: Vec<(NodeIdentity, foca::Incarnation, foca::TimerToken)>,
+    suspect_to_down: Duration,
 }
 
 impl std::fmt::Debug for Membership {
@@ -235,6 +241,9 @@ impl Membership {
             foca,
             runtime: AccumulatingRuntime::new(),
             known: BTreeMap::new(),
+            token: None,
+            orphaned: Vec::new(),
+            suspect_to_down: config.suspect_to_down,
         }
     }
 
@@ -265,13 +274,64 @@ impl Membership {
     }
 
     /// A timer scheduled by an earlier [`Output`] fired.
+    ///
+    /// foca ignores every timer stamped before its timer token changed (it
+    /// changes the token when this node is declared down or loses all
+    /// members: "little confidence about our own state"). For a
+    /// `ChangeSuspectToDown` that means a member suspected before the change
+    /// stays suspect forever if it never hears of the suspicion to refute
+    /// it: the simulation found peers showing a live node `unreachable` for
+    /// good after lossy gossip. So a suspicion whose timer foca discarded is
+    /// re-armed under the next token; foca still declares the member down
+    /// only if it has not refuted by then.
     pub fn handle_timer(&mut self, timer: Timer<NodeIdentity>) -> Result<Output, MembershipError> {
+        let suspicion = match &timer {
+            Timer::ChangeSuspectToDown {
+                member_id,
+                incarnation,
+                token,
+            } => Some((member_id.clone(), *incarnation, *token)),
+            _ => None,
+        };
         let r = self
             .foca
             .handle_timer(timer, &mut self.runtime)
             .map_err(|e| MembershipError(e.to_string()));
+        if let Some((id, inc, token)) = suspicion {
+            if self.still_suspect(&id, inc) {
+                self.orphaned.push((id, inc, token));
+            }
+        }
         let out = self.drain();
         r.map(|_| out)
+    }
+
+    /// Whether foca holds `id` as suspect at incarnation `inc`.
+    fn still_suspect(&self, id: &NodeIdentity, inc: foca::Incarnation) -> bool {
+        self.foca
+            .iter_membership_state()
+            .any(|m| m.id() == id && m.state() == State::Suspect && m.incarnation() == inc)
+    }
+
+    /// Re-arm orphaned suspicions once foca stamps timers with a new token.
+    fn rearm_orphaned(&mut self, out: &mut Output) {
+        let Some(now) = self.token else { return };
+        let orphaned = std::mem::take(&mut self.orphaned);
+        for (id, inc, token) in orphaned {
+            if !self.still_suspect(&id, inc) {
+                continue;
+            }
+            if token == now {
+                self.orphaned.push((id, inc, token));
+                continue;
+            }
+            let timer = Timer::ChangeSuspectToDown {
+                member_id: id,
+                incarnation: inc,
+                token: now,
+            };
+            out.timers.push((self.suspect_to_down, timer));
+        }
     }
 
     /// Leave the cluster gracefully.
@@ -286,8 +346,18 @@ impl Membership {
             out.send.push((to, data.to_vec()));
         }
         while let Some((after, timer)) = self.runtime.to_schedule() {
+            match &timer {
+                Timer::ProbeRandomMember(t)
+                | Timer::PeriodicAnnounce(t)
+                | Timer::PeriodicAnnounceDown(t)
+                | Timer::PeriodicGossip(t)
+                | Timer::SendIndirectProbe { token: t, .. }
+                | Timer::ChangeSuspectToDown { token: t, .. } => self.token = Some(*t),
+                Timer::RemoveDown(_) => {}
+            }
             out.timers.push((after, timer));
         }
+        self.rearm_orphaned(&mut out);
         while let Some(n) = self.runtime.to_notify() {
             match n {
                 OwnedNotification::MemberUp(id) => {
