@@ -5,6 +5,7 @@
 //! JSON input).
 
 mod ask_cmd;
+mod bench_cmd;
 mod catalog_cmd;
 mod client;
 mod defaults;
@@ -57,6 +58,8 @@ enum Cmd {
     Run(run_cmd::RunArgs),
     /// List the workflow runs of a node with their step states.
     Workflows(run_cmd::WorkflowsArgs),
+    /// Benchmark a local cluster, side by side with NATS (docs/benchmarks.md).
+    Bench(bench_cmd::BenchArgs),
 }
 
 /// Catalog sources shared by several subcommands.
@@ -137,6 +140,12 @@ fn main() -> ExitCode {
         Cmd::State(c) => state_cmd::run(c),
         Cmd::Run(a) => run_cmd::run(a),
         Cmd::Workflows(a) => run_cmd::list(a),
+        Cmd::Bench(a) => {
+            if a.peer.is_some() {
+                init_logging(cli.log_json);
+            }
+            bench_cmd::run(a)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

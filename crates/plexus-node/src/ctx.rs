@@ -72,6 +72,10 @@ pub struct NodeCtx {
         parking_lot::Mutex<plexus_resilience::ResultCache<String, crate::plugins::ExecReply>>,
     /// Request and routing metrics (`/metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// Who hosts what, joined with the membership view; published by the
+    /// Registry and Membership actors, read by request paths without
+    /// waiting for either.
+    pub directory: crate::directory::DirectoryCell,
 }
 
 impl NodeCtx {

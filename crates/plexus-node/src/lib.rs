@@ -10,6 +10,7 @@ pub mod ask;
 pub mod breaker_actor;
 pub mod config;
 pub mod ctx;
+pub mod directory;
 pub mod effects;
 pub mod gateway;
 pub mod membership_actor;
@@ -185,6 +186,7 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         stats: LinkStats::default(),
         started: Instant::now(),
         metrics: metrics::Metrics::default(),
+        directory: directory::DirectoryCell::default(),
         cache: parking_lot::Mutex::new(plexus_resilience::ResultCache::new(
             1024,
             Duration::from_secs(300),
