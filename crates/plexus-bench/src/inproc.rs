@@ -34,7 +34,8 @@ struct Fixture {
     bus: Bus,
     base: Instant,
     received: Arc<AtomicU64>,
-    sub_task: tokio::task::JoinHandle<Latency>,
+    stop: Arc<tokio::sync::Notify>,
+    sub_task: tokio::sync::Mutex<tokio::task::JoinHandle<Latency>>,
     _noise: Vec<plexus_bus::Subscription>,
 }
 
@@ -47,10 +48,19 @@ fn fixture(expect: u64) -> Result<Fixture, plexus_bus::BusError> {
     let base = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let got = received.clone();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
     let sub_task = tokio::spawn(async move {
         let mut h = Latency::new();
         while got.load(Ordering::Relaxed) < expect {
-            let Some(env) = sub.recv().await else { break };
+            // A message the bus dead-lettered (mailbox full) never comes:
+            // the driver says when to stop waiting.
+            let env = tokio::select! {
+                biased;
+                e = sub.recv() => e,
+                _ = stopped.notified() => None,
+            };
+            let Some(env) = env else { break };
             let now = base.elapsed().as_nanos() as u64;
             let sent = env
                 .payload
@@ -67,7 +77,8 @@ fn fixture(expect: u64) -> Result<Fixture, plexus_bus::BusError> {
         bus,
         base,
         received,
-        sub_task,
+        stop,
+        sub_task: tokio::sync::Mutex::new(sub_task),
         _noise: noise,
     })
 }
@@ -96,7 +107,7 @@ pub async fn max_throughput(count: u64, window: u64) -> Result<InprocResult, Str
         f.bus.publish(event(now)).map_err(|e| e.to_string())?;
         sent += 1;
     }
-    let latency = wait_done(f.sub_task, Duration::from_secs(30)).await?;
+    let latency = wait_done(&f, count, Duration::from_secs(30)).await?;
     let secs = started.elapsed().as_secs_f64();
     Ok(InprocResult {
         delivered: latency.count(),
@@ -131,7 +142,7 @@ pub async fn open_loop(rate: u64, duration: Duration) -> Result<InprocResult, St
         f.bus.publish(event(due)).map_err(|e| e.to_string())?;
         sent += 1;
     }
-    let latency = wait_done(f.sub_task, Duration::from_secs(30)).await?;
+    let latency = wait_done(&f, count, Duration::from_secs(30)).await?;
     let secs = started.elapsed().as_secs_f64();
     Ok(InprocResult {
         delivered: latency.count(),
@@ -141,11 +152,17 @@ pub async fn open_loop(rate: u64, duration: Duration) -> Result<InprocResult, St
     })
 }
 
-async fn wait_done(
-    task: tokio::task::JoinHandle<Latency>,
-    limit: Duration,
-) -> Result<Latency, String> {
-    match tokio::time::timeout(limit, task).await {
+/// Wait until every message was delivered or dead-lettered, then collect
+/// the subscriber's histogram.
+async fn wait_done(f: &Fixture, count: u64, limit: Duration) -> Result<Latency, String> {
+    let deadline = Instant::now() + limit;
+    while f.received.load(Ordering::Acquire) + f.bus.stats().dead_lettered < count
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    f.stop.notify_one();
+    match tokio::time::timeout(Duration::from_secs(5), &mut *f.sub_task.lock().await).await {
         Ok(Ok(h)) => Ok(h),
         Ok(Err(e)) => Err(format!("subscriber task failed: {e}")),
         Err(_) => Err(format!(
