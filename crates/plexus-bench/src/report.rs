@@ -174,15 +174,18 @@ impl Report {
         let mut o = String::new();
         let m = &self.machine;
         o.push_str(&format!(
-            "machine: {} x {} ({}), kernel {}, {} build, load average {:.1} before / {:.1} after{}\n\n",
+            "machine: {} x {}, kernel {}, {} build, load average {:.1} before / {:.1} after{}\n\n",
             m.nproc,
             m.cpu_model,
-            if m.nproc <= 2 { "shared" } else { "local" },
             m.kernel,
             m.build,
             m.load_before,
             m.load_after,
-            if self.smoke { " — SMOKE RUN (seconds; numbers not meaningful)" } else { "" },
+            if self.smoke {
+                " — SMOKE RUN (seconds; numbers not meaningful)"
+            } else {
+                ""
+            },
         ));
         o.push_str(&format!(
             "| {:<28} | {:<6} | {:>12} | {:>9} | {:>9} | {:>9} | {:<32} |\n",
