@@ -132,11 +132,16 @@ impl Envelope {
     pub fn expired_at(&self, now_ms: u64) -> bool {
         self.metadata.expires_at_ms.is_some_and(|e| e <= now_ms)
     }
+
+    /// Whether it has expired now (reads the clock only if it has an expiry).
+    pub fn is_expired(&self) -> bool {
+        self.metadata.expires_at_ms.is_some_and(|e| e <= now_ms())
+    }
 }
 
 fn short_span() -> String {
-    let u = Uuid::new_v4();
-    u.simple().to_string()[..16].to_string()
+    // 64 random bits as 16 hex digits, formatted once.
+    format!("{:016x}", Uuid::new_v4().as_u64_pair().0)
 }
 
 /// Wall-clock milliseconds since the Unix epoch.

@@ -224,7 +224,7 @@ impl Bus {
     pub fn subscribe(&self, pattern: &str, owner: &str) -> Result<Subscription, BusError> {
         validate_pattern(pattern)?;
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
-        let mailbox = Shared::new(self.inner.cfg.mailbox_capacity);
+        let mailbox = Shared::new(self.inner.cfg.mailbox_capacity, owner);
         {
             let mut subs = self.inner.subs.write();
             subs.trie.insert(pattern, id);
@@ -268,7 +268,7 @@ impl Bus {
     }
 
     fn validate(&self, env: &Envelope) -> Result<(), BusError> {
-        validate_topic(&env.topic)?;
+        topic::validate_topic_fast(&env.topic)?;
         if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&env.priority) {
             return Err(BusError::Priority(env.priority));
         }
@@ -311,7 +311,7 @@ impl Bus {
         }
         self.inner.published.fetch_add(1, Ordering::Relaxed);
         let mut report = PublishReport::default();
-        if env.expired_at(now_ms()) {
+        if env.is_expired() {
             self.dead_letter(env, "expired before delivery".into());
             report.dead_lettered = true;
             return Ok(report);
@@ -328,11 +328,10 @@ impl Bus {
             }
             nodes
         };
-        let local = if single {
-            local.into_iter().take(1).collect()
-        } else {
-            local
-        };
+        let mut local = local;
+        if single {
+            local.truncate(1);
+        }
 
         if local.is_empty() && remote_nodes.is_empty() {
             let must_route = env.kind != MessageKind::Event || env.destination != "*";
@@ -342,7 +341,11 @@ impl Bus {
             }
             return Ok(report);
         }
-        let sink = self.inner.sink.read().clone();
+        let sink = if remote_nodes.is_empty() {
+            None
+        } else {
+            self.inner.sink.read().clone()
+        };
         for node in &remote_nodes {
             let sent = match &sink {
                 Some(s) => s.send(node, BusFrame::Publish(env.clone())),
@@ -359,20 +362,21 @@ impl Bus {
                 }
             }
         }
-        report.local = self.deliver(&env, local);
+        report.local = self.deliver(env, local);
         Ok(report)
     }
 
-    fn local_targets(&self, env: &Envelope) -> Vec<(u64, Arc<Shared>, String)> {
+    fn local_targets(&self, env: &Envelope) -> Vec<(u64, Arc<Shared>)> {
         let subs = self.inner.subs.read();
-        let mut out: Vec<(u64, Arc<Shared>, String)> = Vec::new();
+        let mut out: Vec<(u64, Arc<Shared>)> = Vec::new();
+        let any = env.destination == "*";
         subs.trie.for_each_match(&env.topic, |id| {
-            if out.iter().any(|(i, _, _)| i == id) {
+            if out.iter().any(|(i, _)| i == id) {
                 return;
             }
             if let Some(e) = subs.entries.get(id) {
-                if env.destination == "*" || env.destination == e.owner {
-                    out.push((*id, e.mailbox.clone(), e.owner.clone()));
+                if any || env.destination == e.owner {
+                    out.push((*id, e.mailbox.clone()));
                 }
             }
         });
@@ -381,6 +385,9 @@ impl Bus {
 
     fn remote_targets(&self, env: &Envelope) -> Vec<String> {
         let remote = self.inner.remote.read();
+        if remote.is_empty() {
+            return Vec::new();
+        }
         let mut nodes: Vec<String> = remote
             .iter()
             .filter(|(_, ri)| {
@@ -398,16 +405,31 @@ impl Bus {
         nodes
     }
 
-    fn deliver(&self, env: &Envelope, targets: Vec<(u64, Arc<Shared>, String)>) -> usize {
+    /// Push `env` into each target's mailbox: a copy for all but the last,
+    /// which takes `env` itself (one subscriber, no copy).
+    fn deliver(&self, env: Envelope, targets: Vec<(u64, Arc<Shared>)>) -> usize {
         let mut n = 0;
-        for (_, mb, owner) in targets {
-            match mb.push(env.clone()) {
+        let mut env = Some(env);
+        let last = targets.len().saturating_sub(1);
+        for (i, (_, mb)) in targets.into_iter().enumerate() {
+            let e = if i == last {
+                match env.take() {
+                    Some(e) => e,
+                    None => break,
+                }
+            } else {
+                match &env {
+                    Some(e) => e.clone(),
+                    None => break,
+                }
+            };
+            match mb.push(e) {
                 Ok(()) => n += 1,
                 Err((PushError::Full, e)) => {
-                    self.dead_letter(*e, format!("mailbox of {owner} is full"))
+                    self.dead_letter(*e, format!("mailbox of {} is full", mb.owner))
                 }
                 Err((PushError::Closed, e)) => {
-                    self.dead_letter(*e, format!("subscriber {owner} is gone"))
+                    self.dead_letter(*e, format!("subscriber {} is gone", mb.owner))
                 }
             }
         }
@@ -533,7 +555,7 @@ impl Bus {
                     tracing::warn!(peer = from_node, error = %e, "refused a malformed bus message");
                     return;
                 }
-                if env.expired_at(now_ms()) {
+                if env.is_expired() {
                     self.dead_letter(env, "expired before delivery".into());
                     return;
                 }
@@ -547,7 +569,7 @@ impl Bus {
                         format!("forwarded by {from_node} but no local subscriber"),
                     );
                 } else {
-                    self.deliver(&env, targets);
+                    self.deliver(env, targets);
                 }
             }
             BusFrame::Response(env) => self.resolve(env),
@@ -585,6 +607,13 @@ impl Bus {
             }
         });
         failed
+    }
+
+    /// Other nodes with a subscriber for `topic` (any subscriber name), as
+    /// this node knows from their interest.
+    pub fn nodes_interested_in(&self, topic: &str) -> Vec<String> {
+        let probe = Envelope::new(MessageKind::Event, topic, "", Vec::new());
+        self.remote_targets(&probe)
     }
 
     /// Nodes with any interest registered.
@@ -679,7 +708,7 @@ impl Subscription {
     }
 
     fn check_expiry(&self, env: Envelope) -> Option<Envelope> {
-        if env.expired_at(now_ms()) {
+        if env.is_expired() {
             if let Some(inner) = self.bus.upgrade() {
                 Bus { inner }.dead_letter(env, format!("expired in the mailbox of {}", self.owner));
             }

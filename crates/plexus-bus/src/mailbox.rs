@@ -1,44 +1,56 @@
 //! A bounded priority mailbox: the highest priority waiting message is
 //! delivered first, FIFO within a priority.
+//!
+//! One FIFO queue per priority level (1..=10) and a bit mask of the
+//! non-empty ones: push and pop are O(1) and never move a queued envelope,
+//! where a binary heap sifted the (large) envelopes on every operation.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering as AtOrd};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, MAX_PRIORITY, MIN_PRIORITY};
 
-struct Item {
-    priority: u8,
-    seq: u64,
-    env: Envelope,
-}
-
-impl PartialEq for Item {
-    fn eq(&self, o: &Self) -> bool {
-        self.priority == o.priority && self.seq == o.seq
-    }
-}
-impl Eq for Item {}
-impl PartialOrd for Item {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Item {
-    fn cmp(&self, o: &Self) -> Ordering {
-        self.priority
-            .cmp(&o.priority)
-            .then_with(|| o.seq.cmp(&self.seq))
-    }
-}
+const LEVELS: usize = MAX_PRIORITY as usize + 1;
 
 struct Queue {
-    heap: BinaryHeap<Item>,
-    seq: u64,
+    levels: [VecDeque<Envelope>; LEVELS],
+    /// Bit `p` set when `levels[p]` is not empty.
+    nonempty: u16,
+    len: usize,
+}
+
+impl Queue {
+    fn push(&mut self, env: Envelope) {
+        let p = env.priority.clamp(MIN_PRIORITY, MAX_PRIORITY) as usize;
+        self.levels[p].push_back(env);
+        self.nonempty |= 1 << p;
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<Envelope> {
+        if self.nonempty == 0 {
+            return None;
+        }
+        let p = 15 - self.nonempty.leading_zeros() as usize;
+        let env = self.levels[p].pop_front();
+        if self.levels[p].is_empty() {
+            self.nonempty &= !(1 << p);
+        }
+        self.len -= 1;
+        env
+    }
+
+    fn drain(&mut self) -> Vec<Envelope> {
+        let mut out = Vec::with_capacity(self.len);
+        while let Some(e) = self.pop() {
+            out.push(e);
+        }
+        out
+    }
 }
 
 pub(crate) struct Shared {
@@ -46,6 +58,8 @@ pub(crate) struct Shared {
     notify: Notify,
     closed: AtomicBool,
     capacity: usize,
+    /// The subscriber's name, for dead-letter reasons.
+    pub(crate) owner: Box<str>,
 }
 
 /// Why a push failed.
@@ -56,15 +70,17 @@ pub(crate) enum PushError {
 }
 
 impl Shared {
-    pub(crate) fn new(capacity: usize) -> Arc<Shared> {
+    pub(crate) fn new(capacity: usize, owner: &str) -> Arc<Shared> {
         Arc::new(Shared {
             queue: Mutex::new(Queue {
-                heap: BinaryHeap::new(),
-                seq: 0,
+                levels: Default::default(),
+                nonempty: 0,
+                len: 0,
             }),
             notify: Notify::new(),
             closed: AtomicBool::new(false),
             capacity: capacity.max(1),
+            owner: owner.into(),
         })
     }
 
@@ -75,37 +91,27 @@ impl Shared {
         }
         {
             let mut q = self.queue.lock();
-            if q.heap.len() >= self.capacity {
+            if q.len >= self.capacity {
                 return Err((PushError::Full, Box::new(env)));
             }
-            q.seq += 1;
-            let seq = q.seq;
-            q.heap.push(Item {
-                priority: env.priority,
-                seq,
-                env,
-            });
+            q.push(env);
         }
         self.notify.notify_one();
         Ok(())
     }
 
     pub(crate) fn try_pop(&self) -> Option<Envelope> {
-        self.queue.lock().heap.pop().map(|i| i.env)
+        self.queue.lock().pop()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.queue.lock().heap.len()
+        self.queue.lock().len
     }
 
     pub(crate) fn close(&self) -> Vec<Envelope> {
         self.closed.store(true, AtOrd::Release);
         self.notify.notify_one();
-        let mut q = self.queue.lock();
-        std::mem::take(&mut q.heap)
-            .into_iter()
-            .map(|i| i.env)
-            .collect()
+        self.queue.lock().drain()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -125,5 +131,33 @@ impl Shared {
             // waiting, so a push between try_pop and here is not missed.
             self.notify.notified().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::MessageKind;
+
+    fn env(p: u8, n: u8) -> Envelope {
+        Envelope::new(MessageKind::Event, "t", "s", vec![n]).with_priority(p)
+    }
+
+    #[test]
+    fn highest_priority_first_then_fifo_and_bounded() {
+        let m = Shared::new(5, "o");
+        for (p, n) in [(1, 0), (10, 1), (5, 2), (10, 3), (1, 4)] {
+            assert!(m.push(env(p, n)).is_ok());
+        }
+        assert!(matches!(m.push(env(5, 9)), Err((PushError::Full, _))));
+        assert_eq!(m.len(), 5);
+        let got: Vec<(u8, u8)> = std::iter::from_fn(|| m.try_pop())
+            .map(|e| (e.priority, e.payload[0]))
+            .collect();
+        assert_eq!(got, vec![(10, 1), (10, 3), (5, 2), (1, 0), (1, 4)]);
+        assert_eq!(m.len(), 0);
+        m.push(env(3, 7)).unwrap();
+        assert_eq!(m.close().len(), 1);
+        assert!(matches!(m.push(env(3, 8)), Err((PushError::Closed, _))));
     }
 }

@@ -168,6 +168,8 @@ fn pair() -> (Bus, Bus) {
 async fn cross_node_pubsub_forwards_only_to_interested_nodes() {
     let (a, b) = pair();
     let sub = b.subscribe("plugin/*/events", "listener").unwrap();
+    assert_eq!(a.nodes_interested_in("plugin/x/events"), vec!["b"]);
+    assert!(a.nodes_interested_in("other/topic").is_empty());
     let r = a.publish(ev("plugin/x/events")).unwrap();
     assert_eq!(r.remote_nodes, vec!["b".to_string()]);
     let got = sub.recv().await.unwrap();

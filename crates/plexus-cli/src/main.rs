@@ -5,6 +5,7 @@
 //! JSON input).
 
 mod ask_cmd;
+mod bench_cmd;
 mod catalog_cmd;
 mod client;
 mod defaults;
@@ -65,6 +66,8 @@ enum Cmd {
     Openapi,
     /// Run a simulation scenario: real nodes in one process, injected faults, invariants checked.
     Simulate(simulate_cmd::SimulateArgs),
+    /// Benchmark a local cluster, side by side with NATS (docs/benchmarks.md).
+    Bench(bench_cmd::BenchArgs),
 }
 
 /// Catalog sources shared by several subcommands.
@@ -153,6 +156,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Cmd::Simulate(a) => simulate_cmd::run(a),
+        Cmd::Bench(a) => {
+            if a.peer.is_some() {
+                init_logging(cli.log_json);
+            }
+            bench_cmd::run(a)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

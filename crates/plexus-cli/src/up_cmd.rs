@@ -41,13 +41,13 @@ pub struct UpArgs {
     pub quiet: bool,
 }
 
-struct Node {
-    name: String,
-    child: Child,
-    cluster: String,
-    api: String,
-    plugins: Vec<String>,
-    log: PathBuf,
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) child: Child,
+    pub(crate) cluster: String,
+    pub(crate) api: String,
+    pub(crate) plugins: Vec<String>,
+    pub(crate) log: PathBuf,
 }
 
 /// Round-robin placement: plugin i goes to node i mod N.
@@ -157,7 +157,7 @@ pub fn run(a: UpArgs) -> CliResult {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn start_node(
+pub(crate) async fn start_node(
     exe: &std::path::Path,
     name: &str,
     listen: &str,
@@ -297,7 +297,7 @@ fn summary(api: &str) -> String {
     }
 }
 
-async fn stop_all(nodes: &mut [Node]) {
+pub(crate) async fn stop_all(nodes: &mut [Node]) {
     for n in nodes.iter() {
         if let Some(pid) = n.child.id() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);

@@ -18,9 +18,8 @@ use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 
 use crate::ctx::{local_actor, NodeCtx};
-use crate::membership_actor::MembershipMsg;
 use crate::plugins::{exec_envelope, ExecReply};
-use crate::registry::{plugin_rows, PluginRow, RegistryMsg};
+use crate::registry::{plugin_rows, PluginRow};
 use crate::wire::NodeAnnounce;
 
 /// A problem document.
@@ -196,28 +195,15 @@ pub(crate) async fn call_local<M: ractor::Message, T: Send + 'static>(
         })
 }
 
-/// The membership view from the Membership actor.
+/// The membership view (the Membership actor's latest, from the directory
+/// snapshot: no round trip to the actor).
 pub async fn view(ctx: &NodeCtx) -> Result<Vec<MemberView>, Problem> {
-    call_local(
-        ctx,
-        "membership",
-        "membership service",
-        ACTOR_TIMEOUT,
-        MembershipMsg::View,
-    )
-    .await
+    Ok(ctx.directory.load().view.clone())
 }
 
-/// The registry's announces.
+/// The registry's announces (from the directory snapshot).
 pub async fn announces(ctx: &NodeCtx) -> Result<Vec<NodeAnnounce>, Problem> {
-    call_local(
-        ctx,
-        "registry",
-        "registry",
-        ACTOR_TIMEOUT,
-        RegistryMsg::Snapshot,
-    )
-    .await
+    Ok(ctx.directory.load().announces.clone())
 }
 
 /// Build the status document (also used by `plexus up`'s live view).
@@ -307,14 +293,11 @@ async fn dead_letters(
 
 /// Check that `plugin` and `command` exist and that a host can take it.
 pub async fn resolve(ctx: &NodeCtx, plugin: &str, command: &str) -> Result<(), Problem> {
-    let view = view(ctx).await?;
-    let ann = announces(ctx).await?;
-    let hosts: Vec<&NodeAnnounce> = ann
-        .iter()
-        .filter(|a| a.plugins.iter().any(|p| p.name == plugin))
-        .collect();
+    let dir = ctx.directory.load();
+    let hosts: Vec<&NodeAnnounce> = dir.hosts_of(plugin).collect();
     if hosts.is_empty() {
-        let mut known: Vec<String> = ann
+        let mut known: Vec<String> = dir
+            .announces
             .iter()
             .flat_map(|a| a.plugins.iter().map(|p| p.name.clone()))
             .collect();
@@ -365,10 +348,7 @@ pub async fn resolve(ctx: &NodeCtx, plugin: &str, command: &str) -> Result<(), P
             ),
         ));
     }
-    let rows: Vec<PluginRow> = plugin_rows(&ann, &view)
-        .into_iter()
-        .filter(|r| r.name == plugin)
-        .collect();
+    let rows: Vec<&PluginRow> = dir.plugin_rows(plugin).collect();
     if rows
         .iter()
         .any(|r| r.status == "available" && !breaker_open(&r.breaker))

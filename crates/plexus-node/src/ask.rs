@@ -9,10 +9,9 @@ use axum::http::StatusCode;
 use plexus_router::{RouteRequest, RoutingDecision};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{announces, call_local, view, ExecBody, Problem};
+use crate::api::{call_local, ExecBody, Problem};
 use crate::ctx::{local_actor, NodeCtx};
 use crate::plugins::ExecReply;
-use crate::registry::plugin_rows;
 use crate::router_actor::RouterMsg;
 
 /// `POST /v1/route` body.
@@ -67,17 +66,17 @@ pub struct AskReply {
 /// Which catalog plugins can take work right now, from the registry and
 /// membership view.
 pub async fn availability(ctx: &NodeCtx) -> Result<Vec<(String, bool)>, Problem> {
-    let rows = plugin_rows(&announces(ctx).await?, &view(ctx).await?);
+    let dir = ctx.directory.load();
     let mut up: BTreeMap<String, bool> = ctx
         .catalog
         .plugins
         .iter()
         .map(|p| (p.name.clone(), false))
         .collect();
-    for r in rows {
+    for r in &dir.rows {
         // An open breaker takes the plugin out of routing until it half-opens.
         if r.status == "available" && !crate::api::breaker_open(&r.breaker) {
-            up.insert(r.name, true);
+            up.insert(r.name.clone(), true);
         }
     }
     Ok(up.into_iter().collect())

@@ -82,6 +82,10 @@ pub struct NodeCtx {
     pub rng: parking_lot::Mutex<rand::rngs::StdRng>,
     /// The simulation harness's window into the node (`None` in production).
     pub observer: Option<Arc<dyn crate::observe::Observer>>,
+    /// Who hosts what, joined with the membership view; published by the
+    /// Registry and Membership actors, read by request paths without
+    /// waiting for either.
+    pub directory: crate::directory::DirectoryCell,
 }
 
 impl NodeCtx {

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod breaker_actor;
 pub mod config;
 pub mod ctx;
+pub mod directory;
 pub mod effects;
 pub mod gateway;
 pub mod links;
@@ -313,6 +314,7 @@ async fn spawn_tree(
         stats: LinkStats::default(),
         started: links::now(),
         metrics: metrics::Metrics::default(),
+        directory: directory::DirectoryCell::default(),
         cache: parking_lot::Mutex::new(plexus_resilience::ResultCache::new(
             1024,
             Duration::from_secs(300),

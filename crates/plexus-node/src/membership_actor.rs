@@ -84,6 +84,7 @@ impl Actor for MembershipActor {
             st.links.insert(n);
         }
         dial_seeds(&mut st);
+        st.ctx.directory.set_view(st.proto.view());
         Ok(st)
     }
 
@@ -143,6 +144,8 @@ impl Actor for MembershipActor {
                 let _ = reply.send(());
             }
         }
+        // Publish the view for request paths (a no-op when unchanged).
+        st.ctx.directory.set_view(st.proto.view());
         Ok(())
     }
 }

@@ -82,13 +82,15 @@ impl Actor for Registry {
             })
             .collect();
         myself.send_interval(Duration::from_secs(10), || RegistryMsg::Tick);
-        Ok(RegistryState {
+        let st = RegistryState {
             ctx,
             seq: 0,
             local,
             nodes: BTreeMap::new(),
             up: BTreeMap::new(),
-        })
+        };
+        st.ctx.directory.set_announces(all_announces(&st));
+        Ok(st)
     }
 
     async fn handle(
@@ -147,15 +149,30 @@ impl Actor for Registry {
             }
             RegistryMsg::Reannounce | RegistryMsg::Tick => broadcast(st),
             RegistryMsg::Snapshot(reply) => {
-                let mut all: Vec<NodeAnnounce> = st.nodes.values().cloned().collect();
-                all.retain(|a| a.identity.name != st.ctx.name());
-                all.push(own_announce(st));
-                all.sort_by(|a, b| a.identity.name.cmp(&b.identity.name));
-                let _ = reply.send(all);
+                let _ = reply.send(all_announces(st));
+                return Ok(());
             }
         }
+        st.ctx.directory.set_announces(all_announces(st));
         Ok(())
     }
+}
+
+/// Every node's newest announce, this node's own current one included.
+fn all_announces(st: &RegistryState) -> Vec<NodeAnnounce> {
+    let mut all: Vec<NodeAnnounce> = st
+        .nodes
+        .values()
+        .filter(|a| a.identity.name != st.ctx.name())
+        .cloned()
+        .collect();
+    all.push(NodeAnnounce {
+        identity: st.ctx.identity.read().clone(),
+        seq: st.seq,
+        plugins: st.local.clone(),
+    });
+    all.sort_by(|a, b| a.identity.name.cmp(&b.identity.name));
+    all
 }
 
 fn own_announce(st: &mut RegistryState) -> NodeAnnounce {

@@ -1,0 +1,869 @@
+//! `plexus bench`: start a real cluster on loopback (node processes, two
+//! peer processes, nats-server) and measure it, Plexus and NATS side by
+//! side. The workloads live in `plexus-bench`; this file starts and stops
+//! the processes, runs the workloads in order with a progress bar, and
+//! prints the table (or `--json`).
+//!
+//! The cluster, in the order it grows:
+//! 1. `node1..node3` (`plexus node`, as `plexus up` starts them): the
+//!    default plugins, and `bench-echo` (answers at once) on node3.
+//!    CRDT convergence is measured on these three alone.
+//! 2. `node4`, `node5`: node4 hosts synthetic plugins with the 200 agents
+//!    of the small discovery registry. CRDT convergence again, on five.
+//! 3. This process joins as node `bench-driver` (an embedded node: the bench
+//!    uses its bus and directory as a NATS client uses its connection), and
+//!    two peer processes `bench-peer1/2` (embedded nodes + NATS clients)
+//!    join too; they answer echo requests and hold the fan-out
+//!    subscriptions for both systems.
+//! 4. `node6` hosts the rest of the 10,000-agent registry.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use plexus_bench::cluster::{self, Http};
+use plexus_bench::peer::{PeerProc, FAN_PATTERNS};
+use plexus_bench::{catalog, embedded, inproc, messaging, nats, Latency, Machine, Report, Row};
+use plexus_node::NodeHandle;
+use rand::Rng;
+use serde_json::json;
+
+use crate::up_cmd::{start_node, stop_all, Node, UpArgs};
+use crate::{CatalogArgs, CliResult, Failure};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Run every workload for about half a second (checks that the bench
+    /// works; the numbers mean little).
+    #[arg(long)]
+    pub smoke: bool,
+    /// Print the report as JSON on stdout (the progress bar stays on stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds per measured run (default 5, smoke 0.5).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Rate of the open-loop in-node run, messages per second.
+    #[arg(long, default_value_t = 200_000)]
+    pub inproc_rate: u64,
+    /// Rate of the fan-out publisher, messages per second (each reaches
+    /// four subscriptions on two nodes).
+    #[arg(long, default_value_t = 10_000)]
+    pub fanout_rate: u64,
+    /// Agents in the large discovery registry.
+    #[arg(long, default_value_t = 10_000)]
+    pub agents: usize,
+    /// Skip the NATS side.
+    #[arg(long)]
+    pub no_nats: bool,
+    /// Run only the workloads whose key starts with one of these prefixes
+    /// (e.g. `--only reqresp,bus`); keys are the table's first column.
+    #[arg(long, value_delimiter = ',', value_name = "PREFIX,...")]
+    pub only: Vec<String>,
+    /// Where nodes keep their data and logs (wiped at start).
+    #[arg(long, default_value = ".plexus/bench", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Internal: run as a peer process named NAME.
+    #[arg(long, hide = true, value_name = "NAME")]
+    pub peer: Option<String>,
+    /// Internal (peer): cluster address to join through.
+    #[arg(long = "seed", hide = true)]
+    pub seeds: Vec<String>,
+    /// Internal (peer): NATS server URL.
+    #[arg(long, hide = true)]
+    pub nats: Option<String>,
+}
+
+/// Every workload key, and whether NATS runs it too.
+const WORKLOADS: &[(&str, bool)] = &[
+    ("bus.inproc.max", false),
+    ("bus.inproc.open", false),
+    ("crdt.converge.3nodes", false),
+    ("crdt.converge.5nodes", false),
+    ("reqresp.inflight1", true),
+    ("reqresp.inflight16", true),
+    ("reqresp.inflight256", true),
+    ("fanout.wildcard", true),
+    ("exec.node.inflight1", false),
+    ("exec.node.inflight16", false),
+    ("exec.http.c1", false),
+    ("exec.http.c16", false),
+    ("route.http.c8", false),
+    ("discovery.small", false),
+    ("discovery.large", false),
+];
+
+pub fn run(a: BenchArgs) -> CliResult {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if let Some(name) = a.peer.clone() {
+        let cookie = std::env::var("PLEXUS_COOKIE")
+            .map_err(|_| Failure::usage(anyhow!("a peer needs PLEXUS_COOKIE")))?;
+        let dir = a.dir.join(&name);
+        return rt
+            .block_on(plexus_bench::peer::run(
+                &name,
+                &a.seeds,
+                &cookie,
+                dir,
+                a.nats.as_deref(),
+            ))
+            .map_err(|e| anyhow!(e).into());
+    }
+    if a.duration.is_some_and(|d| !(d > 0.0 && d <= 600.0)) {
+        return Err(Failure::usage(anyhow!(
+            "--duration must be between 0 and 600 seconds"
+        )));
+    }
+    if a.inproc_rate == 0 || a.fanout_rate == 0 || a.agents < 400 {
+        return Err(Failure::usage(anyhow!(
+            "--inproc-rate and --fanout-rate must be positive and --agents at least 400"
+        )));
+    }
+    let report = rt.block_on(bench(&a))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.table());
+    }
+    Ok(())
+}
+
+/// Everything started, so that every exit path stops it.
+struct Cluster {
+    nodes: Vec<Node>,
+    peers: Vec<PeerProc>,
+    driver: Option<NodeHandle>,
+    nats: Option<nats::NatsServer>,
+}
+
+impl Cluster {
+    async fn stop(mut self) {
+        for p in self.peers.drain(..) {
+            p.stop().await;
+        }
+        if let Some(d) = self.driver.take() {
+            d.shutdown().await;
+        }
+        stop_all(&mut self.nodes).await;
+        if let Some(n) = self.nats.take() {
+            n.stop().await;
+        }
+    }
+}
+
+struct Ctx {
+    only: Vec<String>,
+    smoke: bool,
+    dur: Duration,
+    pb: ProgressBar,
+    report: Report,
+}
+
+impl Ctx {
+    /// Whether workload `key` is selected (`--only`).
+    fn want(&self, key: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| key.starts_with(p.as_str()))
+    }
+
+    fn step(&self, what: &str) {
+        self.pb.set_message(what.to_string());
+    }
+
+    fn done(&mut self, row: Row) {
+        self.pb.inc(1);
+        self.report.rows.push(row);
+    }
+
+    fn note(&mut self, n: impl Into<String>) {
+        let n = n.into();
+        self.pb.println(format!("note: {n}"));
+        self.report.notes.push(n);
+    }
+}
+
+async fn bench(a: &BenchArgs) -> Result<Report, Failure> {
+    let dur = Duration::from_secs_f64(a.duration.unwrap_or(if a.smoke { 0.5 } else { 5.0 }));
+    let selected = WORKLOADS
+        .iter()
+        .filter(|(k, _)| a.only.is_empty() || a.only.iter().any(|p| k.starts_with(p.as_str())))
+        .map(|(_, both)| if *both && !a.no_nats { 2 } else { 1 })
+        .sum::<u64>();
+    let pb = ProgressBar::new(selected);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.enable_steady_tick(Duration::from_millis(200));
+    let mut cx = Ctx {
+        only: a.only.clone(),
+        smoke: a.smoke,
+        dur,
+        pb,
+        report: Report {
+            machine: Machine::probe(),
+            smoke: a.smoke,
+            ..Default::default()
+        },
+    };
+    if a.smoke {
+        cx.note("smoke run: every workload runs for about half a second with smaller sizes; the numbers are not meaningful");
+    }
+
+    inproc_runs(&mut cx, a).await?;
+    if !WORKLOADS
+        .iter()
+        .any(|(k, _)| !k.starts_with("bus.") && cx.want(k))
+    {
+        cx.report.machine.load_after = plexus_bench::report::load_average();
+        cx.pb.finish_and_clear();
+        return Ok(cx.report);
+    }
+
+    prepare_dir(&a.dir)?;
+    let mut cl = Cluster {
+        nodes: vec![],
+        peers: vec![],
+        driver: None,
+        nats: None,
+    };
+    let r = cluster_runs(&mut cx, a, &mut cl).await;
+    cx.step("stopping the cluster");
+    cl.stop().await;
+    r?;
+    cx.report.machine.load_after = plexus_bench::report::load_average();
+    cx.report.compare();
+    goals(&mut cx.report);
+    cx.pb.finish_and_clear();
+    Ok(cx.report)
+}
+
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    let marker = dir.join(".plexus-bench");
+    if dir.exists() {
+        if !marker.exists() {
+            anyhow::bail!(
+                "{} exists and was not made by `plexus bench`; choose another --dir",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(&marker, "made by plexus bench; wiped at each run\n")?;
+    Ok(())
+}
+
+async fn inproc_runs(cx: &mut Ctx, a: &BenchArgs) -> Result<(), Failure> {
+    if cx.want("bus.inproc.max") {
+        inproc_max(cx).await?;
+    }
+    if !cx.want("bus.inproc.open") {
+        return Ok(());
+    }
+    let rate = if cx.smoke { 20_000 } else { a.inproc_rate };
+    cx.step("in-node publish→deliver, open loop");
+    let r = inproc::open_loop(rate, cx.dur)
+        .await
+        .map_err(|e| anyhow!("in-node bus: {e}"))?;
+    let s = r.latency.summary();
+    let row = Row::new(
+        "bus.inproc.open",
+        "plexus",
+        format!("in-node publish→deliver at a fixed {rate} msg/s, latency from each message's intended send time; {} dead-lettered (mailbox full)", r.dead_letters),
+    )
+    .ops(r.delivered, r.secs)
+    .latency(s);
+    cx.done(row.goal("p99 < 50 µs", s.p99_us < 50.0 && r.dead_letters == 0));
+    Ok(())
+}
+
+async fn inproc_max(cx: &mut Ctx) -> Result<(), Failure> {
+    cx.step("in-node publish→deliver, max throughput");
+    let count = if cx.smoke { 20_000 } else { 2_000_000 };
+    let r = inproc::max_throughput(count, 4_096)
+        .await
+        .map_err(|e| anyhow!("in-node bus: {e}"))?;
+    let row = Row::new(
+        "bus.inproc.max",
+        "plexus",
+        "in-node publish→deliver of 8-byte events, publisher and subscriber tasks, ≤4096 in flight (closed loop; latency includes queueing)",
+    )
+    .ops(r.delivered, r.secs)
+    .latency(r.latency.summary());
+    let met = row.per_sec >= 1_000_000.0;
+    cx.done(row.goal("≥ 1,000,000 msg/s", met));
+
+    Ok(())
+}
+
+fn up_args(dir: &Path, catalog: Vec<PathBuf>, no_default: bool) -> UpArgs {
+    UpArgs {
+        nodes: 1,
+        catalog: CatalogArgs {
+            catalog,
+            no_default_plugins: no_default,
+        },
+        base_port: 0,
+        dir: dir.to_path_buf(),
+        quiet: true,
+    }
+}
+
+async fn add_node(
+    cl: &mut Cluster,
+    dir: &Path,
+    exe: &Path,
+    cookie: &str,
+    name: &str,
+    plugins: &[String],
+    args: &UpArgs,
+) -> anyhow::Result<()> {
+    let log = dir.join(format!("{name}.log"));
+    let n = start_node(
+        exe,
+        name,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &cl.nodes,
+        plugins,
+        args,
+        cookie,
+        &log,
+    )
+    .await?;
+    cl.nodes.push(n);
+    Ok(())
+}
+
+/// Wait until node `api` sees `n` members up.
+async fn wait_http_members(api: &str, n: usize) -> anyhow::Result<()> {
+    let api = api.to_string();
+    tokio::task::spawn_blocking(move || {
+        let http = Http::new(&api);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, v)) = http.get("/v1/status", &[]) {
+                let up = v["members"]
+                    .as_array()
+                    .map(|m| m.iter().filter(|m| m["status"] == "up").count())
+                    .unwrap_or(0);
+                if up >= n {
+                    return Ok(());
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("{api} did not see {n} members up within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await?
+}
+
+async fn cluster_runs(cx: &mut Ctx, a: &BenchArgs, cl: &mut Cluster) -> Result<(), Failure> {
+    let dir = a.dir.clone();
+    let exe = std::env::current_exe().context("cannot find the plexus binary")?;
+    let cookie: String = {
+        let mut r = rand::thread_rng();
+        (0..32)
+            .map(|_| format!("{:x}", r.gen_range(0..16u8)))
+            .collect()
+    };
+    let echo_dir = dir.join("catalog-echo");
+    catalog::write(
+        &echo_dir,
+        &[(catalog::ECHO_PLUGIN.to_string(), catalog::echo_manifest())],
+    )?;
+    let small_agents = 200usize;
+    let large_agents = if cx.smoke { 1_000 } else { a.agents };
+    let small_dir = dir.join("catalog-agents-200");
+    let large_dir = dir.join("catalog-agents-large");
+    let small = catalog::agent_manifests("synth-a", small_agents, 100);
+    let large = catalog::agent_manifests("synth-b", large_agents - small_agents, 500);
+    catalog::write(&small_dir, &small)?;
+    catalog::write(&large_dir, &large)?;
+
+    // 1. Three nodes.
+    cx.step("starting node1..node3");
+    let base = up_args(&dir, vec![echo_dir.clone()], false);
+    let defaults: Vec<String> = crate::defaults::load(&CatalogArgs::default())
+        .plugins
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let mut plan = crate::up_cmd::placement(&defaults, 3);
+    plan[2].push(catalog::ECHO_PLUGIN.to_string());
+    for (i, plugins) in plan.iter().enumerate() {
+        add_node(
+            cl,
+            &dir,
+            &exe,
+            &cookie,
+            &format!("node{}", i + 1),
+            plugins,
+            &base,
+        )
+        .await?;
+    }
+    wait_http_members(&cl.nodes[0].api, 3).await?;
+    crdt(
+        cx,
+        &cl.nodes.iter().map(|n| n.api.clone()).collect::<Vec<_>>(),
+    )
+    .await?;
+
+    // 2. Five nodes.
+    cx.step("starting node4, node5");
+    let names = |m: &[(String, String)]| m.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    add_node(
+        cl,
+        &dir,
+        &exe,
+        &cookie,
+        "node4",
+        &names(&small),
+        &up_args(&dir, vec![small_dir.clone()], true),
+    )
+    .await?;
+    add_node(
+        cl,
+        &dir,
+        &exe,
+        &cookie,
+        "node5",
+        &[],
+        &up_args(&dir, vec![], true),
+    )
+    .await?;
+    wait_http_members(&cl.nodes[0].api, 5).await?;
+    crdt(
+        cx,
+        &cl.nodes.iter().map(|n| n.api.clone()).collect::<Vec<_>>(),
+    )
+    .await?;
+
+    // 3. The driver, the peers and NATS.
+    let nats_bin = if a.no_nats {
+        cx.note("NATS skipped (--no-nats)");
+        None
+    } else {
+        match nats::find_server() {
+            Some(b) => Some(b),
+            None => {
+                cx.note("NATS skipped: nats-server not found (install the Debian package nats-server, or set PLEXUS_NATS_SERVER)");
+                None
+            }
+        }
+    };
+    if let Some(bin) = nats_bin {
+        cx.step("starting nats-server");
+        cl.nats = Some(
+            nats::NatsServer::start(&bin, &dir.join("nats-server.log"))
+                .await
+                .map_err(|e| anyhow!(e))?,
+        );
+    }
+    let nats_url = cl.nats.as_ref().map(|n| n.url.clone());
+    let seeds: Vec<String> = cl.nodes.iter().map(|n| n.cluster.clone()).collect();
+    cx.step("joining the bench driver and peers");
+    let driver = embedded::start(
+        "bench-driver",
+        &seeds,
+        &cookie,
+        dir.join("bench-driver"),
+        vec![(
+            format!("{}.toml", catalog::ECHO_PLUGIN),
+            catalog::echo_manifest(),
+        )],
+    )
+    .await
+    .map_err(|e| anyhow!(e))?;
+    cl.driver = Some(driver);
+    for i in 1..=2 {
+        let name = format!("bench-peer{i}");
+        let p = PeerProc::spawn(
+            &exe,
+            &name,
+            &seeds,
+            &cookie,
+            &dir,
+            nats_url.as_deref(),
+            &dir.join(format!("{name}.log")),
+        )
+        .await
+        .map_err(|e| anyhow!(e))?;
+        cl.peers.push(p);
+    }
+    let driver = cl.driver.as_ref().ok_or_else(|| anyhow!("no driver"))?;
+    embedded::wait_members(driver, 8, Duration::from_secs(60))
+        .await
+        .map_err(|e| anyhow!(e))?;
+    let bus = driver.ctx.bus.clone();
+    let peer_names: Vec<String> = cl.peers.iter().map(|p| p.name.clone()).collect();
+    embedded::wait_until("the peers' echo interest", Duration::from_secs(30), || {
+        let n = bus.nodes_interested_in(plexus_bench::peer::ECHO_TOPIC);
+        peer_names.iter().all(|p| n.contains(p))
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    let ctx = driver.ctx.clone();
+    embedded::wait_until("bench-echo available", Duration::from_secs(30), || {
+        ctx.directory
+            .load()
+            .plugin(catalog::ECHO_PLUGIN)
+            .iter()
+            .any(|p| p.usable())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    let nats_client = match &nats_url {
+        Some(u) => Some(
+            async_nats::connect(u.as_str())
+                .await
+                .map_err(|e| anyhow!("cannot connect to NATS at {u}: {e}"))?,
+        ),
+        None => None,
+    };
+
+    // Request/response.
+    for inflight in [1usize, 16, 256] {
+        let key = format!("reqresp.inflight{inflight}");
+        if !cx.want(&key) {
+            continue;
+        }
+        cx.step(&format!("request/response, {inflight} in flight (Plexus)"));
+        let r = messaging::reqresp_plexus(bus.clone(), inflight, cx.dur).await;
+        let row = closed_row(&key, "plexus", format!("bench-driver → bench-peer echo over the cluster link, 16-byte payload, {inflight} in flight (closed loop)"), &r)?;
+        cx.done(row);
+        if let Some(c) = &nats_client {
+            cx.step(&format!("request/response, {inflight} in flight (NATS)"));
+            let r = messaging::reqresp_nats(c.clone(), inflight, cx.dur).await;
+            let row = closed_row(&key, "nats", format!("requester → nats-server → bench-peer echo, 16-byte payload, {inflight} in flight (closed loop)"), &r)?;
+            cx.done(row);
+        }
+    }
+
+    // Fan-out.
+    if cx.want("fanout.wildcard") {
+        fanout(cx, a, &mut cl.peers, &bus, nats_client.as_ref()).await?;
+    }
+
+    // Exec through the node API code and over HTTP.
+    for inflight in [1usize, 16] {
+        if !cx.want(&format!("exec.node.inflight{inflight}")) {
+            continue;
+        }
+        cx.step(&format!("exec via the node API, {inflight} in flight"));
+        let r = cluster::exec_via_node(ctx.clone(), inflight, cx.dur).await;
+        let row = closed_row(
+            &format!("exec.node.inflight{inflight}"),
+            "plexus",
+            format!("exec_command on bench-driver → bench-echo on node3 (resolve, retry policy, plugin host, JSON), {inflight} in flight"),
+            &r,
+        )?;
+        cx.done(row);
+    }
+    let apis: Vec<String> = vec![cl.nodes[0].api.clone()];
+    for threads in [1usize, 16] {
+        if !cx.want(&format!("exec.http.c{threads}")) {
+            continue;
+        }
+        cx.step(&format!("exec over HTTP, {threads} clients"));
+        let d = cx.dur;
+        let apis2 = apis.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            cluster::http_closed_loop(&apis2, threads, d, |h, _| cluster::http_exec(h))
+        })
+        .await?;
+        let row = closed_row(
+            &format!("exec.http.c{threads}"),
+            "plexus",
+            format!("POST /v1/exec on node1 → bench-echo on node3, {threads} HTTP clients"),
+            &r,
+        )?;
+        cx.done(row);
+    }
+
+    // Routing under load.
+    if cx.want("route.http.c8") {
+        route(cx, cl).await?;
+    }
+
+    // Discovery, small registry then large.
+    if cx.want("discovery.small") {
+        discovery(cx, &ctx, "discovery.small", &small).await?;
+    }
+    if !cx.want("discovery.large") {
+        return Ok(());
+    }
+    cx.step("starting node6 (large registry)");
+
+    add_node(
+        cl,
+        &dir,
+        &exe,
+        &cookie,
+        "node6",
+        &names(&large),
+        &up_args(&dir, vec![large_dir.clone()], true),
+    )
+    .await?;
+    let want = large_agents;
+    embedded::wait_until("the large registry", Duration::from_secs(300), || {
+        ctx.directory.load().agent_count() >= want
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    let mut all = small.clone();
+    all.extend(large.iter().cloned());
+    discovery(cx, &ctx, "discovery.large", &all).await?;
+    Ok(())
+}
+
+async fn route(cx: &mut Ctx, cl: &Cluster) -> Result<(), Failure> {
+    cx.step("routing decisions under load");
+    let all_apis: Vec<String> = cl.nodes.iter().take(3).map(|n| n.api.clone()).collect();
+    let d = cx.dur;
+    let r = tokio::task::spawn_blocking(move || {
+        cluster::http_closed_loop(&all_apis, 8, d, cluster::http_route)
+    })
+    .await?;
+    let row = closed_row(
+        "route.http.c8",
+        "plexus",
+        "POST /v1/route with live availability, 8 HTTP clients spread over node1..node3".into(),
+        &r,
+    )?;
+    let p99 = row.latency.map_or(f64::MAX, |s| s.p99_us);
+    cx.done(row.goal("seed: p95 < 100 ms (held to p99)", p99 < 100_000.0));
+
+    Ok(())
+}
+
+fn closed_row(
+    key: &str,
+    system: &str,
+    detail: String,
+    r: &messaging::Closed,
+) -> anyhow::Result<Row> {
+    if r.ok == 0 {
+        anyhow::bail!(
+            "{key} ({system}): nothing succeeded; first error: {}",
+            r.first_error.as_deref().unwrap_or("none")
+        );
+    }
+    let mut detail = detail;
+    if r.errors > 0 {
+        detail.push_str(&format!(
+            "; {} errors, first: {}",
+            r.errors,
+            r.first_error.as_deref().unwrap_or("")
+        ));
+    }
+    Ok(Row::new(key, system, detail)
+        .ops(r.ok, r.secs)
+        .latency(r.latency.summary()))
+}
+
+async fn fanout(
+    cx: &mut Ctx,
+    a: &BenchArgs,
+    peers: &mut [PeerProc],
+    bus: &plexus_bus::Bus,
+    nats: Option<&async_nats::Client>,
+) -> Result<(), Failure> {
+    let rate = if cx.smoke { 2_000 } else { a.fanout_rate };
+    cx.step("fan-out: subscribing");
+    for p in peers.iter_mut() {
+        p.cmd(json!({"cmd": "fanout_start"}), Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow!(e))?;
+    }
+    let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+    embedded::wait_until(
+        "the peers' fan-out interest",
+        Duration::from_secs(30),
+        || {
+            (0..8).all(|i| {
+                let n = bus.nodes_interested_in(&format!("bench/fan/{i}/tick"));
+                names.iter().all(|p| n.contains(p))
+            })
+        },
+    )
+    .await
+    .map_err(|e| anyhow!(e))?;
+    cx.step(&format!("fan-out at {rate} msg/s (Plexus)"));
+    let (sent_p, secs_p) = messaging::fanout_plexus(bus, rate, cx.dur)
+        .await
+        .map_err(|e| anyhow!(e))?;
+    let mut nats_run = None;
+    if let Some(c) = nats {
+        cx.step(&format!("fan-out at {rate} msg/s (NATS)"));
+        nats_run = Some(
+            messaging::fanout_nats(c, rate, cx.dur)
+                .await
+                .map_err(|e| anyhow!(e))?,
+        );
+    }
+    cx.step("fan-out: collecting");
+    let mut hp = Latency::new();
+    let mut hn = Latency::new();
+    let (mut got_p, mut got_n) = (0u64, 0u64);
+    for p in peers.iter_mut() {
+        let expect = sent_p.max(nats_run.map_or(0, |r| r.0));
+        let v = p
+            .cmd(
+                json!({"cmd": "fanout_stop", "expect": expect}),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|e| anyhow!(e))?;
+        let read = |side: &str| -> anyhow::Result<(u64, Latency)> {
+            let h = Latency::from_hex(v[side]["hist"].as_str().unwrap_or(""))
+                .map_err(|e| anyhow!("{}: {e}", p.name))?;
+            Ok((v[side]["count"].as_u64().unwrap_or(0), h))
+        };
+        let (n, h) = read("plexus")?;
+        got_p += n;
+        hp.merge(&h);
+        if nats_run.is_some() {
+            let (n, h) = read("nats")?;
+            got_n += n;
+            hn.merge(&h);
+        }
+    }
+    let subs = (peers.len() * FAN_PATTERNS.len()) as u64;
+    let detail = |sent: u64, got: u64, how: &str| {
+        format!(
+            "1 publisher at {rate} msg/s on bench/fan/{{0..7}}/tick, {subs} wildcard subscriptions on {} peer nodes{how}; delivered {got} of {}",
+            peers.len(),
+            sent * subs
+        )
+    };
+    cx.done(
+        Row::new("fanout.wildcard", "plexus", detail(sent_p, got_p, ""))
+            .ops(got_p, secs_p)
+            .latency(hp.summary()),
+    );
+    if let Some((sent_n, secs_n)) = nats_run {
+        cx.done(
+            Row::new(
+                "fanout.wildcard",
+                "nats",
+                detail(sent_n, got_n, " (through nats-server)"),
+            )
+            .ops(got_n, secs_n)
+            .latency(hn.summary()),
+        );
+    }
+    Ok(())
+}
+
+async fn discovery(
+    cx: &mut Ctx,
+    ctx: &Arc<plexus_node::ctx::NodeCtx>,
+    key: &str,
+    manifests: &[(String, String)],
+) -> Result<(), Failure> {
+    // Agent ids `plugin::agent-i` of the synthetic plugins, in order.
+    let mut ids = vec![];
+    for (plugin, text) in manifests {
+        for line in text.lines() {
+            if let Some(n) = line
+                .strip_prefix("name = \"agent-")
+                .and_then(|r| r.strip_suffix('"'))
+            {
+                ids.push(format!("{plugin}::agent-{n}"));
+            }
+        }
+    }
+    // Spread the lookups over the whole registry.
+    let mut r = rand::thread_rng();
+    for i in (1..ids.len()).rev() {
+        ids.swap(i, r.gen_range(0..=i));
+    }
+    let total = ctx.directory.load().agent_count();
+    cx.step(&format!("discovery in a registry of {total} agents"));
+    let count = if cx.smoke { 20_000 } else { 1_000_000 };
+    let (h, found, secs) = cluster::discovery(ctx, &ids, count);
+    if found != count {
+        return Err(anyhow!("{key}: only {found} of {count} lookups found a usable host").into());
+    }
+    let s = h.summary();
+    let row = Row::new(
+        key,
+        "plexus",
+        format!("directory lookup of agent id → hosting node and live status on bench-driver, registry of {total} agents announced by node4/node6"),
+    )
+    .ops(count, secs)
+    .latency(s);
+    let goal = if total >= 10_000 {
+        "p99 < 1 ms at 10,000 agents"
+    } else {
+        "seed: discovery < 50 ms"
+    };
+    let met = if total >= 10_000 {
+        s.p99_us < 1_000.0
+    } else {
+        s.p99_us < 50_000.0
+    };
+    cx.done(row.goal(goal, met));
+    Ok(())
+}
+
+async fn crdt(cx: &mut Ctx, apis: &[String]) -> Result<(), Failure> {
+    let n = apis.len();
+    if !cx.want(&format!("crdt.converge.{n}nodes")) {
+        return Ok(());
+    }
+    cx.step(&format!("CRDT convergence, {n} nodes"));
+    let trials = if cx.smoke { 3 } else { 30 };
+    let apis = apis.to_vec();
+    let h = tokio::task::spawn_blocking(move || -> anyhow::Result<(Latency, f64)> {
+        let writer = Http::new(&apis[0]);
+        let readers: Vec<Http> = apis[1..].iter().map(|a| Http::new(a)).collect();
+        let mut h = Latency::new();
+        let started = std::time::Instant::now();
+        for t in 0..trials {
+            let d = cluster::converge_once(&writer, &readers, &format!("bench/converge{n}"), t + 1)
+                .map_err(|e| anyhow!("CRDT convergence on {n} nodes: {e}"))?;
+            h.record(d.as_nanos() as u64);
+        }
+        Ok((h, started.elapsed().as_secs_f64()))
+    })
+    .await??;
+    let s = h.0.summary();
+    let row = Row::new(
+        &format!("crdt.converge.{n}nodes"),
+        "plexus",
+        format!("PUT a key (consistency local) on node1 over HTTP, poll GET on the other {} nodes until each returns it; {trials} trials, time from the write's ack to the last node", n - 1),
+    )
+    .ops(trials, h.1)
+    .latency(s);
+    cx.done(row);
+    Ok(())
+}
+
+/// Goals that compare systems, set once both sides are measured.
+fn goals(r: &mut Report) {
+    let ratio = r
+        .comparisons
+        .iter()
+        .find(|c| c.workload == "reqresp.inflight1")
+        .and_then(|c| c.p50_ratio);
+    if let Some(x) = ratio {
+        if let Some(row) = r
+            .rows
+            .iter_mut()
+            .find(|w| w.workload == "reqresp.inflight1" && w.system == "plexus")
+        {
+            row.goal = Some(format!("p50 ≤ 1.5× NATS (is {x:.2}×)"));
+            row.met = Some(x <= 1.5);
+        }
+    }
+}
