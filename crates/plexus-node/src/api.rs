@@ -133,12 +133,15 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/openapi.json", get(openapi))
         .merge(crate::state_api::routes())
+        .merge(crate::dashboard::routes())
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
             crate::auth::require_token,
         ))
+        // Outermost: even a refused request has a trace id to quote.
+        .layer(axum::middleware::from_fn(crate::trace::layer))
         .with_state(ctx)
 }
 
@@ -551,7 +554,8 @@ async fn exec_once(ctx: &NodeCtx, body: &ExecBody) -> Result<ExecReply, Problem>
         command: body.command.trim_start_matches('/').to_string(),
         input,
         idempotency_key: body.idempotency_key.clone(),
-        trace_id: None,
+        // The API request's trace, so the plugin's node logs under it too.
+        trace_id: crate::trace::current().map(|t| t.trace_id),
         model: body.model,
     };
     let env = exec_envelope(&format!("api@{}", ctx.name()), req, priority);
@@ -794,15 +798,19 @@ async fn start_workflow(
 async fn list_workflows(
     State(ctx): State<Arc<NodeCtx>>,
 ) -> Result<Json<Vec<plexus_workflow::RunReport>>, Problem> {
+    workflow_reports(&ctx).await.map(Json)
+}
+
+/// Every workflow run and saga of this node.
+pub async fn workflow_reports(ctx: &NodeCtx) -> Result<Vec<plexus_workflow::RunReport>, Problem> {
     call_local(
-        &ctx,
+        ctx,
         "workflows",
         WORKFLOWS,
         ACTOR_TIMEOUT,
         crate::workflows::WorkflowsMsg::List,
     )
     .await
-    .map(Json)
 }
 
 /// How errors name the workflow service.

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod breaker_actor;
 pub mod config;
 pub mod ctx;
+pub mod dashboard;
 pub mod effects;
 pub mod gateway;
 pub mod membership_actor;
@@ -22,6 +23,7 @@ pub mod router_actor;
 pub mod state_actor;
 pub mod state_api;
 pub mod supervisor;
+pub mod trace;
 pub mod wire;
 pub mod workflows;
 

@@ -35,6 +35,26 @@ impl Histogram {
     }
 }
 
+/// How many routing decisions the node remembers for the dashboard.
+pub const RECENT_DECISIONS: usize = 50;
+
+/// One routing decision as the dashboard shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct DecisionRecord {
+    /// When it was made, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The request text (first 200 characters).
+    pub request: String,
+    /// The chosen plugin; none when the router abstained.
+    pub plugin: Option<String>,
+    /// `agent:NAME` or `command:NAME`.
+    pub agent: Option<String>,
+    pub confidence: f64,
+    pub fallbacks: Vec<String>,
+    /// Why: the router's explanation lines, or the abstention reason.
+    pub reasons: Vec<String>,
+}
+
 /// Node-local request and routing metrics.
 #[derive(Default)]
 pub struct Metrics {
@@ -42,6 +62,7 @@ pub struct Metrics {
     outcomes: Mutex<BTreeMap<(String, String), u64>>,
     routes: Mutex<BTreeMap<&'static str, u64>>,
     confidence: Mutex<Histogram>,
+    recent: Mutex<std::collections::VecDeque<DecisionRecord>>,
 }
 
 impl Metrics {
@@ -68,6 +89,34 @@ impl Metrics {
             .entry(if abstained { "abstained" } else { "routed" })
             .or_default() += 1;
         self.confidence.lock().observe(confidence);
+    }
+
+    /// Remember a decision for the dashboard (a ring of the last
+    /// [`RECENT_DECISIONS`]).
+    pub fn record_decision(&self, d: &plexus_router::RoutingDecision) {
+        let mut reasons = d.explanation.clone();
+        if let Some(r) = &d.abstain_reason {
+            reasons.insert(0, format!("abstained: {r}"));
+        }
+        let rec = DecisionRecord {
+            at_ms: plexus_bus::now_ms(),
+            request: d.request.chars().take(200).collect(),
+            plugin: d.primary_plugin.clone(),
+            agent: d.agent.clone(),
+            confidence: d.confidence,
+            fallbacks: d.fallbacks.clone(),
+            reasons,
+        };
+        let mut r = self.recent.lock();
+        if r.len() == RECENT_DECISIONS {
+            r.pop_front();
+        }
+        r.push_back(rec);
+    }
+
+    /// The remembered decisions, newest first.
+    pub fn recent_decisions(&self) -> Vec<DecisionRecord> {
+        self.recent.lock().iter().rev().cloned().collect()
     }
 
     /// Append this node's own metrics.
