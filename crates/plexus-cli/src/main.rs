@@ -10,6 +10,8 @@ mod client;
 mod defaults;
 mod exec_cmd;
 mod node_cmd;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod route_cmd;
 mod run_cmd;
 mod state_cmd;
@@ -108,14 +110,20 @@ fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,ractor=warn,ractor_cluster=warn")
     });
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().init();
+    use tracing_subscriber::prelude::*;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json {
+        fmt.json().boxed()
     } else {
-        b.init();
+        fmt.boxed()
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    #[cfg(feature = "otlp")]
+    if let Some(otlp) = otlp::layer() {
+        registry.with(otlp).init();
+        return;
     }
+    registry.init();
 }
 
 fn main() -> ExitCode {

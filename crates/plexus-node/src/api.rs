@@ -948,6 +948,58 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
         header(&mut o, name, kind, help);
         let _ = writeln!(o, "{name} {v}");
     }
+    let classes = ctx.bus.class_stats();
+    for (name, help, pick) in [
+        (
+            "plexus_bus_class_published_total",
+            "Messages published per topic class (first topic segment: plugin, system, state, workflow, other).",
+            (|c: &plexus_bus::TopicClassStats| c.published) as fn(&plexus_bus::TopicClassStats) -> u64,
+        ),
+        (
+            "plexus_bus_class_delivered_total",
+            "Messages delivered to local subscribers per topic class.",
+            |c| c.delivered,
+        ),
+        (
+            "plexus_bus_class_dead_letters_total",
+            "Messages dead-lettered per topic class.",
+            |c| c.dead_lettered,
+        ),
+    ] {
+        header(&mut o, name, "counter", help);
+        for c in &classes {
+            let _ = writeln!(o, "{name}{{class=\"{}\"}} {}", c.class, pick(c));
+        }
+    }
+    if let Ok(runs) = workflow_reports(&ctx).await {
+        use std::collections::BTreeMap;
+        let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for r in &runs {
+            *by.entry((
+                serde_json::to_value(r.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                serde_json::to_value(r.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+            ))
+            .or_default() += 1;
+        }
+        header(
+            &mut o,
+            "plexus_workflow_runs",
+            "gauge",
+            "Workflow runs and sagas this node knows, by kind and outcome (running, completed, failed, compensated, stuck).",
+        );
+        for ((kind, status), n) in by {
+            let _ = writeln!(
+                o,
+                "plexus_workflow_runs{{kind=\"{kind}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
     if let (Ok(view), Ok(ann)) = (view(&ctx).await, announces(&ctx).await) {
         header(
             &mut o,

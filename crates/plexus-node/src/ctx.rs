@@ -81,6 +81,13 @@ impl NodeCtx {
 
     /// Encode and send one message to `node`'s gateway.
     pub fn send(&self, node: &str, msg: Wire) -> Result<(), LinkError> {
+        let kind = match &msg {
+            Wire::Hello(_) => 0,
+            Wire::Foca(_) => 1,
+            Wire::Announce(_) => 2,
+            Wire::Bus(_) => 3,
+            Wire::State(_) => 4,
+        };
         let frame = WireFrame {
             from: self.config.name.clone(),
             msg,
@@ -89,10 +96,12 @@ impl NodeCtx {
         let bytes = plexus_codec::encode_limited(&frame, self.config.max_frame_bytes)?;
         let gw = gateway_of(node).ok_or_else(|| LinkError::NoLink(node.to_string()))?;
         let n = bytes.len() as u64;
+        let bytes_len = bytes.len();
         match gw.cast(GatewayMsg::Frame(bytes)) {
             Ok(()) => {
                 self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes_out.fetch_add(n, Ordering::Relaxed);
+                self.metrics.wire_sent(kind, bytes_len);
                 Ok(())
             }
             Err(e) => {
