@@ -28,6 +28,26 @@ fn get(api: &str, path: &str, token: Option<&str>) -> (u16, String, String) {
     (r.status().as_u16(), ct, body)
 }
 
+/// Status and content type of a streaming answer, without reading its body.
+fn stream_head(api: &str, path: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let r = agent
+        .get(format!("http://{api}{path}"))
+        .call()
+        .expect("HTTP GET");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (r.status().as_u16(), ct)
+}
+
 fn spec(name: &str, plugins: &[&str], extra: &[&str]) -> NodeSpec {
     NodeSpec {
         name: name.into(),
@@ -124,10 +144,25 @@ fn a_node_with_a_token_refuses_calls_without_it() {
         let (s, _, body) = get(&n1.api, path, Some(TOKEN));
         assert_eq!(s, 200, "{path} with the token: {body}");
     }
-    // The liveness probe stays open.
+    // The liveness probe and the dashboard page (no data in it) stay open.
     let (s, _, _) = get(&n2.api, "/v1/health", None);
     assert_eq!(s, 200);
-    // The CLI: refused without the token, works with --token across nodes.
+    let (s, ct, _) = get(&n2.api, "/", None);
+    assert_eq!((s, ct.starts_with("text/html")), (200, true), "{ct}");
+    // The page's event stream takes the token in the query (EventSource
+    // cannot send headers); no other endpoint does.
+    assert_eq!(get(&n2.api, "/v1/events", None).0, 401);
+    let (s, ct) = stream_head(&n2.api, &format!("/v1/events?access_token={TOKEN}"));
+    assert_eq!(
+        (s, ct.starts_with("text/event-stream")),
+        (200, true),
+        "{ct}"
+    );
+    assert_eq!(
+        get(&n2.api, &format!("/v1/status?access_token={TOKEN}"), None).0,
+        401
+    );
+    // The CLI: refused without the token, works with --api-token across nodes.
     let o = plexus(&["status", "--connect", &n1.api]);
     assert_eq!(o.code, 1, "{o:?}");
     assert!(
@@ -137,7 +172,7 @@ fn a_node_with_a_token_refuses_calls_without_it() {
     );
     let o = plexus(&[
         "exec",
-        "--token",
+        "--api-token",
         TOKEN,
         "--connect",
         &n1.api,

@@ -31,9 +31,15 @@ struct Cli {
     /// Log as JSON lines (stderr).
     #[arg(long, global = true)]
     log_json: bool,
-    /// API token to send to nodes that require one (`Authorization: Bearer`).
-    #[arg(long, global = true, env = "PLEXUS_API_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    /// API token: sent to nodes that require one (`Authorization: Bearer`);
+    /// for `plexus node`, the token its API requires (overrides `[api] token`).
+    #[arg(
+        long = "api-token",
+        global = true,
+        env = "PLEXUS_API_TOKEN",
+        hide_env_values = true
+    )]
+    api_token: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -136,7 +142,7 @@ fn main() -> ExitCode {
         );
     }
     let cli = Cli::parse();
-    if let Some(t) = cli.token.clone().filter(|t| !t.is_empty()) {
+    if let Some(t) = cli.api_token.clone().filter(|t| !t.is_empty()) {
         client::set_token(t);
     }
     let r = match cli.command {
