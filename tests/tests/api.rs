@@ -28,6 +28,26 @@ fn get(api: &str, path: &str, token: Option<&str>) -> (u16, String, String) {
     (r.status().as_u16(), ct, body)
 }
 
+/// Status and content type of a streaming answer, without reading its body.
+fn stream_head(api: &str, path: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let r = agent
+        .get(format!("http://{api}{path}"))
+        .call()
+        .expect("HTTP GET");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (r.status().as_u16(), ct)
+}
+
 fn spec(name: &str, plugins: &[&str], extra: &[&str]) -> NodeSpec {
     NodeSpec {
         name: name.into(),
@@ -124,10 +144,25 @@ fn a_node_with_a_token_refuses_calls_without_it() {
         let (s, _, body) = get(&n1.api, path, Some(TOKEN));
         assert_eq!(s, 200, "{path} with the token: {body}");
     }
-    // The liveness probe stays open.
+    // The liveness probe and the dashboard page (no data in it) stay open.
     let (s, _, _) = get(&n2.api, "/v1/health", None);
     assert_eq!(s, 200);
-    // The CLI: refused without the token, works with --token across nodes.
+    let (s, ct, _) = get(&n2.api, "/", None);
+    assert_eq!((s, ct.starts_with("text/html")), (200, true), "{ct}");
+    // The page's event stream takes the token in the query (EventSource
+    // cannot send headers); no other endpoint does.
+    assert_eq!(get(&n2.api, "/v1/events", None).0, 401);
+    let (s, ct) = stream_head(&n2.api, &format!("/v1/events?access_token={TOKEN}"));
+    assert_eq!(
+        (s, ct.starts_with("text/event-stream")),
+        (200, true),
+        "{ct}"
+    );
+    assert_eq!(
+        get(&n2.api, &format!("/v1/status?access_token={TOKEN}"), None).0,
+        401
+    );
+    // The CLI: refused without the token, works with --api-token across nodes.
     let o = plexus(&["status", "--connect", &n1.api]);
     assert_eq!(o.code, 1, "{o:?}");
     assert!(
@@ -137,7 +172,7 @@ fn a_node_with_a_token_refuses_calls_without_it() {
     );
     let o = plexus(&[
         "exec",
-        "--token",
+        "--api-token",
         TOKEN,
         "--connect",
         &n1.api,
@@ -151,4 +186,91 @@ fn a_node_with_a_token_refuses_calls_without_it() {
     ]);
     assert_eq!(o.code, 0, "{o:?}");
     assert_eq!(o.json()["node"], "node2");
+}
+
+/// POST JSON with headers: (status, headers, body).
+fn post(
+    api: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(15)))
+        .build()
+        .into();
+    let mut req = agent
+        .post(format!("http://{api}{path}"))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut r = req.send(body).expect("HTTP POST");
+    let hs = r
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    let body = r.body_mut().read_to_string().expect("body");
+    (r.status().as_u16(), hs, body)
+}
+
+fn header<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    hs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_request_keeps_its_trace_id_on_the_node_that_runs_the_plugin() {
+    // node2 logs JSON lines, so the test reads span fields, not text.
+    let c = Cluster::start(vec![
+        spec("node1", &["jira-orchestrator"], &[]),
+        spec("node2", &["frontend-powerhouse"], &["--log-json"]),
+    ]);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let (s, hs, body) = post(
+        &c.nodes[0].api,
+        "/v1/exec",
+        r#"{"plugin":"frontend-powerhouse","command":"create-component","input":{"name":"X"}}"#,
+        &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+    );
+    assert_eq!(s, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["node"], "node2", "ran on the other node");
+    // The answer names the trace; its traceparent continues it.
+    assert_eq!(header(&hs, "x-trace-id"), Some(trace));
+    let tp = header(&hs, "traceparent").expect("traceparent");
+    assert!(
+        tp.starts_with(&format!("00-{trace}-")) && !tp.contains("00f067aa0ba902b7"),
+        "{tp}"
+    );
+    // node2, which ran the plugin, logged under the same trace id.
+    let n2 = c.node("node2");
+    let line = wait_for(Duration::from_secs(10), "node2 to log the trace", || {
+        n2.log_text().lines().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["span"]["trace_id"] == trace && v["fields"]["message"] == "plugin command done")
+                .then_some(v)
+        })
+    });
+    assert_eq!(line["span"]["name"], "exec");
+    assert_eq!(line["span"]["plugin"], "frontend-powerhouse");
+    assert_eq!(line["span"]["from"], "node1");
+    // node1 logged the request under it too (the http span).
+    assert!(
+        c.nodes[0]
+            .log_text()
+            .lines()
+            .any(|l| l.contains(trace) && l.contains("exec done")),
+        "node1's log has no line of the trace"
+    );
+    // Without a traceparent, a fresh trace id comes back; garbage is ignored.
+    let (_, hs, _) = post(
+        &c.nodes[0].api,
+        "/v1/route",
+        r#"{"request":"create a react component"}"#,
+        &[("traceparent", "not-a-trace")],
+    );
+    let fresh = header(&hs, "x-trace-id").expect("x-trace-id");
+    assert!(fresh.len() == 32 && fresh != trace, "{fresh}");
 }

@@ -57,16 +57,66 @@ fn parse(body: &str) -> HashMap<String, f64> {
     samples
 }
 
+const BRITTLE: &str = r#"
+[plugin]
+name = "brittle"
+
+[handler]
+kind = "sim"
+latencyMs = 1
+allowFaultInjection = true
+
+[errorHandling.circuitBreaker]
+failureRateThreshold = 0.5
+monitoringWindow = 4
+minimumCalls = 2
+timeoutMs = 60000
+
+[errorHandling.retryPolicy]
+maxRetries = 0
+
+[[commands]]
+name = "poke"
+"#;
+
+const SAGA: &str = r#"
+[workflow]
+name = "two-step"
+kind = "saga"
+
+[[steps]]
+id = "one"
+plugin = "frontend-powerhouse"
+command = "create-component"
+compensate = { command = "create-component" }
+
+[[steps]]
+id = "two"
+plugin = "frontend-powerhouse"
+command = "no-such-command"
+max_attempts = 1
+compensate = { command = "create-component" }
+"#;
+
+fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or(0.0)
+}
+
 #[test]
 fn metrics_parse_and_counters_move_with_traffic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cat = tmp.path().join("catalog");
+    std::fs::create_dir_all(&cat).unwrap();
+    std::fs::write(cat.join("brittle.toml"), BRITTLE).unwrap();
     let spec = |name: &str, plugins: &[&str]| NodeSpec {
         name: name.into(),
         plugins: plugins.iter().map(|s| s.to_string()).collect(),
+        catalogs: vec![cat.clone()],
         ..Default::default()
     };
     let c = Cluster::start(vec![
         spec("node1", &["jira-orchestrator"]),
-        spec("node2", &["frontend-powerhouse"]),
+        spec("node2", &["frontend-powerhouse", "brittle"]),
     ]);
     let (head, body) = get(&c.nodes[0].api, "/metrics");
     assert!(
@@ -107,6 +157,43 @@ fn metrics_parse_and_counters_move_with_traffic() {
         Some(&4.0)
     );
     assert!(after["plexus_link_frames_out_total"] > before["plexus_link_frames_out_total"]);
+    // Per topic class: the three requests that ran were `plugin` traffic.
+    let k = "plexus_bus_class_published_total{class=\"plugin\"}";
+    assert_eq!(value(&after, k) - value(&before, k), 3.0, "{k}");
+    // Membership: node2 came up once; SWIM and the state replica gossip.
+    assert!(value(&after, "plexus_membership_events_total{event=\"up\"}") >= 1.0);
+    for k in [
+        "plexus_wire_bytes_sent_total{protocol=\"foca\"}",
+        "plexus_wire_frames_sent_total{protocol=\"state\"}",
+        "plexus_state_gossip_rounds_total",
+    ] {
+        let b = value(&before, k);
+        plexus_tests::wait_for(std::time::Duration::from_secs(10), k, || {
+            (value(&parse(&get(&c.nodes[0].api, "/metrics").1), k) > b).then_some(())
+        });
+    }
+    // A breaker opens on node2, which hosts the plugin.
+    for _ in 0..2 {
+        let o = c.nodes[0].exec("brittle", "poke", Some(r#"{"$sim":{"fail":true}}"#));
+        assert_eq!(o.code, 1, "{o:?}");
+    }
+    let k = "plexus_breaker_transitions_total{plugin=\"brittle\",from=\"closed\",to=\"open\"}";
+    plexus_tests::wait_for(std::time::Duration::from_secs(10), k, || {
+        (value(&parse(&get(&c.nodes[1].api, "/metrics").1), k) == 1.0).then_some(())
+    });
+    // A saga whose second step fails ends compensated.
+    let wf = tmp.path().join("saga.toml");
+    std::fs::write(&wf, SAGA).unwrap();
+    let o = plexus_tests::plexus(&["run", "--connect", &c.nodes[0].api, wf.to_str().unwrap()]);
+    assert_eq!(o.code, 1, "{o:?}");
+    let m = parse(&get(&c.nodes[0].api, "/metrics").1);
+    assert_eq!(
+        value(
+            &m,
+            "plexus_workflow_runs{kind=\"saga\",status=\"compensated\"}"
+        ),
+        1.0
+    );
 }
 
 #[test]

@@ -172,6 +172,30 @@ struct Inner {
     forwarded: AtomicU64,
     dead_count: AtomicU64,
     rejected: AtomicU64,
+    /// published, delivered, dead-lettered per [`TOPIC_CLASSES`] entry.
+    by_class: [[AtomicU64; 3]; TOPIC_CLASSES.len()],
+}
+
+/// Topic classes the per-class counters use: a topic's first segment when
+/// it is one of these, else `other` (so clients cannot mint time series).
+pub const TOPIC_CLASSES: [&str; 5] = ["plugin", "system", "state", "workflow", "other"];
+
+/// The class of a topic (see [`TOPIC_CLASSES`]).
+pub fn topic_class(topic: &str) -> usize {
+    let first = topic.split('/').next().unwrap_or("");
+    TOPIC_CLASSES[..TOPIC_CLASSES.len() - 1]
+        .iter()
+        .position(|c| *c == first)
+        .unwrap_or(TOPIC_CLASSES.len() - 1)
+}
+
+/// Counters of one topic class.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TopicClassStats {
+    pub class: String,
+    pub published: u64,
+    pub delivered: u64,
+    pub dead_lettered: u64,
 }
 
 /// A node's bus; cheap to clone.
@@ -206,6 +230,7 @@ impl Bus {
                 forwarded: AtomicU64::new(0),
                 dead_count: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
+                by_class: Default::default(),
             }),
         }
     }
@@ -310,6 +335,7 @@ impl Bus {
             env.source_node = self.inner.cfg.node.clone();
         }
         self.inner.published.fetch_add(1, Ordering::Relaxed);
+        self.inner.by_class[topic_class(&env.topic)][0].fetch_add(1, Ordering::Relaxed);
         let mut report = PublishReport::default();
         if env.is_expired() {
             self.dead_letter(env, "expired before delivery".into());
@@ -409,6 +435,7 @@ impl Bus {
     /// which takes `env` itself (one subscriber, no copy).
     fn deliver(&self, env: Envelope, targets: Vec<(u64, Arc<Shared>)>) -> usize {
         let mut n = 0;
+        let class = topic_class(&env.topic);
         let mut env = Some(env);
         let last = targets.len().saturating_sub(1);
         for (i, (_, mb)) in targets.into_iter().enumerate() {
@@ -434,7 +461,22 @@ impl Bus {
             }
         }
         self.inner.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        self.inner.by_class[class][1].fetch_add(n as u64, Ordering::Relaxed);
         n
+    }
+
+    /// Published, delivered and dead-lettered messages per topic class.
+    pub fn class_stats(&self) -> Vec<TopicClassStats> {
+        TOPIC_CLASSES
+            .iter()
+            .zip(&self.inner.by_class)
+            .map(|(c, n)| TopicClassStats {
+                class: c.to_string(),
+                published: n[0].load(Ordering::Relaxed),
+                delivered: n[1].load(Ordering::Relaxed),
+                dead_lettered: n[2].load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// Send a request and wait for its response.
@@ -627,6 +669,7 @@ impl Bus {
     pub fn dead_letter(&self, envelope: Envelope, reason: String) {
         tracing::debug!(topic = %envelope.topic, %reason, "dead letter");
         self.inner.dead_count.fetch_add(1, Ordering::Relaxed);
+        self.inner.by_class[topic_class(&envelope.topic)][2].fetch_add(1, Ordering::Relaxed);
         let mut dl = self.inner.dead.lock();
         if dl.len() >= self.inner.cfg.dead_letter_capacity.max(1) {
             dl.pop_front();

@@ -16,7 +16,7 @@ pub struct Client {
     auth: Option<String>,
 }
 
-/// The API token every client of this process sends (`--token` /
+/// The API token every client of this process sends (`--api-token` /
 /// `PLEXUS_API_TOKEN`), set once by `main`.
 static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 

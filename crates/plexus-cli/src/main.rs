@@ -11,6 +11,8 @@ mod client;
 mod defaults;
 mod exec_cmd;
 mod node_cmd;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod route_cmd;
 mod run_cmd;
 mod simulate_cmd;
@@ -31,9 +33,15 @@ struct Cli {
     /// Log as JSON lines (stderr).
     #[arg(long, global = true)]
     log_json: bool,
-    /// API token to send to nodes that require one (`Authorization: Bearer`).
-    #[arg(long, global = true, env = "PLEXUS_API_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    /// API token: sent to nodes that require one (`Authorization: Bearer`);
+    /// for `plexus node`, the token its API requires (overrides `[api] token`).
+    #[arg(
+        long = "api-token",
+        global = true,
+        env = "PLEXUS_API_TOKEN",
+        hide_env_values = true
+    )]
+    api_token: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -114,14 +122,20 @@ fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,ractor=warn,ractor_cluster=warn")
     });
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().init();
+    use tracing_subscriber::prelude::*;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json {
+        fmt.json().boxed()
     } else {
-        b.init();
+        fmt.boxed()
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    #[cfg(feature = "otlp")]
+    if let Some(otlp) = otlp::layer() {
+        registry.with(otlp).init();
+        return;
     }
+    registry.init();
 }
 
 fn main() -> ExitCode {
@@ -134,7 +148,7 @@ fn main() -> ExitCode {
         );
     }
     let cli = Cli::parse();
-    if let Some(t) = cli.token.clone().filter(|t| !t.is_empty()) {
+    if let Some(t) = cli.api_token.clone().filter(|t| !t.is_empty()) {
         client::set_token(t);
     }
     let r = match cli.command {
@@ -181,14 +195,14 @@ mod tests {
         super::Cli::command().debug_assert();
     }
 
-    /// The global API `--token` and a lease's fencing token once shared an
+    /// A global API `--token` and a lease's `--token` once shared an
     /// argument id, which clap only notices when the subcommand is parsed.
     #[test]
     fn the_api_token_and_a_fencing_token_parse_together() {
         let cli = super::Cli::try_parse_from([
             "plexus",
-            "--token",
-            "s3cret",
+            "--api-token",
+            "s3cret-s3cret-s3cret",
             "state",
             "lease",
             "release",
@@ -201,6 +215,6 @@ mod tests {
             "3",
         ])
         .expect("parses");
-        assert_eq!(cli.token.as_deref(), Some("s3cret"));
+        assert_eq!(cli.api_token.as_deref(), Some("s3cret-s3cret-s3cret"));
     }
 }

@@ -39,9 +39,6 @@ pub struct NodeArgs {
     /// Shared secret every node of the cluster must present.
     #[arg(long, env = "PLEXUS_COOKIE", hide_env_values = true)]
     pub cookie: Option<String>,
-    /// Bearer token the node's API requires (overrides `[api] token`).
-    #[arg(long, env = "PLEXUS_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
     /// Where the node keeps its state (generation, journals).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -88,8 +85,9 @@ fn merged_config(a: &NodeArgs) -> Result<FileConfig, Failure> {
     if a.data_dir.is_some() {
         n.data_dir = a.data_dir.clone();
     }
-    if a.api_token.is_some() {
-        fc.api.token = a.api_token.clone();
+    // The global `--api-token` / PLEXUS_API_TOKEN.
+    if let Some(t) = crate::client::token() {
+        fc.api.token = Some(t.to_string());
     }
     Ok(fc)
 }

@@ -206,8 +206,7 @@ pub struct LeaseReleaseArgs {
     #[command(flatten)]
     pub common: Common,
     pub name: String,
-    /// The fencing token the lease was granted with (`--token` is the
-    /// global API token).
+    /// The fencing token the lease was granted with.
     #[arg(long)]
     pub fencing_token: u64,
 }

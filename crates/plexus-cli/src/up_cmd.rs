@@ -191,7 +191,7 @@ pub(crate) async fn start_node(
     if a.catalog.no_default_plugins {
         cmd.arg("--no-default-plugins");
     }
-    // `plexus --token T up`: the local cluster requires the token too.
+    // `plexus --api-token T up`: the local cluster requires the token too.
     if let Some(t) = crate::client::token() {
         cmd.env("PLEXUS_API_TOKEN", t);
     }

@@ -132,12 +132,15 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/openapi.json", get(openapi))
         .merge(crate::state_api::routes())
+        .merge(crate::dashboard::routes())
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
             crate::auth::require_token,
         ))
+        // Outermost: even a refused request has a trace id to quote.
+        .layer(axum::middleware::from_fn(crate::trace::layer))
         .with_state(ctx)
 }
 
@@ -531,7 +534,8 @@ async fn exec_once(ctx: &NodeCtx, body: &ExecBody) -> Result<ExecReply, Problem>
         command: body.command.trim_start_matches('/').to_string(),
         input,
         idempotency_key: body.idempotency_key.clone(),
-        trace_id: None,
+        // The API request's trace, so the plugin's node logs under it too.
+        trace_id: crate::trace::current().map(|t| t.trace_id),
         model: body.model,
     };
     let env = exec_envelope(&format!("api@{}", ctx.name()), req, priority);
@@ -782,15 +786,19 @@ async fn start_workflow(
 async fn list_workflows(
     State(ctx): State<Arc<NodeCtx>>,
 ) -> Result<Json<Vec<plexus_workflow::RunReport>>, Problem> {
+    workflow_reports(&ctx).await.map(Json)
+}
+
+/// Every workflow run and saga of this node.
+pub async fn workflow_reports(ctx: &NodeCtx) -> Result<Vec<plexus_workflow::RunReport>, Problem> {
     call_local(
-        &ctx,
+        ctx,
         "workflows",
         WORKFLOWS,
         ACTOR_TIMEOUT,
         crate::workflows::WorkflowsMsg::List,
     )
     .await
-    .map(Json)
 }
 
 /// How errors name the workflow service.
@@ -933,6 +941,58 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
     ] {
         header(&mut o, name, kind, help);
         let _ = writeln!(o, "{name} {v}");
+    }
+    let classes = ctx.bus.class_stats();
+    for (name, help, pick) in [
+        (
+            "plexus_bus_class_published_total",
+            "Messages published per topic class (first topic segment: plugin, system, state, workflow, other).",
+            (|c: &plexus_bus::TopicClassStats| c.published) as fn(&plexus_bus::TopicClassStats) -> u64,
+        ),
+        (
+            "plexus_bus_class_delivered_total",
+            "Messages delivered to local subscribers per topic class.",
+            |c| c.delivered,
+        ),
+        (
+            "plexus_bus_class_dead_letters_total",
+            "Messages dead-lettered per topic class.",
+            |c| c.dead_lettered,
+        ),
+    ] {
+        header(&mut o, name, "counter", help);
+        for c in &classes {
+            let _ = writeln!(o, "{name}{{class=\"{}\"}} {}", c.class, pick(c));
+        }
+    }
+    if let Ok(runs) = workflow_reports(&ctx).await {
+        use std::collections::BTreeMap;
+        let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for r in &runs {
+            *by.entry((
+                serde_json::to_value(r.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                serde_json::to_value(r.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+            ))
+            .or_default() += 1;
+        }
+        header(
+            &mut o,
+            "plexus_workflow_runs",
+            "gauge",
+            "Workflow runs and sagas this node knows, by kind and outcome (running, completed, failed, compensated, stuck).",
+        );
+        for ((kind, status), n) in by {
+            let _ = writeln!(
+                o,
+                "plexus_workflow_runs{{kind=\"{kind}\",status=\"{status}\"}} {n}"
+            );
+        }
     }
     if let (Ok(view), Ok(ann)) = (view(&ctx).await, announces(&ctx).await) {
         header(

@@ -134,6 +134,7 @@ async fn decide(ctx: &NodeCtx, req: RouteRequest) -> Result<RoutingDecision, Pro
     )
     .await?;
     ctx.metrics.route(d.primary_plugin.is_none(), d.confidence);
+    ctx.metrics.record_decision(&d);
     Ok(d)
 }
 

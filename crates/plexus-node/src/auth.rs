@@ -48,7 +48,7 @@ pub fn check(
         None => None,
     };
     match presented {
-        None => Some("this node needs an API token: send `Authorization: Bearer <token>` (plexus --token or PLEXUS_API_TOKEN)"),
+        None => Some("this node needs an API token: send `Authorization: Bearer <token>` (plexus --api-token or PLEXUS_API_TOKEN)"),
         Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => None,
         Some(_) => Some("wrong API token"),
     }

@@ -208,6 +208,9 @@ fn on_transition(st: &BreakerActorState, t: Transition) {
             },
         );
     }
+    st.ctx
+        .metrics
+        .breaker_transition(&st.plugin, state_name(t.from), state_name(t.to));
     tracing::warn!(plugin = %st.plugin, from = state_name(t.from), to = state_name(t.to), reason = ?t.reason, "circuit breaker transition");
     let ev = serde_json::json!({
         "node": st.ctx.name(),

@@ -51,7 +51,7 @@ pub struct FileConfig {
 pub struct ApiSection {
     /// Bearer token every API call must carry (`Authorization: Bearer ...`),
     /// except the `/v1/health` probe and the dashboard page. Unset: the API
-    /// is open (fine on loopback). `plexus node --api-token` or
+    /// is open (fine on loopback). `plexus node --api-token` (global flag) or
     /// `PLEXUS_API_TOKEN` override it.
     pub token: Option<String>,
 }

@@ -95,6 +95,13 @@ impl NodeCtx {
 
     /// Encode and send one message to `node`'s gateway.
     pub fn send(&self, node: &str, msg: Wire) -> Result<(), LinkError> {
+        let kind = match &msg {
+            Wire::Hello(_) => 0,
+            Wire::Foca(_) => 1,
+            Wire::Announce(_) => 2,
+            Wire::Bus(_) => 3,
+            Wire::State(_) => 4,
+        };
         let frame = WireFrame {
             from: self.config.name.clone(),
             msg,
@@ -102,10 +109,12 @@ impl NodeCtx {
         // Refuse oversized frames here: the receiver would drop the whole link.
         let bytes = plexus_codec::encode_limited(&frame, self.config.max_frame_bytes)?;
         let n = bytes.len() as u64;
+        let bytes_len = bytes.len();
         match self.links.send(self.name(), node, bytes) {
             Ok(()) => {
                 self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes_out.fetch_add(n, Ordering::Relaxed);
+                self.metrics.wire_sent(kind, bytes_len);
                 Ok(())
             }
             Err(e) => {

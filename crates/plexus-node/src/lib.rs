@@ -11,6 +11,7 @@ pub mod auth;
 pub mod breaker_actor;
 pub mod config;
 pub mod ctx;
+pub mod dashboard;
 pub mod directory;
 pub mod effects;
 pub mod gateway;
@@ -26,6 +27,7 @@ pub mod state_actor;
 pub mod state_api;
 pub mod supervisor;
 pub mod tls;
+pub mod trace;
 pub mod wire;
 pub mod workflows;
 

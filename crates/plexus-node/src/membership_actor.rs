@@ -169,6 +169,7 @@ fn apply(myself: &ActorRef<MembershipMsg>, st: &mut MembershipState, out: Output
     for ev in out.events {
         match ev {
             MemberEvent::Up(id) => {
+                st.ctx.metrics.member_event("up");
                 tracing::info!(peer = %id.name, generation = id.generation, "member up");
                 // Tell the newcomer what we subscribe to and what we host.
                 let interest = st.ctx.bus.local_interest();
@@ -179,12 +180,14 @@ fn apply(myself: &ActorRef<MembershipMsg>, st: &mut MembershipState, out: Output
                 cast_named(&node, "registry", RegistryMsg::MemberUp(id));
             }
             MemberEvent::Down(id) => {
+                st.ctx.metrics.member_event("down");
                 let failed = st.ctx.bus.peer_down(&id.name);
                 tracing::warn!(peer = %id.name, generation = id.generation, failed_requests = failed, "member down");
                 publish_health(&st.ctx, &id, MemberStatus::Down);
                 cast_named(&node, "registry", RegistryMsg::MemberDown(id));
             }
             MemberEvent::Rejoined(id) => {
+                st.ctx.metrics.member_event("rejoined");
                 tracing::warn!(
                     generation = id.generation,
                     "declared down by peers; rejoined with a new generation"

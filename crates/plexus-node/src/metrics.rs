@@ -35,6 +35,26 @@ impl Histogram {
     }
 }
 
+/// How many routing decisions the node remembers for the dashboard.
+pub const RECENT_DECISIONS: usize = 50;
+
+/// One routing decision as the dashboard shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct DecisionRecord {
+    /// When it was made, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The request text (first 200 characters).
+    pub request: String,
+    /// The chosen plugin; none when the router abstained.
+    pub plugin: Option<String>,
+    /// `agent:NAME` or `command:NAME`.
+    pub agent: Option<String>,
+    pub confidence: f64,
+    pub fallbacks: Vec<String>,
+    /// Why: the router's explanation lines, or the abstention reason.
+    pub reasons: Vec<String>,
+}
+
 /// Node-local request and routing metrics.
 #[derive(Default)]
 pub struct Metrics {
@@ -42,7 +62,20 @@ pub struct Metrics {
     outcomes: Mutex<BTreeMap<(String, String), u64>>,
     routes: Mutex<BTreeMap<&'static str, u64>>,
     confidence: Mutex<Histogram>,
+    recent: Mutex<std::collections::VecDeque<DecisionRecord>>,
+    /// (plugin, from, to) → transitions of its breaker on this node.
+    breaker_transitions: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
+    /// `up` / `down` / `rejoined` → membership events seen by this node.
+    member_events: Mutex<BTreeMap<&'static str, u64>>,
+    /// Cluster frames and bytes sent, per protocol ([`WIRE_KINDS`]).
+    wire_out: [[std::sync::atomic::AtomicU64; 2]; WIRE_KINDS.len()],
+    /// Anti-entropy rounds of the state replica started by this node.
+    state_gossip_rounds: std::sync::atomic::AtomicU64,
 }
+
+/// Protocols on the cluster links: `foca` is SWIM membership gossip, `state`
+/// the replicated state's anti-entropy and quorum traffic.
+pub const WIRE_KINDS: [&str; 5] = ["hello", "foca", "announce", "bus", "state"];
 
 impl Metrics {
     /// One client request to `plugin` ended with `outcome` (`primary`,
@@ -70,8 +103,125 @@ impl Metrics {
         self.confidence.lock().observe(confidence);
     }
 
+    /// Remember a decision for the dashboard (a ring of the last
+    /// [`RECENT_DECISIONS`]).
+    pub fn record_decision(&self, d: &plexus_router::RoutingDecision) {
+        let mut reasons = d.explanation.clone();
+        if let Some(r) = &d.abstain_reason {
+            reasons.insert(0, format!("abstained: {r}"));
+        }
+        let rec = DecisionRecord {
+            at_ms: plexus_bus::now_ms(),
+            request: d.request.chars().take(200).collect(),
+            plugin: d.primary_plugin.clone(),
+            agent: d.agent.clone(),
+            confidence: d.confidence,
+            fallbacks: d.fallbacks.clone(),
+            reasons,
+        };
+        let mut r = self.recent.lock();
+        if r.len() == RECENT_DECISIONS {
+            r.pop_front();
+        }
+        r.push_back(rec);
+    }
+
+    /// The remembered decisions, newest first.
+    pub fn recent_decisions(&self) -> Vec<DecisionRecord> {
+        self.recent.lock().iter().rev().cloned().collect()
+    }
+
+    /// A breaker of a plugin hosted here changed state.
+    pub fn breaker_transition(&self, plugin: &str, from: &'static str, to: &'static str) {
+        *self
+            .breaker_transitions
+            .lock()
+            .entry((plugin.to_string(), from, to))
+            .or_default() += 1;
+    }
+
+    /// A membership event (`up`, `down`, `rejoined`).
+    pub fn member_event(&self, kind: &'static str) {
+        *self.member_events.lock().entry(kind).or_default() += 1;
+    }
+
+    /// One frame of protocol `kind` (index into [`WIRE_KINDS`]) was sent.
+    pub fn wire_sent(&self, kind: usize, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(c) = self.wire_out.get(kind) {
+            c[0].fetch_add(1, Relaxed);
+            c[1].fetch_add(bytes as u64, Relaxed);
+        }
+    }
+
+    /// The state replica started an anti-entropy round.
+    pub fn state_gossip_round(&self) {
+        self.state_gossip_rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Append this node's own metrics.
     pub fn render(&self, out: &mut String) {
+        use std::sync::atomic::Ordering::Relaxed;
+        header(
+            out,
+            "plexus_breaker_transitions_total",
+            "counter",
+            "Circuit breaker state changes of the plugins hosted on this node.",
+        );
+        for ((p, f, t), n) in self.breaker_transitions.lock().iter() {
+            let _ = writeln!(
+                out,
+                "plexus_breaker_transitions_total{{plugin=\"{}\",from=\"{f}\",to=\"{t}\"}} {n}",
+                esc(p)
+            );
+        }
+        header(
+            out,
+            "plexus_membership_events_total",
+            "counter",
+            "Membership changes this node saw (up, down, rejoined).",
+        );
+        for (k, n) in self.member_events.lock().iter() {
+            let _ = writeln!(out, "plexus_membership_events_total{{event=\"{k}\"}} {n}");
+        }
+        header(
+            out,
+            "plexus_wire_frames_sent_total",
+            "counter",
+            "Cluster frames sent per protocol (foca = SWIM gossip, state = anti-entropy and quorums).",
+        );
+        for (k, c) in WIRE_KINDS.iter().zip(&self.wire_out) {
+            let _ = writeln!(
+                out,
+                "plexus_wire_frames_sent_total{{protocol=\"{k}\"}} {}",
+                c[0].load(Relaxed)
+            );
+        }
+        header(
+            out,
+            "plexus_wire_bytes_sent_total",
+            "counter",
+            "Cluster bytes sent per protocol.",
+        );
+        for (k, c) in WIRE_KINDS.iter().zip(&self.wire_out) {
+            let _ = writeln!(
+                out,
+                "plexus_wire_bytes_sent_total{{protocol=\"{k}\"}} {}",
+                c[1].load(Relaxed)
+            );
+        }
+        header(
+            out,
+            "plexus_state_gossip_rounds_total",
+            "counter",
+            "Anti-entropy rounds of the replicated state started by this node.",
+        );
+        let _ = writeln!(
+            out,
+            "plexus_state_gossip_rounds_total {}",
+            self.state_gossip_rounds.load(Relaxed)
+        );
         let exec = self.exec.lock().clone();
         header(
             out,

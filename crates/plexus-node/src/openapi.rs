@@ -34,6 +34,7 @@ use crate::state_api::{AuditReply, LeaseBody, ListReply, ReleaseBody, ReleaseRep
         crate::api::list_workflows,
         crate::api::get_workflow,
         crate::api::metrics,
+        crate::dashboard::one,
         crate::state_api::put,
         crate::state_api::incr,
         crate::state_api::add,
@@ -70,6 +71,8 @@ use crate::state_api::{AuditReply, LeaseBody, ListReply, ReleaseBody, ReleaseRep
         LeaseBody,
         ReleaseBody,
         ReleaseReply,
+        crate::dashboard::Snapshot,
+        crate::metrics::DecisionRecord,
     )),
     modifiers(&BearerAuth),
     tags(

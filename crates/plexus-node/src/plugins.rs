@@ -23,6 +23,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Super
 use ractor_cluster::RactorMessage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use crate::breaker_actor::{BreakerActor, BreakerArgs, BreakerMsg, CallResult, Refused};
 use crate::ctx::{actor_name, local_actor, NodeCtx};
@@ -251,10 +252,13 @@ impl Actor for PluginHost {
                     break;
                 };
                 let Some(env) = sub.recv().await else { break };
+                let trace_id = env.headers.trace_id.clone().unwrap_or_default();
+                tracing::debug!(plugin = %plugin_name, %trace_id, from = %env.source_node, "request taken from the mailbox");
                 // The plugin's circuit breaker decides before anything runs.
                 let bp = match BreakerPermit::acquire(&ctx, &plugin_name).await {
                     Ok(bp) => bp,
                     Err(refused) => {
+                        tracing::debug!(plugin = %plugin_name, %trace_id, "refused by the circuit breaker");
                         let req =
                             parse_request(&env).unwrap_or_else(|_| empty_request(&plugin_name));
                         let after = refused
@@ -383,10 +387,18 @@ impl Actor for PluginHost {
             .timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(ctx.config.request_timeout);
+        // The request's trace, from the envelope: the node that took the
+        // client's request logs under the same trace_id.
+        let span = tracing::info_span!(
+            "exec",
+            plugin = %req.plugin,
+            command = %req.command,
+            trace_id = %env.headers.trace_id.as_deref().unwrap_or(""),
+            span_id = %env.headers.span_id.as_deref().unwrap_or(""),
+            from = %env.source_node,
+        );
         tokio::spawn(async move {
             let _permit = permit;
-            let span = tracing::info_span!("exec", plugin = %req.plugin, command = %req.command, trace_id = ?req.trace_id);
-            let _g = span.enter();
             // A request with an idempotency key runs at most once to success.
             let keyed = req.idempotency_key.clone().zip(effects);
             let _held = match &keyed {
@@ -436,8 +448,9 @@ impl Actor for PluginHost {
                 bp.report(&ctx, &req.plugin, outcome, crate::links::since(started));
             }
             let reply = ExecReply::from_result(ctx.name(), &req, started, result);
+            tracing::debug!(ok = reply.ok, duration_ms = reply.duration_ms, "plugin command done");
             respond(&ctx, &env, &reply);
-        });
+        }.instrument(span));
         Ok(())
     }
 }

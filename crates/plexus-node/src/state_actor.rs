@@ -585,6 +585,7 @@ impl StateState {
         if peers.is_empty() {
             return;
         }
+        self.ctx.metrics.state_gossip_round();
         peers.shuffle(&mut *self.ctx.rng.lock());
         peers.truncate(self.ctx.config.state.gossip_fanout);
         let digest = match self.store.store() {
