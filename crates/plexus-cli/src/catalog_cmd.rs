@@ -43,7 +43,7 @@ pub fn run(c: CatalogCmd) -> CliResult {
             version: &p.version,
             agents: p.agents.len(),
             commands: p.commands.len(),
-            handler: "sim",
+            handler: p.manifest.handler.kind(),
             source: match (&p.claude_dir, &p.manifest_file) {
                 (Some(d), _) => d.display().to_string(),
                 (None, Some(f)) => f.display().to_string(),

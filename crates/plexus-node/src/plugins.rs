@@ -137,6 +137,7 @@ impl ExecReply {
 pub fn make_handler(plugin: &Arc<Plugin>) -> Arc<dyn CommandHandler> {
     match &plugin.manifest.handler {
         HandlerSpec::Sim(spec) => Arc::new(SimHandler::new(plugin.clone(), spec.clone())),
+        HandlerSpec::Mcp(spec) => Arc::new(plexus_mcp::McpHandler::start(plugin, spec)),
     }
 }
 
@@ -425,6 +426,7 @@ fn breaker_of(ctx: &NodeCtx, plugin: &str) -> Option<ActorRef<BreakerMsg>> {
 fn sim_faults_allowed(p: &Plugin) -> bool {
     match &p.manifest.handler {
         HandlerSpec::Sim(s) => s.allow_fault_injection,
+        HandlerSpec::Mcp(_) => false,
     }
 }
 

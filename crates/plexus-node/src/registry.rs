@@ -68,7 +68,7 @@ impl Actor for Registry {
                 name: p.name.clone(),
                 version: p.version.clone(),
                 status: PluginStatus::Restarting,
-                handler: "sim".into(),
+                handler: p.manifest.handler.kind().into(),
                 agents: p.agents.iter().map(|a| a.name.clone()).collect(),
                 commands: p.commands.iter().map(|c| c.name.clone()).collect(),
                 aliases: p
