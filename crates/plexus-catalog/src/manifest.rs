@@ -316,7 +316,8 @@ pub struct McpServerEntry {
 }
 
 fn mcp_start_timeout() -> u64 {
-    20_000
+    // Generous: a Python server on a busy machine can take seconds to start.
+    60_000
 }
 
 impl McpSpec {
@@ -733,7 +734,7 @@ idempotent = false
         assert_eq!(e[0].command.as_deref(), Some("mcp-server-time"));
         assert_eq!(e[0].env.get("TZ").map(String::as_str), Some("UTC"));
         assert_eq!(e[1].url.as_deref(), Some("http://127.0.0.1:9/mcp"));
-        assert_eq!(spec.start_timeout_ms, 20_000);
+        assert_eq!(spec.start_timeout_ms, 60_000);
         // No server inline: the Claude Code plugin's .mcp.json supplies them.
         let m = Manifest::parse("[plugin]\nname = \"p\"\n[handler]\nkind = \"mcp\"\n").unwrap();
         assert!(matches!(&m.handler, HandlerSpec::Mcp(s) if s.entries("p").is_empty()));

@@ -264,9 +264,11 @@ pub fn expand(s: &str, vars: &dyn Fn(&str) -> Option<String>) -> Result<String, 
         match (vars(name).filter(|v| !v.is_empty()), default) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(&expand(d, vars)?),
-            (None, None) => return Err(format!(
+            (None, None) => {
+                return Err(format!(
                 "environment variable {name} is not set (write ${{{name}:-default}} for a default)"
-            )),
+            ))
+            }
         }
         rest = &after[end + 1..];
     }

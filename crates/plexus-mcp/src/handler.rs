@@ -224,9 +224,10 @@ impl Shared {
                 .iter()
                 .filter_map(|s| {
                     let l = s.live.read();
-                    l.peer
-                        .is_none()
-                        .then(|| format!("{} is {}", s.config.describe(), l.status.state))
+                    l.peer.is_none().then(|| match &l.status.last_error {
+                        Some(e) => format!("{} is {}: {e}", s.config.describe(), l.status.state),
+                        None => format!("{} is {}", s.config.describe(), l.status.state),
+                    })
                 })
                 .collect();
             if down.is_empty() || name.starts_with("agent:") {

@@ -185,6 +185,8 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         stats: LinkStats::default(),
         started: Instant::now(),
         metrics: metrics::Metrics::default(),
+        discovered: RwLock::new(Default::default()),
+        handler_reports: RwLock::new(Default::default()),
         cache: parking_lot::Mutex::new(plexus_resilience::ResultCache::new(
             1024,
             Duration::from_secs(300),
