@@ -343,6 +343,39 @@ mod tests {
     }
 
     #[test]
+    fn discovered_tools_of_every_announce_are_joined_ours_last() {
+        let tool = |name: &str, desc: &str| DiscoveredCommand {
+            name: name.into(),
+            description: desc.into(),
+            ..Default::default()
+        };
+        let mut time_b = hosted("time", PluginStatus::Running);
+        time_b.tools = vec![tool("get_current_time", "from b")];
+        let mut git_b = hosted("git", PluginStatus::Running);
+        git_b.tools = vec![tool("git_status", "from b")];
+        let peers = [
+            NodeAnnounce {
+                identity: id("b"),
+                seq: 1,
+                plugins: vec![time_b, git_b, hosted("sim", PluginStatus::Running)],
+            },
+            // A stale announce of ourselves is ignored: our own list is current.
+            NodeAnnounce {
+                identity: id("a"),
+                seq: 1,
+                plugins: vec![hosted("time", PluginStatus::Running)],
+            },
+        ];
+        let mut mine = hosted("time", PluginStatus::Running);
+        mine.tools = vec![tool("get_current_time", "from a"), tool("convert_time", "a")];
+        let all = discovered_of(peers.iter(), "a", &[mine]);
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(all["time"].len(), 2);
+        assert_eq!(all["time"][0].description, "from a");
+        assert_eq!(all["git"][0].name, "git_status");
+    }
+
+    #[test]
     fn plugins_of_unreachable_or_down_nodes_are_unavailable() {
         let ann = vec![
             NodeAnnounce {
