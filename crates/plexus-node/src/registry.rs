@@ -367,7 +367,10 @@ mod tests {
             },
         ];
         let mut mine = hosted("time", PluginStatus::Running);
-        mine.tools = vec![tool("get_current_time", "from a"), tool("convert_time", "a")];
+        mine.tools = vec![
+            tool("get_current_time", "from a"),
+            tool("convert_time", "a"),
+        ];
         let all = discovered_of(peers.iter(), "a", &[mine]);
         assert_eq!(all.len(), 2, "{all:?}");
         assert_eq!(all["time"].len(), 2);
