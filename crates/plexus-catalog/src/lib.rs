@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use manifest::{Backoff, CircuitBreakerSpec, HandlerSpec, Manifest, RetryPolicySpec, SimSpec};
+pub use manifest::{
+    Backoff, CircuitBreakerSpec, HandlerSpec, Manifest, McpServerEntry, McpSpec, RetryPolicySpec,
+    SimSpec,
+};
 pub use model::{Agent, Command, McpServer, ModelTier, Plugin};
 pub use process::{ProcessCommand, ProcessLimits, ProcessServer, ProcessSpec, SandboxSpec};
 

@@ -267,14 +267,141 @@ pub enum HandlerSpec {
     Sim(SimSpec),
     /// Real executables in a sandbox (see `crate::process`).
     Process(Box<crate::process::ProcessSpec>),
+    /// The plugin is one or more MCP servers; their tools are its commands.
+    Mcp(McpSpec),
+}
+
+/// An MCP handler: the servers inline here, else the Claude Code plugin's
+/// `.mcp.json`. Strings may use `${VAR}`, `${VAR:-default}` and
+/// `${CLAUDE_PLUGIN_ROOT}`, as in `.mcp.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct McpSpec {
+    /// One inline stdio server (named after the plugin): the executable, found
+    /// on `PATH`, or a path relative to the manifest's directory.
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment of a stdio server, on top of the node's.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Working directory of a stdio server (relative to the manifest's directory).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// One inline streamable HTTP server, instead of `command`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Further servers (`[[handler.servers]]`), each with a name.
+    #[serde(default)]
+    pub servers: Vec<McpServerEntry>,
+    /// How long a server may take to start and list its tools.
+    #[serde(default = "mcp_start_timeout")]
+    pub start_timeout_ms: u64,
+}
+
+/// One named MCP server of a manifest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct McpServerEntry {
+    pub name: String,
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+fn mcp_start_timeout() -> u64 {
+    // Generous: a Python server on a busy machine can take seconds to start.
+    60_000
+}
+
+impl McpSpec {
+    /// The servers declared here, the inline one first.
+    pub fn entries(&self, plugin: &str) -> Vec<McpServerEntry> {
+        let mut out = vec![];
+        if self.command.is_some() || self.url.is_some() {
+            out.push(McpServerEntry {
+                name: plugin.to_string(),
+                command: self.command.clone(),
+                args: self.args.clone(),
+                env: self.env.clone(),
+                cwd: self.cwd.clone(),
+                url: self.url.clone(),
+            });
+        }
+        out.extend(self.servers.iter().cloned());
+        out
+    }
+
+    fn validate(&self, plugin: &str) -> Result<(), String> {
+        if self.command.is_none()
+            && self.url.is_none()
+            && (!self.args.is_empty() || !self.env.is_empty() || self.cwd.is_some())
+        {
+            return Err("handler: args, env and cwd need a command".into());
+        }
+        if self.start_timeout_ms == 0 {
+            return Err("handler.startTimeoutMs must be > 0".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for e in self.entries(plugin) {
+            let at = if e.name == plugin && (self.command.is_some() || self.url.is_some()) {
+                "handler".to_string()
+            } else {
+                format!("handler.servers entry {:?}", e.name)
+            };
+            if e.name.trim().is_empty() {
+                return Err("a [[handler.servers]] entry has an empty name".into());
+            }
+            if !names.insert(e.name.clone()) {
+                return Err(format!("{at}: MCP server name {:?} is used twice", e.name));
+            }
+            match (&e.command, &e.url) {
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "{at}: give either command (stdio) or url (HTTP), not both"
+                    ))
+                }
+                (None, None) => {
+                    return Err(format!("{at}: needs a command (stdio) or a url (HTTP)"))
+                }
+                (Some(c), None) if c.trim().is_empty() => {
+                    return Err(format!("{at}: command is empty"))
+                }
+                (None, Some(u)) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                    return Err(format!(
+                        "{at}: url {u:?} must start with http:// or https://"
+                    ))
+                }
+                (None, Some(_)) if !e.args.is_empty() || !e.env.is_empty() || e.cwd.is_some() => {
+                    return Err(format!("{at}: args, env and cwd only apply to a command"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 impl HandlerSpec {
+    /// The handler's kind as the manifest names it (`sim`, `process`, `mcp`).
+    pub fn kind(&self) -> &'static str {
+        self.kind_name()
+    }
+
     /// The `kind` as written in the manifest (shown in status).
     pub fn kind_name(&self) -> &'static str {
         match self {
             HandlerSpec::Sim(_) => "sim",
             HandlerSpec::Process(_) => "process",
+            HandlerSpec::Mcp(_) => "mcp",
         }
     }
 }
@@ -462,6 +589,7 @@ impl Manifest {
                 }
             }
             HandlerSpec::Process(p) => p.validate()?,
+            HandlerSpec::Mcp(mcp) => mcp.validate(&self.plugin.name)?,
         }
         if self.placement.max_concurrency == 0 {
             return Err("placement.maxConcurrency must be > 0".into());
@@ -628,6 +756,48 @@ idempotent = false
         // The handler is an internally tagged enum: serde buffers it, so the
         // line is the `[handler]` table's.
         assert_eq!(err.line, Some(3), "{err:?}");
+    }
+
+    #[test]
+    fn mcp_handler_parses_inline_and_named_servers() {
+        let m = Manifest::parse(
+            "[plugin]\nname = \"time\"\n[handler]\nkind = \"mcp\"\ncommand = \"mcp-server-time\"\nargs = [\"--local-timezone\", \"UTC\"]\nenv = { TZ = \"UTC\" }\n[[handler.servers]]\nname = \"remote\"\nurl = \"http://127.0.0.1:9/mcp\"\n",
+        )
+        .unwrap();
+        let HandlerSpec::Mcp(spec) = &m.handler else {
+            panic!("{:?}", m.handler)
+        };
+        let e = spec.entries("time");
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].name, "time");
+        assert_eq!(e[0].command.as_deref(), Some("mcp-server-time"));
+        assert_eq!(e[0].env.get("TZ").map(String::as_str), Some("UTC"));
+        assert_eq!(e[1].url.as_deref(), Some("http://127.0.0.1:9/mcp"));
+        assert_eq!(spec.start_timeout_ms, 60_000);
+        // No server inline: the Claude Code plugin's .mcp.json supplies them.
+        let m = Manifest::parse("[plugin]\nname = \"p\"\n[handler]\nkind = \"mcp\"\n").unwrap();
+        assert!(matches!(&m.handler, HandlerSpec::Mcp(s) if s.entries("p").is_empty()));
+    }
+
+    #[test]
+    fn bad_mcp_handlers_are_refused_with_the_field() {
+        for (text, needle) in [
+            ("command = \"a\"\nurl = \"http://x/mcp\"\n", "not both"),
+            ("url = \"ftp://x\"\n", "http://"),
+            ("args = [\"x\"]\n", "need a command"),
+            ("command = \"a\"\nstartTimeoutMs = 0\n", "startTimeoutMs"),
+            (
+                "[[handler.servers]]\nname = \"s\"\n",
+                "\"s\": needs a command",
+            ),
+            ("commnd = \"a\"\n", "commnd"),
+        ] {
+            let err = Manifest::parse(&format!(
+                "[plugin]\nname = \"p\"\n[handler]\nkind = \"mcp\"\n{text}"
+            ))
+            .unwrap_err();
+            assert!(err.message.contains(needle), "{text}: {err:?}");
+        }
     }
 
     #[test]

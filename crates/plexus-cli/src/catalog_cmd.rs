@@ -43,7 +43,7 @@ pub fn run(c: CatalogCmd) -> CliResult {
             version: &p.version,
             agents: p.agents.len(),
             commands: p.commands.len(),
-            handler: "sim",
+            handler: p.manifest.handler.kind(),
             source: match (&p.claude_dir, &p.manifest_file) {
                 (Some(d), _) => d.display().to_string(),
                 (None, Some(f)) => f.display().to_string(),
@@ -57,13 +57,13 @@ pub fn run(c: CatalogCmd) -> CliResult {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
-            "{:<26} {:<9} {:>6} {:>8}  SOURCE",
-            "PLUGIN", "VERSION", "AGENTS", "COMMANDS"
+            "{:<26} {:<10} {:<7} {:>6} {:>8}  SOURCE",
+            "PLUGIN", "VERSION", "HANDLER", "AGENTS", "COMMANDS"
         );
         for r in &rows {
             println!(
-                "{:<26} {:<9} {:>6} {:>8}  {}",
-                r.name, r.version, r.agents, r.commands, r.source
+                "{:<26} {:<10} {:<7} {:>6} {:>8}  {}",
+                r.name, r.version, r.handler, r.agents, r.commands, r.source
             );
         }
         let warnings = cat

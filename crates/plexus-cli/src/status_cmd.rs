@@ -79,6 +79,30 @@ pub fn render(s: &StatusBody) -> String {
             p.name, p.version, p.node, p.status, p.breaker, p.agents, p.commands, p.restarts
         );
     }
+    let servers: Vec<_> = s
+        .plugins
+        .iter()
+        .flat_map(|p| p.servers.iter().map(move |v| (p, v)))
+        .collect();
+    if !servers.is_empty() {
+        let _ = writeln!(o, "\nMCP SERVERS");
+        let _ = writeln!(
+            o,
+            "  {:<20} {:<16} {:<16} {:<9} {:<11} {:>8} {:>8} {:>5}",
+            "PLUGIN", "NODE", "SERVER", "TRANSPORT", "STATE", "PID", "RESTARTS", "TOOLS"
+        );
+        for (p, v) in servers {
+            let pid = v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                o,
+                "  {:<20} {:<16} {:<16} {:<9} {:<11} {:>8} {:>8} {:>5}",
+                p.name, p.node, v.name, v.transport, v.state, pid, v.restarts, v.tools
+            );
+            if let Some(e) = v.last_error.as_deref().filter(|_| v.state != "running") {
+                let _ = writeln!(o, "      last error: {e}");
+            }
+        }
+    }
     let _ = writeln!(
         o,
         "\nBUS  published {}  delivered {}  dead letters {}",

@@ -137,6 +137,91 @@ pub trait CommandHandler: Send + Sync + 'static {
     fn stopped(&self) -> BoxFuture<'static, String> {
         Box::pin(futures::future::pending())
     }
+    /// What the handler learns while it runs (an MCP server's tools, its
+    /// processes), for the cluster registry. `None` for handlers whose
+    /// commands are all in the catalog.
+    fn report(&self) -> Option<tokio::sync::watch::Receiver<HandlerReport>> {
+        None
+    }
+}
+
+/// What a handler found at run time, announced with its plugin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HandlerReport {
+    /// Commands found at run time (an MCP server's tools), in addition to
+    /// the catalog's. The last known list stays while a server restarts.
+    pub commands: Vec<DiscoveredCommand>,
+    /// The servers or processes the handler keeps running.
+    pub servers: Vec<ServerStatus>,
+}
+
+/// A command a handler discovered (an MCP tool).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveredCommand {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the input, as JSON text (the wire codec cannot carry
+    /// arbitrary JSON values).
+    pub input_schema: String,
+    /// Safe to retry: the tool says it is read-only or idempotent.
+    pub idempotent: bool,
+    /// Which server offers it.
+    pub server: String,
+}
+
+impl DiscoveredCommand {
+    /// The catalog form, for the router's index: the input schema's property
+    /// names and descriptions become searchable text.
+    pub fn to_command(&self) -> plexus_catalog::Command {
+        plexus_catalog::Command {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            argument_hint: Some(schema_text(&self.input_schema)).filter(|s| !s.is_empty()),
+            keywords: self
+                .name
+                .split(['_', '-', '.'])
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect(),
+            idempotent: self.idempotent,
+            ..Default::default()
+        }
+    }
+}
+
+/// The property names and descriptions of a JSON Schema object, as text.
+pub fn schema_text(schema: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(schema) else {
+        return String::new();
+    };
+    let mut out = vec![];
+    if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {
+        for (k, p) in props {
+            out.push(k.replace('_', " "));
+            if let Some(d) = p.get("description").and_then(|d| d.as_str()) {
+                out.push(d.to_string());
+            }
+        }
+    }
+    out.join("; ")
+}
+
+/// One long-running server or process of a handler.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServerStatus {
+    pub name: String,
+    /// `stdio` or `http`.
+    pub transport: String,
+    /// starting | running | restarting | failed
+    pub state: String,
+    /// The process id of a stdio server while it runs.
+    pub pid: Option<u32>,
+    /// Restarts since the handler started.
+    pub restarts: u32,
+    /// Tools the server offers (0 until listed).
+    pub tools: u32,
+    /// Why it last stopped or failed to start.
+    pub last_error: Option<String>,
 }
 
 /// Fault directives a test or the simulation can put in an input under `$sim`.

@@ -417,10 +417,7 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
     let policy = handling.map_or_else(RetryPolicy::none, |(_, h)| {
         RetryPolicy::from_spec(&h.retry_policy)
     });
-    let idempotent = handling.is_none_or(|(p, _)| {
-        p.command(body.command.trim_start_matches('/'))
-            .is_none_or(|c| c.idempotent)
-    });
+    let idempotent = ctx.command_idempotent(&body.plugin, &body.command);
     let key = format!(
         "{}\u{0}{}\u{0}{}",
         body.plugin,

@@ -1,6 +1,7 @@
 //! What every actor of a node shares: its name, config, bus, catalog, and
 //! the means to reach other nodes.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,6 +9,7 @@ use std::time::Instant;
 use parking_lot::RwLock;
 use plexus_bus::{Bus, BusFrame, RemoteSink};
 use plexus_catalog::{Catalog, Plugin};
+use plexus_handler::{DiscoveredCommand, HandlerReport};
 use plexus_membership::NodeIdentity;
 use ractor::ActorRef;
 
@@ -86,11 +88,33 @@ pub struct NodeCtx {
     /// Registry and Membership actors, read by request paths without
     /// waiting for either.
     pub directory: crate::directory::DirectoryCell,
+    /// Commands discovered at run time per plugin (MCP tools), cluster-wide,
+    /// as the registry last saw them announced.
+    pub discovered: RwLock<BTreeMap<String, Vec<DiscoveredCommand>>>,
+    /// The latest report of each local handler that reports (MCP), so a
+    /// restarted registry starts from it.
+    pub handler_reports: RwLock<BTreeMap<String, HandlerReport>>,
 }
 
 impl NodeCtx {
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Whether `command` of `plugin` may be retried without an idempotency
+    /// key: the catalog's word, else the discovered tool's, else yes (an
+    /// unknown command fails before running anyway).
+    pub fn command_idempotent(&self, plugin: &str, command: &str) -> bool {
+        let command = command.trim_start_matches('/');
+        let command = command.strip_prefix("command:").unwrap_or(command);
+        if let Some(c) = self.catalog.plugin(plugin).and_then(|p| p.command(command)) {
+            return c.idempotent;
+        }
+        self.discovered
+            .read()
+            .get(plugin)
+            .and_then(|v| v.iter().find(|d| d.name == command))
+            .is_none_or(|d| d.idempotent)
     }
 
     /// Encode and send one message to `node`'s gateway.

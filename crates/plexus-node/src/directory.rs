@@ -204,6 +204,8 @@ mod tests {
                 aliases: vec![],
                 restarts: 0,
                 breaker: "closed".into(),
+                tools: vec![],
+                servers: vec![],
             }],
         }
     }

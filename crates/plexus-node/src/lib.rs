@@ -317,6 +317,8 @@ async fn spawn_tree(
         started: links::now(),
         metrics: metrics::Metrics::default(),
         directory: directory::DirectoryCell::default(),
+        discovered: RwLock::new(Default::default()),
+        handler_reports: RwLock::new(Default::default()),
         cache: parking_lot::Mutex::new(plexus_resilience::ResultCache::new(
             1024,
             Duration::from_secs(300),

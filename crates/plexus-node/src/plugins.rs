@@ -154,6 +154,7 @@ pub fn make_handler(ctx: &NodeCtx, plugin: &Arc<Plugin>) -> Arc<dyn CommandHandl
             (**spec).clone(),
             Some(publish_sink(ctx, plugin)),
         )),
+        HandlerSpec::Mcp(spec) => Arc::new(plexus_mcp::McpHandler::start(plugin, spec)),
     }
 }
 
@@ -455,6 +456,49 @@ impl Actor for PluginHost {
     }
 }
 
+/// Pass a handler's reports (discovered tools, server states) to the
+/// registry, and raise an alert on `system/alerts` when a server is given up.
+async fn forward_reports(
+    ctx: Arc<NodeCtx>,
+    plugin: String,
+    mut rx: tokio::sync::watch::Receiver<plexus_handler::HandlerReport>,
+) {
+    let mut failed = std::collections::BTreeSet::new();
+    loop {
+        let r = rx.borrow_and_update().clone();
+        for s in &r.servers {
+            if s.state != "failed" {
+                failed.remove(&s.name);
+            } else if failed.insert(s.name.clone()) {
+                let alert = serde_json::json!({
+                    "node": ctx.name(), "plugin": plugin, "server": s.name,
+                    "status": "failed", "reason": s.last_error,
+                });
+                let _ = ctx.bus.publish(Envelope::new(
+                    MessageKind::Event,
+                    "system/alerts",
+                    ctx.name().to_string(),
+                    alert.to_string().into_bytes(),
+                ));
+            }
+        }
+        ctx.handler_reports
+            .write()
+            .insert(plugin.clone(), r.clone());
+        cast_named(
+            ctx.name(),
+            "registry",
+            RegistryMsg::LocalReport {
+                plugin: plugin.clone(),
+                report: r,
+            },
+        );
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
 fn empty_request(plugin: &str) -> ExecRequest {
     ExecRequest {
         plugin: plugin.to_string(),
@@ -582,11 +626,16 @@ impl Actor for PluginSupervisor {
         let mut hosts = HashMap::new();
         for p in &ctx.hosted {
             let pl = &p.manifest.placement;
+            let handler = make_handler(&ctx, p);
+            if let Some(rx) = handler.report() {
+                // Ends by itself when the handler is dropped (its sender goes).
+                tokio::spawn(forward_reports(ctx.clone(), p.name.clone(), rx));
+            }
             hosts.insert(
                 p.name.clone(),
                 Hosted {
                     plugin: p.clone(),
-                    handler: make_handler(&ctx, p),
+                    handler,
                     effects: match EffectLog::open(&ctx.config.data_dir.join("effects"), &p.name) {
                         Ok(l) => Some(Arc::new(l)),
                         Err(e) => {

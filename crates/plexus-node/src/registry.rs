@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use plexus_handler::{DiscoveredCommand, HandlerReport, ServerStatus};
 use plexus_membership::{MemberStatus, MemberView, NodeIdentity};
 use ractor::{pg, Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use serde::{Deserialize, Serialize};
 
-use crate::ctx::{plugin_group, NodeCtx};
+use crate::ctx::{local_actor, plugin_group, NodeCtx};
+use crate::router_actor::RouterMsg;
 use crate::wire::{HostedPlugin, NodeAnnounce, PluginStatus, Wire};
 use plexus_bus::BusFrame;
 
@@ -34,6 +36,11 @@ pub enum RegistryMsg {
     LocalBreaker {
         plugin: String,
         state: String,
+    },
+    /// A local plugin's handler found commands or changed its servers (MCP).
+    LocalReport {
+        plugin: String,
+        report: HandlerReport,
     },
     /// Our identity changed (rejoin): tell everyone again.
     Reannounce,
@@ -62,7 +69,8 @@ impl Actor for Registry {
         ctx: Arc<NodeCtx>,
     ) -> Result<RegistryState, ActorProcessingErr> {
         tracing::debug!("registry starting");
-        let local = ctx
+        let reports = ctx.handler_reports.read().clone();
+        let mut local: Vec<HostedPlugin> = ctx
             .hosted
             .iter()
             .map(|p| HostedPlugin {
@@ -79,8 +87,15 @@ impl Actor for Registry {
                     .collect(),
                 restarts: 0,
                 breaker: "closed".into(),
+                tools: vec![],
+                servers: vec![],
             })
             .collect();
+        for p in &mut local {
+            if let Some(r) = reports.get(&p.name) {
+                apply_report(p, &ctx, r);
+            }
+        }
         myself.send_interval(Duration::from_secs(10), || RegistryMsg::Tick);
         let st = RegistryState {
             ctx,
@@ -107,6 +122,7 @@ impl Actor for Registry {
                 tracing::debug!(from = %a.identity.name, generation = a.identity.generation, seq = a.seq, plugins = a.plugins.len(), newer, "announce");
                 if newer {
                     st.nodes.insert(a.identity.name.clone(), a);
+                    sync_discovered(st);
                 }
             }
             RegistryMsg::MemberUp(id) => {
@@ -147,6 +163,16 @@ impl Actor for Registry {
                 }
                 broadcast(st);
             }
+            RegistryMsg::LocalReport { plugin, report } => {
+                let ctx = st.ctx.clone();
+                let Some(p) = st.local.iter_mut().find(|p| p.name == plugin) else {
+                    return Ok(());
+                };
+                if apply_report(p, &ctx, &report) {
+                    sync_discovered(st);
+                    broadcast(st);
+                }
+            }
             RegistryMsg::Reannounce | RegistryMsg::Tick => broadcast(st),
             RegistryMsg::Snapshot(reply) => {
                 let _ = reply.send(all_announces(st));
@@ -172,6 +198,60 @@ fn all_announces(st: &RegistryState) -> Vec<NodeAnnounce> {
         plugins: st.local.clone(),
     });
     all.sort_by(|a, b| a.identity.name.cmp(&b.identity.name));
+    all
+}
+
+/// Put a handler's report into its plugin's announce: the discovered tools
+/// join the command names. Returns whether anything changed.
+fn apply_report(p: &mut HostedPlugin, ctx: &NodeCtx, r: &HandlerReport) -> bool {
+    if p.tools == r.commands && p.servers == r.servers {
+        return false;
+    }
+    p.tools = r.commands.clone();
+    p.servers = r.servers.clone();
+    let mut commands: Vec<String> = ctx
+        .hosted
+        .iter()
+        .find(|h| h.name == p.name)
+        .map(|h| h.commands.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    for t in &r.commands {
+        if !commands.contains(&t.name) {
+            commands.push(t.name.clone());
+        }
+    }
+    p.commands = commands;
+    true
+}
+
+/// Discovered commands per plugin across every announce (ours last, so it
+/// wins). When they changed, the node's router indexes them again.
+fn sync_discovered(st: &RegistryState) {
+    let all = discovered_of(st.nodes.values(), &st.ctx.identity.read().name, &st.local);
+    if *st.ctx.discovered.read() == all {
+        return;
+    }
+    *st.ctx.discovered.write() = all.clone();
+    if let Some(r) = local_actor::<RouterMsg>(st.ctx.name(), "router") {
+        let _ = r.cast(RouterMsg::Reindex(all));
+    }
+}
+
+/// Join the discovered commands of peers' announces and our own plugins.
+pub fn discovered_of<'a>(
+    peers: impl Iterator<Item = &'a NodeAnnounce>,
+    me: &str,
+    local: &[HostedPlugin],
+) -> BTreeMap<String, Vec<DiscoveredCommand>> {
+    let mut all = BTreeMap::new();
+    for a in peers.filter(|a| a.identity.name != me) {
+        for p in a.plugins.iter().filter(|p| !p.tools.is_empty()) {
+            all.insert(p.name.clone(), p.tools.clone());
+        }
+    }
+    for p in local.iter().filter(|p| !p.tools.is_empty()) {
+        all.insert(p.name.clone(), p.tools.clone());
+    }
     all
 }
 
@@ -219,6 +299,12 @@ pub struct PluginRow {
     pub restarts: u32,
     /// closed | open | half-open | forced-open
     pub breaker: String,
+    /// Commands discovered at run time (MCP tools).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+    /// The handler's servers (MCP): state, pid, restarts, last error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerStatus>,
 }
 
 /// Join announces with the membership view.
@@ -248,6 +334,8 @@ pub fn plugin_rows(announces: &[NodeAnnounce], view: &[MemberView]) -> Vec<Plugi
                 commands: p.commands.len(),
                 restarts: p.restarts,
                 breaker: p.breaker.clone(),
+                tools: p.tools.iter().map(|t| t.name.clone()).collect(),
+                servers: p.servers.clone(),
             });
         }
     }
@@ -279,7 +367,45 @@ mod tests {
             aliases: vec![],
             restarts: 0,
             breaker: "closed".into(),
+            tools: vec![],
+            servers: vec![],
         }
+    }
+
+    #[test]
+    fn discovered_tools_of_every_announce_are_joined_ours_last() {
+        let tool = |name: &str, desc: &str| DiscoveredCommand {
+            name: name.into(),
+            description: desc.into(),
+            ..Default::default()
+        };
+        let mut time_b = hosted("time", PluginStatus::Running);
+        time_b.tools = vec![tool("get_current_time", "from b")];
+        let mut git_b = hosted("git", PluginStatus::Running);
+        git_b.tools = vec![tool("git_status", "from b")];
+        let peers = [
+            NodeAnnounce {
+                identity: id("b"),
+                seq: 1,
+                plugins: vec![time_b, git_b, hosted("sim", PluginStatus::Running)],
+            },
+            // A stale announce of ourselves is ignored: our own list is current.
+            NodeAnnounce {
+                identity: id("a"),
+                seq: 1,
+                plugins: vec![hosted("time", PluginStatus::Running)],
+            },
+        ];
+        let mut mine = hosted("time", PluginStatus::Running);
+        mine.tools = vec![
+            tool("get_current_time", "from a"),
+            tool("convert_time", "a"),
+        ];
+        let all = discovered_of(peers.iter(), "a", &[mine]);
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(all["time"].len(), 2);
+        assert_eq!(all["time"][0].description, "from a");
+        assert_eq!(all["git"][0].name, "git_status");
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! available right now; after each execution it reports the outcome, so
 //! later decisions shift towards agents that succeed quickly.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use plexus_catalog::Catalog;
+use plexus_handler::DiscoveredCommand;
 use plexus_router::{RouteRequest, Router, RoutingDecision};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
@@ -26,31 +29,63 @@ pub enum RouterMsg {
         success: bool,
         latency_ms: u64,
     },
+    /// Commands discovered at run time changed (MCP tools, per plugin):
+    /// index the catalog with them.
+    Reindex(BTreeMap<String, Vec<DiscoveredCommand>>),
+}
+
+/// The catalog with each plugin's discovered commands added (a discovered
+/// command replaces a catalog command of the same name). Plugins this node's
+/// catalog does not know are left out: the router indexes catalog plugins.
+pub fn with_discovered(
+    catalog: &Catalog,
+    discovered: &BTreeMap<String, Vec<DiscoveredCommand>>,
+) -> Catalog {
+    let mut c = catalog.clone();
+    for p in &mut c.plugins {
+        let Some(found) = discovered.get(&p.name) else {
+            continue;
+        };
+        for d in found {
+            let cmd = d.to_command();
+            match p.commands.iter_mut().find(|c| c.name == d.name) {
+                Some(existing) => *existing = cmd,
+                None => p.commands.push(cmd),
+            }
+        }
+    }
+    c
 }
 
 pub struct RouterActor;
 
+pub struct RouterState {
+    ctx: Arc<NodeCtx>,
+    router: Router,
+}
+
 impl Actor for RouterActor {
     type Msg = RouterMsg;
-    type State = Router;
+    type State = RouterState;
     type Arguments = Arc<NodeCtx>;
 
     async fn pre_start(
         &self,
         _me: ActorRef<Self::Msg>,
         ctx: Arc<NodeCtx>,
-    ) -> Result<Router, ActorProcessingErr> {
-        let r = Router::new(&ctx.catalog);
-        tracing::info!(documents = r.doc_count(), "router index built");
-        Ok(r)
+    ) -> Result<RouterState, ActorProcessingErr> {
+        let router = Router::new(&with_discovered(&ctx.catalog, &ctx.discovered.read()));
+        tracing::info!(documents = router.doc_count(), "router index built");
+        Ok(RouterState { ctx, router })
     }
 
     async fn handle(
         &self,
         _me: ActorRef<Self::Msg>,
         msg: RouterMsg,
-        router: &mut Router,
+        st: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
+        let router = &mut st.router;
         match msg {
             RouterMsg::Route {
                 req,
@@ -70,7 +105,61 @@ impl Actor for RouterActor {
             } => {
                 router.record_outcome(&plugin, &agent, success, latency_ms);
             }
+            RouterMsg::Reindex(discovered) => {
+                router.reindex(&with_discovered(&st.ctx.catalog, &discovered));
+                tracing::info!(
+                    documents = router.doc_count(),
+                    plugins = discovered.len(),
+                    "router index rebuilt with discovered commands"
+                );
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_catalog::Sources;
+
+    #[test]
+    fn discovered_commands_join_their_catalog_plugin() {
+        let c = Catalog::load(&Sources {
+            embedded: vec![(
+                "t.toml".into(),
+                "[plugin]\nname = \"time\"\n[[commands]]\nname = \"get_current_time\"\ndescription = \"old\"\n".into(),
+            )],
+            dirs: vec![],
+        });
+        let d = |name: &str, desc: &str| {
+            DiscoveredCommand {
+            name: name.into(),
+            description: desc.into(),
+            input_schema: r#"{"type":"object","properties":{"timezone":{"type":"string","description":"IANA timezone name"}}}"#.into(),
+            idempotent: true,
+            server: "time".into(),
+        }
+        };
+        let found = BTreeMap::from([
+            (
+                "time".to_string(),
+                vec![
+                    d("get_current_time", "Get current time"),
+                    d("convert_time", "Convert time"),
+                ],
+            ),
+            ("elsewhere".to_string(), vec![d("x", "y")]),
+        ]);
+        let c = with_discovered(&c, &found);
+        assert_eq!(c.plugins.len(), 1);
+        let p = &c.plugins[0];
+        let names: Vec<&str> = p.commands.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, vec!["get_current_time", "convert_time"]);
+        assert_eq!(p.commands[0].description, "Get current time");
+        assert!(p.commands[0]
+            .argument_hint
+            .as_deref()
+            .is_some_and(|h| h.contains("IANA timezone")));
     }
 }

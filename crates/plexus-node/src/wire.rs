@@ -7,6 +7,7 @@
 //! cheap.
 
 use plexus_bus::BusFrame;
+use plexus_handler::{DiscoveredCommand, ServerStatus};
 use plexus_membership::NodeIdentity;
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,11 @@ pub struct HostedPlugin {
     pub restarts: u32,
     /// The plugin's circuit breaker: closed | open | half-open | forced-open.
     pub breaker: String,
+    /// Commands its handler discovered at run time (an MCP server's tools,
+    /// with description and input schema); their names are in `commands` too.
+    pub tools: Vec<DiscoveredCommand>,
+    /// The handler's servers (MCP), with state, pid and restarts.
+    pub servers: Vec<ServerStatus>,
 }
 
 /// A plugin host's state on its node.

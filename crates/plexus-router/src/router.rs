@@ -161,6 +161,34 @@ impl Router {
         &self.config
     }
 
+    /// Index a changed catalog (e.g. commands discovered at run time: an MCP
+    /// server's tools), keeping the configuration, what was learned about
+    /// the plugins and documents that are still there, and availability.
+    pub fn reindex(&mut self, catalog: &Catalog) {
+        let mut next = Router::with_config(catalog, self.config);
+        for (name, &p) in &self.plugin_by_name {
+            let Some(&q) = next.plugin_by_name.get(name) else {
+                continue;
+            };
+            let (p, q) = (p as usize, q as usize);
+            next.plugin_stats[q] = self.plugin_stats[p];
+            next.available[q] = self.available[p];
+            for d in self.index.plugins[p].docs.clone() {
+                let m = &self.index.docs[d as usize];
+                let same = next.index.plugins[q].docs.clone().find(|&e| {
+                    let n = &next.index.docs[e as usize];
+                    n.kind == m.kind && n.name == m.name
+                });
+                if let Some(e) = same {
+                    next.doc_stats[e as usize] = self.doc_stats[d as usize];
+                }
+            }
+        }
+        next.counter = AtomicU64::new(self.counter.load(Ordering::Relaxed));
+        next.refresh_multipliers();
+        *self = next;
+    }
+
     /// Replace the thresholds (the index keeps its BM25 parameters).
     pub fn set_config(&mut self, config: RouterConfig) {
         self.config = config;
@@ -878,6 +906,37 @@ mod tests {
             claude_dir: None,
             manifest_file: None,
         }
+    }
+
+    #[test]
+    fn reindex_adds_discovered_commands_and_keeps_what_was_learned() {
+        let mut c = catalog();
+        c.plugins.push(plugin("clock", "Clock", &[]));
+        let mut r = Router::new(&c);
+        r.record_outcome("jira-orchestrator", "agent:sprint-planner", false, 900);
+        r.set_available("ui-kit", false);
+        let before = r.outcome_stats("jira-orchestrator", "agent:sprint-planner");
+        let text = "what is the current time in timezone Asia/Tokyo";
+        assert_ne!(
+            r.route(&RouteRequest::new(text)).agent.as_deref(),
+            Some("command:get_current_time")
+        );
+        let clock = c.plugins.iter_mut().find(|p| p.name == "clock").unwrap();
+        clock.commands.push(Command {
+            name: "get_current_time".into(),
+            description: "Get current time in a specific timezone".into(),
+            argument_hint: Some("timezone; IANA timezone name".into()),
+            ..Default::default()
+        });
+        r.reindex(&c);
+        let d = r.route(&RouteRequest::new(text));
+        assert_eq!(d.primary_plugin.as_deref(), Some("clock"), "{d:?}");
+        assert_eq!(d.agent.as_deref(), Some("command:get_current_time"));
+        assert_eq!(
+            r.outcome_stats("jira-orchestrator", "agent:sprint-planner"),
+            before
+        );
+        assert!(!r.is_available("ui-kit"));
     }
 
     /// A small catalog in the shape of the real one (not its text).

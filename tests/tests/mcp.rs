@@ -1,0 +1,280 @@
+//! MCP servers as plugins across real node processes: the example `time`
+//! and `git` plugins of `cluster-config/examples/` run the real PyPI servers
+//! (installed by `scripts/setup-mcp.sh` into `.venv-mcp/`; without it these
+//! tests say SKIPPED and check nothing; `.ci/run` installs it).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use plexus_tests::{plexus, wait_for, Cluster, Node, NodeSpec};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn examples() -> PathBuf {
+    repo().join("cluster-config/examples")
+}
+
+fn venv_ready() -> bool {
+    let dir = std::env::var("PLEXUS_MCP_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join(".venv-mcp"));
+    let ok = dir.join("bin/mcp-server-time").is_file() && dir.join("bin/mcp-server-git").is_file();
+    if !ok {
+        eprintln!(
+            "SKIPPED: no MCP servers in {} (run scripts/setup-mcp.sh)",
+            dir.display()
+        );
+    }
+    ok
+}
+
+fn spec(name: &str, plugins: &[&str], catalogs: Vec<PathBuf>) -> NodeSpec {
+    NodeSpec {
+        name: name.into(),
+        plugins: plugins.iter().map(|s| s.to_string()).collect(),
+        catalogs,
+        extra: vec![],
+    }
+}
+
+/// The status row of `plugin` as `node` sees it.
+fn row(node: &Node, plugin: &str) -> Option<Value> {
+    node.status()?["plugins"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == plugin)
+        .cloned()
+}
+
+/// Wait until `node` sees `plugin`'s first MCP server in `state` and `ok`.
+fn wait_server(node: &Node, plugin: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    wait_for(Duration::from_secs(90), what, || {
+        let r = row(node, plugin)?;
+        ok(&r["servers"][0]).then_some(r)
+    })
+}
+
+fn exec_json(node: &Node, plugin: &str, command: &str, input: &str) -> Value {
+    let o = plexus(&[
+        "exec",
+        "--connect",
+        &node.api,
+        "--plugin",
+        plugin,
+        "--command",
+        command,
+        "--input",
+        input,
+        "--json",
+        "--timeout-ms",
+        "30000",
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    o.json()
+}
+
+#[test]
+fn real_mcp_tools_run_across_the_cluster_and_a_killed_server_comes_back() {
+    if !venv_ready() {
+        return;
+    }
+    let cat = vec![examples()];
+    let c = Cluster::start(vec![
+        spec("node1", &["exec-automator"], cat.clone()),
+        spec("node2", &["time"], cat.clone()),
+        spec("node3", &["git"], cat),
+    ]);
+    let (n1, n2, n3) = (c.node("node1"), c.node("node2"), c.node("node3"));
+
+    // The tools are listed on the node that hosts the server, and every
+    // node's registry shows them (the announce carries them).
+    let r = wait_server(n1, "time", "time's server running, seen from node1", |s| {
+        s["state"] == "running"
+    });
+    assert_eq!(r["node"], "node2");
+    assert_eq!(r["handler"], "mcp");
+    let tools: Vec<&str> = r["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert!(
+        tools.contains(&"get_current_time") && tools.contains(&"convert_time"),
+        "{r}"
+    );
+    assert_eq!(r["commands"], 2);
+    let pid = r["servers"][0]["pid"]
+        .as_u64()
+        .expect("a stdio server has a pid") as i32;
+    assert_eq!(r["servers"][0]["transport"], "stdio");
+
+    // A real tool call from another node.
+    let out = exec_json(n1, "time", "get_current_time", r#"{"timezone":"UTC"}"#);
+    assert_eq!(out["node"], "node2", "{out}");
+    assert_eq!(out["output"]["timezone"], "UTC", "{out}");
+    let year = out["output"]["datetime"].as_str().unwrap()[..4]
+        .parse::<u64>()
+        .unwrap();
+    let now_year = 1970
+        + SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 31_556_952;
+    assert!(year.abs_diff(now_year) <= 1, "{out}");
+
+    // The router of a third node indexes the discovered tools.
+    wait_for(
+        Duration::from_secs(30),
+        "node3 to route a time question to the time tool",
+        || {
+            let o = plexus(&[
+                "route",
+                "--connect",
+                &n3.api,
+                "--json",
+                "what is the current time in the Asia/Tokyo timezone",
+            ]);
+            let v: Value = serde_json::from_str(&o.stdout).ok()?;
+            (v["primary_plugin"] == "time").then_some(v)
+        },
+    );
+
+    // Kill the server process: the handler restarts it and the tools work again.
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let r = wait_server(n1, "time", "a restarted time server", |s| {
+        s["state"] == "running" && s["pid"].as_u64().is_some_and(|p| p as i32 != pid)
+    });
+    assert!(r["servers"][0]["restarts"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["status"], "available");
+    let out = exec_json(
+        n3,
+        "time",
+        "convert_time",
+        r#"{"source_timezone":"UTC","time":"12:00","target_timezone":"Asia/Tokyo"}"#,
+    );
+    assert!(
+        out["output"]["target"]["datetime"]
+            .as_str()
+            .unwrap()
+            .contains("T21:00:00"),
+        "{out}"
+    );
+
+    // The git server on node3, driven from node2, on a real repository.
+    let repo_dir = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let o = std::process::Command::new("git")
+            .args(args)
+            .current_dir(repo_dir.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}: {o:?}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(repo_dir.path().join("plan.md"), "# plan\n").unwrap();
+    wait_server(n2, "git", "git's server running", |s| {
+        s["state"] == "running"
+    });
+    let input = serde_json::json!({"repo_path": repo_dir.path()}).to_string();
+    let out = exec_json(n2, "git", "git_status", &input);
+    assert_eq!(out["node"], "node3");
+    let text = out["output"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("plan.md") && text.contains("Untracked"),
+        "{out}"
+    );
+
+    // Arguments the server refuses are the caller's fault, not the plugin's.
+    let o = plexus(&[
+        "exec",
+        "--connect",
+        &n1.api,
+        "--plugin",
+        "git",
+        "--command",
+        "git_status",
+        "--input",
+        "[1, 2]",
+        "--json",
+    ]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stdout.contains("JSON object"), "{o:?}");
+}
+
+#[test]
+fn a_server_whose_command_does_not_exist_fails_clearly_and_opens_the_breaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = dir.path().join("catalog");
+    std::fs::create_dir_all(&cat).unwrap();
+    std::fs::write(
+        cat.join("ghost.toml"),
+        r#"
+[plugin]
+name = "ghost"
+
+[handler]
+kind = "mcp"
+command = "/nonexistent/bin/mcp-server-ghost"
+
+[errorHandling.circuitBreaker]
+failureRateThreshold = 0.5
+monitoringWindow = 4
+minimumCalls = 3
+timeoutMs = 60000
+halfOpenRetries = 1
+
+[errorHandling.retryPolicy]
+maxRetries = 0
+
+[placement]
+maxRestarts = 2
+restartWindowSecs = 60
+
+# Declared, so a call reaches the handler although no tool was ever listed.
+[[commands]]
+name = "get_current_time"
+"#,
+    )
+    .unwrap();
+    let c = Cluster::start(vec![
+        spec("node1", &["exec-automator"], vec![cat.clone()]),
+        spec("node2", &["ghost"], vec![cat]),
+    ]);
+    let n1 = c.node("node1");
+    let r = wait_server(n1, "ghost", "the ghost server to be given up", |s| {
+        s["state"] == "failed"
+    });
+    let why = r["servers"][0]["last_error"].as_str().unwrap().to_string();
+    assert!(why.contains("/nonexistent/bin/mcp-server-ghost"), "{why}");
+    assert!(why.contains("No such file"), "{why}");
+    assert!(why.contains("restarted 2 times"), "{why}");
+
+    // Each call fails at once with the reason and counts against the breaker.
+    for i in 0..3 {
+        let o = n1.exec("ghost", "get_current_time", Some(r#"{"timezone":"UTC"}"#));
+        assert_eq!(o.code, 1, "call {i}: {o:?}");
+        assert!(
+            o.stdout.contains("mcp-server-ghost") && o.stdout.contains("failed"),
+            "call {i}: {o:?}"
+        );
+    }
+    let r = wait_for(
+        Duration::from_secs(30),
+        "the ghost's breaker to open",
+        || {
+            let r = row(n1, "ghost")?;
+            (r["breaker"] == "open").then_some(r)
+        },
+    );
+    assert_eq!(r["node"], "node2");
+    let o = n1.exec("ghost", "get_current_time", Some(r#"{"timezone":"UTC"}"#));
+    assert_eq!(o.code, 1);
+    assert!(o.stdout.contains("breaker"), "{o:?}");
+}
