@@ -5,7 +5,8 @@
 //! not be read becomes a [`Diagnostic`] naming the file (and line where known),
 //! and everything else still loads.
 
-pub mod claude;
+pub mod builtin;
+mod claude;
 pub mod manifest;
 pub mod model;
 pub mod process;

@@ -569,6 +569,23 @@ async fn cluster_runs(cx: &mut Ctx, a: &BenchArgs, cl: &mut Cluster) -> Result<(
         cx.done(row);
     }
     let apis: Vec<String> = vec![cl.nodes[0].api.clone()];
+    if cx.want("exec.http.c1") || cx.want("exec.http.c16") {
+        // node1 is another process: it must have the peer's announce too,
+        // not only the driver (else the first requests meet a 503).
+        let http = cluster::Http::new(&apis[0]);
+        embedded::wait_until(
+            "bench-echo available on node1",
+            Duration::from_secs(30),
+            || {
+                matches!(http.get("/v1/status", &[]), Ok((200, v)) if v["plugins"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == catalog::ECHO_PLUGIN
+                    && p["status"] == "available")))
+            },
+        )
+        .await
+        .map_err(|e| anyhow!(e))?;
+    }
     for threads in [1usize, 16] {
         if !cx.want(&format!("exec.http.c{threads}")) {
             continue;

@@ -5,43 +5,13 @@ use plexus_catalog::{Catalog, Sources};
 
 use crate::CatalogArgs;
 
-const EMBEDDED: &[(&str, &str)] = &[
-    (
-        "ahling-command-center.toml",
-        include_str!("../../../cluster-config/plugins/ahling-command-center.toml"),
-    ),
-    (
-        "exec-automator.toml",
-        include_str!("../../../cluster-config/plugins/exec-automator.toml"),
-    ),
-    (
-        "frontend-powerhouse.toml",
-        include_str!("../../../cluster-config/plugins/frontend-powerhouse.toml"),
-    ),
-    (
-        "home-assistant-architect.toml",
-        include_str!("../../../cluster-config/plugins/home-assistant-architect.toml"),
-    ),
-    (
-        "jira-orchestrator.toml",
-        include_str!("../../../cluster-config/plugins/jira-orchestrator.toml"),
-    ),
-    (
-        "lobbi-platform-manager.toml",
-        include_str!("../../../cluster-config/plugins/lobbi-platform-manager.toml"),
-    ),
-];
-
 /// The sources a command's flags name.
 pub fn sources(args: &CatalogArgs) -> Sources {
     Sources {
         embedded: if args.no_default_plugins {
             vec![]
         } else {
-            EMBEDDED
-                .iter()
-                .map(|(l, t)| (l.to_string(), t.to_string()))
-                .collect()
+            plexus_catalog::builtin::embedded()
         },
         dirs: args.catalog.clone(),
     }
