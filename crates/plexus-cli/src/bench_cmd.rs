@@ -804,6 +804,18 @@ async fn discovery(
     for i in (1..ids.len()).rev() {
         ids.swap(i, r.gen_range(0..=i));
     }
+    // The synthetic plugins' hosts announce on their own schedule: wait
+    // until this node's directory can serve every lookup.
+    embedded::wait_until(
+        &format!("{key}: every synthetic agent known"),
+        Duration::from_secs(60),
+        || {
+            let d = ctx.directory.load();
+            ids.iter().all(|id| d.agent(id).iter().any(|p| p.usable()))
+        },
+    )
+    .await
+    .map_err(|e| anyhow!(e))?;
     let total = ctx.directory.load().agent_count();
     cx.step(&format!("discovery in a registry of {total} agents"));
     let count = if cx.smoke { 20_000 } else { 1_000_000 };
