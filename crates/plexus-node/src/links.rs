@@ -44,6 +44,11 @@ pub trait ClusterLinks: Send + Sync + 'static {
     fn watch(&self, me: &str);
     /// Stop reporting them (the Membership actor is stopping).
     fn unwatch(&self, me: &str);
+    /// Drop `me`'s link to `peer`, which membership declared down. A link
+    /// to a node that died without closing its sockets (a container killed
+    /// with its network) can outlive it; while it does, the restarted node's
+    /// handshakes are answered "already connected" and fail. Default: no-op.
+    fn drop_link(&self, _me: &str, _peer: &str) {}
 }
 
 /// Production links: ractor_cluster sessions of the node's NodeServer. A
@@ -111,6 +116,26 @@ impl ClusterLinks for RactorLinks {
             subscription: Box::new(LinkEvents {
                 node: me.to_string(),
             }),
+        });
+    }
+
+    fn drop_link(&self, _me: &str, peer: &str) {
+        let server = self.node_server.clone();
+        let peer = peer.to_string();
+        tokio::spawn(async move {
+            let sessions = match ractor::call_t!(server, NodeServerMessage::GetSessions, 1_000) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot list cluster sessions");
+                    return;
+                }
+            };
+            for ses in sessions.into_values() {
+                if LinkEvents::peer(&ses).as_deref() == Some(peer.as_str()) {
+                    tracing::info!(%peer, addr = %ses.peer_addr, "dropping the link to a member declared down");
+                    ses.actor.stop(Some("member down".into()));
+                }
+            }
         });
     }
 

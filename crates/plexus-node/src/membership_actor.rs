@@ -182,6 +182,7 @@ fn apply(myself: &ActorRef<MembershipMsg>, st: &mut MembershipState, out: Output
             MemberEvent::Down(id) => {
                 st.ctx.metrics.member_event("down");
                 let failed = st.ctx.bus.peer_down(&id.name);
+                st.ctx.links.drop_link(st.ctx.name(), &id.name);
                 tracing::warn!(peer = %id.name, generation = id.generation, failed_requests = failed, "member down");
                 publish_health(&st.ctx, &id, MemberStatus::Down);
                 cast_named(&node, "registry", RegistryMsg::MemberDown(id));
