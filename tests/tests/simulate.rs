@@ -255,3 +255,19 @@ fn lossy_gossip_seeds_that_once_stuck_a_node_unreachable_converge() {
         assert_eq!(doc["passed"], 1, "seed {seed}: {doc}");
     }
 }
+
+/// Seed 19 of rolling-restart stopped a node after it ran a saga's last step
+/// and before it answered; the saga compensated the earlier steps and left
+/// that step's effect. A step in doubt is now re-sent, not failed.
+#[test]
+fn rolling_restart_seed_with_a_step_in_doubt_keeps_sagas_atomic() {
+    let (code, doc, stderr) = simulate(&scenario("rolling-restart"), 19, 1);
+    assert_eq!(
+        code,
+        0,
+        "{}\n{}",
+        doc["failures"],
+        plexus_tests::tail(&stderr, 10)
+    );
+    assert_eq!(doc["invariants"]["sagas_atomic"]["passed"], 1, "{doc}");
+}

@@ -32,6 +32,15 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<Box<ExecReply>>,
+    /// The command may have run although no answer said so (a timeout, or
+    /// its node went down after the request left, on this or an earlier
+    /// try). Re-send with the same idempotency key to learn the outcome.
+    #[serde(
+        rename = "inDoubt",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub in_doubt: bool,
 }
 
 impl Problem {
@@ -42,6 +51,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             reply: None,
+            in_doubt: false,
         }
     }
 }
@@ -51,6 +61,21 @@ impl Problem {
     /// node, plugin or try, unlike a bad request.
     pub fn is_unavailable(&self) -> bool {
         matches!(self.status, 502..=504)
+    }
+
+    /// Whether this failure leaves the command's effect unknown: the request
+    /// was delivered (or may have been) and no answer came back.
+    fn leaves_doubt(&self) -> bool {
+        self.kind.ends_with("/timeout") || self.kind.ends_with("/node-down")
+    }
+
+    /// Whether the plugin's host ran the request (past its breaker and its
+    /// effect log) and answered: then the answer settles an earlier doubt.
+    pub fn answered_by_handler(&self) -> bool {
+        self.reply
+            .as_ref()
+            .and_then(|r| r.error.as_ref())
+            .is_some_and(|e| !matches!(e.kind.as_str(), "breaker_open" | "crashed" | "timeout"))
     }
 }
 
@@ -428,6 +453,9 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
             .unwrap_or_default()
     );
     let mut retries = 0u32;
+    // Set by a try that may have run; cleared by a later answer, which
+    // (same idempotency key) tells what happened.
+    let mut doubt = false;
     loop {
         match exec_once(ctx, &body).await {
             Ok(mut r) => {
@@ -443,6 +471,12 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
                 return Ok(r);
             }
             Err(mut p) => {
+                if p.leaves_doubt() {
+                    doubt = true;
+                } else if p.answered_by_handler() {
+                    doubt = false;
+                }
+                p.in_doubt = doubt;
                 let retryable = p
                     .reply
                     .as_ref()
@@ -470,7 +504,8 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
                         return Ok(c);
                     }
                 }
-                if unavailable {
+                // Not when the command may have run: a stand-in answer would hide that.
+                if unavailable && !doubt {
                     if let Some(d) = handling.and_then(|(_, h)| h.default_result.as_ref()) {
                         return Ok(ExecReply {
                             ok: true,

@@ -52,9 +52,21 @@ impl StepExecutor for NodeExecutor {
         Box::pin(async move {
             match exec_command(&self.ctx, body).await {
                 Ok(r) => Ok(r.output.unwrap_or(Value::Null)),
-                // Unavailable, breaker open, failed, timed out: may pass.
-                Err(p) if p.is_unavailable() => Err(StepError::transient(p.detail)),
-                Err(p) => Err(StepError::permanent(p.detail)),
+                // Timed out or its node lost mid-request: may have run.
+                Err(p) if p.in_doubt => Err(StepError::in_doubt(p.detail)),
+                Err(p) => {
+                    // Unavailable, breaker open, failed: may pass.
+                    let e = if p.is_unavailable() {
+                        StepError::transient(p.detail.clone())
+                    } else {
+                        StepError::permanent(p.detail.clone())
+                    };
+                    Err(if p.answered_by_handler() {
+                        e
+                    } else {
+                        e.not_delivered()
+                    })
+                }
             }
         })
     }

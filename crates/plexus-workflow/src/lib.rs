@@ -70,8 +70,8 @@ pub use journal::{FileJournal, JournalFileError, JournalHeader, JournalRecord, J
 pub use plan::{Branch, Plan, PlannedStep, Stage};
 pub use plexus_resilience::saga::{compensation_key, step_key};
 pub use runner::{
-    run, run_observed, Observer, RunReport, RunStatus, StepError, StepExecutor, StepState,
-    StepStatus,
+    run, run_observed, Delivery, Observer, RunReport, RunStatus, StepError, StepExecutor,
+    StepState, StepStatus,
 };
 pub use saga::{journal_path, journal_report, list_journals, JournalSummary, SagaError, SagaRun};
 pub use template::TemplateError;

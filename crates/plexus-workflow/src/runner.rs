@@ -21,6 +21,22 @@ use crate::format::{OnError, RetrySpec, Step, Workflow, WorkflowKind};
 use crate::plan::{Branch, Stage};
 use crate::template;
 
+/// Whether a failed call reached the plugin, as far as the caller can tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Delivery {
+    /// The plugin ran the command and answered with this failure: with the
+    /// same idempotency key, that answer is what happened.
+    #[default]
+    Answered,
+    /// Refused before it reached the plugin (no host, breaker open, bad
+    /// request): it had no effect, but says nothing about earlier tries.
+    NotDelivered,
+    /// It may have run and no answer came (a timeout, the plugin's node went
+    /// down after the request left).
+    InDoubt,
+}
+
 /// Why a step's command failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
@@ -31,6 +47,10 @@ pub struct StepError {
     /// again: timeouts and transient failures. Retried up to the step's
     /// `max_attempts`.
     pub retryable: bool,
+    /// Whether the command may have run. A saga never compensates around a
+    /// step in doubt: it re-sends it with the same key until answered.
+    #[serde(default)]
+    pub delivery: Delivery,
 }
 
 impl StepError {
@@ -39,15 +59,40 @@ impl StepError {
         StepError {
             message: message.into(),
             retryable: false,
+            delivery: Delivery::Answered,
         }
     }
 
-    /// A failure that may go away (a timeout, an unavailable plugin).
+    /// A failure that may go away when tried again.
     pub fn transient(message: impl Into<String>) -> StepError {
         StepError {
             message: message.into(),
             retryable: true,
+            delivery: Delivery::Answered,
         }
+    }
+
+    /// A failure whose effect is unknown (a timeout, the node lost
+    /// mid-request): retryable, and the command may have run.
+    pub fn in_doubt(message: impl Into<String>) -> StepError {
+        StepError {
+            message: message.into(),
+            retryable: true,
+            delivery: Delivery::InDoubt,
+        }
+    }
+
+    /// The same failure, refused before it reached the plugin.
+    pub fn not_delivered(self) -> StepError {
+        StepError {
+            delivery: Delivery::NotDelivered,
+            ..self
+        }
+    }
+
+    /// Whether the command may have run without an answer saying so.
+    pub fn is_in_doubt(&self) -> bool {
+        self.delivery == Delivery::InDoubt
     }
 }
 
@@ -313,6 +358,7 @@ pub(crate) async fn call_with_retries<E: StepExecutor + ?Sized>(
 ) -> Result<Value, StepError> {
     let policy = retry.policy(max_attempts.max(1));
     let mut tries = 0u32;
+    let mut doubt = false;
     loop {
         tries += 1;
         attempts.fetch_add(1, Ordering::Relaxed);
@@ -320,15 +366,26 @@ pub(crate) async fn call_with_retries<E: StepExecutor + ?Sized>(
         let res = match timeout_ms {
             Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), fut).await {
                 Ok(r) => r,
-                Err(_) => Err(StepError::transient(format!("timed out after {ms} ms"))),
+                Err(_) => Err(StepError::in_doubt(format!("timed out after {ms} ms"))),
             },
             None => fut.await,
         };
-        let err = match res {
+        let mut err = match res {
             Ok(v) => return Ok(v),
-            Err(e) if !e.retryable => return Err(e),
             Err(e) => e,
         };
+        // An earlier try may have run; only an answer (same key) settles it.
+        match err.delivery {
+            Delivery::InDoubt => doubt = true,
+            Delivery::Answered => doubt = false,
+            Delivery::NotDelivered => {}
+        }
+        if doubt {
+            err.delivery = Delivery::InDoubt;
+        }
+        if !err.retryable {
+            return Err(err);
+        }
         let delay = policy.delay_for(tries, &mut rand::thread_rng());
         match delay {
             Some(d) => {

@@ -15,6 +15,14 @@
 //! at most `saga.compensation_max_attempts` times; then the saga stops with
 //! status [`RunStatus::Stuck`] (recorded in the journal) and a later resume
 //! tries again.
+//!
+//! A step whose last try is in doubt ([`StepError::is_in_doubt`]: it timed
+//! out, or its node went down with the request) is not failed: it may have
+//! run, and compensating only the steps before it would leave its effect in
+//! place. The driver re-sends it with the same key (the plugin's effect log
+//! answers a run that already happened) until an answer settles it, within
+//! the same `compensation_max_attempts` budget; then the saga is stuck on
+//! that step and a resume re-sends it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -29,8 +37,8 @@ use crate::journal::{
     FileJournal, JournalFileError, JournalHeader, JournalRecord, JOURNAL_SUFFIX, JOURNAL_VERSION,
 };
 use crate::runner::{
-    call_with_retries, now_ms, step_input, step_transform, Observer, RunReport, RunStatus,
-    StepExecutor, StepStatus,
+    call_with_retries, now_ms, step_input, step_transform, Delivery, Observer, RunReport,
+    RunStatus, StepError, StepExecutor, StepStatus,
 };
 use crate::template;
 
@@ -242,7 +250,7 @@ impl<E: StepExecutor> SagaRun<E> {
     }
 
     /// Drives the saga until it completes, is fully compensated, or is
-    /// stuck on a compensation. `Err` only when the journal cannot be
+    /// stuck (on a compensation, or on a step in doubt). `Err` only when the journal cannot be
     /// written (the saga stopped before the next effect: resume it later).
     pub async fn run(&mut self) -> Result<RunReport, SagaError> {
         if self.report.status == RunStatus::Stuck {
@@ -272,7 +280,17 @@ impl<E: StepExecutor> SagaRun<E> {
                     let outcome = self.run_step(step, &idempotency_key).await;
                     match outcome {
                         Ok(v) => self.journal.step_completed(step, v),
-                        Err(e) => self.journal.step_failed(step, e),
+                        Err(e) if e.is_in_doubt() => {
+                            // Compensating now could leave this step's effect
+                            // in place: stop here, and a resume re-sends it.
+                            let attempts = self.report.steps[step as usize].attempts;
+                            self.store.append_stuck(step, attempts, &e.message)?;
+                            tracing::error!(saga = %self.id, step, attempts, error = %e.message, "saga stuck on a step in doubt");
+                            mark_stuck(&mut self.report, &self.workflow, step, attempts, &e.message, true);
+                            self.notify();
+                            return Ok(self.report.clone());
+                        }
+                        Err(e) => self.journal.step_failed(step, e.message),
                     }
                     .map_err(|e| self.internal(e))?;
                 }
@@ -290,7 +308,14 @@ impl<E: StepExecutor> SagaRun<E> {
                         Err((attempts, error)) => {
                             self.store.append_stuck(step, attempts, &error)?;
                             tracing::error!(saga = %self.id, step, attempts, %error, "saga stuck on a compensation");
-                            mark_stuck(&mut self.report, &self.workflow, step, attempts, &error);
+                            mark_stuck(
+                                &mut self.report,
+                                &self.workflow,
+                                step,
+                                attempts,
+                                &error,
+                                false,
+                            );
                             self.notify();
                             return Ok(self.report.clone());
                         }
@@ -313,8 +338,9 @@ impl<E: StepExecutor> SagaRun<E> {
         ctx
     }
 
-    /// Runs step `step`; `Err` with the reason it failed for good.
-    async fn run_step(&mut self, step: u32, key: &str) -> Result<Value, String> {
+    /// Runs step `step`; `Err` with the reason it failed for good, or why
+    /// it is still in doubt after re-sending it within the saga's budget.
+    async fn run_step(&mut self, step: u32, key: &str) -> Result<Value, StepError> {
         let idx = step as usize;
         let wf = &self.workflow;
         let s = &wf.steps()[idx];
@@ -327,11 +353,12 @@ impl<E: StepExecutor> SagaRun<E> {
                 match step_transform(prev, &ctx, out) {
                     Ok(Some(m)) => carry = m,
                     Ok(None) => {}
-                    Err(e) => return Err(format!("step {:?}: {e}", prev.id)),
+                    Err(e) => return Err(StepError::permanent(format!("step {:?}: {e}", prev.id))),
                 }
             }
         }
-        let input = step_input(s, &ctx, &carry).map_err(|e| format!("step {:?}: {e}", s.id))?;
+        let input = step_input(s, &ctx, &carry)
+            .map_err(|e| StepError::permanent(format!("step {:?}: {e}", s.id)))?;
         self.report.steps[idx].status = StepStatus::Running;
         self.notify();
         let attempts = AtomicU32::new(0);
@@ -348,7 +375,67 @@ impl<E: StepExecutor> SagaRun<E> {
         )
         .await;
         self.report.steps[idx].attempts += attempts.load(Ordering::Relaxed);
-        res.map_err(|e| e.message)
+        match res {
+            Err(e) if e.is_in_doubt() => self.settle(step, key, &input, e).await,
+            res => res,
+        }
+    }
+
+    /// Re-sends a step in doubt with the same idempotency key until an
+    /// answer says what happened (the plugin's effect log answers a request
+    /// that already ran), at most `saga.compensation_max_attempts` times.
+    async fn settle(
+        &mut self,
+        step: u32,
+        key: &str,
+        input: &Value,
+        first: StepError,
+    ) -> Result<Value, StepError> {
+        let idx = step as usize;
+        let wf = &self.workflow;
+        let s = &wf.steps()[idx];
+        tracing::warn!(saga = %self.id, step, error = %first.message, "step in doubt: re-sending it with the same key until answered");
+        self.report.steps[idx].error = Some(format!("in doubt: {}", first.message));
+        self.notify();
+        let policy = wf
+            .retry()
+            .policy(wf.saga().compensation_max_attempts.max(1));
+        let mut last = first;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let Some(delay) = policy.delay_for(tries, &mut rand::thread_rng()) else {
+                return Err(last);
+            };
+            tokio::time::sleep(delay).await;
+            self.report.steps[idx].attempts += 1;
+            let fut = self
+                .executor
+                .exec(&s.plugin, &s.command, input.clone(), key.to_string());
+            let res = match s.timeout_ms {
+                Some(ms) => tokio::time::timeout(std::time::Duration::from_millis(ms), fut)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StepError::in_doubt(format!("timed out after {ms} ms")))
+                    }),
+                None => fut.await,
+            };
+            match res {
+                Ok(v) => {
+                    self.report.steps[idx].error = None;
+                    return Ok(v);
+                }
+                // Answered: the key had no successful run, so nothing to undo.
+                Err(e) if e.delivery == Delivery::Answered => return Err(e),
+                Err(e) => {
+                    tracing::debug!(saga = %self.id, step, attempt = tries, error = %e.message, "step still in doubt");
+                    last = StepError {
+                        delivery: Delivery::InDoubt,
+                        ..e
+                    };
+                }
+            }
+        }
     }
 
     /// Runs a compensation until it succeeds or runs out of attempts
@@ -462,7 +549,11 @@ fn replay(file: &FileJournal) -> Result<(Workflow, SagaJournal<Value>, RunReport
                 attempts,
                 error,
                 ..
-            } => mark_stuck(&mut report, &workflow, *step, *attempts, error),
+            } => {
+                // Before any failure, a saga can only be stuck on a step in doubt.
+                let in_doubt = !report.steps.iter().any(|s| s.status == StepStatus::Failed);
+                mark_stuck(&mut report, &workflow, *step, *attempts, error, in_doubt)
+            }
         }
     }
     Ok((workflow, journal, report))
@@ -530,13 +621,32 @@ fn apply_entry(report: &mut RunReport, workflow: &Workflow, at: u64, entry: &Sag
     }
 }
 
-fn mark_stuck(report: &mut RunReport, workflow: &Workflow, step: u32, attempts: u32, error: &str) {
+/// Marks the saga stuck on `step`: on its compensation, or (`in_doubt`) on
+/// the step itself, sent but never answered.
+fn mark_stuck(
+    report: &mut RunReport,
+    workflow: &Workflow,
+    step: u32,
+    attempts: u32,
+    error: &str,
+    in_doubt: bool,
+) {
     report.status = RunStatus::Stuck;
-    report.error = Some(format!(
-        "compensation of step {:?} failed {attempts} times: {error}",
-        step_id(workflow, step)
-    ));
-    if let Some(s) = report.steps.get_mut(step as usize) {
+    let Some(s) = report.steps.get_mut(step as usize) else {
+        return;
+    };
+    if in_doubt {
+        report.error = Some(format!(
+            "step {:?} is in doubt after {attempts} tries (it may have run; a resume re-sends it with the same key): {error}",
+            step_id(workflow, step)
+        ));
+        s.error = Some(format!("in doubt: {error}"));
+        s.attempts = s.attempts.max(attempts);
+    } else {
+        report.error = Some(format!(
+            "compensation of step {:?} failed {attempts} times: {error}",
+            step_id(workflow, step)
+        ));
         s.compensation_error = Some(error.to_string());
         s.compensation_attempts = s.compensation_attempts.max(attempts);
     }

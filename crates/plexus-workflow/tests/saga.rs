@@ -556,3 +556,93 @@ mod prop {
         }
     }
 }
+
+/// The last step ran but its answer was lost (the simulation's
+/// rolling-restart seed 19): the saga must re-send it with the same key and
+/// complete, not compensate the steps before it and leave its effect.
+#[tokio::test]
+async fn step_in_doubt_is_resent_until_answered_not_compensated_around() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new();
+    fake.set("do2", Behaviour::LostReply(2));
+    let mut run = SagaRun::start(
+        "d-1",
+        &saga(3),
+        json!({"order": "o"}),
+        dir.path(),
+        fake.clone(),
+    )
+    .unwrap();
+    let r = run.run().await.unwrap();
+    assert_eq!(r.status, RunStatus::Completed, "{r:?}");
+    assert_eq!(fake.effects(), ["d-1:0", "d-1:1", "d-1:2"]);
+    assert_eq!(fake.keys(), ["d-1:0", "d-1:1", "d-1:2", "d-1:2", "d-1:2"]);
+    assert!(r.steps[2].error.is_none(), "{r:?}");
+}
+
+/// In doubt, then a definite answer that it failed: nothing of the step
+/// to undo, so the saga compensates the steps before it.
+#[tokio::test]
+async fn step_in_doubt_then_answered_failure_compensates_earlier_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new();
+    fake.set("do2", Behaviour::InDoubtThenFail(1));
+    let mut run = SagaRun::start(
+        "d-2",
+        &saga(3),
+        json!({"order": "o"}),
+        dir.path(),
+        fake.clone(),
+    )
+    .unwrap();
+    let r = run.run().await.unwrap();
+    assert_eq!(r.status, RunStatus::Compensated, "{r:?}");
+    assert_eq!(
+        fake.effects(),
+        ["d-2:0", "d-2:1", "d-2:1:compensate", "d-2:0:compensate"]
+    );
+    assert_eq!(
+        fake.commands(),
+        ["do0", "do1", "do2", "do2", "undo1", "undo0"]
+    );
+}
+
+/// Still in doubt after the budget: the saga is stuck on that step (not
+/// compensated); the journal says so, and a resume re-sends the step.
+#[tokio::test]
+async fn step_in_doubt_past_the_budget_is_stuck_then_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new();
+    fake.set("do1", Behaviour::LostReply(100));
+    let mut run = SagaRun::start(
+        "d-3",
+        &saga(3),
+        json!({"order": "o"}),
+        dir.path(),
+        fake.clone(),
+    )
+    .unwrap();
+    let r = run.run().await.unwrap();
+    assert_eq!(r.status, RunStatus::Stuck, "{r:?}");
+    let err = r.error.clone().unwrap_or_default();
+    assert!(err.contains("step \"s1\" is in doubt"), "{err}");
+    // compensation_max_attempts (3) tries in all.
+    assert_eq!(fake.commands(), ["do0", "do1", "do1", "do1"]);
+    assert_eq!(fake.effects(), ["d-3:0", "d-3:1"], "no compensation ran");
+    drop(run);
+    let listed = list_journals(dir.path()).unwrap();
+    assert_eq!(listed[0].status(), Some(RunStatus::Stuck));
+    assert!(listed[0].needs_resume());
+    let replayed = listed[0].report.clone().unwrap();
+    assert!(
+        replayed.error.unwrap_or_default().contains("in doubt"),
+        "the journal keeps why it is stuck"
+    );
+
+    // The answers come back: the resume re-sends step 1 and completes.
+    fake.set("do1", Behaviour::LostReply(0));
+    let mut run = SagaRun::resume(journal_path(dir.path(), "d-3"), fake.clone()).unwrap();
+    let r = run.run().await.unwrap();
+    assert_eq!(r.status, RunStatus::Completed, "{r:?}");
+    assert_eq!(fake.effects(), ["d-3:0", "d-3:1", "d-3:2"]);
+}

@@ -21,6 +21,12 @@ pub enum Behaviour {
     Flaky(usize),
     /// Succeed after a delay.
     Delay(u64),
+    /// Take effect, but lose the answer (an in-doubt error) on the first
+    /// this many calls of a key.
+    LostReply(usize),
+    /// An in-doubt error with no effect this many times per key, then a
+    /// definite failure.
+    InDoubtThenFail(usize),
 }
 
 /// One call as the executor saw it.
@@ -109,6 +115,15 @@ impl Fake {
         self.calls_made.load(Ordering::SeqCst)
     }
 
+    /// How many times `key` has been called with a counting behaviour
+    /// (this call included).
+    fn seen(&self, key: &str) -> usize {
+        let mut seen = self.flaky_seen.lock().unwrap();
+        let k = seen.entry(key.to_string()).or_default();
+        *k += 1;
+        *k
+    }
+
     pub fn no_crash(&self) {
         *self.crash.lock().unwrap() = None;
     }
@@ -159,13 +174,10 @@ impl StepExecutor for Fake {
                     futures::future::pending::<()>().await;
                 }
             }
-            let res = match behaviour {
+            let res = match behaviour.clone() {
                 Some(Behaviour::Fail) => Err(StepError::permanent(format!("{command} failed"))),
                 Some(Behaviour::Flaky(n)) => {
-                    let mut seen = self.flaky_seen.lock().unwrap();
-                    let k = seen.entry(key.clone()).or_default();
-                    *k += 1;
-                    if *k <= n {
+                    if self.seen(&key) <= n {
                         Err(StepError::transient(format!("{command} flaked")))
                     } else {
                         Ok(sim_output(&plugin, &command, &input))
@@ -176,7 +188,14 @@ impl StepExecutor for Fake {
                     Ok(sim_output(&plugin, &command, &input))
                 }
                 Some(Behaviour::Output(v)) => Ok(v),
-                None => Ok(sim_output(&plugin, &command, &input)),
+                Some(Behaviour::LostReply(_)) | None => Ok(sim_output(&plugin, &command, &input)),
+                Some(Behaviour::InDoubtThenFail(n)) => {
+                    if self.seen(&key) <= n {
+                        Err(StepError::in_doubt(format!("{command} timed out")))
+                    } else {
+                        Err(StepError::permanent(format!("{command} failed")))
+                    }
+                }
             };
             let res = match res {
                 Ok(v) => {
@@ -192,6 +211,11 @@ impl StepExecutor for Fake {
                 }
                 Err(e) => Err(e),
             };
+            if let (Some(Behaviour::LostReply(n)), Ok(_)) = (&behaviour, &res) {
+                if self.seen(&key) <= *n {
+                    return Err(StepError::in_doubt(format!("{command}: no answer")));
+                }
+            }
             if let Some(c) = crash_now {
                 if c.after_effect {
                     self.crashed.store(true, Ordering::SeqCst);
