@@ -1755,3 +1755,84 @@ fn clock_skew_between_containers_keeps_leases_fenced_and_expiry_on_each_nodes_cl
     );
     eprintln!("lease grants across skewed clocks (node index, token, holder): {grants:?}; late write: {late:?}");
 }
+
+/// No Docker needed: a node whose clock is behind, and that missed the last
+/// grant of a lease (it joined after it), still gets the lease once the
+/// grant expired on the other nodes' clocks. The refusals it gets carry
+/// promises dated by their acceptors' clocks; it used to compare those with
+/// its own clock, find them unexpired, and answer 409 "held for another
+/// ~N ms" for a free lease (until its own clock caught up: skew + TTL).
+#[test]
+fn a_node_with_a_slow_clock_that_missed_a_grant_acquires_the_expired_lease() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = |name: &str, extra: Vec<String>| plexus_tests::NodeSpec {
+        name: name.into(),
+        plugins: vec!["exec-automator".into()],
+        catalogs: vec![],
+        extra,
+    };
+    let mut c = plexus_tests::Cluster::start(vec![spec("a", vec![]), spec("b", vec![])]);
+    // Granted by a and b (the cluster they know has two members).
+    let first = lease(&c.nodes[0].api, "slow-lock", 1_000);
+    assert!(first.error.is_none(), "{:?}", first.error);
+    let granted = Instant::now();
+    let token1 = serde_json::from_str::<Value>(&first.what).expect("lease JSON")["token"]
+        .as_u64()
+        .expect("token");
+    // c joins with its clock 30 s behind (`[node] clock_skew_ms` in a file).
+    let conf = tmp.path().join("c.toml");
+    std::fs::write(&conf, "[node]\nclock_skew_ms = -30000\n").unwrap();
+    let seeds = vec![c.nodes[0].cluster.clone()];
+    let node_c = plexus_tests::Node::start(
+        spec("c", vec!["--config".into(), conf.display().to_string()]),
+        c.dir.path(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &seeds,
+    );
+    assert!(
+        node_c.log_text().contains("skewed"),
+        "node c does not say its clock is skewed:\n{}",
+        node_c.log_text()
+    );
+    c.nodes.push(node_c);
+    c.wait_converged();
+    // The grant has expired on a's and b's clocks.
+    wait_for(Duration::from_secs(10), "the first grant to expire", || {
+        (granted.elapsed() > Duration::from_millis(1_500)).then_some(())
+    });
+    assert!(
+        granted.elapsed() < Duration::from_secs(25),
+        "too slow to test: c's clock has caught up with the grant"
+    );
+    let second = lease(&c.nodes[2].api, "slow-lock", 1_000);
+    let l: Value = match &second.error {
+        None => serde_json::from_str(&second.what).expect("lease JSON"),
+        Some(e) => panic!("node c was refused an expired lease: {e}"),
+    };
+    assert_eq!(l["holder"], "exec-automator@c", "{l:#}");
+    assert!(l["token"].as_u64().expect("token") > token1, "{l:#}");
+}
+
+/// No Docker needed: a bad `PLEXUS_CLOCK_SKEW_MS` stops `plexus node` with a
+/// usage error that names the variable.
+#[test]
+fn a_bad_clock_skew_in_the_environment_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (bad, says) in [("5s", "whole number"), ("-90000000", "out of range")] {
+        let out = Command::new(plexus_tests::bin())
+            .args(["node", "--check", "--name", "n1", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("PLEXUS_CLOCK_SKEW_MS", bad)
+            .env("PLEXUS_LOG", "warn")
+            .output()
+            .expect("run plexus node --check");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("PLEXUS_CLOCK_SKEW_MS") && err.contains(says),
+            "{bad}: {err}"
+        );
+    }
+}
