@@ -1162,7 +1162,7 @@ fn exec_workload(
             at: t,
             took: t.elapsed(),
             timeout: Duration::from_millis(4_000),
-            error: (o.code != 0).then(|| o.stderr),
+            error: (o.code != 0).then_some(o.stderr),
         });
         i += 1;
     }
@@ -1410,24 +1410,35 @@ fn a_lossy_link_under_writes_and_sagas_loses_no_acknowledged_write_and_sagas_sta
     let lossy_from = Instant::now();
     faults.lossy(&c.container(3), c.get("NODE1_IP"), 0.15);
     faults.lossy(&c.container(3), c.get("NODE2_IP"), 0.15);
-    // Sagas from node1 and node3 while the link is lossy: ledger on node2,
-    // shipper on node3.
+    // Sagas from node1 and node3 while the link is lossy (ledger on node2,
+    // shipper on node3), one every 2 s or so, spread over the loss.
+    let api_of = |i: usize| {
+        if i.is_multiple_of(2) {
+            &apis[0]
+        } else {
+            &apis[2]
+        }
+    };
     let mut ids = vec![];
-    for i in 0..6 {
-        let api = if i % 2 == 0 { &apis[0] } else { &apis[2] };
-        ids.push(start_saga(api, &f, &format!("item-{i}")));
-    }
     let mut views: BTreeMap<String, u32> = BTreeMap::new();
     let start_keys = progress();
     wait_for(
         Duration::from_secs(90),
         "the workload to run on the lossy link",
         || {
+            if ids.len() < 6
+                && lossy_from.elapsed() >= Duration::from_millis(2_000 * ids.len() as u64)
+            {
+                let i = ids.len();
+                ids.push(start_saga(api_of(i), &f, &format!("item-{i}")));
+            }
             for (n, m) in [(1, "node3"), (3, "node1"), (3, "node2")] {
                 let st = c.member_status(n, m).unwrap_or_else(|| "no answer".into());
                 *views.entry(format!("node{n} sees {m} {st}")).or_default() += 1u32;
             }
-            (lossy_from.elapsed() >= Duration::from_secs(15) && progress() >= start_keys + 8)
+            (ids.len() == 6
+                && lossy_from.elapsed() >= Duration::from_secs(15)
+                && progress() >= start_keys + 8)
                 .then_some(())
         },
     );
@@ -1451,7 +1462,7 @@ fn a_lossy_link_under_writes_and_sagas_loses_no_acknowledged_write_and_sagas_sta
     // Every saga ends completed or compensated (on the node that ran it).
     let mut runs = BTreeMap::new();
     for (i, id) in ids.iter().enumerate() {
-        let api = if i % 2 == 0 { &apis[0] } else { &apis[2] };
+        let api = api_of(i);
         let r = wait_for(
             Duration::from_secs(90),
             &format!("saga {id} to end"),
@@ -1482,7 +1493,8 @@ fn a_lossy_link_under_writes_and_sagas_loses_no_acknowledged_write_and_sagas_sta
     wait_converged(&c, &w.acked, w.hits_acked, w.hits_tried);
 }
 
-/// `plexus state lease acquire` of `name` for `exec-automator` via `api`.
+/// `plexus state lease acquire` of `name` for `exec-automator` via `api`,
+/// as a [`Call`] whose `what` is the granted lease's JSON when it succeeded.
 fn lease(api: &str, name: &str, ttl_ms: u64) -> Call {
     let t = Instant::now();
     let o = plexus(&[
@@ -1509,7 +1521,7 @@ fn lease(api: &str, name: &str, ttl_ms: u64) -> Call {
         at: t,
         took: t.elapsed(),
         timeout: Duration::from_millis(2000),
-        error: (o.code != 0).then(|| o.stderr),
+        error: (o.code != 0).then_some(o.stderr),
     }
 }
 
@@ -1593,14 +1605,14 @@ fn clock_skew_between_containers_keeps_leases_fenced_and_expiry_on_each_nodes_cl
     wait_for(
         Duration::from_secs(20),
         "node3 to read node1's write",
-        || (get(&apis[2], "lww")? == Value::from("node1, ahead")).then_some(()),
+        || (get(&apis[2], "lww")? == "node1, ahead").then_some(()),
     );
     assert!(put(&apis[2], "lww", r#""node3, behind, later""#));
     for api in &apis {
         wait_for(
             Duration::from_secs(20),
             "the later write everywhere",
-            || (get(api, "lww")? == Value::from("node3, behind, later")).then_some(()),
+            || (get(api, "lww")? == "node3, behind, later").then_some(()),
         );
     }
 
@@ -1675,7 +1687,7 @@ fn clock_skew_between_containers_keeps_leases_fenced_and_expiry_on_each_nodes_cl
         wait_for(
             Duration::from_secs(20),
             "the re-created key everywhere",
-            || (get(api, "exp/behind")? == Value::from("again")).then_some(()),
+            || (get(api, "exp/behind")? == "again").then_some(()),
         );
     }
 
