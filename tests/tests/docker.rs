@@ -1,7 +1,10 @@
 //! Multi-host tests: three `plexus node` containers on their own Docker
 //! network (started by `tests/docker/cluster.sh`), driven from the host
 //! through the `plexus` CLI, under `docker kill`, `docker network
-//! disconnect` and `docker restart`.
+//! disconnect` and `docker restart`, one-way partitions and lossy links
+//! (iptables rules in a container's network namespace, removed by a guard)
+//! and clock skew between nodes (`PLEXUS_CLOCK_SKEW_MS`). The fault menu and
+//! what each test checks: tests/docker/README.md.
 //!
 //! They need a Docker engine, so `cargo test` skips them (`#[ignore]`);
 //! `.ci/run` runs them when `docker info` works:
