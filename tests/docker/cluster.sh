@@ -24,6 +24,8 @@
 #   PLEXUS_DOCKER_DATA    host dir holding node1/ node2/ node3/ data dirs (default: mktemp)
 #   PLEXUS_DOCKER_CATALOG host dir of extra plugin manifests, mounted read-only at /catalog
 #   PLEXUS_NODE{1,2,3}_PLUGINS  comma-separated plugins per node (default: as cluster-config/node*.toml)
+#   PLEXUS_NODE{1,2,3}_CLOCK_SKEW_MS  fault injection: that node's wall-clock offset in ms
+#                         (passed as PLEXUS_CLOCK_SKEW_MS; see docs/operator.md)
 #   PLEXUS_COOKIE         cluster cookie (default: random per run)
 #   PLEXUS_DOCKER_TIMEOUT seconds to wait for the cluster to form (default 90)
 #   PLEXUS_DOCKER_OWNER   pid of the process that owns the run (the Rust tests set it,
@@ -136,7 +138,10 @@ up() {
     echo "COOKIE=$cookie"
   } > "$data/cluster.env"
   for i in 1 2 3; do
-    local ip="$prefix.1$i" catalog=()
+    local ip="$prefix.1$i" catalog=() skew_var="PLEXUS_NODE${i}_CLOCK_SKEW_MS" skew=()
+    if [ -n "${!skew_var:-}" ]; then
+      skew=(-e "PLEXUS_CLOCK_SKEW_MS=${!skew_var}")
+    fi
     mkdir -p "$data/node$i"
     if [ -n "${PLEXUS_DOCKER_CATALOG:-}" ]; then
       catalog=(-v "$(cd "$PLEXUS_DOCKER_CATALOG" && pwd):/catalog:ro")
@@ -145,7 +150,7 @@ up() {
       --label "$LABEL" --label "$OWNER_LABEL" --label "plexus.run=$run" \
       --network "$net" --ip "$ip" \
       -v "$data/node$i:/data" "${catalog[@]}" \
-      -e PLEXUS_COOKIE="$cookie" -e PLEXUS_LOG="${PLEXUS_LOG:-info}" \
+      -e PLEXUS_COOKIE="$cookie" -e PLEXUS_LOG="${PLEXUS_LOG:-info}" "${skew[@]}" \
       "$image" node --name "node$i" --listen 0.0.0.0:7101 --api 0.0.0.0:7201 \
       --advertise "$ip" --data-dir /data --plugins "${plugins[$i]}" \
       ${PLEXUS_DOCKER_CATALOG:+--catalog /catalog} "${seeds[@]}" >/dev/null
@@ -153,6 +158,7 @@ up() {
       echo "NODE${i}_CONTAINER=plexus-$run-node$i"
       echo "NODE${i}_IP=$ip"
       echo "NODE${i}_API=$ip:7201"
+      echo "NODE${i}_CLOCK_SKEW_MS=${!skew_var:-0}"
       echo "NODE${i}_CLUSTER=$ip:7101"
     } >> "$data/cluster.env"
   done

@@ -5,6 +5,8 @@
 //! it before the tests run (`cargo build --workspace`), and `PLEXUS_BIN`
 //! overrides the path.
 
+pub mod fixtures;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,10 @@
 //! Multi-host tests: three `plexus node` containers on their own Docker
 //! network (started by `tests/docker/cluster.sh`), driven from the host
 //! through the `plexus` CLI, under `docker kill`, `docker network
-//! disconnect` and `docker restart`.
+//! disconnect` and `docker restart`, one-way partitions and lossy links
+//! (iptables rules in a container's network namespace, removed by a guard)
+//! and clock skew between nodes (`PLEXUS_CLOCK_SKEW_MS`). The fault menu and
+//! what each test checks: tests/docker/README.md.
 //!
 //! They need a Docker engine, so `cargo test` skips them (`#[ignore]`);
 //! `.ci/run` runs them when `docker info` works:
@@ -20,10 +23,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use plexus_tests::fixtures::{effect_log, effects, order_saga, run_report, write_saga_catalog};
 use plexus_tests::{member, plexus, wait_for, Output};
 use serde_json::Value;
 
@@ -63,6 +67,12 @@ impl DockerCluster {
     /// Start the cluster; `plugins[i]` is what node i+1 hosts, `catalog` is
     /// mounted as every node's extra catalog.
     fn up(plugins: [&str; 3], catalog: Option<&Path>) -> DockerCluster {
+        DockerCluster::up_skewed(plugins, catalog, [0; 3])
+    }
+
+    /// [`DockerCluster::up`] with node i+1's wall clock offset by
+    /// `skew_ms[i]` (`PLEXUS_CLOCK_SKEW_MS` in its container).
+    fn up_skewed(plugins: [&str; 3], catalog: Option<&Path>, skew_ms: [i64; 3]) -> DockerCluster {
         let lock = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         // What earlier test processes left behind when they were killed.
         let o = Command::new(script())
@@ -84,6 +94,14 @@ impl DockerCluster {
             .env("PLEXUS_NODE2_PLUGINS", plugins[1])
             .env("PLEXUS_NODE3_PLUGINS", plugins[2])
             .env("PLEXUS_LOG", "info,plexus_node=debug");
+        for (i, ms) in skew_ms.iter().enumerate() {
+            let var = format!("PLEXUS_NODE{}_CLOCK_SKEW_MS", i + 1);
+            if *ms == 0 {
+                cmd.env_remove(var);
+            } else {
+                cmd.env(var, ms.to_string());
+            }
+        }
         if let Some(c) = catalog {
             cmd.env("PLEXUS_DOCKER_CATALOG", c);
         }
@@ -251,138 +269,11 @@ fn exec_crosses_containers_and_nodes_advertise_their_own_addresses() {
     }
 }
 
-/// A test catalog: `ledger` (saga steps and compensations), `shipper` (a
-/// slow step, only on node3) and `depot` (on node2 and node3).
-const TEST_PLUGINS: &[(&str, &str)] = &[
-    (
-        "ledger.toml",
-        r#"
-[plugin]
-name = "ledger"
-[handler]
-kind = "sim"
-latencyMs = 5
-allowFaultInjection = true
-[errorHandling.retryPolicy]
-maxRetries = 0
-[errorHandling.circuitBreaker]
-minimumCalls = 100
-monitoringWindow = 100
-[[commands]]
-name = "reserve"
-[[commands]]
-name = "release"
-[[commands]]
-name = "charge"
-[[commands]]
-name = "refund"
-"#,
-    ),
-    (
-        "shipper.toml",
-        r#"
-[plugin]
-name = "shipper"
-[handler]
-kind = "sim"
-latencyMs = 5
-allowFaultInjection = true
-[errorHandling.retryPolicy]
-maxRetries = 0
-[errorHandling.circuitBreaker]
-minimumCalls = 100
-monitoringWindow = 100
-[[commands]]
-name = "ship"
-[[commands]]
-name = "unship"
-"#,
-    ),
-    (
-        "depot.toml",
-        r#"
-[plugin]
-name = "depot"
-[handler]
-kind = "sim"
-latencyMs = 5
-[errorHandling.retryPolicy]
-maxRetries = 0
-[errorHandling.circuitBreaker]
-minimumCalls = 100
-monitoringWindow = 100
-[[commands]]
-name = "count"
-"#,
-    ),
-];
-
-/// A saga of three steps: `ledger` reserve and charge, `shipper` ship;
-/// `charge` and `ship` take the given `$sim` directives (delays).
-fn order_saga(charge_sim: &str, ship_sim: &str) -> String {
-    format!(
-        r#"
-[workflow]
-name = "order"
-kind = "saga"
-
-[retry]
-initial_delay_ms = 10
-max_delay_ms = 50
-
-[[steps]]
-id = "reserve"
-plugin = "ledger"
-command = "reserve"
-input = {{ item = "{{{{input.item}}}}" }}
-compensate = {{ command = "release", input = {{ item = "{{{{result.input.item}}}}" }} }}
-
-[[steps]]
-id = "charge"
-plugin = "ledger"
-command = "charge"
-input = {{ amount = 42, "$sim" = {charge_sim} }}
-compensate = {{ command = "refund", input = {{ amount = "{{{{result.input.amount}}}}" }} }}
-
-[[steps]]
-id = "ship"
-plugin = "shipper"
-command = "ship"
-input = {{ item = "{{{{input.item}}}}", "$sim" = {ship_sim} }}
-max_attempts = 1
-timeout_ms = 90000
-compensate = {{ command = "unship", input = {{ item = "{{{{input.item}}}}" }} }}
-"#
-    )
-}
-
-/// The commands in a plugin's effect log (`data_dir/effects/P.jsonl`), in order.
-fn effects(dir: &Path, plugin: &str) -> Vec<String> {
-    std::fs::read_to_string(dir.join("effects").join(format!("{plugin}.jsonl")))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["command"].as_str().map(str::to_string))
-        .collect()
-}
-
-fn run_report(api: &str, id: &str) -> Option<Value> {
-    let o = plexus(&["workflows", "--connect", api, "--json"]);
-    if o.code != 0 {
-        return None;
-    }
-    o.json().as_array()?.iter().find(|r| r["id"] == id).cloned()
-}
-
 #[test]
 #[ignore = "needs Docker; run by .ci/run (cargo test -p plexus-tests --test docker -- --ignored)"]
 fn docker_kill_marks_the_node_down_its_plugins_fail_fast_or_move_and_the_saga_compensates() {
     let tmp = tempfile::tempdir().unwrap();
-    let cat = tmp.path().join("catalog");
-    std::fs::create_dir_all(&cat).unwrap();
-    for (f, text) in TEST_PLUGINS {
-        std::fs::write(cat.join(f), text).unwrap();
-    }
+    let cat = write_saga_catalog(tmp.path());
     let c = DockerCluster::up(
         ["jira-orchestrator", "ledger,depot", "shipper,depot"],
         Some(&cat),
@@ -542,11 +433,7 @@ fn docker_kill_marks_the_node_down_its_plugins_fail_fast_or_move_and_the_saga_co
 #[ignore = "needs Docker; run by .ci/run (cargo test -p plexus-tests --test docker -- --ignored)"]
 fn a_saga_whose_node_is_killed_resumes_after_docker_start_and_completes_each_effect_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let cat = tmp.path().join("catalog");
-    std::fs::create_dir_all(&cat).unwrap();
-    for (f, text) in TEST_PLUGINS {
-        std::fs::write(cat.join(f), text).unwrap();
-    }
+    let cat = write_saga_catalog(tmp.path());
     let c = DockerCluster::up(["jira-orchestrator", "ledger", "shipper"], Some(&cat));
     let api1 = c.api(1);
     // The saga runs on node1; its second step takes 3 s on node2.
@@ -969,4 +856,1007 @@ fn a_node_on_0_0_0_0_reports_its_advertised_addresses() {
         member(&s, "solo").expect("self")["api_addr"],
         n.api.as_str()
     );
+}
+
+// ---------------------------------------------------------------------------
+// Faults Docker has no built-in for: one-way partitions and lossy links, as
+// iptables rules inside a container's network namespace. The host enters it
+// by the container's pid (`nsenter -t PID -n iptables ...`), so the scratch
+// image needs no tools. (The kernel has no `sch_netem`: `tc qdisc ... netem`
+// fails with "Specified qdisc kind is unknown", so delay and jitter cannot be
+// injected here; `plexus simulate` covers them.)
+
+/// Every rule a test adds carries this comment, so a check can list them.
+const RULE_COMMENT: &str = "plexus-test-fault";
+
+/// One iptables rule added inside a container's network namespace.
+struct Rule {
+    container: String,
+    /// The container's pid when the rule was added: a restarted container
+    /// has a new namespace (and the old rule went with the old one).
+    pid: String,
+    chain: String,
+    spec: Vec<String>,
+}
+
+/// iptables rules in containers' network namespaces. [`NetFaults::heal`]
+/// removes them; so does dropping it, also when the test panics (removing
+/// the containers removes their namespaces too, but a guard that heals
+/// first keeps a failed test's cleanup independent of that).
+#[derive(Default)]
+struct NetFaults {
+    rules: Vec<Rule>,
+}
+
+/// The pid of a running container's init process (its namespaces' owner).
+fn container_pid(container: &str) -> String {
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", container])
+        .trim()
+        .to_string();
+    assert!(
+        pid.parse::<u32>().is_ok_and(|p| p > 0),
+        "container {container} has no running process (pid {pid:?})"
+    );
+    pid
+}
+
+/// `iptables ARGS` inside the network namespace of process `pid`.
+fn ns_iptables(pid: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("nsenter")
+        .args(["-t", pid, "-n", "iptables", "-w"])
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run nsenter: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "nsenter -t {pid} -n iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl NetFaults {
+    /// Insert `-I chain spec -m comment ... ` in `container`'s namespace.
+    fn add(&mut self, container: &str, chain: &str, spec: &[&str]) {
+        let pid = container_pid(container);
+        let mut spec: Vec<String> = spec.iter().map(|s| s.to_string()).collect();
+        // The comment before the target: `-j DROP` stays last.
+        let target = spec.split_off(spec.len() - 2);
+        spec.extend(["-m", "comment", "--comment", RULE_COMMENT].map(String::from));
+        spec.extend(target);
+        let mut args = vec!["-I", chain];
+        args.extend(spec.iter().map(String::as_str));
+        if let Err(e) = ns_iptables(&pid, &args) {
+            panic!("adding a fault rule in {container}: {e}");
+        }
+        self.rules.push(Rule {
+            container: container.to_string(),
+            pid,
+            chain: chain.to_string(),
+            spec,
+        });
+    }
+
+    /// Node `container` drops every packet from `from_ip`: it no longer
+    /// hears that node, which still hears it (a one-way partition).
+    fn deafen(&mut self, container: &str, from_ip: &str) {
+        self.add(container, "INPUT", &["-s", from_ip, "-j", "DROP"]);
+    }
+
+    /// Node `container` drops each packet from `from_ip` with probability
+    /// `p` (a lossy inbound link).
+    fn lossy(&mut self, container: &str, from_ip: &str, p: f64) {
+        let p = format!("{p}");
+        self.add(
+            container,
+            "INPUT",
+            &[
+                "-s",
+                from_ip,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ],
+        );
+    }
+
+    /// Packets the rules in `container` dropped so far.
+    fn dropped(&self, container: &str) -> u64 {
+        let mut total = 0;
+        for r in self.rules.iter().filter(|r| r.container == container) {
+            let out = ns_iptables(&r.pid, &["-L", &r.chain, "-v", "-n", "-x"])
+                .unwrap_or_else(|e| panic!("{e}"));
+            total += out
+                .lines()
+                .filter(|l| l.contains(RULE_COMMENT))
+                .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        total
+    }
+
+    /// Remove every rule (newest first). Errors are returned, not raised: a
+    /// rule whose container has a new pid went with its old namespace.
+    fn remove_all(&mut self) -> Vec<String> {
+        let mut errors = vec![];
+        while let Some(r) = self.rules.pop() {
+            let now = Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Pid}}", &r.container])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            if now != r.pid {
+                continue;
+            }
+            let mut args = vec!["-D", r.chain.as_str()];
+            args.extend(r.spec.iter().map(String::as_str));
+            if let Err(e) = ns_iptables(&r.pid, &args) {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    /// Remove every rule and check that no fault rule is left in any of
+    /// `containers`.
+    fn heal(&mut self, containers: &[String]) {
+        let errors = self.remove_all();
+        assert!(errors.is_empty(), "removing fault rules: {errors:#?}");
+        for c in containers {
+            let left = ns_iptables(&container_pid(c), &["-S"]).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                !left.contains(RULE_COMMENT),
+                "fault rules left in {c}:\n{left}"
+            );
+        }
+    }
+}
+
+impl Drop for NetFaults {
+    fn drop(&mut self) {
+        for e in self.remove_all() {
+            eprintln!("could not remove a fault rule: {e}");
+        }
+    }
+}
+
+/// Wall-clock ms on the host (the containers share its clock).
+fn host_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How long past its own timeout a CLI call may take to answer: process
+/// start and HTTP on two busy cores. A request that hangs shows up as the
+/// CLI's own deadline (timeout + 5 s for exec, + 10 s for state).
+const ANSWER_SLACK: Duration = Duration::from_millis(4000);
+
+/// One request of a workload: what, how long it took, and how it ended.
+struct Call {
+    what: String,
+    at: Instant,
+    took: Duration,
+    timeout: Duration,
+    /// `None` when it succeeded, else the CLI's stderr.
+    error: Option<String>,
+}
+
+/// Check that every call ended within its timeout (plus [`ANSWER_SLACK`])
+/// and that every failure says what went wrong.
+fn check_calls(calls: &[Call]) {
+    for c in calls {
+        assert!(
+            c.took <= c.timeout + ANSWER_SLACK,
+            "{} took {:?} (timeout {:?}): it hung ({:?})",
+            c.what,
+            c.took,
+            c.timeout,
+            c.error
+        );
+        if let Some(e) = &c.error {
+            assert!(
+                e.starts_with("error: ") && e.trim().len() > "error: ".len() + 10,
+                "{} failed without a clear error: {e:?}",
+                c.what
+            );
+        }
+    }
+}
+
+/// A state workload: majority puts through each node in turn (distinct
+/// keys) and local increments of `hits`, until `stop`.
+/// `acked` counts the acknowledged puts as they come (the test's progress).
+fn state_writer(
+    apis: Vec<String>,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+) -> (Writes, Vec<Call>) {
+    let mut w = Writes::default();
+    let mut calls = vec![];
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let n = i % apis.len();
+        let (key, value) = (format!("{prefix}/{i:04}"), format!("{i}"));
+        w.tried += 1;
+        let t = Instant::now();
+        let o = plexus(&[
+            "state",
+            "put",
+            "--connect",
+            &apis[n],
+            "--as",
+            "exec-automator",
+            &key,
+            &value,
+            "--consistency",
+            "majority",
+            "--timeout-ms",
+            "2000",
+        ]);
+        let error = (o.code != 0).then(|| o.stderr.clone());
+        calls.push(Call {
+            what: format!("majority put {key} via node{}", n + 1),
+            at: t,
+            took: t.elapsed(),
+            timeout: Duration::from_millis(2000),
+            error: error.clone(),
+        });
+        match error {
+            None => {
+                w.acked.insert(key, value);
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(e) => *w.errors.entry(e).or_default() += 1,
+        }
+        w.hits_tried += 1;
+        let t = Instant::now();
+        let ok = incr(&apis[n], "hits");
+        calls.push(Call {
+            what: format!("incr hits via node{}", n + 1),
+            at: t,
+            took: t.elapsed(),
+            timeout: Duration::from_millis(3000),
+            error: None,
+        });
+        if ok {
+            w.hits_acked += 1;
+        }
+        i += 1;
+    }
+    (w, calls)
+}
+
+/// An exec workload: each `(api index, plugin, command, host)` in turn, with
+/// a 4 s timeout, until `stop`.
+fn exec_workload(
+    apis: Vec<String>,
+    targets: Vec<(usize, &'static str, &'static str)>,
+    stop: Arc<AtomicBool>,
+) -> Vec<Call> {
+    let mut calls = vec![];
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let (n, plugin, command) = targets[i % targets.len()];
+        let t = Instant::now();
+        // A new input each time: a failed call must not be answered from
+        // the result cache (which serves the last good answer of the same
+        // input when every try failed).
+        let o = exec(
+            &apis[n],
+            plugin,
+            command,
+            &format!(r#"{{"probe":{i}}}"#),
+            4_000,
+        );
+        let served = (o.code == 0).then(|| o.json()["served_by"].to_string());
+        calls.push(Call {
+            what: format!("exec {plugin} via node{} (served by {served:?})", n + 1),
+            at: t,
+            took: t.elapsed(),
+            timeout: Duration::from_millis(4_000),
+            error: (o.code != 0).then_some(o.stderr),
+        });
+        i += 1;
+    }
+    calls
+}
+
+/// Hold a fault until `min` has passed and `progress()` reports at least
+/// `ops` more operations than when it started (or `max` passed).
+fn hold_fault(min: Duration, max: Duration, ops: usize, progress: impl Fn() -> usize) {
+    let (start, base) = (Instant::now(), progress());
+    wait_for(max, "the workload to run under the fault", || {
+        (start.elapsed() >= min && progress() >= base + ops).then_some(())
+    });
+}
+
+#[test]
+#[ignore = "needs Docker; run by .ci/run (cargo test -p plexus-tests --test docker -- --ignored)"]
+fn a_one_way_partition_heals_with_every_acknowledged_write_everywhere_and_no_request_hangs() {
+    // Plugins without retries (the built-in manifests retry, and `exec
+    // --timeout-ms` bounds each attempt, not the request: see the README).
+    let tmp = tempfile::tempdir().unwrap();
+    let cat = write_saga_catalog(tmp.path());
+    let c = DockerCluster::up(["exec-automator,ledger", "depot", "shipper"], Some(&cat));
+    let apis: Vec<String> = (1..=3).map(|n| c.api(n)).collect();
+    let containers: Vec<String> = (1..=3).map(|n| c.container(n)).collect();
+    let mut faults = NetFaults::default();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (apis, stop, acked) = (apis.clone(), stop.clone(), acked.clone());
+        std::thread::spawn(move || state_writer(apis, "oneway", stop, acked))
+    };
+    // From every node, a plugin of each other node: node1 ↔ node3 crosses
+    // the cut link in both directions.
+    let execs = {
+        let (apis, stop) = (apis.clone(), stop.clone());
+        let targets = vec![
+            (0, "shipper", "ship"),
+            (2, "ledger", "reserve"),
+            (1, "shipper", "ship"),
+            (0, "depot", "count"),
+            (2, "depot", "count"),
+            (1, "ledger", "reserve"),
+        ];
+        std::thread::spawn(move || exec_workload(apis, targets, stop))
+    };
+    let progress = || acked.load(Ordering::Relaxed);
+    hold_fault(Duration::from_secs(3), Duration::from_secs(60), 5, progress);
+
+    // node3 stops hearing node1; node1 still hears node3.
+    let cut = Instant::now();
+    faults.deafen(&c.container(3), c.get("NODE1_IP"));
+    let mut views = BTreeMap::new();
+    let record_views = |views: &mut BTreeMap<String, u32>| {
+        for (n, m) in [(1, "node3"), (3, "node1"), (2, "node1"), (2, "node3")] {
+            let st = c.member_status(n, m).unwrap_or_else(|| "no answer".into());
+            *views.entry(format!("node{n} sees {m} {st}")).or_default() += 1;
+        }
+    };
+    let (min, max) = (Duration::from_secs(15), Duration::from_secs(90));
+    let start_keys = progress();
+    wait_for(
+        max,
+        "the workload to run under the one-way partition",
+        || {
+            record_views(&mut views);
+            (cut.elapsed() >= min && progress() >= start_keys + 5).then_some(())
+        },
+    );
+    let dropped = faults.dropped(&c.container(3));
+    faults.heal(&containers);
+    let healed = Instant::now();
+    c.wait_all_up(Duration::from_secs(90));
+    let converged_view = healed.elapsed();
+    // A little traffic after the heal, then stop.
+    hold_fault(Duration::ZERO, Duration::from_secs(60), 3, progress);
+    stop.store(true, Ordering::Relaxed);
+    let (w, write_calls) = writer.join().expect("writer thread");
+    let exec_calls = execs.join().expect("exec thread");
+    eprintln!(
+        "one-way partition: held {:?}, {dropped} packets dropped; views seen during it: {views:#?}; all up {converged_view:?} after the heal",
+        healed - cut
+    );
+    assert!(
+        dropped > 0,
+        "the one-way rule dropped nothing: no fault was injected"
+    );
+
+    check_calls(&write_calls);
+    check_calls(&exec_calls);
+    // The cut link was really cut: requests from node1 to node3's plugin (or
+    // back) failed while it was.
+    let during = |c: &&Call| c.at >= cut && c.at + c.took <= healed;
+    let crossing_failed = exec_calls
+        .iter()
+        .filter(during)
+        .filter(|c| c.what.contains("shipper via node1") || c.what.contains("ledger via node3"))
+        .any(|c| c.error.is_some());
+    let crossing: Vec<String> = exec_calls
+        .iter()
+        .filter(|c| c.what.contains("shipper via node1") || c.what.contains("ledger via node3"))
+        .map(|x| {
+            format!(
+                "{} at {:?} took {:?}: {:?}",
+                x.what,
+                x.at.saturating_duration_since(cut),
+                x.took,
+                x.error
+            )
+        })
+        .collect();
+    eprintln!("crossing calls (since the cut): {crossing:#?}");
+    assert!(
+        crossing_failed,
+        "no request across the cut link failed during the partition"
+    );
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    for c in exec_calls.iter().chain(&write_calls) {
+        if let Some(e) = &c.error {
+            *errors
+                .entry(e.lines().next().unwrap_or("").chars().take(140).collect())
+                .or_default() += 1;
+        }
+    }
+    eprintln!(
+        "{} exec calls ({} failed), {} majority puts ({} acknowledged); errors: {errors:#?}",
+        exec_calls.len(),
+        exec_calls.iter().filter(|c| c.error.is_some()).count(),
+        w.tried,
+        w.acked.len()
+    );
+    assert!(
+        w.acked.len() >= 10,
+        "only {} puts acknowledged: {:#?}",
+        w.acked.len(),
+        w.errors
+    );
+    wait_converged(&c, &w.acked, w.hits_acked, w.hits_tried);
+    // Every node serves requests across the healed link again.
+    for (n, plugin, command) in [(1, "shipper", "ship"), (3, "ledger", "reserve")] {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("exec {plugin} via node{n}"),
+            || (exec(&c.api(n), plugin, command, "{}", 4_000).code == 0).then_some(()),
+        );
+    }
+}
+
+/// Start an `order` saga on `api` (detached); its run id.
+fn start_saga(api: &str, file: &Path, item: &str) -> String {
+    let input = format!(r#"{{"item":"{item}"}}"#);
+    let o = plexus(&[
+        "run",
+        "--connect",
+        api,
+        file.to_str().expect("utf-8 path"),
+        "--input",
+        &input,
+        "--detach",
+    ]);
+    assert_eq!(o.code, 0, "start a saga on {api}: {o:?}");
+    o.stdout.trim().to_string()
+}
+
+/// Each saga ended completed or compensated, and each of its effects ran
+/// exactly once: every key at most once across the effect logs, a completed
+/// saga's three steps present, a compensated step's command and its
+/// compensation both present, no compensation of a step that did not
+/// complete. `runs` maps run id → final report.
+fn check_sagas_atomic(runs: &BTreeMap<String, Value>, logs: &[(String, String)]) {
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for (command, key) in logs {
+        if let Some(prev) = seen.insert(key, command) {
+            panic!("effect key {key} ran twice ({prev}, {command}): {logs:#?}");
+        }
+    }
+    for (id, report) in runs {
+        let status = report["status"].as_str().unwrap_or("");
+        assert!(
+            status == "completed" || status == "compensated",
+            "saga {id} ended {status}: {report:#}"
+        );
+        let has = |k: String| seen.contains_key(k.as_str());
+        for (i, st) in plexus_tests::fixtures::step_statuses(report)
+            .iter()
+            .enumerate()
+        {
+            let (step, comp) = (format!("{id}:{i}"), format!("{id}:{i}:compensate"));
+            match st.as_str() {
+                "ok" | "completed" => {
+                    assert!(has(step.clone()), "saga {id}: step {i} done but no effect {step}: {report:#}");
+                    assert!(!has(comp.clone()), "saga {id}: step {i} compensated but reported {st}");
+                }
+                "compensated" => {
+                    assert!(has(step.clone()), "saga {id}: step {i} compensated but never ran: {report:#}");
+                    assert!(has(comp.clone()), "saga {id}: step {i}'s compensation has no effect: {report:#}");
+                }
+                _ => assert!(
+                    !has(comp.clone()),
+                    "saga {id}: step {i} ({st}) compensated although it did not complete: {report:#}"
+                ),
+            }
+        }
+        if status == "completed" {
+            for i in 0..3 {
+                assert!(
+                    has(format!("{id}:{i}")),
+                    "completed saga {id} lacks step {i}'s effect"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs Docker; run by .ci/run (cargo test -p plexus-tests --test docker -- --ignored)"]
+fn a_lossy_link_under_writes_and_sagas_loses_no_acknowledged_write_and_sagas_stay_atomic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cat = write_saga_catalog(tmp.path());
+    let c = DockerCluster::up(
+        [
+            "jira-orchestrator,exec-automator",
+            "ledger,depot",
+            "shipper,depot",
+        ],
+        Some(&cat),
+    );
+    let apis: Vec<String> = (1..=3).map(|n| c.api(n)).collect();
+    let containers: Vec<String> = (1..=3).map(|n| c.container(n)).collect();
+    let mut faults = NetFaults::default();
+    let f = tmp.path().join("order.toml");
+    std::fs::write(&f, order_saga("{}", "{ delay_ms = 300 }")).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (apis, stop, acked) = (apis.clone(), stop.clone(), acked.clone());
+        std::thread::spawn(move || state_writer(apis, "lossy", stop, acked))
+    };
+    let progress = || acked.load(Ordering::Relaxed);
+    hold_fault(Duration::from_secs(2), Duration::from_secs(60), 3, progress);
+
+    // node3 (hosting shipper) loses 15 % of what node1 and node2 send it.
+    let lossy_from = Instant::now();
+    faults.lossy(&c.container(3), c.get("NODE1_IP"), 0.15);
+    faults.lossy(&c.container(3), c.get("NODE2_IP"), 0.15);
+    // Sagas from node1 and node3 while the link is lossy (ledger on node2,
+    // shipper on node3), one every 2 s or so, spread over the loss.
+    let api_of = |i: usize| {
+        if i.is_multiple_of(2) {
+            &apis[0]
+        } else {
+            &apis[2]
+        }
+    };
+    let mut ids = vec![];
+    let mut views: BTreeMap<String, u32> = BTreeMap::new();
+    let start_keys = progress();
+    wait_for(
+        Duration::from_secs(90),
+        "the workload to run on the lossy link",
+        || {
+            if ids.len() < 6
+                && lossy_from.elapsed() >= Duration::from_millis(2_000 * ids.len() as u64)
+            {
+                let i = ids.len();
+                ids.push(start_saga(api_of(i), &f, &format!("item-{i}")));
+            }
+            for (n, m) in [(1, "node3"), (3, "node1"), (3, "node2")] {
+                let st = c.member_status(n, m).unwrap_or_else(|| "no answer".into());
+                *views.entry(format!("node{n} sees {m} {st}")).or_default() += 1u32;
+            }
+            (ids.len() == 6
+                && lossy_from.elapsed() >= Duration::from_secs(15)
+                && progress() >= start_keys + 8)
+                .then_some(())
+        },
+    );
+    let dropped = faults.dropped(&c.container(3));
+    faults.heal(&containers);
+    let healed = Instant::now();
+    c.wait_all_up(Duration::from_secs(90));
+    eprintln!(
+        "lossy link: held {:?}, {dropped} packets dropped; views seen: {views:#?}; all up {:?} after the heal",
+        healed - lossy_from,
+        healed.elapsed()
+    );
+    assert!(
+        dropped > 0,
+        "the loss rules dropped nothing: no fault was injected"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (w, calls) = writer.join().expect("writer thread");
+    check_calls(&calls);
+
+    // Every saga ends completed or compensated (on the node that ran it).
+    let mut runs = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let api = api_of(i);
+        let r = wait_for(
+            Duration::from_secs(90),
+            &format!("saga {id} to end"),
+            || {
+                let r = run_report(api, id)?;
+                (r["status"] == "completed" || r["status"] == "compensated").then_some(r)
+            },
+        );
+        runs.insert(id.clone(), r);
+    }
+    let mut logs = effect_log(&c.data_dir(2), "ledger");
+    logs.extend(effect_log(&c.data_dir(3), "shipper"));
+    check_sagas_atomic(&runs, &logs);
+    let completed = runs.values().filter(|r| r["status"] == "completed").count();
+    eprintln!(
+        "{completed} of {} sagas completed, the others compensated; {} of {} majority puts acknowledged; errors: {:#?}",
+        runs.len(),
+        w.acked.len(),
+        w.tried,
+        w.errors
+    );
+    assert!(
+        w.acked.len() >= 10,
+        "only {} puts acknowledged: {:#?}",
+        w.acked.len(),
+        w.errors
+    );
+    wait_converged(&c, &w.acked, w.hits_acked, w.hits_tried);
+}
+
+/// `plexus state lease acquire` of `name` for `exec-automator` via `api`,
+/// as a [`Call`] whose `what` is the granted lease's JSON when it succeeded.
+fn lease(api: &str, name: &str, ttl_ms: u64) -> Call {
+    let t = Instant::now();
+    let o = plexus(&[
+        "state",
+        "lease",
+        "acquire",
+        "--connect",
+        api,
+        "--as",
+        "exec-automator",
+        name,
+        "--ttl-ms",
+        &ttl_ms.to_string(),
+        "--timeout-ms",
+        "2000",
+        "--json",
+    ]);
+    Call {
+        what: if o.code == 0 {
+            o.stdout.clone()
+        } else {
+            format!("lease {name} via {api}")
+        },
+        at: t,
+        took: t.elapsed(),
+        timeout: Duration::from_millis(2000),
+        error: (o.code != 0).then_some(o.stderr),
+    }
+}
+
+/// `state get --json` of `key` on `api`: the whole answer.
+fn get_json(api: &str, key: &str) -> Option<Value> {
+    let o = plexus(&[
+        "state",
+        "get",
+        "--connect",
+        api,
+        "--as",
+        "exec-automator",
+        key,
+        "--json",
+    ]);
+    (o.code == 0).then(|| o.json())
+}
+
+/// The guarded resource of a fencing test: remembers the highest token seen
+/// and refuses any lower one (what `plexus_state::Fence` does).
+#[derive(Default)]
+struct FencedResource {
+    highest: u64,
+    accepted: Vec<(String, u64)>,
+}
+
+impl FencedResource {
+    fn write(&mut self, holder: &str, token: u64) -> Result<(), String> {
+        if token < self.highest {
+            return Err(format!(
+                "{holder}: token {token} < {} (fenced)",
+                self.highest
+            ));
+        }
+        self.highest = token;
+        self.accepted.push((holder.to_string(), token));
+        Ok(())
+    }
+}
+
+#[test]
+#[ignore = "needs Docker; run by .ci/run (cargo test -p plexus-tests --test docker -- --ignored)"]
+fn clock_skew_between_containers_keeps_leases_fenced_and_expiry_on_each_nodes_clock() {
+    // node1 runs 6 s ahead, node3 6 s behind, node2 on time.
+    const SKEW: [i64; 3] = [6_000, 0, -6_000];
+    let c = DockerCluster::up_skewed(DEFAULT_PLACEMENT, None, SKEW);
+    let apis: Vec<String> = (1..=3).map(|n| c.api(n)).collect();
+
+    // The skew is in effect: a key written with a TTL on each node expires
+    // at that node's clock plus the TTL.
+    for n in 0..3 {
+        let key = format!("skew/node{}", n + 1);
+        let o = plexus(&[
+            "state",
+            "put",
+            "--connect",
+            &apis[n],
+            "--as",
+            "exec-automator",
+            &key,
+            "1",
+            "--ttl-ms",
+            "600000",
+        ]);
+        assert_eq!(o.code, 0, "{o:?}");
+        let at = host_ms();
+        let g = get_json(&apis[n], &key).expect("read back");
+        let expires = g["expires_at_ms"].as_i64().expect("expires_at_ms");
+        let offset = expires - 600_000 - at;
+        assert!(
+            (offset - SKEW[n]).abs() < 2_000,
+            "node{}: expiry {expires} is {offset} ms off the host clock, its skew is {} ms: {g:#}",
+            n + 1,
+            SKEW[n]
+        );
+    }
+
+    // A write after a read wins whatever the clocks: node3 (12 s behind
+    // node1) overwrites what it read from node1.
+    assert!(put(&apis[0], "lww", r#""node1, ahead""#));
+    wait_for(
+        Duration::from_secs(20),
+        "node3 to read node1's write",
+        || (get(&apis[2], "lww")? == "node1, ahead").then_some(()),
+    );
+    assert!(put(&apis[2], "lww", r#""node3, behind, later""#));
+    for api in &apis {
+        wait_for(
+            Duration::from_secs(20),
+            "the later write everywhere",
+            || (get(api, "lww")? == "node3, behind, later").then_some(()),
+        );
+    }
+
+    // Expiry is data: each replica hides an entry from `expires_at_ms` on,
+    // by its own clock. Written on node3 with a 9 s TTL, it expires at host
+    // time +3 s: node1 (6 s ahead) never shows it, node2 hides it after
+    // about 3 s, node3 after about 9 s.
+    let o = plexus(&[
+        "state",
+        "put",
+        "--connect",
+        &apis[2],
+        "--as",
+        "exec-automator",
+        "exp/behind",
+        r#""soon""#,
+        "--ttl-ms",
+        "9000",
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let expires = get_json(&apis[2], "exp/behind").expect("read back")["expires_at_ms"]
+        .as_i64()
+        .expect("expires_at_ms");
+    let mut seen = [0u32; 3];
+    let mut log = vec![];
+    wait_for(
+        Duration::from_secs(30),
+        "every node to hide the expired key",
+        || {
+            let mut visible_anywhere = false;
+            for n in 0..3 {
+                let before = host_ms();
+                let visible = get(&apis[n], "exp/behind").is_some();
+                let after = host_ms();
+                log.push(format!(
+                    "node{} at host {before}..{after}: {visible}",
+                    n + 1
+                ));
+                // The node's clock during the read, against the expiry.
+                let (lo, hi) = (before + SKEW[n], after + SKEW[n]);
+                if visible {
+                    seen[n] += 1;
+                    visible_anywhere = true;
+                    assert!(
+                    lo < expires + 1_000,
+                    "node{} shows exp/behind at its clock {lo}, past its expiry {expires}: {log:#?}",
+                    n + 1
+                );
+                } else if hi < expires - 1_000 && n == 2 {
+                    // The writer itself holds it from the start.
+                    panic!("node3 hides exp/behind at its clock {hi}, before its expiry {expires}: {log:#?}");
+                }
+            }
+            (!visible_anywhere && host_ms() + SKEW[2] > expires + 1_000).then_some(())
+        },
+    );
+    assert_eq!(
+        seen[0], 0,
+        "node1 (ahead) showed an entry already expired on its clock: {log:#?}"
+    );
+    assert!(
+        seen[1] > 0,
+        "node2 never showed exp/behind before its expiry: {log:#?}"
+    );
+    assert!(
+        seen[2] > seen[1],
+        "node3 (behind) should show exp/behind longest: {seen:?} {log:#?}"
+    );
+    // Created again after expiry: a higher generation, everywhere.
+    assert!(put(&apis[1], "exp/behind", r#""again""#));
+    for api in &apis {
+        wait_for(
+            Duration::from_secs(20),
+            "the re-created key everywhere",
+            || (get(api, "exp/behind")? == "again").then_some(()),
+        );
+    }
+
+    // Leases across the skewed clocks: grants through each node in turn.
+    // Every grant's token is above every earlier one; while a grant is fresh
+    // every other node is refused; a stale holder's late write is fenced.
+    let mut resource = FencedResource::default();
+    let mut other_named = 0;
+    let mut grants: Vec<(usize, u64, String)> = vec![];
+    let mut calls = vec![];
+    for &n in &[0usize, 2, 1, 2, 0, 1] {
+        let grant = wait_for(
+            Duration::from_secs(30),
+            &format!("a lease through node{}", n + 1),
+            || {
+                let call = lease(&apis[n], "skewed-lock", 3_000);
+                let ok = call.error.is_none();
+                if let Some(e) = &call.error {
+                    assert!(
+                        e.contains("409") || e.contains("held"),
+                        "lease refusal unclear: {e}"
+                    );
+                }
+                let json = ok.then(|| call.what.clone());
+                calls.push(call);
+                json
+            },
+        );
+        let granted_at = Instant::now();
+        let l: Value = serde_json::from_str(&grant).expect("lease JSON");
+        let token = l["token"].as_u64().expect("token");
+        let holder = l["holder"].as_str().expect("holder").to_string();
+        assert_eq!(holder, format!("exec-automator@node{}", n + 1), "{l:#}");
+        // The grant's expiry is on the granting node's clock.
+        let off = l["expires_at_ms"].as_i64().unwrap_or(0) - 3_000 - host_ms();
+        assert!(
+            (off - SKEW[n]).abs() < 3_000,
+            "lease expiry off by {off} ms on node{}: {l:#}",
+            n + 1
+        );
+        if let Some((_, last, _)) = grants.last() {
+            assert!(
+                token > *last,
+                "token {token} after {last}: not increasing ({grants:?})"
+            );
+        }
+        resource
+            .write(&holder, token)
+            .unwrap_or_else(|e| panic!("a fresh holder was fenced: {e}"));
+        // While it is fresh, nobody else gets it, whatever its clock says.
+        for m in (0..3).filter(|m| *m != n) {
+            let other = lease(&apis[m], "skewed-lock", 3_000);
+            if other.at.duration_since(granted_at) < Duration::from_millis(1_500) {
+                let e = other.error.clone().unwrap_or_else(|| {
+                    panic!(
+                        "node{} got the lease held by {holder} (token {token}): {}",
+                        m + 1,
+                        other.what
+                    )
+                });
+                // The refusal names the promise the refusing nodes hold.
+                // That is usually the holder, but a losing proposal can
+                // leave a promise behind on an acceptor it reached first
+                // (with a higher token than the grant), so only count it.
+                assert!(
+                    e.contains("409") && e.contains("lease `skewed-lock`"),
+                    "unclear refusal through node{}: {e}",
+                    m + 1
+                );
+                if !e.contains(&holder) {
+                    other_named += 1;
+                }
+            }
+            calls.push(other);
+        }
+        grants.push((n, token, holder));
+    }
+    check_calls(&calls);
+    // The first holder wakes up late and writes with its old token.
+    let (_, first_token, first_holder) = grants[0].clone();
+    let late = resource.write(&first_holder, first_token);
+    assert!(
+        late.is_err(),
+        "a stale holder's write was accepted: {:?}",
+        resource.accepted
+    );
+    eprintln!("lease grants across skewed clocks (node index, token, holder): {grants:?}; late write: {late:?}; {other_named} refusals of a fresh grant named another promise than the holder's");
+}
+
+/// No Docker needed: a node whose clock is behind, and that missed the last
+/// grant of a lease (it joined after it), still gets the lease once the
+/// grant expired on the other nodes' clocks. The refusals it gets carry
+/// promises dated by their acceptors' clocks; it used to compare those with
+/// its own clock, find them unexpired, and answer 409 "held for another
+/// ~N ms" for a free lease (until its own clock caught up: skew + TTL).
+#[test]
+fn a_node_with_a_slow_clock_that_missed_a_grant_acquires_the_expired_lease() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = |name: &str, extra: Vec<String>| plexus_tests::NodeSpec {
+        name: name.into(),
+        plugins: vec!["exec-automator".into()],
+        catalogs: vec![],
+        extra,
+    };
+    let mut c = plexus_tests::Cluster::start(vec![spec("a", vec![]), spec("b", vec![])]);
+    // Granted by a and b (the cluster they know has two members).
+    let first = lease(&c.nodes[0].api, "slow-lock", 1_000);
+    assert!(first.error.is_none(), "{:?}", first.error);
+    let granted = Instant::now();
+    let token1 = serde_json::from_str::<Value>(&first.what).expect("lease JSON")["token"]
+        .as_u64()
+        .expect("token");
+    // c joins with its clock 30 s behind (`[node] clock_skew_ms` in a file).
+    let conf = tmp.path().join("c.toml");
+    std::fs::write(&conf, "[node]\nclock_skew_ms = -30000\n").unwrap();
+    let seeds = vec![c.nodes[0].cluster.clone()];
+    let node_c = plexus_tests::Node::start(
+        spec("c", vec!["--config".into(), conf.display().to_string()]),
+        c.dir.path(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &seeds,
+    );
+    assert!(
+        node_c.log_text().contains("skewed"),
+        "node c does not say its clock is skewed:\n{}",
+        node_c.log_text()
+    );
+    c.nodes.push(node_c);
+    c.wait_converged();
+    // The grant has expired on a's and b's clocks.
+    wait_for(Duration::from_secs(10), "the first grant to expire", || {
+        (granted.elapsed() > Duration::from_millis(1_500)).then_some(())
+    });
+    assert!(
+        granted.elapsed() < Duration::from_secs(25),
+        "too slow to test: c's clock has caught up with the grant"
+    );
+    let second = lease(&c.nodes[2].api, "slow-lock", 1_000);
+    let l: Value = match &second.error {
+        None => serde_json::from_str(&second.what).expect("lease JSON"),
+        Some(e) => panic!("node c was refused an expired lease: {e}"),
+    };
+    assert_eq!(l["holder"], "exec-automator@c", "{l:#}");
+    assert!(l["token"].as_u64().expect("token") > token1, "{l:#}");
+}
+
+/// No Docker needed: a bad `PLEXUS_CLOCK_SKEW_MS` stops `plexus node` with a
+/// usage error that names the variable.
+#[test]
+fn a_bad_clock_skew_in_the_environment_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (bad, says) in [("5s", "whole number"), ("-90000000", "out of range")] {
+        let out = Command::new(plexus_tests::bin())
+            .args(["node", "--check", "--name", "n1", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("PLEXUS_CLOCK_SKEW_MS", bad)
+            .env("PLEXUS_LOG", "warn")
+            .output()
+            .expect("run plexus node --check");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("PLEXUS_CLOCK_SKEW_MS") && err.contains(says),
+            "{bad}: {err}"
+        );
+    }
 }

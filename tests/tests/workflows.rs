@@ -3,79 +3,13 @@
 use std::path::Path;
 use std::time::Duration;
 
+use plexus_tests::fixtures::{
+    effect_log, order_saga, step_statuses as statuses, write_saga_catalog,
+};
 use plexus_tests::{plexus, wait_for, Cluster, NodeSpec};
-use serde_json::Value;
-
-const SHOP: &str = r#"
-[plugin]
-name = "shop"
-
-[handler]
-kind = "sim"
-latencyMs = 1
-allowFaultInjection = true
-
-[errorHandling.retryPolicy]
-maxRetries = 0
-
-[errorHandling.circuitBreaker]
-minimumCalls = 100
-monitoringWindow = 100
-
-[[commands]]
-name = "reserve"
-[[commands]]
-name = "release"
-[[commands]]
-name = "charge"
-[[commands]]
-name = "refund"
-[[commands]]
-name = "ship"
-[[commands]]
-name = "unship"
-"#;
-
-fn saga(ship_input: &str, charge_input: &str) -> String {
-    format!(
-        r#"
-[workflow]
-name = "order"
-kind = "saga"
-
-[retry]
-initial_delay_ms = 10
-max_delay_ms = 50
-
-[[steps]]
-id = "reserve"
-plugin = "shop"
-command = "reserve"
-input = {{ item = "{{{{input.item}}}}" }}
-compensate = {{ command = "release", input = {{ item = "{{{{result.input.item}}}}" }} }}
-
-[[steps]]
-id = "charge"
-plugin = "shop"
-command = "charge"
-input = {charge_input}
-compensate = {{ command = "refund", input = {{ amount = "{{{{result.input.amount}}}}" }} }}
-
-[[steps]]
-id = "ship"
-plugin = "shop"
-command = "ship"
-input = {ship_input}
-max_attempts = 1
-compensate = {{ command = "unship", input = {{ item = "{{{{input.item}}}}" }} }}
-"#
-    )
-}
 
 fn cluster(dir: &Path) -> Cluster {
-    let cat = dir.join("catalog");
-    std::fs::create_dir_all(&cat).unwrap();
-    std::fs::write(cat.join("shop.toml"), SHOP).unwrap();
+    let cat = write_saga_catalog(dir);
     let spec = |name: &str, plugins: &[&str]| NodeSpec {
         name: name.into(),
         plugins: plugins.iter().map(|s| s.to_string()).collect(),
@@ -84,7 +18,7 @@ fn cluster(dir: &Path) -> Cluster {
     };
     Cluster::start(vec![
         spec("node1", &["jira-orchestrator"]),
-        spec("node2", &["shop"]),
+        spec("node2", &["ledger", "shipper"]),
     ])
 }
 
@@ -101,32 +35,13 @@ fn run(c: &Cluster, file: &Path, input: &str, flag: &str) -> plexus_tests::Outpu
     ])
 }
 
-/// The step statuses of a run report.
-fn statuses(r: &Value) -> Vec<String> {
-    r["steps"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| s["status"].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The effect log of `shop` on node2: (command, key) in the order they ran.
+/// The effects of the saga's plugins on node2: (command, key), `ledger`'s
+/// then `shipper`'s, each in the order they ran.
 fn effects(c: &Cluster) -> Vec<(String, String)> {
-    let path = c.node("node2").data_dir.join("effects/shop.jsonl");
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (
-                v["command"].as_str().unwrap().to_string(),
-                v["key"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    let dir = &c.node("node2").data_dir;
+    let mut fx = effect_log(dir, "ledger");
+    fx.extend(effect_log(dir, "shipper"));
+    fx
 }
 
 #[test]
@@ -134,11 +49,7 @@ fn a_failing_third_step_compensates_two_then_one() {
     let tmp = tempfile::tempdir().unwrap();
     let c = cluster(tmp.path());
     let f = tmp.path().join("order.toml");
-    std::fs::write(
-        &f,
-        saga(r#"{ "$sim" = { fail = true } }"#, r#"{ amount = 42 }"#),
-    )
-    .unwrap();
+    std::fs::write(&f, order_saga("{}", "{ fail = true }")).unwrap();
     let o = run(&c, &f, r#"{"item":"book"}"#, "--json");
     assert_eq!(o.code, 1, "{o:?}");
     let r = o.json();
@@ -162,14 +73,7 @@ fn a_saga_survives_kill_9_of_its_node_between_steps_with_each_effect_once() {
     let mut c = cluster(tmp.path());
     let f = tmp.path().join("order.toml");
     // Step 2 takes 2 s: node1 is killed while it runs.
-    std::fs::write(
-        &f,
-        saga(
-            r#"{ ok = true }"#,
-            r#"{ amount = 7, "$sim" = { delay_ms = 2000 } }"#,
-        ),
-    )
-    .unwrap();
+    std::fs::write(&f, order_saga("{ delay_ms = 2000 }", "{}")).unwrap();
     let o = run(&c, &f, r#"{"item":"lamp"}"#, "--detach");
     assert_eq!(o.code, 0, "{o:?}");
     let id = o.stdout.trim().to_string();
@@ -229,20 +133,20 @@ kind = "sequential"
 
 [[steps]]
 id = "reserve"
-plugin = "shop"
+plugin = "ledger"
 command = "reserve"
 input = { item = "{{input.item}}" }
 
 [[steps]]
 id = "skipped"
-plugin = "shop"
+plugin = "ledger"
 command = "charge"
 when = "steps.reserve.failed"
 input = { amount = 1 }
 
 [[steps]]
 id = "ship"
-plugin = "shop"
+plugin = "shipper"
 command = "ship"
 when = "steps.reserve.ok"
 input = { item = "{{steps.reserve.output.input.item}}" }

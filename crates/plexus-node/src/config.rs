@@ -84,6 +84,11 @@ pub struct NodeSection {
     pub tls_key: Option<PathBuf>,
     /// ...and the CA every node's certificate must chain to (PEM).
     pub tls_ca: Option<PathBuf>,
+    /// Fault injection: offset this node's wall clock by this many ms
+    /// (positive: ahead). It moves what the node's [`crate::links::Clock`]
+    /// dates: state write stamps, expiry and leases. For tests only.
+    /// `PLEXUS_CLOCK_SKEW_MS` in the environment overrides it.
+    pub clock_skew_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -205,6 +210,51 @@ impl StateSection {
     }
 }
 
+/// Environment variable that sets (and overrides) `[node] clock_skew_ms`.
+pub const CLOCK_SKEW_ENV: &str = "PLEXUS_CLOCK_SKEW_MS";
+
+/// The largest clock skew accepted, either way: one day.
+pub const MAX_CLOCK_SKEW_MS: i64 = 86_400_000;
+
+/// Check a clock skew; `field` names where it came from in the error.
+fn check_skew(field: &str, ms: i64) -> Result<i64, ConfigError> {
+    if !(-MAX_CLOCK_SKEW_MS..=MAX_CLOCK_SKEW_MS).contains(&ms) {
+        return Err(ConfigError::Invalid {
+            field: field.into(),
+            message: format!(
+                "{ms} ms is out of range: a clock skew must be between -{MAX_CLOCK_SKEW_MS} and {MAX_CLOCK_SKEW_MS} ms (one day)"
+            ),
+        });
+    }
+    Ok(ms)
+}
+
+/// Parse the text of `PLEXUS_CLOCK_SKEW_MS`: whole milliseconds, an optional
+/// sign, within [`MAX_CLOCK_SKEW_MS`].
+pub fn parse_clock_skew(text: &str) -> Result<i64, ConfigError> {
+    let t = text.trim();
+    let t = t.strip_prefix('+').unwrap_or(t);
+    let ms: i64 = t.parse().map_err(|_| ConfigError::Invalid {
+        field: CLOCK_SKEW_ENV.into(),
+        message: format!(
+            "{text:?} is not a whole number of milliseconds (for example 5000 for 5 s ahead, -5000 for 5 s behind)"
+        ),
+    })?;
+    check_skew(CLOCK_SKEW_ENV, ms)
+}
+
+/// The clock skew the environment asks for, if any.
+fn env_clock_skew() -> Result<Option<i64>, ConfigError> {
+    match std::env::var(CLOCK_SKEW_ENV) {
+        Ok(s) => parse_clock_skew(&s).map(Some),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::Invalid {
+            field: CLOCK_SKEW_ENV.into(),
+            message: "is not valid UTF-8".into(),
+        }),
+    }
+}
+
 /// A complete, validated node configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -229,6 +279,10 @@ pub struct NodeConfig {
     pub api_token: Option<String>,
     /// Mutual TLS between nodes, when configured.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Fault injection: this node's wall-clock offset in ms (positive:
+    /// ahead); 0 in production. `[node] clock_skew_ms` or
+    /// `PLEXUS_CLOCK_SKEW_MS`.
+    pub clock_skew_ms: i64,
 }
 
 impl NodeConfig {
@@ -300,8 +354,20 @@ fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 impl FileConfig {
-    /// Check and complete the configuration.
+    /// Check and complete the configuration. `PLEXUS_CLOCK_SKEW_MS`, when
+    /// set, overrides `[node] clock_skew_ms`.
     pub fn finish(self) -> Result<NodeConfig, ConfigError> {
+        let env_skew = env_clock_skew()?;
+        self.finish_with_skew(env_skew)
+    }
+
+    /// [`FileConfig::finish`] with the environment's clock skew given.
+    fn finish_with_skew(self, env_skew: Option<i64>) -> Result<NodeConfig, ConfigError> {
+        let clock_skew_ms = match (env_skew, self.node.clock_skew_ms) {
+            (Some(ms), _) => ms,
+            (None, Some(ms)) => check_skew("node.clock_skew_ms", ms)?,
+            (None, None) => 0,
+        };
         let n = self.node;
         let name = n.name.ok_or_else(|| ConfigError::Invalid {
             field: "node.name".into(),
@@ -432,6 +498,7 @@ impl FileConfig {
             }
         };
         Ok(NodeConfig {
+            clock_skew_ms,
             api_token,
             state,
             tls,
@@ -586,6 +653,58 @@ mod tests {
             assert!(e.contains("api.token"), "{bad:?}: {e}");
         }
         std::fs::write(&p, "[api]\ntokn = \"x\"\n").unwrap();
+        let e = read_file(&p).unwrap_err().to_string();
+        assert!(e.contains("n.toml:2"), "{e}");
+    }
+
+    #[test]
+    fn clock_skew_is_read_checked_and_the_environment_wins() {
+        let c = fc(Some("n1"), Some("127.0.0.1:7101"))
+            .finish_with_skew(None)
+            .unwrap();
+        assert_eq!(c.clock_skew_ms, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        std::fs::write(
+            &p,
+            "[node]\nname = \"n1\"\nlisten = \"127.0.0.1:1\"\nclock_skew_ms = -4000\n",
+        )
+        .unwrap();
+        let f = read_file(&p).unwrap();
+        assert_eq!(
+            f.clone().finish_with_skew(None).unwrap().clock_skew_ms,
+            -4000
+        );
+        assert_eq!(
+            f.clone()
+                .finish_with_skew(Some(7000))
+                .unwrap()
+                .clock_skew_ms,
+            7000
+        );
+        let mut far = f.clone();
+        far.node.clock_skew_ms = Some(MAX_CLOCK_SKEW_MS + 1);
+        let e = far.finish_with_skew(None).unwrap_err().to_string();
+        assert!(
+            e.contains("node.clock_skew_ms") && e.contains("out of range"),
+            "{e}"
+        );
+        assert_eq!(parse_clock_skew("5000").unwrap(), 5000);
+        assert_eq!(parse_clock_skew(" +5000 ").unwrap(), 5000);
+        assert_eq!(parse_clock_skew("-5000").unwrap(), -5000);
+        for bad in ["", "5s", "1.5", "ahead", "99999999999999999999"] {
+            let e = parse_clock_skew(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with(CLOCK_SKEW_ENV) && e.contains("milliseconds"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = parse_clock_skew("-86400001").unwrap_err().to_string();
+        assert!(
+            e.starts_with(CLOCK_SKEW_ENV) && e.contains("out of range"),
+            "{e}"
+        );
+        std::fs::write(&p, "[node]\nclock_skew_ms = \"5s\"\n").unwrap();
         let e = read_file(&p).unwrap_err().to_string();
         assert!(e.contains("n.toml:2"), "{e}");
     }

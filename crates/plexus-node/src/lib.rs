@@ -225,12 +225,21 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
             what: "cluster listener",
             message: e.to_string(),
         })?;
+    let clock = Clock::system();
+    if config.clock_skew_ms != 0 {
+        // Fault injection (`[node] clock_skew_ms`, PLEXUS_CLOCK_SKEW_MS).
+        clock.set_skew_ms(config.clock_skew_ms);
+        tracing::warn!(
+            skew_ms = config.clock_skew_ms,
+            "fault injection: this node's wall clock (state stamps, expiry, leases) is skewed"
+        );
+    }
     let wiring = InProcess {
         links: Arc::new(RactorLinks {
             node_server: node_server.clone(),
             tls: tls.map(|t| t.connector),
         }),
-        clock: Clock::system(),
+        clock,
         rng_seed: rand::random(),
         observer: None,
     };

@@ -259,6 +259,12 @@ impl Clock {
             .store(if ahead { ms } else { -ms }, Ordering::Relaxed);
     }
 
+    /// Set this clock's offset in ms (positive: ahead), as `[node]
+    /// clock_skew_ms` / `PLEXUS_CLOCK_SKEW_MS` give it (fault injection).
+    pub fn set_skew_ms(&self, ms: i64) {
+        self.inner.skew_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// The current offset in ms (positive: ahead).
     pub fn skew_ms(&self) -> i64 {
         self.inner.skew_ms.load(Ordering::Relaxed)

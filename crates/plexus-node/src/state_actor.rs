@@ -778,7 +778,26 @@ impl StateState {
                 }
                 LeaseProgress::Refused { current } => {
                     let now = self.ctx.clock.wall_ms();
-                    let stale = current.as_ref().is_none_or(|c| c.expires_at_ms <= now);
+                    // A promise is dated by its acceptor's clock. Only our
+                    // own promise (the same holder and token in our table)
+                    // can be compared with our clock; another node's, with a
+                    // skewed clock, cannot: then retry and let the acceptors
+                    // judge on their own clocks (a refusal is safe).
+                    let own = self
+                        .store
+                        .leases()
+                        .ok()
+                        .and_then(|t| t.get(&acq.request().name).cloned())
+                        .filter(|o| {
+                            current
+                                .as_ref()
+                                .is_some_and(|c| c.token == o.token && c.holder == o.holder)
+                        });
+                    let stale = match (&current, &own) {
+                        (None, _) => true,
+                        (Some(_), Some(o)) => o.expires_at_ms <= now,
+                        (Some(_), None) => true,
+                    };
                     if !retried && stale && !timed_out {
                         // Outbid the expired or released promise once (the
                         // original timeout still bounds the whole request).
@@ -790,13 +809,19 @@ impl StateState {
                         }
                         return;
                     }
-                    let detail = match current {
-                        Some(c) if c.expires_at_ms > now => format!(
+                    let detail = match (current, own) {
+                        (Some(c), Some(o)) if o.expires_at_ms > now => format!(
                             "lease `{}` is held by `{}` (token {}) for another {} ms",
                             c.name,
                             c.holder,
                             c.token,
-                            c.expires_at_ms - now
+                            o.expires_at_ms - now
+                        ),
+                        // Another node's promise: how long it lasts is on
+                        // that node's clock.
+                        (Some(c), None) => format!(
+                            "lease `{}` is held by `{}` (token {}): a majority of the nodes refused",
+                            c.name, c.holder, c.token
                         ),
                         _ => format!(
                             "lease `{}` not granted: no majority of the cluster voted for it within {} ms",
