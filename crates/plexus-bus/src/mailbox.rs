@@ -6,8 +6,9 @@
 //! where a binary heap sifted the (large) envelopes on every operation.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering as AtOrd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtOrd};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -55,6 +56,8 @@ impl Queue {
 
 pub(crate) struct Shared {
     queue: Mutex<Queue>,
+    /// `queue.len`, readable without the lock (the receiver's spin).
+    queued: AtomicUsize,
     notify: Notify,
     closed: AtomicBool,
     capacity: usize,
@@ -77,6 +80,7 @@ impl Shared {
                 nonempty: 0,
                 len: 0,
             }),
+            queued: AtomicUsize::new(0),
             notify: Notify::new(),
             closed: AtomicBool::new(false),
             capacity: capacity.max(1),
@@ -95,13 +99,33 @@ impl Shared {
                 return Err((PushError::Full, Box::new(env)));
             }
             q.push(env);
+            self.queued.store(q.len, AtOrd::Release);
         }
+        // Cheap unless the receiver is parked: then this is the one wake-up.
         self.notify.notify_one();
         Ok(())
     }
 
     pub(crate) fn try_pop(&self) -> Option<Envelope> {
-        self.queue.lock().pop()
+        let mut q = self.queue.lock();
+        let e = q.pop();
+        self.queued.store(q.len, AtOrd::Relaxed);
+        e
+    }
+
+    /// Move up to `max` waiting messages, highest priority first, into
+    /// `out` under one lock; how many.
+    pub(crate) fn pop_many(&self, out: &mut Vec<Envelope>, max: usize) -> usize {
+        let mut q = self.queue.lock();
+        let n = q.len.min(max);
+        out.reserve(n);
+        for _ in 0..n {
+            if let Some(e) = q.pop() {
+                out.push(e);
+            }
+        }
+        self.queued.store(q.len, AtOrd::Relaxed);
+        n
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -111,7 +135,10 @@ impl Shared {
     pub(crate) fn close(&self) -> Vec<Envelope> {
         self.closed.store(true, AtOrd::Release);
         self.notify.notify_one();
-        self.queue.lock().drain()
+        let mut q = self.queue.lock();
+        let left = q.drain();
+        self.queued.store(0, AtOrd::Relaxed);
+        left
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -127,12 +154,54 @@ impl Shared {
             if self.is_closed() {
                 return None;
             }
-            // Single consumer: notify_one stores a permit if we are not yet
-            // waiting, so a push between try_pop and here is not missed.
-            self.notify.notified().await;
+            self.wait().await;
         }
     }
+
+    /// Wait for up to `max` messages (at least one); 0 once closed and drained.
+    pub(crate) async fn recv_many(&self, out: &mut Vec<Envelope>, max: usize) -> usize {
+        loop {
+            let n = self.pop_many(out, max.max(1));
+            if n > 0 {
+                return n;
+            }
+            if self.is_closed() {
+                return 0;
+            }
+            self.wait().await;
+        }
+    }
+
+    /// Wait until a message may be waiting (or the mailbox closed).
+    ///
+    /// A receiver that parks on every empty queue costs a wake-up per
+    /// message (a futex or eventfd call on the sender's side and a context
+    /// switch on ours: 20 % of the in-node profile). So first watch the
+    /// queue for [`SPIN`]: under steady traffic the next message comes
+    /// within it and nobody sleeps; an idle subscriber pays [`SPIN`] of CPU
+    /// after its last message. (Yielding to the runtime instead of spinning
+    /// made tokio wake its other worker and move the task between threads.)
+    async fn wait(&self) {
+        let start = Instant::now();
+        loop {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+            if self.queued.load(AtOrd::Acquire) > 0 || self.is_closed() {
+                return;
+            }
+            if start.elapsed() >= SPIN {
+                break;
+            }
+        }
+        // Single consumer: notify_one stores a permit if we are not yet
+        // waiting, so a push between the last check and here is not missed.
+        self.notify.notified().await;
+    }
 }
+
+/// How long a receiver watches an empty mailbox before it parks.
+const SPIN: Duration = Duration::from_micros(20);
 
 #[cfg(test)]
 mod tests {
