@@ -191,7 +191,7 @@ pub const TOPIC_CLASSES: [&str; 5] = ["plugin", "system", "state", "workflow", "
 
 /// The class of a topic (see [`TOPIC_CLASSES`]).
 pub fn topic_class(topic: &str) -> usize {
-    let first = topic.split('/').next().unwrap_or("");
+    let first = topic.find('/').map_or(topic, |i| &topic[..i]);
     TOPIC_CLASSES[..TOPIC_CLASSES.len() - 1]
         .iter()
         .position(|c| *c == first)
