@@ -296,16 +296,22 @@ impl Shared {
     /// after its last message. (Yielding to the runtime instead of spinning
     /// made tokio wake its other worker and move the task between threads.)
     async fn wait(&self) {
-        let start = Instant::now();
-        loop {
-            for _ in 0..32 {
-                std::hint::spin_loop();
-            }
-            if self.ready() {
-                return;
-            }
-            if start.elapsed() >= SPIN {
-                break;
+        // On a single-threaded runtime (the simulation) no sender can run
+        // while we spin: park at once.
+        let can_spin = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread);
+        if can_spin {
+            let start = Instant::now();
+            loop {
+                for _ in 0..32 {
+                    std::hint::spin_loop();
+                }
+                if self.ready() {
+                    return;
+                }
+                if start.elapsed() >= SPIN {
+                    break;
+                }
             }
         }
         self.signal.parked.store(true, AtOrd::SeqCst);
