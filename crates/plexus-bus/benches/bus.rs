@@ -65,5 +65,60 @@ fn publish_deliver(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, trie, publish_deliver);
+/// Publisher on this thread, subscriber task on a runtime worker (as in
+/// `plexus bench`'s `bus.inproc.max`): a batch of 10,000 events built with
+/// `Envelope::new` and published, timed until the subscriber has all.
+fn publish_deliver_across_threads(c: &mut Criterion) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    const BATCH: u64 = 10_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Room for a whole batch: nothing is dead-lettered, so every event arrives.
+    let mut cfg = BusConfig::new("bench");
+    cfg.mailbox_capacity = 4 * BATCH as usize;
+    let bus = Bus::new(cfg);
+    let _noise: Vec<_> = (0..50)
+        .map(|i| bus.subscribe(&format!("other/{i}/**"), "noise").unwrap())
+        .collect();
+    let sub = bus.subscribe("plugin/*/events", "bench").unwrap();
+    let got = Arc::new(AtomicU64::new(0));
+    let seen = got.clone();
+    rt.spawn(async move {
+        while let Some(e) = sub.recv().await {
+            std::hint::black_box(&e);
+            seen.fetch_add(1, Ordering::Release);
+        }
+    });
+    let mut g = c.benchmark_group("bus");
+    g.throughput(Throughput::Elements(BATCH));
+    g.bench_function("publish_deliver_cross_thread_10k", |b| {
+        b.iter(|| {
+            let start = got.load(Ordering::Acquire);
+            for i in 0..BATCH {
+                let e = Envelope::new(
+                    MessageKind::Event,
+                    "plugin/bench/events",
+                    "bench",
+                    i.to_le_bytes().to_vec(),
+                );
+                bus.publish(e).unwrap();
+            }
+            while got.load(Ordering::Acquire) < start + BATCH {
+                std::hint::spin_loop();
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    trie,
+    publish_deliver,
+    publish_deliver_across_threads
+);
 criterion_main!(benches);

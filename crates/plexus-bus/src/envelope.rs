@@ -1,7 +1,10 @@
 //! The message envelope every bus message travels in (the seed's shape).
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::text::TraceId;
 
 /// What kind of message an envelope carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -16,8 +19,12 @@ pub enum MessageKind {
 /// Tracing and identity headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Headers {
-    pub trace_id: Option<String>,
-    pub span_id: Option<String>,
+    /// Inline up to 32 bytes (a generated or W3C trace id needs no allocation).
+    #[schema(value_type = Option<String>)]
+    pub trace_id: Option<TraceId>,
+    /// 16 hex digits for spans the bus makes (inline).
+    #[schema(value_type = Option<String>)]
+    pub span_id: Option<CompactString>,
     pub user_id: Option<String>,
     pub session_id: Option<String>,
     /// Anything else, kept in order.
@@ -41,6 +48,10 @@ pub const MAX_PRIORITY: u8 = 10;
 pub const DEFAULT_PRIORITY: u8 = 5;
 
 /// One bus message.
+///
+/// The names are [`CompactString`]s (inline up to 24 bytes): a typical
+/// envelope is built, moved and dropped without heap allocations besides
+/// its payload. They serialize as plain strings, as `String` did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Envelope {
     pub message_id: Uuid,
@@ -49,12 +60,16 @@ pub struct Envelope {
     /// Wall-clock ms when published.
     pub timestamp_ms: u64,
     /// Who published it (a plugin, a node service, or a client name).
-    pub source: String,
+    #[schema(value_type = String)]
+    pub source: CompactString,
     /// The node it was published on (responses go back there).
-    pub source_node: String,
+    #[schema(value_type = String)]
+    pub source_node: CompactString,
     /// A subscriber name, or `*` for every subscriber.
-    pub destination: String,
-    pub topic: String,
+    #[schema(value_type = String)]
+    pub destination: CompactString,
+    #[schema(value_type = String)]
+    pub topic: CompactString,
     pub kind: MessageKind,
     /// 1 (lowest) to 10 (highest); higher is delivered first from a backlog.
     pub priority: u8,
@@ -68,23 +83,24 @@ impl Envelope {
     /// A new envelope with a fresh id, timestamp and trace id.
     pub fn new(
         kind: MessageKind,
-        topic: impl Into<String>,
-        source: impl Into<String>,
+        topic: impl Into<CompactString>,
+        source: impl Into<CompactString>,
         payload: Vec<u8>,
     ) -> Self {
         let id = Uuid::now_v7();
         Envelope {
             message_id: id,
             correlation_id: None,
-            timestamp_ms: now_ms(),
+            // The v7 id already holds the wall clock in ms: no second read.
+            timestamp_ms: id_ms(&id),
             source: source.into(),
-            source_node: String::new(),
-            destination: "*".into(),
+            source_node: CompactString::const_new(""),
+            destination: CompactString::const_new("*"),
             topic: topic.into(),
             kind,
             priority: DEFAULT_PRIORITY,
             headers: Headers {
-                trace_id: Some(id.simple().to_string()),
+                trace_id: Some(TraceId::from_uuid(id)),
                 span_id: Some(short_span()),
                 ..Default::default()
             },
@@ -93,31 +109,35 @@ impl Envelope {
         }
     }
 
-    pub fn to(mut self, destination: impl Into<String>) -> Self {
+    /// Address it to one subscriber name.
+    pub fn to(mut self, destination: impl Into<CompactString>) -> Self {
         self.destination = destination.into();
         self
     }
 
+    /// Set the priority (1..=10, checked on publish).
     pub fn with_priority(mut self, p: u8) -> Self {
         self.priority = p;
         self
     }
 
+    /// How long the sender waits for a response.
     pub fn with_timeout_ms(mut self, ms: u64) -> Self {
         self.metadata.timeout_ms = Some(ms);
         self
     }
 
-    pub fn with_trace(mut self, trace_id: Option<String>) -> Self {
-        if trace_id.is_some() {
-            self.headers.trace_id = trace_id;
+    /// Join an existing trace (`None` keeps the envelope's own).
+    pub fn with_trace<T: Into<TraceId>>(mut self, trace_id: Option<T>) -> Self {
+        if let Some(t) = trace_id {
+            self.headers.trace_id = Some(t.into());
         }
         self
     }
 
     /// A response to this request carrying `payload`, on `{topic}` with the
     /// request's trace and a new span.
-    pub fn reply(&self, source: impl Into<String>, payload: Vec<u8>) -> Envelope {
+    pub fn reply(&self, source: impl Into<CompactString>, payload: Vec<u8>) -> Envelope {
         let mut r = Envelope::new(MessageKind::Response, self.topic.clone(), source, payload);
         r.correlation_id = Some(self.message_id);
         r.destination = self.source.clone();
@@ -139,9 +159,21 @@ impl Envelope {
     }
 }
 
-fn short_span() -> String {
-    // 64 random bits as 16 hex digits, formatted once.
-    format!("{:016x}", Uuid::new_v4().as_u64_pair().0)
+/// The Unix ms a v7 id was made at: its first 48 bits.
+fn id_ms(id: &Uuid) -> u64 {
+    (id.as_u128() >> 80) as u64
+}
+
+fn short_span() -> CompactString {
+    // 64 random bits as 16 hex digits, inline (no allocation).
+    let bits = Uuid::new_v4().as_u64_pair().0;
+    let mut buf = [0u8; 16];
+    for (i, b) in buf.iter_mut().enumerate() {
+        let nibble = (bits >> (60 - 4 * i)) & 0xf;
+        *b = b"0123456789abcdef"[nibble as usize];
+    }
+    // Hex digits are ASCII, so this cannot fail.
+    CompactString::from_utf8(&buf[..]).unwrap_or_default()
 }
 
 /// Wall-clock milliseconds since the Unix epoch.

@@ -18,6 +18,7 @@
 pub mod envelope;
 mod mailbox;
 pub mod policy;
+pub mod text;
 pub mod topic;
 
 use std::collections::{HashMap, VecDeque};
@@ -30,11 +31,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+pub use compact_str::CompactString;
 pub use envelope::{
     now_ms, Envelope, Headers, MessageKind, Metadata, DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY,
 };
 use mailbox::{PushError, Shared};
 pub use policy::{PublishPolicy, Violation};
+use smallvec::SmallVec;
+pub use text::TraceId;
 pub use topic::{matches, validate_pattern, validate_topic, TopicError, TopicTrie};
 
 /// Bus settings.
@@ -155,8 +159,13 @@ struct RemoteInterest {
     owners: Vec<String>,
 }
 
+/// The local subscribers one message goes to (inline for the usual few).
+type Targets = SmallVec<[(u64, Arc<Shared>); 4]>;
+
 struct Inner {
     cfg: BusConfig,
+    /// `cfg.node` as stamped on every envelope (inline: no allocation).
+    node: CompactString,
     subs: RwLock<SubTable>,
     remote: RwLock<HashMap<String, RemoteInterest>>,
     pending: Mutex<HashMap<Uuid, oneshot::Sender<Envelope>>>,
@@ -182,7 +191,7 @@ pub const TOPIC_CLASSES: [&str; 5] = ["plugin", "system", "state", "workflow", "
 
 /// The class of a topic (see [`TOPIC_CLASSES`]).
 pub fn topic_class(topic: &str) -> usize {
-    let first = topic.split('/').next().unwrap_or("");
+    let first = topic.find('/').map_or(topic, |i| &topic[..i]);
     TOPIC_CLASSES[..TOPIC_CLASSES.len() - 1]
         .iter()
         .position(|c| *c == first)
@@ -216,6 +225,7 @@ impl Bus {
     pub fn new(cfg: BusConfig) -> Bus {
         Bus {
             inner: Arc::new(Inner {
+                node: CompactString::from(cfg.node.as_str()),
                 cfg,
                 subs: RwLock::new(SubTable::default()),
                 remote: RwLock::new(HashMap::new()),
@@ -332,7 +342,7 @@ impl Bus {
     pub fn publish(&self, mut env: Envelope) -> Result<PublishReport, BusError> {
         self.validate(&env)?;
         if env.source_node.is_empty() {
-            env.source_node = self.inner.cfg.node.clone();
+            env.source_node = self.inner.node.clone();
         }
         self.inner.published.fetch_add(1, Ordering::Relaxed);
         self.inner.by_class[topic_class(&env.topic)][0].fetch_add(1, Ordering::Relaxed);
@@ -392,9 +402,9 @@ impl Bus {
         Ok(report)
     }
 
-    fn local_targets(&self, env: &Envelope) -> Vec<(u64, Arc<Shared>)> {
+    fn local_targets(&self, env: &Envelope) -> Targets {
         let subs = self.inner.subs.read();
-        let mut out: Vec<(u64, Arc<Shared>)> = Vec::new();
+        let mut out = Targets::new();
         let any = env.destination == "*";
         subs.trie.for_each_match(&env.topic, |id| {
             if out.iter().any(|(i, _)| i == id) {
@@ -433,7 +443,7 @@ impl Bus {
 
     /// Push `env` into each target's mailbox: a copy for all but the last,
     /// which takes `env` itself (one subscriber, no copy).
-    fn deliver(&self, env: Envelope, targets: Vec<(u64, Arc<Shared>)>) -> usize {
+    fn deliver(&self, env: Envelope, targets: Targets) -> usize {
         let mut n = 0;
         let class = topic_class(&env.topic);
         let mut env = Some(env);
@@ -491,8 +501,8 @@ impl Bus {
             env.metadata.expires_at_ms = Some(now_ms() + timeout.as_millis() as u64);
         }
         let id = env.message_id;
-        let topic = env.topic.clone();
-        let destination = env.destination.clone();
+        let topic = env.topic.to_string();
+        let destination = env.destination.to_string();
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().insert(id, tx);
         let report = match self.publish(env) {
@@ -538,7 +548,7 @@ impl Bus {
     pub fn respond(&self, request: &Envelope, mut response: Envelope) -> Result<(), BusError> {
         response.kind = MessageKind::Response;
         response.correlation_id = Some(request.message_id);
-        response.source_node = self.inner.cfg.node.clone();
+        response.source_node = self.inner.node.clone();
         if response.payload.len() > self.inner.cfg.max_payload {
             return Err(BusError::PayloadTooLarge {
                 size: response.payload.len(),
@@ -740,6 +750,38 @@ impl Subscription {
         }
     }
 
+    /// Wait for messages, then move up to `max` of those waiting into `buf`
+    /// (highest priority first, one lock for all): how many were added, 0
+    /// once the subscription is closed and drained. Expired ones are
+    /// dead-lettered and skipped. For subscribers that take bursts: one
+    /// wake-up and one lock per batch instead of per message.
+    pub async fn recv_many(&self, buf: &mut Vec<Envelope>, max: usize) -> usize {
+        loop {
+            let start = buf.len();
+            if self.mailbox.recv_many(buf, max).await == 0 {
+                return 0;
+            }
+            if buf[start..]
+                .iter()
+                .any(|e| e.metadata.expires_at_ms.is_some())
+            {
+                let now = now_ms();
+                let mut i = start;
+                while i < buf.len() {
+                    if buf[i].expired_at(now) {
+                        let env = buf.remove(i);
+                        self.expire(env);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            if buf.len() > start {
+                return buf.len() - start;
+            }
+        }
+    }
+
     /// Next message if one is waiting.
     pub fn try_recv(&self) -> Option<Envelope> {
         loop {
@@ -752,12 +794,16 @@ impl Subscription {
 
     fn check_expiry(&self, env: Envelope) -> Option<Envelope> {
         if env.is_expired() {
-            if let Some(inner) = self.bus.upgrade() {
-                Bus { inner }.dead_letter(env, format!("expired in the mailbox of {}", self.owner));
-            }
+            self.expire(env);
             None
         } else {
             Some(env)
+        }
+    }
+
+    fn expire(&self, env: Envelope) {
+        if let Some(inner) = self.bus.upgrade() {
+            Bus { inner }.dead_letter(env, format!("expired in the mailbox of {}", self.owner));
         }
     }
 

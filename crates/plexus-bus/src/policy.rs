@@ -66,13 +66,13 @@ impl PublishPolicy {
         if env.source != self.plugin {
             return Err(Violation::ForgedSource {
                 plugin: self.plugin.clone(),
-                claimed: env.source.clone(),
+                claimed: env.source.to_string(),
             });
         }
         if !self.patterns.iter().any(|p| matches(p, &env.topic)) {
             return Err(Violation::TopicNotDeclared {
                 plugin: self.plugin.clone(),
-                topic: env.topic.clone(),
+                topic: env.topic.to_string(),
                 allowed: self.patterns.clone(),
             });
         }

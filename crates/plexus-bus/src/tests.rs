@@ -305,3 +305,42 @@ async fn a_peer_cannot_forward_a_message_as_another_node() {
     bus.handle_frame("n2", BusFrame::Publish(env));
     assert!(sub.try_recv().is_some());
 }
+
+#[tokio::test]
+async fn recv_many_takes_a_batch_in_priority_order_and_skips_expired() {
+    let bus = Bus::new(BusConfig::new("n1"));
+    let s = bus.subscribe("t", "s").unwrap();
+    for p in [1u8, 9, 5] {
+        bus.publish(ev("t").with_priority(p)).unwrap();
+    }
+    let mut stale = ev("t").with_priority(10);
+    stale.metadata.expires_at_ms = Some(now_ms() + 30);
+    bus.publish(stale).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut buf = Vec::new();
+    // The first batch takes the expired message and 9; only 9 is returned.
+    assert_eq!(s.recv_many(&mut buf, 2).await, 1);
+    assert_eq!(s.recv_many(&mut buf, 10).await, 2);
+    let got: Vec<u8> = buf.iter().map(|e| e.priority).collect();
+    assert_eq!(got, vec![9, 5, 1]);
+    assert_eq!(bus.stats().dead_lettered, 1);
+    assert_eq!(s.backlog(), 0);
+}
+
+#[tokio::test]
+async fn envelopes_stamp_time_and_trace_without_changing_their_encoding() {
+    let before = now_ms();
+    let e = ev("plugin/a/events");
+    assert!(e.timestamp_ms >= before && e.timestamp_ms <= now_ms());
+    let trace = e.headers.trace_id.as_deref().unwrap();
+    assert_eq!(trace, e.message_id.simple().to_string());
+    let span = e.headers.span_id.as_deref().unwrap();
+    assert_eq!(span.len(), 16);
+    assert!(span.bytes().all(|b| b.is_ascii_hexdigit()));
+    // The JSON has plain strings, as with `String` fields.
+    let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+    assert_eq!(v["topic"], "plugin/a/events");
+    assert_eq!(v["headers"]["trace_id"], trace);
+    let back: Envelope = serde_json::from_value(v).unwrap();
+    assert_eq!(back, e);
+}

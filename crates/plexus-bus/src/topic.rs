@@ -6,6 +6,10 @@
 
 use std::collections::HashMap;
 
+/// The trie's segment maps hash with foldhash (seeded per process): a
+/// publish looks up one segment per level, and SipHash was most of that.
+type SegMap<V> = HashMap<Box<str>, Node<V>, foldhash::fast::RandomState>;
+
 /// Longest topic accepted, in bytes.
 pub const MAX_TOPIC_LEN: usize = 256;
 
@@ -131,7 +135,7 @@ pub struct TopicTrie<V> {
 
 #[derive(Debug)]
 struct Node<V> {
-    exact: HashMap<Box<str>, Node<V>>,
+    exact: SegMap<V>,
     star: Option<Box<Node<V>>>,
     dstar: Option<Box<Node<V>>>,
     values: Vec<V>,
@@ -140,7 +144,7 @@ struct Node<V> {
 impl<V> Default for Node<V> {
     fn default() -> Self {
         Node {
-            exact: HashMap::new(),
+            exact: SegMap::default(),
             star: None,
             dstar: None,
             values: Vec::new(),

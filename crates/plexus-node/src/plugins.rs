@@ -579,7 +579,7 @@ pub fn exec_envelope(source: &str, mut req: ExecRequest, priority: u8) -> Envelo
     .with_priority(priority)
     .with_trace(req.trace_id.clone());
     if req.trace_id.is_none() {
-        req.trace_id = env.headers.trace_id.clone();
+        req.trace_id = env.headers.trace_id.as_deref().map(str::to_string);
     }
     env.payload = serde_json::to_vec(&req).unwrap_or_default();
     env
