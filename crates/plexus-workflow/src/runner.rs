@@ -362,14 +362,7 @@ pub(crate) async fn call_with_retries<E: StepExecutor + ?Sized>(
     loop {
         tries += 1;
         attempts.fetch_add(1, Ordering::Relaxed);
-        let fut = exec.exec(plugin, command, input.clone(), key.to_string());
-        let res = match timeout_ms {
-            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), fut).await {
-                Ok(r) => r,
-                Err(_) => Err(StepError::in_doubt(format!("timed out after {ms} ms"))),
-            },
-            None => fut.await,
-        };
+        let res = exec_within(exec, plugin, command, input, key, timeout_ms).await;
         let mut err = match res {
             Ok(v) => return Ok(v),
             Err(e) => e,
@@ -394,6 +387,26 @@ pub(crate) async fn call_with_retries<E: StepExecutor + ?Sized>(
             }
             None => return Err(err),
         }
+    }
+}
+
+/// One call of `plugin`'s `command`, bounded by the step's `timeout_ms`; a
+/// call that runs past it is in doubt (it may still take effect).
+pub(crate) async fn exec_within<E: StepExecutor + ?Sized>(
+    exec: &E,
+    plugin: &str,
+    command: &str,
+    input: &Value,
+    key: &str,
+    timeout_ms: Option<u64>,
+) -> Result<Value, StepError> {
+    let fut = exec.exec(plugin, command, input.clone(), key.to_string());
+    match timeout_ms {
+        Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StepError::in_doubt(format!("timed out after {ms} ms"))),
+        },
+        None => fut.await,
     }
 }
 

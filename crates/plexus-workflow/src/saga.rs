@@ -37,8 +37,8 @@ use crate::journal::{
     FileJournal, JournalFileError, JournalHeader, JournalRecord, JOURNAL_SUFFIX, JOURNAL_VERSION,
 };
 use crate::runner::{
-    call_with_retries, now_ms, step_input, step_transform, Delivery, Observer, RunReport,
-    RunStatus, StepError, StepExecutor, StepStatus,
+    call_with_retries, exec_within, now_ms, step_input, step_transform, Delivery, Observer,
+    RunReport, RunStatus, StepError, StepExecutor, StepStatus,
 };
 use crate::template;
 
@@ -409,17 +409,15 @@ impl<E: StepExecutor> SagaRun<E> {
             };
             tokio::time::sleep(delay).await;
             self.report.steps[idx].attempts += 1;
-            let fut = self
-                .executor
-                .exec(&s.plugin, &s.command, input.clone(), key.to_string());
-            let res = match s.timeout_ms {
-                Some(ms) => tokio::time::timeout(std::time::Duration::from_millis(ms), fut)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(StepError::in_doubt(format!("timed out after {ms} ms")))
-                    }),
-                None => fut.await,
-            };
+            let res = exec_within(
+                &self.executor,
+                &s.plugin,
+                &s.command,
+                input,
+                key,
+                s.timeout_ms,
+            )
+            .await;
             match res {
                 Ok(v) => {
                     self.report.steps[idx].error = None;
@@ -462,19 +460,15 @@ impl<E: StepExecutor> SagaRun<E> {
         loop {
             tries += 1;
             self.report.steps[idx].compensation_attempts += 1;
-            let fut = self
-                .executor
-                .exec(&c.plugin, &c.command, input.clone(), key.to_string());
-            let res = match s.timeout_ms {
-                Some(ms) => tokio::time::timeout(std::time::Duration::from_millis(ms), fut)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(crate::StepError::transient(format!(
-                            "timed out after {ms} ms"
-                        )))
-                    }),
-                None => fut.await,
-            };
+            let res = exec_within(
+                &self.executor,
+                &c.plugin,
+                &c.command,
+                &input,
+                key,
+                s.timeout_ms,
+            )
+            .await;
             let err = match res {
                 Ok(_) => {
                     self.report.steps[idx].compensation_error = None;
