@@ -513,17 +513,7 @@ fn incr(api: &str, key: &str) -> bool {
 
 /// The value of `key` in node `api`'s local replica.
 fn get(api: &str, key: &str) -> Option<Value> {
-    let o = plexus(&[
-        "state",
-        "get",
-        "--connect",
-        api,
-        "--as",
-        "exec-automator",
-        key,
-        "--json",
-    ]);
-    (o.code == 0).then(|| o.json()["value"].clone())
+    get_json(api, key).map(|v| v["value"].clone())
 }
 
 /// Every replica holds every acknowledged write with its value, and the
