@@ -41,6 +41,11 @@ pub struct Problem {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub in_doubt: bool,
+    /// A try of this request reached the plugin's host and was answered
+    /// (after any try in doubt): the key had no successful run then, and
+    /// the tries after it were not delivered. Not sent to clients.
+    #[serde(skip)]
+    pub answered: bool,
 }
 
 impl Problem {
@@ -52,6 +57,7 @@ impl Problem {
             detail: detail.into(),
             reply: None,
             in_doubt: false,
+            answered: false,
         }
     }
 }
@@ -67,6 +73,12 @@ impl Problem {
     /// was delivered (or may have been) and no answer came back.
     fn leaves_doubt(&self) -> bool {
         self.kind.ends_with("/timeout") || self.kind.ends_with("/node-down")
+    }
+
+    /// Whether this try, or an earlier try of the same request after any
+    /// doubt, was answered by the plugin's host: the request did not run.
+    pub fn was_answered(&self) -> bool {
+        self.answered || self.answered_by_handler()
     }
 
     /// Whether the plugin's host ran the request (past its breaker and its
@@ -456,6 +468,8 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
     // Set by a try that may have run; cleared by a later answer, which
     // (same idempotency key) tells what happened.
     let mut doubt = false;
+    // Set by a try the plugin's host answered; cleared by a later doubt.
+    let mut answered = false;
     loop {
         match exec_once(ctx, &body).await {
             Ok(mut r) => {
@@ -473,10 +487,13 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
             Err(mut p) => {
                 if p.leaves_doubt() {
                     doubt = true;
+                    answered = false;
                 } else if p.answered_by_handler() {
                     doubt = false;
+                    answered = true;
                 }
                 p.in_doubt = doubt;
+                p.answered = answered;
                 let retryable = p
                     .reply
                     .as_ref()

@@ -178,6 +178,7 @@ fn apply(myself: &ActorRef<MembershipMsg>, st: &mut MembershipState, out: Output
                     .send(&id.name, Wire::Bus(Box::new(BusFrame::Interest(interest))));
                 publish_health(&st.ctx, &id, MemberStatus::Up);
                 cast_named(&node, "registry", RegistryMsg::MemberUp(id));
+                cast_named(&node, "workflows", crate::workflows::WorkflowsMsg::PeerUp);
             }
             MemberEvent::Down(id) => {
                 st.ctx.metrics.member_event("down");

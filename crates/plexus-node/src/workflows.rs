@@ -61,7 +61,7 @@ impl StepExecutor for NodeExecutor {
                     } else {
                         StepError::permanent(p.detail.clone())
                     };
-                    Err(if p.answered_by_handler() {
+                    Err(if p.was_answered() {
                         e
                     } else {
                         e.not_delivered()
@@ -101,6 +101,13 @@ pub enum WorkflowsMsg {
     ResumeAll {
         attempt: u32,
     },
+    /// Re-drive saga `id` if it is still stuck (a step in doubt or a
+    /// compensation that could not be delivered).
+    RetryStuck {
+        id: String,
+    },
+    /// A peer came up: what a stuck saga waited for may be back.
+    PeerUp,
     List(RpcReplyPort<Vec<RunReport>>),
     /// Answer when run `id` has ended (at once if it has).
     Wait {
@@ -117,6 +124,20 @@ pub struct WorkflowsState {
     waiters: HashMap<String, Vec<RpcReplyPort<Option<RunReport>>>>,
     resumes: HashMap<String, u32>,
     pending_resume: Vec<(String, PathBuf)>,
+    /// Times each stuck saga has been re-driven since it last made progress.
+    stuck_retries: HashMap<String, u32>,
+}
+
+/// First wait before a stuck saga is re-driven; doubles up to
+/// [`STUCK_RETRY_MAX`]. A peer coming up re-drives it sooner.
+pub const STUCK_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two re-drives of a stuck saga.
+pub const STUCK_RETRY_MAX: Duration = Duration::from_secs(30);
+
+fn stuck_retry_delay(n: u32) -> Duration {
+    STUCK_RETRY_FIRST
+        .saturating_mul(1u32 << n.min(16))
+        .min(STUCK_RETRY_MAX)
 }
 
 pub struct WorkflowSupervisor;
@@ -144,6 +165,7 @@ impl Actor for WorkflowSupervisor {
             waiters: HashMap::new(),
             resumes: HashMap::new(),
             pending_resume: vec![],
+            stuck_retries: HashMap::new(),
         };
         // Sagas left unfinished by a crash continue now.
         match list_journals(&st.dir) {
@@ -236,7 +258,40 @@ impl Actor for WorkflowSupervisor {
                 for w in st.waiters.remove(&r.id).unwrap_or_default() {
                     let _ = w.send(Some((*r).clone()));
                 }
+                if r.kind == WorkflowKind::Saga && r.status == RunStatus::Stuck {
+                    // What it waits for (a node that is down, a plugin that
+                    // is not announced yet) may come back: try again later.
+                    let n = st.stuck_retries.entry(r.id.clone()).or_default();
+                    let delay = stuck_retry_delay(*n);
+                    *n += 1;
+                    tracing::warn!(saga = %r.id, retry_in_ms = delay.as_millis() as u64, "saga stuck; it will be re-driven");
+                    let id = r.id.clone();
+                    myself.send_after(delay, move || WorkflowsMsg::RetryStuck { id });
+                } else {
+                    st.stuck_retries.remove(&r.id);
+                }
                 st.runs.insert(r.id.clone(), *r);
+            }
+            WorkflowsMsg::RetryStuck { id } => {
+                let stuck = st.runs.get(&id).map(|r| r.status) == Some(RunStatus::Stuck);
+                let path = plexus_workflow::journal_path(&st.dir, &id);
+                if stuck && !st.actors.contains_key(&id) && path.exists() {
+                    tracing::info!(saga = %id, "re-driving a stuck saga");
+                    spawn_run(&myself, st, id, Job::ResumeSaga { path }).await;
+                }
+            }
+            WorkflowsMsg::PeerUp => {
+                // Give the newcomer's announce a moment to reach the
+                // registry, then re-drive every stuck saga at once.
+                for (id, r) in &st.runs {
+                    if r.status == RunStatus::Stuck {
+                        st.stuck_retries.insert(id.clone(), 0);
+                        let id = id.clone();
+                        myself.send_after(Duration::from_millis(500), move || {
+                            WorkflowsMsg::RetryStuck { id }
+                        });
+                    }
+                }
             }
             WorkflowsMsg::List(reply) => {
                 let mut all: Vec<RunReport> = st.runs.values().cloned().collect();

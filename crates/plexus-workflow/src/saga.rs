@@ -127,6 +127,9 @@ pub struct SagaRun<E> {
     store: Store,
     report: RunReport,
     observer: Option<Observer>,
+    /// The step a resumed journal shows started and never answered: it may
+    /// have run, so it stays in doubt until a re-send is answered.
+    unsettled: Option<u32>,
 }
 
 impl<E: StepExecutor> SagaRun<E> {
@@ -173,6 +176,11 @@ impl<E: StepExecutor> SagaRun<E> {
             return Err(SagaError::BadId(header.saga_id));
         }
         tracing::info!(saga = %header.saga_id, status = ?report.status, "resuming saga");
+        let unsettled = report
+            .steps
+            .iter()
+            .position(|s| s.status == StepStatus::Running)
+            .map(|i| i as u32);
         Ok(SagaRun {
             id: header.saga_id,
             workflow,
@@ -182,6 +190,7 @@ impl<E: StepExecutor> SagaRun<E> {
             store: Store::File(file),
             report,
             observer: None,
+            unsettled,
         })
     }
 
@@ -204,6 +213,7 @@ impl<E: StepExecutor> SagaRun<E> {
             store,
             report,
             observer: None,
+            unsettled: None,
         }
     }
 
@@ -375,8 +385,17 @@ impl<E: StepExecutor> SagaRun<E> {
         )
         .await;
         self.report.steps[idx].attempts += attempts.load(Ordering::Relaxed);
+        let sent_before = self.unsettled.take() == Some(step);
         match res {
             Err(e) if e.is_in_doubt() => self.settle(step, key, &input, e).await,
+            // Started before the resume and not answered now: still in doubt.
+            Err(e) if sent_before && e.delivery != Delivery::Answered => {
+                let e = StepError {
+                    delivery: Delivery::InDoubt,
+                    ..e
+                };
+                self.settle(step, key, &input, e).await
+            }
             res => res,
         }
     }

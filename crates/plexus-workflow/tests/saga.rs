@@ -646,3 +646,47 @@ async fn step_in_doubt_past_the_budget_is_stuck_then_resumed() {
     assert_eq!(r.status, RunStatus::Completed, "{r:?}");
     assert_eq!(fake.effects(), ["d-3:0", "d-3:1", "d-3:2"]);
 }
+
+/// The saga's node crashed after step 1 ran and before its answer was
+/// journaled; on resume, step 1's node is unreachable. "Not delivered" now
+/// says nothing about the try before the crash, so the step stays in doubt:
+/// the saga is stuck, not compensated around it (docker_kill found this).
+#[tokio::test]
+async fn step_started_before_a_crash_stays_in_doubt_while_its_node_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new();
+    fake.crash_at(1, true);
+    let mut run = SagaRun::start(
+        "d-4",
+        &saga(3),
+        json!({"order": "o"}),
+        dir.path(),
+        fake.clone(),
+    )
+    .unwrap();
+    assert!(run_or_crash(&mut run, &fake).await.is_none(), "crashed");
+    drop(run);
+
+    fake.no_crash();
+    fake.set("do1", Behaviour::Unreachable);
+    let path = journal_path(dir.path(), "d-4");
+    let mut run = SagaRun::resume(&path, fake.clone()).unwrap();
+    let r = run_or_crash(&mut run, &fake).await.unwrap();
+    assert_eq!(r.status, RunStatus::Stuck, "{r:?}");
+    assert_eq!(r.steps[1].status, StepStatus::Running, "{r:?}");
+    assert!(
+        r.error.clone().unwrap_or_default().contains("in doubt"),
+        "{r:?}"
+    );
+    assert_eq!(fake.effects(), ["d-4:0", "d-4:1"], "nothing compensated");
+    drop(run);
+
+    // Its node is back: the resume re-sends step 1 (answered from the
+    // effect log) and completes, each effect once.
+    fake.set("do1", Behaviour::LostReply(0));
+    let mut run = SagaRun::resume(&path, fake.clone()).unwrap();
+    let r = run_or_crash(&mut run, &fake).await.unwrap();
+    assert_eq!(r.status, RunStatus::Completed, "{r:?}");
+    assert_eq!(fake.effects(), ["d-4:0", "d-4:1", "d-4:2"]);
+    assert_returned_once(&fake);
+}

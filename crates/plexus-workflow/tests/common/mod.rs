@@ -27,6 +27,8 @@ pub enum Behaviour {
     /// An in-doubt error with no effect this many times per key, then a
     /// definite failure.
     InDoubtThenFail(usize),
+    /// Never delivered (its node is down): no effect, a retryable error.
+    Unreachable,
 }
 
 /// One call as the executor saw it.
@@ -189,6 +191,10 @@ impl StepExecutor for Fake {
                 }
                 Some(Behaviour::Output(v)) => Ok(v),
                 Some(Behaviour::LostReply(_)) | None => Ok(sim_output(&plugin, &command, &input)),
+                Some(Behaviour::Unreachable) => {
+                    Err(StepError::transient(format!("{command}: its node is down"))
+                        .not_delivered())
+                }
                 Some(Behaviour::InDoubtThenFail(n)) => {
                     if self.seen(&key) <= n {
                         Err(StepError::in_doubt(format!("{command} timed out")))
