@@ -241,6 +241,40 @@ fn failures_are_retried_by_policy_but_only_when_safe() {
     assert_eq!(o.json()["served_by"], "primary");
 }
 
+/// `--timeout-ms` bounds the whole request: a slow idempotent command is
+/// not retried past it (each try used to get the full timeout, so 3 tries
+/// of a 1 s timeout kept the client waiting 3 s).
+#[test]
+fn a_requests_timeout_bounds_all_its_retries_together() {
+    let (_t, c) = cluster();
+    let n1 = &c.nodes[0];
+    let t = Instant::now();
+    let o = plexus(&[
+        "exec",
+        "--connect",
+        &n1.api,
+        "--plugin",
+        "patient",
+        "--command",
+        "read",
+        "--input",
+        r#"{"$sim":{"delay_ms":1500}}"#,
+        "--timeout-ms",
+        "1000",
+    ]);
+    let took = t.elapsed();
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.contains("within the request's 1000 ms"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        took < Duration::from_millis(2_000),
+        "a 1000 ms request took {took:?}: its retries outlived the deadline"
+    );
+}
+
 #[test]
 fn a_cached_answer_is_served_when_the_plugin_is_gone() {
     let (_t, mut c) = cluster();

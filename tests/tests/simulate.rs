@@ -1,9 +1,9 @@
 //! `plexus simulate`: every shipped scenario over fixed seeds, replay by seed,
 //! scenario errors, and a failing run's report — through the CLI.
 //!
-//! Runs per scenario: `PLEXUS_SIM_RUNS` (default 4; a debug build on the
-//! shared 2-core CI machine does a 20 s scenario in about 2 s of CPU). The
-//! long soak is `plexus simulate FILE --runs 1000` (see simulations/README.md).
+//! Runs per scenario: `PLEXUS_SIM_RUNS` (default [`CI_RUNS`]; a debug build
+//! on the shared 2-core CI machine does a run in 2–4 s of CPU). The long
+//! soak is `plexus simulate FILE --runs 1000` (see simulations/README.md).
 
 use std::path::{Path, PathBuf};
 
@@ -63,13 +63,20 @@ const SHIPPED: [&str; 5] = [
     "lossy-gossip",
 ];
 
-#[test]
-fn every_shipped_scenario_passes_its_invariants_over_fixed_seeds() {
-    let runs: u64 = std::env::var("PLEXUS_SIM_RUNS")
+/// Runs per scenario in CI: 5 scenarios × 50 = 250 runs over fixed seeds,
+/// one test per scenario so they run side by side. `PLEXUS_SIM_RUNS`
+/// overrides it (a soak: `plexus simulate FILE --runs 1000`).
+const CI_RUNS: u64 = 50;
+
+fn runs() -> u64 {
+    std::env::var("PLEXUS_SIM_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
-    // Every scenario file in simulations/ is one we ship and test.
+        .unwrap_or(CI_RUNS)
+}
+
+#[test]
+fn every_scenario_file_is_shipped_and_tested() {
     let mut found: Vec<String> = std::fs::read_dir(simulations())
         .expect("simulations/")
         .filter_map(|e| e.ok())
@@ -87,61 +94,89 @@ fn every_shipped_scenario_passes_its_invariants_over_fixed_seeds() {
         found, shipped,
         "simulations/*.toml and the tested list differ"
     );
+}
 
-    for name in SHIPPED {
-        let (code, doc, stderr) = simulate(&scenario(name), 1000, runs);
-        assert_eq!(
-            code,
-            0,
-            "{name} failed: {}\n{}",
-            doc["failures"],
-            plexus_tests::tail(&stderr, 10)
-        );
-        assert_eq!(doc["runs"], runs, "{name}");
-        for (inv, v) in doc["invariants"].as_object().expect("invariants") {
-            assert_eq!(v["passed"], runs, "{name}: {inv} {v}");
-        }
-        // Each scenario must really have injected its faults and exercised
-        // what its invariants talk about (else they pass vacuously).
-        match name {
-            "partition-heal" => {
-                assert!(sum(&doc, &["net", "partitioned"]) > 0, "no frame was cut");
-                assert!(sum(&doc, &["writes", "ok"]) > 0);
-                assert!(sum(&doc, &["leases"]) > 0, "no lease was granted");
-            }
-            "node-crash-mid-saga" => {
-                assert!(
-                    sum(&doc, &["crashes"]) >= 2 * runs,
-                    "nodes were not crashed"
-                );
-                assert!(sum(&doc, &["sagas", "completed"]) > 0, "{doc}");
-                assert!(sum(&doc, &["sagas", "compensated"]) > 0, "{doc}");
-            }
-            "flaky-plugin" => {
-                assert!(
-                    sum(&doc, &["breakers", "opened"]) > 0,
-                    "the breaker never opened"
-                );
-                assert!(sum(&doc, &["requests", "failed"]) > 0);
-            }
-            "rolling-restart" => {
-                assert_eq!(sum(&doc, &["restarts"]), 3 * runs);
-                assert!(sum(&doc, &["writes", "ok"]) > 0);
-            }
-            "lossy-gossip" => {
-                assert!(sum(&doc, &["net", "lost"]) > 0, "nothing was lost");
-                assert!(
-                    sum(&doc, &["net", "reordered"]) > 0,
-                    "nothing was reordered"
-                );
-            }
-            _ => unreachable!(),
-        }
-        eprintln!(
-            "{name}: {runs} runs, {} simulated ms in {} wall ms",
-            doc["simulated_ms"], doc["wall_ms"]
-        );
+#[test]
+fn partition_heal_passes_its_invariants_over_fixed_seeds() {
+    passes_over_fixed_seeds("partition-heal");
+}
+
+#[test]
+fn node_crash_mid_saga_passes_its_invariants_over_fixed_seeds() {
+    passes_over_fixed_seeds("node-crash-mid-saga");
+}
+
+#[test]
+fn flaky_plugin_passes_its_invariants_over_fixed_seeds() {
+    passes_over_fixed_seeds("flaky-plugin");
+}
+
+#[test]
+fn rolling_restart_passes_its_invariants_over_fixed_seeds() {
+    passes_over_fixed_seeds("rolling-restart");
+}
+
+#[test]
+fn lossy_gossip_passes_its_invariants_over_fixed_seeds() {
+    passes_over_fixed_seeds("lossy-gossip");
+}
+
+/// Runs `name` over seeds 1000.. and checks every invariant held in every
+/// run, and that the scenario really injected its faults.
+fn passes_over_fixed_seeds(name: &str) {
+    let runs = runs();
+    let (code, doc, stderr) = simulate(&scenario(name), 1000, runs);
+    assert_eq!(
+        code,
+        0,
+        "{name} failed: {}\n{}",
+        doc["failures"],
+        plexus_tests::tail(&stderr, 10)
+    );
+    assert_eq!(doc["runs"], runs, "{name}");
+    for (inv, v) in doc["invariants"].as_object().expect("invariants") {
+        assert_eq!(v["passed"], runs, "{name}: {inv} {v}");
     }
+    // Each scenario must really have injected its faults and exercised
+    // what its invariants talk about (else they pass vacuously).
+    match name {
+        "partition-heal" => {
+            assert!(sum(&doc, &["net", "partitioned"]) > 0, "no frame was cut");
+            assert!(sum(&doc, &["writes", "ok"]) > 0);
+            assert!(sum(&doc, &["leases"]) > 0, "no lease was granted");
+        }
+        "node-crash-mid-saga" => {
+            assert!(
+                sum(&doc, &["crashes"]) >= 2 * runs,
+                "nodes were not crashed"
+            );
+            assert!(sum(&doc, &["sagas", "completed"]) > 0, "{doc}");
+            assert!(sum(&doc, &["sagas", "compensated"]) > 0, "{doc}");
+        }
+        "flaky-plugin" => {
+            assert!(
+                sum(&doc, &["breakers", "opened"]) > 0,
+                "the breaker never opened"
+            );
+            assert!(sum(&doc, &["requests", "failed"]) > 0);
+        }
+        "rolling-restart" => {
+            assert_eq!(sum(&doc, &["restarts"]), 3 * runs);
+            assert!(sum(&doc, &["writes", "ok"]) > 0);
+        }
+        "lossy-gossip" => {
+            assert!(sum(&doc, &["net", "lost"]) > 0, "nothing was lost");
+            assert!(
+                sum(&doc, &["net", "reordered"]) > 0,
+                "nothing was reordered"
+            );
+        }
+        _ => unreachable!(),
+    }
+    eprintln!(
+        "{name}: {runs} runs, {} simulated ms in {} wall ms",
+        doc["simulated_ms"], doc["wall_ms"]
+    );
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub struct ExecArgs {
     /// from stdin.
     #[arg(long, value_name = "JSON")]
     pub input: Option<String>,
-    /// How long to wait for the result.
+    /// How long to wait for the result, retries and their backoff included.
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u64,
     /// Message priority, 1 (lowest) to 10.

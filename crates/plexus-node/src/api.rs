@@ -143,6 +143,8 @@ pub struct ExecBody {
     pub command: String,
     #[serde(default)]
     pub input: Option<serde_json::Value>,
+    /// How long the whole request may take, retries and backoff included
+    /// (default: the node's request timeout).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     #[serde(default)]
@@ -470,8 +472,16 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
     let mut doubt = false;
     // Set by a try the plugin's host answered; cleared by a later doubt.
     let mut answered = false;
+    // One deadline for the whole request, retries and backoff included: a
+    // client's timeout_ms is how long it waits, not how long each try may take.
+    let budget = body
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(ctx.config.request_timeout);
+    let deadline = tokio::time::Instant::now() + budget;
     loop {
-        match exec_once(ctx, &body).await {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match exec_once(ctx, &body, left, budget).await {
             Ok(mut r) => {
                 r.retries = retries;
                 r.served_by = Some(if retries == 0 {
@@ -504,7 +514,9 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
                 {
                     // Its own statement: the thread-local RNG must not live across the sleep.
                     let delay = policy.delay_for(retries + 1, &mut *ctx.rng.lock());
-                    if let Some(d) = delay {
+                    // A retry needs time for its backoff and its own try.
+                    let room = |d: Duration| tokio::time::Instant::now() + d < deadline;
+                    if let Some(d) = delay.filter(|d| room(*d)) {
                         retries += 1;
                         tracing::debug!(plugin = %body.plugin, retries, delay_ms = d.as_millis() as u64, error = %p.detail, "retrying");
                         tokio::time::sleep(d).await;
@@ -549,7 +561,14 @@ async fn exec_with_policy(ctx: &NodeCtx, body: ExecBody) -> Result<ExecReply, Pr
     }
 }
 
-async fn exec_once(ctx: &NodeCtx, body: &ExecBody) -> Result<ExecReply, Problem> {
+/// One try, waiting at most `timeout` (what is left of the request's
+/// `budget`, which error messages name).
+async fn exec_once(
+    ctx: &NodeCtx,
+    body: &ExecBody,
+    timeout: Duration,
+    budget: Duration,
+) -> Result<ExecReply, Problem> {
     resolve(ctx, &body.plugin, &body.command).await?;
     let input = match &body.input {
         Some(v) => v.to_string(),
@@ -574,10 +593,6 @@ async fn exec_once(ctx: &NodeCtx, body: &ExecBody) -> Result<ExecReply, Problem>
             format!("priority {priority} is outside 1..=10"),
         ));
     }
-    let timeout = body
-        .timeout_ms
-        .map(Duration::from_millis)
-        .unwrap_or(ctx.config.request_timeout);
     let req = ExecRequest {
         plugin: body.plugin.clone(),
         command: body.command.trim_start_matches('/').to_string(),
@@ -598,13 +613,13 @@ async fn exec_once(ctx: &NodeCtx, body: &ExecBody) -> Result<ExecReply, Problem>
                 body.plugin
             ),
         ),
-        BusError::Timeout { timeout, .. } => Problem::new(
+        BusError::Timeout { .. } => Problem::new(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
             format!(
-                "no answer from plugin {:?} within {} ms",
+                "no answer from plugin {:?} within the request's {} ms",
                 body.plugin,
-                timeout.as_millis()
+                budget.as_millis()
             ),
         ),
         BusError::PeerDown { node, .. } => Problem::new(
