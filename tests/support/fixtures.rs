@@ -8,78 +8,37 @@ use serde_json::Value;
 
 /// A test catalog of `sim` plugins: `ledger` (saga steps and compensations),
 /// `shipper` (the third step, with fault injection) and `depot` (a plain
-/// counter, for exec workloads). No retries, and a breaker that does not open
-/// within a test.
-pub const SAGA_PLUGINS: &[(&str, &str)] = &[
-    (
-        "ledger.toml",
-        r#"
-[plugin]
-name = "ledger"
-[handler]
-kind = "sim"
-latencyMs = 5
-allowFaultInjection = true
-[errorHandling.retryPolicy]
-maxRetries = 0
-[errorHandling.circuitBreaker]
-minimumCalls = 100
-monitoringWindow = 100
-[[commands]]
-name = "reserve"
-[[commands]]
-name = "release"
-[[commands]]
-name = "charge"
-[[commands]]
-name = "refund"
-"#,
-    ),
-    (
-        "shipper.toml",
-        r#"
-[plugin]
-name = "shipper"
-[handler]
-kind = "sim"
-latencyMs = 5
-allowFaultInjection = true
-[errorHandling.retryPolicy]
-maxRetries = 0
-[errorHandling.circuitBreaker]
-minimumCalls = 100
-monitoringWindow = 100
-[[commands]]
-name = "ship"
-[[commands]]
-name = "unship"
-"#,
-    ),
-    (
-        "depot.toml",
-        r#"
-[plugin]
-name = "depot"
-[handler]
-kind = "sim"
-latencyMs = 5
-[errorHandling.retryPolicy]
-maxRetries = 0
-[errorHandling.circuitBreaker]
-minimumCalls = 100
-monitoringWindow = 100
-[[commands]]
-name = "count"
-"#,
-    ),
+/// counter, for exec workloads), as `(name, fault injection, commands)`.
+pub const SAGA_PLUGINS: &[(&str, bool, &[&str])] = &[
+    ("ledger", true, &["reserve", "release", "charge", "refund"]),
+    ("shipper", true, &["ship", "unship"]),
+    ("depot", false, &["count"]),
 ];
+
+/// The manifest of one test plugin: a `sim` handler (5 ms), no retries, and
+/// a breaker that does not open within a test.
+pub fn sim_manifest(name: &str, fault_injection: bool, commands: &[&str]) -> String {
+    let mut m = format!(
+        "[plugin]\nname = \"{name}\"\n[handler]\nkind = \"sim\"\nlatencyMs = 5\n\
+         allowFaultInjection = {fault_injection}\n[errorHandling.retryPolicy]\nmaxRetries = 0\n\
+         [errorHandling.circuitBreaker]\nminimumCalls = 100\nmonitoringWindow = 100\n"
+    );
+    for c in commands {
+        m.push_str(&format!("[[commands]]\nname = \"{c}\"\n"));
+    }
+    m
+}
 
 /// Write [`SAGA_PLUGINS`] into `dir/catalog` and return that directory.
 pub fn write_saga_catalog(dir: &Path) -> PathBuf {
     let cat = dir.join("catalog");
     std::fs::create_dir_all(&cat).expect("create the catalog dir");
-    for (f, text) in SAGA_PLUGINS {
-        std::fs::write(cat.join(f), text).expect("write a test manifest");
+    for (name, faults, commands) in SAGA_PLUGINS {
+        std::fs::write(
+            cat.join(format!("{name}.toml")),
+            sim_manifest(name, *faults, commands),
+        )
+        .expect("write a test manifest");
     }
     cat
 }

@@ -31,6 +31,12 @@ fn saga(n: usize) -> Workflow {
     Workflow::parse(&t).unwrap_or_else(|e| panic!("{e}\n{t}"))
 }
 
+/// Starts saga `id` of `saga(n)` with input `{"order": order}` in `dir`.
+fn start(dir: &Path, id: &str, n: usize, order: &str, fake: &Arc<Fake>) -> SagaRun<Arc<Fake>> {
+    SagaRun::start(id, &saga(n), json!({ "order": order }), dir, fake.clone())
+        .unwrap_or_else(|e| panic!("start {id}: {e}"))
+}
+
 fn statuses(r: &RunReport) -> Vec<StepStatus> {
     r.steps.iter().map(|s| s.status).collect()
 }
@@ -40,14 +46,7 @@ async fn third_step_failure_compensates_two_then_one() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new();
     fake.set("do2", Behaviour::Fail);
-    let mut run = SagaRun::start(
-        "order-1",
-        &saga(4),
-        json!({"order": "o-1"}),
-        dir.path(),
-        fake.clone(),
-    )
-    .unwrap();
+    let mut run = start(dir.path(), "order-1", 4, "o-1", &fake);
     let r = run.run().await.unwrap();
     assert_eq!(fake.commands(), ["do0", "do1", "do2", "undo1", "undo0"]);
     assert_eq!(
@@ -82,14 +81,7 @@ async fn third_step_failure_compensates_two_then_one() {
 async fn all_steps_complete() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new();
-    let mut run = SagaRun::start(
-        "ok-1",
-        &saga(3),
-        json!({"order": "o"}),
-        dir.path(),
-        fake.clone(),
-    )
-    .unwrap();
+    let mut run = start(dir.path(), "ok-1", 3, "o", &fake);
     let r = run.run().await.unwrap();
     assert_eq!(r.status, RunStatus::Completed);
     assert_eq!(fake.commands(), ["do0", "do1", "do2"]);
@@ -136,14 +128,7 @@ async fn crash_after_step_two_effect_then_resume_completes() {
     // Call #1 is step 2's (index 1) effect: it happens, then the node dies
     // before the outcome is journaled.
     fake.crash_at(1, true);
-    let mut run = SagaRun::start(
-        "c-1",
-        &saga(4),
-        json!({"order": "o"}),
-        dir.path(),
-        fake.clone(),
-    )
-    .unwrap();
+    let mut run = start(dir.path(), "c-1", 4, "o", &fake);
     assert!(run_or_crash(&mut run, &fake).await.is_none(), "crashed");
     drop(run);
     let path = journal_path(dir.path(), "c-1");
@@ -175,14 +160,7 @@ async fn crash_after_step_two_effect_then_resume_compensates() {
     let fake = Fake::new();
     fake.set("do2", Behaviour::Fail);
     fake.crash_at(1, true);
-    let mut run = SagaRun::start(
-        "c-2",
-        &saga(4),
-        json!({"order": "o"}),
-        dir.path(),
-        fake.clone(),
-    )
-    .unwrap();
+    let mut run = start(dir.path(), "c-2", 4, "o", &fake);
     assert!(run_or_crash(&mut run, &fake).await.is_none());
     drop(run);
     fake.no_crash();
@@ -276,14 +254,7 @@ async fn torn_last_journal_line_is_tolerated_on_resume() {
     let fake = Fake::new();
     // Crash after step 1's effect: StepStarted{1} is the last whole line.
     fake.crash_at(1, true);
-    let mut run = SagaRun::start(
-        "t-1",
-        &saga(3),
-        json!({"order": "o"}),
-        dir.path(),
-        fake.clone(),
-    )
-    .unwrap();
+    let mut run = start(dir.path(), "t-1", 3, "o", &fake);
     assert!(run_or_crash(&mut run, &fake).await.is_none());
     drop(run);
     let path = journal_path(dir.path(), "t-1");
@@ -312,14 +283,7 @@ async fn torn_last_journal_line_is_tolerated_on_resume() {
 async fn corrupt_middle_line_refuses_to_resume() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new();
-    let mut run = SagaRun::start(
-        "x-1",
-        &saga(2),
-        json!({"order": "o"}),
-        dir.path(),
-        fake.clone(),
-    )
-    .unwrap();
+    let mut run = start(dir.path(), "x-1", 2, "o", &fake);
     run.run().await.unwrap();
     let path = journal_path(dir.path(), "x-1");
     let text = fs::read_to_string(&path).unwrap();
@@ -341,14 +305,7 @@ async fn corrupt_middle_line_refuses_to_resume() {
 async fn invalid_history_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new();
-    let mut run = SagaRun::start(
-        "h-1",
-        &saga(2),
-        json!({"order": "o"}),
-        dir.path(),
-        fake.clone(),
-    )
-    .unwrap();
+    let mut run = start(dir.path(), "h-1", 2, "o", &fake);
     run.run().await.unwrap();
     let path = journal_path(dir.path(), "h-1");
     let text = fs::read_to_string(&path).unwrap();
@@ -372,14 +329,7 @@ async fn stuck_compensation_is_reported_then_resumed() {
     let fake = Fake::new();
     fake.set("do2", Behaviour::Fail);
     fake.set("undo1", Behaviour::Fail);
-    let mut run = SagaRun::start(
-        "k-1",
-        &saga(3),
-        json!({"order": "o"}),
-        dir.path(),
-        fake.clone(),
-    )
-    .unwrap();
+    let mut run = start(dir.path(), "k-1", 3, "o", &fake);
     let r = run.run().await.unwrap();
     assert_eq!(r.status, RunStatus::Stuck);
     assert_eq!(
@@ -565,14 +515,7 @@ async fn step_in_doubt_is_resent_until_answered_not_compensated_around() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new();
     fake.set("do2", Behaviour::LostReply(2));
-    let mut run = SagaRun::start(
-        "d-1",
-        &saga(3),
-        json!({"order": "o"}),
-        dir.path(),
-        fake.clone(),
-    )
-    .unwrap();
+    let mut run = start(dir.path(), "d-1", 3, "o", &fake);
     let r = run.run().await.unwrap();
     assert_eq!(r.status, RunStatus::Completed, "{r:?}");
     assert_eq!(fake.effects(), ["d-1:0", "d-1:1", "d-1:2"]);
@@ -587,14 +530,7 @@ async fn step_in_doubt_then_answered_failure_compensates_earlier_steps() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new();
     fake.set("do2", Behaviour::InDoubtThenFail(1));
-    let mut run = SagaRun::start(
-        "d-2",
-        &saga(3),
-        json!({"order": "o"}),
-        dir.path(),
-        fake.clone(),
-    )
-    .unwrap();
+    let mut run = start(dir.path(), "d-2", 3, "o", &fake);
     let r = run.run().await.unwrap();
     assert_eq!(r.status, RunStatus::Compensated, "{r:?}");
     assert_eq!(
@@ -614,14 +550,7 @@ async fn step_in_doubt_past_the_budget_is_stuck_then_resumed() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new();
     fake.set("do1", Behaviour::LostReply(100));
-    let mut run = SagaRun::start(
-        "d-3",
-        &saga(3),
-        json!({"order": "o"}),
-        dir.path(),
-        fake.clone(),
-    )
-    .unwrap();
+    let mut run = start(dir.path(), "d-3", 3, "o", &fake);
     let r = run.run().await.unwrap();
     assert_eq!(r.status, RunStatus::Stuck, "{r:?}");
     let err = r.error.clone().unwrap_or_default();
@@ -656,14 +585,7 @@ async fn step_started_before_a_crash_stays_in_doubt_while_its_node_is_unreachabl
     let dir = tempfile::tempdir().unwrap();
     let fake = Fake::new();
     fake.crash_at(1, true);
-    let mut run = SagaRun::start(
-        "d-4",
-        &saga(3),
-        json!({"order": "o"}),
-        dir.path(),
-        fake.clone(),
-    )
-    .unwrap();
+    let mut run = start(dir.path(), "d-4", 3, "o", &fake);
     assert!(run_or_crash(&mut run, &fake).await.is_none(), "crashed");
     drop(run);
 
