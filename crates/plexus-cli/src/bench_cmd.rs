@@ -271,10 +271,23 @@ async fn inproc_runs(cx: &mut Ctx, a: &BenchArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| anyhow!("in-node bus: {e}"))?;
     let s = r.latency.summary();
+    // How late the publisher itself was: the part of the tail that is the
+    // driver's and the scheduler's, not the bus's.
+    let lag = r
+        .send_lag
+        .as_ref()
+        .map(|l| {
+            let l = l.summary();
+            format!(
+                "; publisher lag p50 {:.1} / p99 {:.1} / p99.9 {:.1} µs",
+                l.p50_us, l.p99_us, l.p999_us
+            )
+        })
+        .unwrap_or_default();
     let row = Row::new(
         "bus.inproc.open",
         "plexus",
-        format!("in-node publish→deliver at a fixed {rate} msg/s, latency from each message's intended send time; {} dead-lettered (mailbox full)", r.dead_letters),
+        format!("in-node publish→deliver at a fixed {rate} msg/s, latency from each message's intended send time; {} dead-lettered (mailbox full){lag}", r.dead_letters),
     )
     .ops(r.delivered, r.secs)
     .latency(s);
