@@ -818,9 +818,10 @@ impl StateState {
                             o.expires_at_ms - now
                         ),
                         // Another node's promise: how long it lasts is on
-                        // that node's clock.
+                        // that node's clock, and it may be a request that
+                        // never reached a majority, so it is not called held.
                         (Some(c), None) => format!(
-                            "lease `{}` is held by `{}` (token {}): a majority of the nodes refused",
+                            "lease `{}` not granted: a majority of the nodes refused; the highest promise they reported is to `{}` (token {})",
                             c.name, c.holder, c.token
                         ),
                         _ => format!(
