@@ -41,9 +41,10 @@ pub struct Problem {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub in_doubt: bool,
-    /// A try of this request reached the plugin's host and was answered
-    /// (after any try in doubt): the key had no successful run then, and
-    /// the tries after it were not delivered. Not sent to clients.
+    /// A try of this request (the last, or an earlier one whose later tries
+    /// were not delivered) reached the plugin's host and was answered after
+    /// any try in doubt: the key had no successful run then. Set by
+    /// `exec_command` on every failure it returns. Not sent to clients.
     #[serde(skip)]
     pub answered: bool,
 }
@@ -73,12 +74,6 @@ impl Problem {
     /// was delivered (or may have been) and no answer came back.
     fn leaves_doubt(&self) -> bool {
         self.kind.ends_with("/timeout") || self.kind.ends_with("/node-down")
-    }
-
-    /// Whether this try, or an earlier try of the same request after any
-    /// doubt, was answered by the plugin's host: the request did not run.
-    pub fn was_answered(&self) -> bool {
-        self.answered || self.answered_by_handler()
     }
 
     /// Whether the plugin's host ran the request (past its breaker and its

@@ -61,11 +61,7 @@ impl StepExecutor for NodeExecutor {
                     } else {
                         StepError::permanent(p.detail.clone())
                     };
-                    Err(if p.was_answered() {
-                        e
-                    } else {
-                        e.not_delivered()
-                    })
+                    Err(if p.answered { e } else { e.not_delivered() })
                 }
             }
         })

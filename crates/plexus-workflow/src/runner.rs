@@ -343,7 +343,8 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Calls the executor until success, a permanent error, or `max_attempts`
 /// (retryable errors wait the backoff of `retry`). Counts calls in
-/// `attempts`.
+/// `attempts`. `in_doubt`: the step was sent before (a resumed saga's step
+/// that was never answered), so it stays in doubt until a try is answered.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn call_with_retries<E: StepExecutor + ?Sized>(
     exec: &E,
@@ -355,10 +356,11 @@ pub(crate) async fn call_with_retries<E: StepExecutor + ?Sized>(
     max_attempts: u32,
     retry: &RetrySpec,
     attempts: &AtomicU32,
+    in_doubt: bool,
 ) -> Result<Value, StepError> {
     let policy = retry.policy(max_attempts.max(1));
     let mut tries = 0u32;
-    let mut doubt = false;
+    let mut doubt = in_doubt;
     loop {
         tries += 1;
         attempts.fetch_add(1, Ordering::Relaxed);
@@ -620,6 +622,7 @@ impl<E: StepExecutor + ?Sized> Engine<'_, E> {
                         step.max_attempts,
                         retry,
                         counter,
+                        false,
                     )
                     .await;
                     (slot, idx, res)

@@ -372,6 +372,8 @@ impl<E: StepExecutor> SagaRun<E> {
         self.report.steps[idx].status = StepStatus::Running;
         self.notify();
         let attempts = AtomicU32::new(0);
+        // Started before the resume and never answered: in doubt from the start.
+        let sent_before = self.unsettled.take() == Some(step);
         let res = call_with_retries(
             &self.executor,
             &s.plugin,
@@ -382,20 +384,12 @@ impl<E: StepExecutor> SagaRun<E> {
             s.max_attempts,
             wf.retry(),
             &attempts,
+            sent_before,
         )
         .await;
         self.report.steps[idx].attempts += attempts.load(Ordering::Relaxed);
-        let sent_before = self.unsettled.take() == Some(step);
         match res {
             Err(e) if e.is_in_doubt() => self.settle(step, key, &input, e).await,
-            // Started before the resume and not answered now: still in doubt.
-            Err(e) if sent_before && e.delivery != Delivery::Answered => {
-                let e = StepError {
-                    delivery: Delivery::InDoubt,
-                    ..e
-                };
-                self.settle(step, key, &input, e).await
-            }
             res => res,
         }
     }
