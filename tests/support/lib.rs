@@ -259,6 +259,18 @@ impl Node {
 
     /// `plexus exec` against this node.
     pub fn exec(&self, plugin: &str, command: &str, input: Option<&str>) -> Output {
+        self.exec_with(plugin, command, input, &["--timeout-ms", "5000"])
+    }
+
+    /// `plexus exec --json` through this node with `extra` options (timeout,
+    /// idempotency key, priority).
+    pub fn exec_with(
+        &self,
+        plugin: &str,
+        command: &str,
+        input: Option<&str>,
+        extra: &[&str],
+    ) -> Output {
         let mut args = vec![
             "exec",
             "--connect",
@@ -268,12 +280,11 @@ impl Node {
             "--command",
             command,
             "--json",
-            "--timeout-ms",
-            "5000",
         ];
         if let Some(i) = input {
             args.extend(["--input", i]);
         }
+        args.extend_from_slice(extra);
         plexus(&args)
     }
 }

@@ -488,7 +488,18 @@ fn put(api: &str, key: &str, value: &str) -> bool {
 }
 
 fn put_output(api: &str, key: &str, value: &str, consistency: &str) -> Output {
-    plexus(&[
+    state_put(
+        api,
+        key,
+        value,
+        &["--consistency", consistency, "--timeout-ms", "3000"],
+    )
+}
+
+/// `plexus state put KEY VALUE` via `api` as `exec-automator`, with `extra`
+/// options (consistency, timeout, TTL).
+fn state_put(api: &str, key: &str, value: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
         "state",
         "put",
         "--connect",
@@ -497,11 +508,9 @@ fn put_output(api: &str, key: &str, value: &str, consistency: &str) -> Output {
         "exec-automator",
         key,
         value,
-        "--consistency",
-        consistency,
-        "--timeout-ms",
-        "3000",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    plexus(&args)
 }
 
 fn incr(api: &str, key: &str) -> bool {
@@ -653,20 +662,12 @@ fn a_partitioned_node_converges_after_reconnect_and_no_acknowledged_write_is_los
     assert!(put(&api1, "both", r#""majority side""#));
     assert!(put(&api3_side, "both", r#""minority side""#));
     // The minority side cannot reach a majority: the write is refused in time.
-    let o = plexus(&[
-        "state",
-        "put",
-        "--connect",
+    let o = state_put(
         &api3_side,
-        "--as",
-        "exec-automator",
         "quorum",
         "1",
-        "--consistency",
-        "majority",
-        "--timeout-ms",
-        "1500",
-    ]);
+        &["--consistency", "majority", "--timeout-ms", "1500"],
+    );
     assert_eq!(o.code, 1, "a majority write on the minority side: {o:?}");
     assert!(o.stderr.contains("504"), "{}", o.stderr);
 
@@ -1088,20 +1089,12 @@ fn state_writer(
         let (key, value) = (format!("{prefix}/{i:04}"), format!("{i}"));
         w.tried += 1;
         let t = Instant::now();
-        let o = plexus(&[
-            "state",
-            "put",
-            "--connect",
+        let o = state_put(
             &apis[n],
-            "--as",
-            "exec-automator",
             &key,
             &value,
-            "--consistency",
-            "majority",
-            "--timeout-ms",
-            "2000",
-        ]);
+            &["--consistency", "majority", "--timeout-ms", "2000"],
+        );
         let error = (o.code != 0).then(|| o.stderr.clone());
         calls.push(Call {
             what: format!("majority put {key} via node{}", n + 1),
@@ -1572,18 +1565,7 @@ fn clock_skew_between_containers_keeps_leases_fenced_and_expiry_on_each_nodes_cl
     // at that node's clock plus the TTL.
     for n in 0..3 {
         let key = format!("skew/node{}", n + 1);
-        let o = plexus(&[
-            "state",
-            "put",
-            "--connect",
-            &apis[n],
-            "--as",
-            "exec-automator",
-            &key,
-            "1",
-            "--ttl-ms",
-            "600000",
-        ]);
+        let o = state_put(&apis[n], &key, "1", &["--ttl-ms", "600000"]);
         assert_eq!(o.code, 0, "{o:?}");
         let at = host_ms();
         let g = get_json(&apis[n], &key).expect("read back");
@@ -1618,18 +1600,7 @@ fn clock_skew_between_containers_keeps_leases_fenced_and_expiry_on_each_nodes_cl
     // by its own clock. Written on node3 with a 9 s TTL, it expires at host
     // time +3 s: node1 (6 s ahead) never shows it, node2 hides it after
     // about 3 s, node3 after about 9 s.
-    let o = plexus(&[
-        "state",
-        "put",
-        "--connect",
-        &apis[2],
-        "--as",
-        "exec-automator",
-        "exp/behind",
-        r#""soon""#,
-        "--ttl-ms",
-        "9000",
-    ]);
+    let o = state_put(&apis[2], "exp/behind", r#""soon""#, &["--ttl-ms", "9000"]);
     assert_eq!(o.code, 0, "{o:?}");
     let expires = get_json(&apis[2], "exp/behind").expect("read back")["expires_at_ms"]
         .as_i64()

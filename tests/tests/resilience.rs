@@ -220,19 +220,12 @@ fn failures_are_retried_by_policy_but_only_when_safe() {
     assert_eq!(o.code, 1, "{o:?}");
     assert!(!o.stderr.contains("retries"), "{}", o.stderr);
     // With an idempotency key it is.
-    let o = plexus(&[
-        "exec",
-        "--connect",
-        &n1.api,
-        "--plugin",
+    let o = n1.exec_with(
         "patient",
-        "--command",
         "write",
-        "--input",
-        r#"{"$sim":{"fail":true}}"#,
-        "--idempotency-key",
-        "k1",
-    ]);
+        Some(r#"{"$sim":{"fail":true}}"#),
+        &["--idempotency-key", "k1"],
+    );
     assert_eq!(o.code, 1, "{o:?}");
     assert!(o.stderr.contains("after 2 retries"), "{}", o.stderr);
     // A success says which path served it.
@@ -249,19 +242,12 @@ fn a_requests_timeout_bounds_all_its_retries_together() {
     let (_t, c) = cluster();
     let n1 = &c.nodes[0];
     let t = Instant::now();
-    let o = plexus(&[
-        "exec",
-        "--connect",
-        &n1.api,
-        "--plugin",
+    let o = n1.exec_with(
         "patient",
-        "--command",
         "read",
-        "--input",
-        r#"{"$sim":{"delay_ms":1500}}"#,
-        "--timeout-ms",
-        "1000",
-    ]);
+        Some(r#"{"$sim":{"delay_ms":1500}}"#),
+        &["--timeout-ms", "1000"],
+    );
     let took = t.elapsed();
     assert_eq!(o.code, 1, "{o:?}");
     assert!(
@@ -348,20 +334,12 @@ fn a_failing_plugin_is_served_by_its_fallback_then_heals_through_half_open() {
 fn a_request_resent_with_the_same_key_has_one_effect() {
     let (_t, mut c) = cluster();
     let send = |c: &Cluster, key: &str| {
-        plexus(&[
-            "exec",
-            "--connect",
-            &c.nodes[0].api,
-            "--plugin",
+        c.nodes[0].exec_with(
             "patient",
-            "--command",
             "write",
-            "--input",
-            r#"{"amount":5}"#,
-            "--idempotency-key",
-            key,
-            "--json",
-        ])
+            Some(r#"{"amount":5}"#),
+            &["--idempotency-key", key],
+        )
     };
     let a = send(&c, "order-1");
     let b = send(&c, "order-1");
