@@ -131,6 +131,22 @@ impl Directory {
         self.agent_count
     }
 
+    /// At least one peer of `me` is up, and every peer up has announced what
+    /// it hosts: a restarted node's view of who hosts what has settled.
+    pub fn peers_announced(&self, me: &str) -> bool {
+        let mut up = self
+            .view
+            .iter()
+            .filter(|m| m.status == MemberStatus::Up && m.identity.name != me)
+            .peekable();
+        up.peek().is_some()
+            && up.all(|m| {
+                self.announces
+                    .iter()
+                    .any(|a| a.identity.name == m.identity.name)
+            })
+    }
+
     /// The announces of `plugin`'s hosts.
     pub fn hosts_of<'a>(&'a self, plugin: &'a str) -> impl Iterator<Item = &'a NodeAnnounce> {
         self.announces
@@ -216,6 +232,31 @@ mod tests {
             status,
             local: false,
         }
+    }
+
+    #[test]
+    fn peers_announced_waits_for_every_peer_that_is_up() {
+        let cell = DirectoryCell::default();
+        cell.set_announces(vec![ann("me", "p", &[])]);
+        cell.set_view(vec![member("me", MemberStatus::Up)]);
+        assert!(!cell.load().peers_announced("me"), "no peer yet");
+        cell.set_view(vec![
+            member("me", MemberStatus::Up),
+            member("b", MemberStatus::Up),
+            member("c", MemberStatus::Up),
+            member("d", MemberStatus::Down),
+        ]);
+        cell.set_announces(vec![ann("me", "p", &[]), ann("b", "q", &[])]);
+        assert!(!cell.load().peers_announced("me"), "c is up, not announced");
+        cell.set_announces(vec![
+            ann("me", "p", &[]),
+            ann("b", "q", &[]),
+            ann("c", "r", &[]),
+        ]);
+        assert!(
+            cell.load().peers_announced("me"),
+            "d is down: not waited for"
+        );
     }
 
     #[test]

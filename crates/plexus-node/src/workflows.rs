@@ -224,16 +224,10 @@ impl Actor for WorkflowSupervisor {
             }
             WorkflowsMsg::ResumeAll { attempt } => {
                 // A just-restarted node knows no plugin hosts yet: resuming
-                // now would fail steps that merely wait for the registry.
-                let peers = crate::api::announces(&st.ctx)
-                    .await
-                    .map(|a| {
-                        a.iter()
-                            .filter(|a| a.identity.name != st.ctx.name())
-                            .count()
-                    })
-                    .unwrap_or(0);
-                if peers == 0 && attempt < 50 {
+                // now would fail steps that merely wait for the registry
+                // ("no node hosts it"). Wait until every peer it sees up
+                // has announced what it hosts (at least one peer).
+                if !st.ctx.directory.load().peers_announced(st.ctx.name()) && attempt < 50 {
                     myself.send_after(Duration::from_millis(200), move || {
                         WorkflowsMsg::ResumeAll {
                             attempt: attempt + 1,
