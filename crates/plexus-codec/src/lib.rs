@@ -34,17 +34,50 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ DEFAULT_MAX_FRAME * 4 }>()
 }
 
+/// Most frames (bus envelopes, SWIM packets) fit in this; starting there
+/// saves the half-dozen reallocations of growing from empty.
+const INITIAL_CAPACITY: usize = 256;
+
+/// A `Vec` writer that stops at the frame limit, so an oversized value is
+/// refused without being encoded whole first.
+struct LimitedVec {
+    buf: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl bincode::enc::write::Writer for LimitedVec {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        if self.buf.len() + bytes.len() > self.limit {
+            self.over = true;
+            return Err(bincode::error::EncodeError::Other("over the frame limit"));
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Encode `value`, refusing results over `limit` bytes.
 pub fn encode_limited<T: Serialize>(value: &T, limit: usize) -> Result<Vec<u8>, CodecError> {
-    let bytes = bincode::serde::encode_to_vec(value, config())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
-    if bytes.len() > limit {
-        return Err(CodecError::TooLarge {
-            size: bytes.len(),
-            limit,
-        });
+    let mut w = LimitedVec {
+        buf: Vec::with_capacity(INITIAL_CAPACITY.min(limit)),
+        limit,
+        over: false,
+    };
+    match bincode::serde::encode_into_writer(value, &mut w, config()) {
+        Ok(()) => Ok(w.buf),
+        Err(_) if w.over => {
+            // Only to say how large it is: count without storing.
+            let mut size = bincode::enc::write::SizeWriter::default();
+            let size = match bincode::serde::encode_into_writer(value, &mut size, config()) {
+                Ok(()) => size.bytes_written,
+                Err(_) => limit.saturating_add(1),
+            };
+            Err(CodecError::TooLarge { size, limit })
+        }
+        Err(e) => Err(CodecError::Encode(e.to_string())),
     }
-    Ok(bytes)
 }
 
 /// Encode `value` under the default frame limit.
@@ -125,10 +158,15 @@ mod tests {
             text: "x".repeat(100),
             tags: vec![],
         };
+        // The error says how large the frame would have been.
+        let whole = encode(&m).unwrap().len();
         assert!(matches!(
             encode_limited(&m, 50),
-            Err(CodecError::TooLarge { limit: 50, .. })
+            Err(CodecError::TooLarge { limit: 50, size }) if size == whole
         ));
+        // Exactly at the limit is fine.
+        assert_eq!(encode_limited(&m, whole).unwrap().len(), whole);
+        assert!(encode_limited(&m, whole - 1).is_err());
     }
 
     #[test]

@@ -126,6 +126,9 @@ pub struct MemberRow {
 pub struct LinkRow {
     pub linked: Vec<String>,
     pub frames_in: u64,
+    /// Cluster messages the frames came in (frames queued for a peer while
+    /// its link was busy travel together as one).
+    pub messages_in: u64,
     pub frames_out: u64,
     pub bad_frames: u64,
 }
@@ -272,6 +275,7 @@ pub async fn status_body(ctx: &NodeCtx) -> Result<StatusBody, Problem> {
         links: LinkRow {
             linked: ctx.linked_nodes(),
             frames_in: s.frames_in.load(Relaxed),
+            messages_in: s.messages_in.load(Relaxed),
             frames_out: s.frames_out.load(Relaxed),
             bad_frames: s.bad_frames.load(Relaxed),
         },
@@ -966,6 +970,12 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
             "counter",
             "Cluster frames received.",
             ctx.stats.frames_in.load(Relaxed),
+        ),
+        (
+            "plexus_link_messages_in_total",
+            "counter",
+            "Cluster messages the received frames came in (a frame alone or a batch).",
+            ctx.stats.messages_in.load(Relaxed),
         ),
         (
             "plexus_link_frames_out_total",

@@ -54,6 +54,8 @@ pub enum LinkError {
 pub struct LinkStats {
     pub frames_out: AtomicU64,
     pub frames_in: AtomicU64,
+    /// Cluster messages the frames came in: a frame alone or a batch of them.
+    pub messages_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bad_frames: AtomicU64,

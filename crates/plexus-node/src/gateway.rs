@@ -10,7 +10,7 @@ use crate::ctx::{gateway_group, local_actor, NodeCtx};
 use crate::membership_actor::MembershipMsg;
 use crate::registry::RegistryMsg;
 use crate::state_actor::StateMsg;
-use crate::wire::{GatewayMsg, Wire, WireFrame};
+use crate::wire::{batch, GatewayMsg, Wire, WireFrame};
 
 pub struct Gateway;
 
@@ -34,25 +34,45 @@ impl Actor for Gateway {
         msg: GatewayMsg,
         ctx: &mut Arc<NodeCtx>,
     ) -> Result<(), ActorProcessingErr> {
-        let GatewayMsg::Frame(bytes) = msg;
-        ctx.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-        ctx.stats
-            .bytes_in
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let frame: WireFrame = match plexus_codec::decode_limited(
-            &bytes,
-            ctx.config.max_frame_bytes,
-        ) {
-            Ok(f) => f,
-            Err(e) => {
-                // A peer speaking garbage must not take the node down.
-                ctx.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, len = bytes.len(), "dropped a malformed frame from a peer");
-                return Ok(());
+        match msg {
+            GatewayMsg::Frame(bytes) => {
+                count_in(ctx, 1, bytes.len());
+                receive(ctx, &bytes);
             }
-        };
-        dispatch(ctx, frame);
+            GatewayMsg::Batch(bytes) => match batch::split(&bytes) {
+                Ok(frames) => {
+                    count_in(ctx, frames.len() as u64, bytes.len());
+                    for f in frames {
+                        receive(ctx, f);
+                    }
+                }
+                Err(e) => {
+                    ctx.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, len = bytes.len(), "dropped a malformed batch of frames from a peer");
+                }
+            },
+        }
         Ok(())
+    }
+}
+
+fn count_in(ctx: &NodeCtx, frames: u64, bytes: usize) {
+    ctx.stats.frames_in.fetch_add(frames, Ordering::Relaxed);
+    ctx.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+    ctx.stats
+        .bytes_in
+        .fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+/// Decode one frame and hand it on.
+fn receive(ctx: &NodeCtx, bytes: &[u8]) {
+    match plexus_codec::decode_limited::<WireFrame>(bytes, ctx.config.max_frame_bytes) {
+        Ok(frame) => dispatch(ctx, frame),
+        Err(e) => {
+            // A peer speaking garbage must not take the node down.
+            ctx.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, len = bytes.len(), "dropped a malformed frame from a peer");
+        }
     }
 }
 

@@ -235,10 +235,13 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         );
     }
     let wiring = InProcess {
-        links: Arc::new(RactorLinks {
-            node_server: node_server.clone(),
-            tls: tls.map(|t| t.connector),
-        }),
+        // A batch may fill the peers' inbound limit (set on the NodeServer
+        // above) but not the headroom ractor_cluster's framing needs.
+        links: Arc::new(RactorLinks::new(
+            node_server.clone(),
+            tls.map(|t| t.connector),
+            config.max_frame_bytes,
+        )),
         clock,
         rng_seed: rand::random(),
         observer: None,

@@ -17,14 +17,18 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
 use ractor::{pg, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NodeEventSubscription, NodeServerMessage};
+use tokio::sync::mpsc;
 
 use crate::ctx::{actor_name, gateway_group, LinkError};
 use crate::gateway::cast_named;
 use crate::membership_actor::MembershipMsg;
-use crate::wire::GatewayMsg;
+use crate::wire::{batch, GatewayMsg};
 
 /// How a node reaches its peers.
 ///
@@ -54,10 +58,118 @@ pub trait ClusterLinks: Send + Sync + 'static {
 /// Production links: ractor_cluster sessions of the node's NodeServer. A
 /// peer's Gateway is found through its `pg` group, which ractor_cluster
 /// fills with the remote proxy when the session comes up.
+///
+/// Frames to a peer go through that peer's outbox, a queue drained by one
+/// task: whatever queued up while the task was busy leaves as one
+/// [`GatewayMsg::Batch`]. Each cluster message costs three actor hops and a
+/// socket write on the sending side and a socket read and three hops on the
+/// receiving side, so under load (many requests in flight) this is most of
+/// the per-frame cost; a lone frame still leaves at once, as
+/// [`GatewayMsg::Frame`]. One queue per peer keeps frames to it in order.
 pub struct RactorLinks {
-    pub node_server: ActorRef<NodeServerMessage>,
+    node_server: ActorRef<NodeServerMessage>,
     /// Dial over mutual TLS (`[node] tls_*`) instead of plain TCP.
-    pub tls: Option<tokio_rustls::TlsConnector>,
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// Largest batch (the peers' inbound frame limit minus headroom).
+    max_batch: usize,
+    outboxes: Mutex<HashMap<String, Outbox>>,
+}
+
+/// One peer's queue, and the peer's gateway as last looked up (a `pg`
+/// lookup locks and copies the group; the proxy stays valid while its
+/// session lives).
+struct Outbox {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    gw: ActorRef<GatewayMsg>,
+}
+
+/// A remote gateway proxy is stopped when its cluster session ends.
+fn alive(gw: &ActorRef<GatewayMsg>) -> bool {
+    matches!(gw.get_status(), ractor::ActorStatus::Running)
+}
+
+/// At most this many frames are taken from an outbox per batch, so one
+/// busy peer cannot hold its task in a loop for ever.
+const MAX_FRAMES_PER_DRAIN: usize = 1024;
+
+impl RactorLinks {
+    /// Links through `node_server`; batches stay at or under `max_batch` bytes.
+    pub fn new(
+        node_server: ActorRef<NodeServerMessage>,
+        tls: Option<tokio_rustls::TlsConnector>,
+        max_batch: usize,
+    ) -> RactorLinks {
+        RactorLinks {
+            node_server,
+            tls,
+            max_batch,
+            outboxes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Queue `frame` for `to`. "No link" is answered now, as a direct cast
+    /// would: the bus fails requests to an unlinked node at once instead of
+    /// at their timeout.
+    fn enqueue(&self, to: &str, frame: Vec<u8>) -> Result<(), LinkError> {
+        let closed = || LinkError::Send(to.to_string(), "its outbox is closed".into());
+        let mut boxes = self.outboxes.lock();
+        if let Some(ob) = boxes.get(to) {
+            if alive(&ob.gw) && !ob.tx.is_closed() {
+                return ob.tx.send(frame).map_err(|_| closed());
+            }
+        }
+        let gw = gateway_of(to).ok_or_else(|| LinkError::NoLink(to.to_string()))?;
+        if let Some(ob) = boxes.get_mut(to).filter(|ob| !ob.tx.is_closed()) {
+            ob.gw = gw;
+            return ob.tx.send(frame).map_err(|_| closed());
+        }
+        // No runtime (only while the process shuts down): refuse the frame
+        // rather than queue it where nothing would send it.
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| closed())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        rt.spawn(drain_outbox(to.to_string(), rx, self.max_batch));
+        tx.send(frame).map_err(|_| closed())?;
+        boxes.insert(to.to_string(), Outbox { tx, gw });
+        Ok(())
+    }
+}
+
+/// The task behind one peer's outbox. It ends when the outbox is dropped
+/// (the links are, or the peer was declared down).
+async fn drain_outbox(peer: String, mut rx: mpsc::UnboundedReceiver<Vec<u8>>, max_batch: usize) {
+    let mut frames = Vec::new();
+    let mut gw: Option<ActorRef<GatewayMsg>> = None;
+    while rx.recv_many(&mut frames, MAX_FRAMES_PER_DRAIN).await > 0 {
+        // Woken by the first frame, this task would otherwise run at once
+        // (on an idle worker) and send frames one by one. Yielding once lets
+        // the tasks already scheduled (typically the requests a batch of
+        // answers just woke) queue theirs behind it first.
+        tokio::task::yield_now().await;
+        while frames.len() < MAX_FRAMES_PER_DRAIN {
+            match rx.try_recv() {
+                Ok(f) => frames.push(f),
+                Err(_) => break,
+            }
+        }
+        if !gw.as_ref().is_some_and(alive) {
+            gw = gateway_of(&peer);
+        }
+        let Some(gw) = &gw else {
+            tracing::debug!(%peer, frames = frames.len(), "link gone; queued frames dropped");
+            frames.clear();
+            continue;
+        };
+        let mut packer = batch::Packer::new(max_batch);
+        for f in frames.drain(..) {
+            packer.push(f);
+        }
+        for msg in packer.finish() {
+            if let Err(e) = gw.cast(msg) {
+                tracing::debug!(%peer, error = %e, "send to the peer's gateway failed");
+                break;
+            }
+        }
+    }
 }
 
 /// The remote gateway of `node`, if linked (ractor_cluster links only).
@@ -70,9 +182,7 @@ pub fn gateway_of(node: &str) -> Option<ActorRef<GatewayMsg>> {
 
 impl ClusterLinks for RactorLinks {
     fn send(&self, _from: &str, to: &str, frame: Vec<u8>) -> Result<(), LinkError> {
-        let gw = gateway_of(to).ok_or_else(|| LinkError::NoLink(to.to_string()))?;
-        gw.cast(GatewayMsg::Frame(frame))
-            .map_err(|e| LinkError::Send(to.to_string(), e.to_string()))
+        self.enqueue(to, frame)
     }
 
     fn linked(&self, me: &str) -> Vec<String> {
@@ -120,6 +230,7 @@ impl ClusterLinks for RactorLinks {
     }
 
     fn drop_link(&self, _me: &str, peer: &str) {
+        self.outboxes.lock().remove(peer);
         let server = self.node_server.clone();
         let peer = peer.to_string();
         tokio::spawn(async move {

@@ -17,6 +17,129 @@ use serde::{Deserialize, Serialize};
 pub enum GatewayMsg {
     /// One encoded [`WireFrame`].
     Frame(Vec<u8>),
+    /// Several encoded [`WireFrame`]s for the same node, in order, packed by
+    /// [`batch::Packer`]: frames that queued up while the link was busy travel
+    /// as one cluster message (one pass through ractor_cluster's actors and
+    /// one socket read on each side instead of one per frame).
+    Batch(Vec<u8>),
+}
+
+/// How [`GatewayMsg::Batch`] packs frames: each frame is its length (u32,
+/// little endian) followed by its bytes.
+pub mod batch {
+    use super::GatewayMsg;
+
+    const PREFIX: usize = 4;
+
+    /// What is wrong with a batch.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum BatchError {
+        #[error("batch cut short at byte {at}: a frame header needs {PREFIX} bytes, {left} left")]
+        ShortHeader { at: usize, left: usize },
+        #[error("batch cut short at byte {at}: the frame says {len} bytes, {left} left")]
+        ShortFrame { at: usize, len: usize, left: usize },
+        #[error("empty batch")]
+        Empty,
+    }
+
+    /// The frames of a batch in order, or what is wrong with it. A batch is
+    /// checked whole before any of its frames is used, so a damaged one is
+    /// dropped entirely rather than half-delivered.
+    pub fn split(bytes: &[u8]) -> Result<Vec<&[u8]>, BatchError> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let left = bytes.len() - at;
+            let Some(head) = bytes.get(at..at + PREFIX) else {
+                return Err(BatchError::ShortHeader { at, left });
+            };
+            let mut n = [0u8; PREFIX];
+            n.copy_from_slice(head);
+            let len = u32::from_le_bytes(n) as usize;
+            let body = at + PREFIX;
+            let Some(frame) = bytes.get(body..body.saturating_add(len)) else {
+                return Err(BatchError::ShortFrame {
+                    at,
+                    len,
+                    left: left - PREFIX,
+                });
+            };
+            out.push(frame);
+            at = body + len;
+        }
+        if out.is_empty() {
+            return Err(BatchError::Empty);
+        }
+        Ok(out)
+    }
+
+    /// Packs queued frames into as few gateway messages as fit under a size
+    /// limit (the peer refuses larger cluster frames). A frame alone, or one
+    /// too large to share, goes as [`GatewayMsg::Frame`] without a copy.
+    pub struct Packer {
+        max_bytes: usize,
+        buf: Vec<u8>,
+        frames: usize,
+        single: Option<Vec<u8>>,
+        out: Vec<GatewayMsg>,
+    }
+
+    impl Packer {
+        /// A packer whose batches stay at or under `max_bytes`.
+        pub fn new(max_bytes: usize) -> Packer {
+            Packer {
+                max_bytes,
+                buf: Vec::new(),
+                frames: 0,
+                single: None,
+                out: Vec::new(),
+            }
+        }
+
+        /// Add the next frame.
+        pub fn push(&mut self, frame: Vec<u8>) {
+            if frame.len() + PREFIX > self.max_bytes || frame.len() > u32::MAX as usize {
+                self.flush();
+                self.out.push(GatewayMsg::Frame(frame));
+                return;
+            }
+            let pending = self.buf.len() + self.single.as_ref().map_or(0, |f| f.len() + PREFIX);
+            if pending + PREFIX + frame.len() > self.max_bytes {
+                self.flush();
+            }
+            match (self.frames, self.single.take()) {
+                (0, _) => self.single = Some(frame),
+                (1, Some(first)) => {
+                    self.append(&first);
+                    self.append(&frame);
+                }
+                _ => self.append(&frame),
+            }
+            self.frames += 1;
+        }
+
+        fn append(&mut self, frame: &[u8]) {
+            self.buf
+                .extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            self.buf.extend_from_slice(frame);
+        }
+
+        fn flush(&mut self) {
+            if let Some(f) = self.single.take() {
+                self.out.push(GatewayMsg::Frame(f));
+            } else if self.frames > 0 {
+                self.out
+                    .push(GatewayMsg::Batch(std::mem::take(&mut self.buf)));
+            }
+            self.frames = 0;
+        }
+
+        /// The messages to send, in order.
+        pub fn finish(mut self) -> Vec<GatewayMsg> {
+            self.flush();
+            self.out
+        }
+    }
 }
 
 /// A message between nodes, with the sender's name.
@@ -79,4 +202,108 @@ pub struct NodeAnnounce {
     /// Increases with every change on the sender.
     pub seq: u64,
     pub plugins: Vec<HostedPlugin>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch::{split, BatchError, Packer};
+    use super::GatewayMsg;
+    use proptest::prelude::*;
+
+    /// The frames the messages carry, in order.
+    fn unpack(msgs: &[GatewayMsg]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for m in msgs {
+            match m {
+                GatewayMsg::Frame(f) => out.push(f.clone()),
+                GatewayMsg::Batch(b) => {
+                    for f in split(b).expect("a packed batch splits") {
+                        out.push(f.to_vec());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn size(m: &GatewayMsg) -> usize {
+        match m {
+            GatewayMsg::Frame(f) | GatewayMsg::Batch(f) => f.len(),
+        }
+    }
+
+    #[test]
+    fn a_lone_frame_goes_as_a_frame_and_several_as_one_batch() {
+        let mut p = Packer::new(1024);
+        p.push(b"one".to_vec());
+        let msgs = p.finish();
+        assert!(matches!(msgs.as_slice(), [GatewayMsg::Frame(f)] if f == b"one"));
+
+        let mut p = Packer::new(1024);
+        for f in [&b"a"[..], b"bb", b""] {
+            p.push(f.to_vec());
+        }
+        let msgs = p.finish();
+        assert_eq!(msgs.len(), 1);
+        assert!(matches!(msgs[0], GatewayMsg::Batch(_)));
+        assert_eq!(unpack(&msgs), vec![b"a".to_vec(), b"bb".to_vec(), vec![]]);
+    }
+
+    #[test]
+    fn damaged_batches_are_refused_whole_with_where() {
+        assert_eq!(split(&[]), Err(BatchError::Empty));
+        assert_eq!(
+            split(&[1, 0, 0, 0, 9, 2, 0]),
+            Err(BatchError::ShortHeader { at: 5, left: 2 })
+        );
+        assert_eq!(
+            split(&[1, 0, 0, 0, 9, 5, 0, 0, 0, 1]),
+            Err(BatchError::ShortFrame {
+                at: 5,
+                len: 5,
+                left: 1
+            })
+        );
+        assert_eq!(
+            split(&[255, 255, 255, 255]),
+            Err(BatchError::ShortFrame {
+                at: 0,
+                len: u32::MAX as usize,
+                left: 0
+            })
+        );
+    }
+
+    proptest! {
+        /// Whatever the frames and the limit: every frame arrives once, in
+        /// order, and no batch is over the limit (a frame too big to share
+        /// goes alone).
+        #[test]
+        fn packing_keeps_every_frame_in_order_within_the_limit(
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..40),
+            limit in 8usize..1200,
+        ) {
+            let mut p = Packer::new(limit);
+            for f in &frames {
+                p.push(f.clone());
+            }
+            let msgs = p.finish();
+            prop_assert_eq!(unpack(&msgs), frames.clone());
+            for m in &msgs {
+                if let GatewayMsg::Batch(_) = m {
+                    prop_assert!(size(m) <= limit, "batch of {} over {}", size(m), limit);
+                }
+            }
+            prop_assert!(msgs.len() <= frames.len());
+        }
+
+        /// Bytes from a peer: never a panic, only frames or an error.
+        #[test]
+        fn any_bytes_split_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(frames) = split(&bytes) {
+                let total: usize = frames.iter().map(|f| f.len() + 4).sum();
+                prop_assert_eq!(total, bytes.len());
+            }
+        }
+    }
 }
