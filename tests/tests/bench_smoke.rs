@@ -11,6 +11,7 @@ use serde_json::Value;
 const WORKLOADS: &[&str] = &[
     "bus.inproc.max",
     "bus.inproc.open",
+    "bus.inproc.open.1thread",
     "crdt.converge.3nodes",
     "crdt.converge.5nodes",
     "reqresp.inflight1",

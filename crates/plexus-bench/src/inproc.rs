@@ -160,6 +160,27 @@ pub async fn open_loop(rate: u64, duration: Duration) -> Result<InprocResult, St
     })
 }
 
+/// [`open_loop`] with the publisher and the subscriber on one thread: a
+/// current-thread runtime on a thread of its own, the way a latency-bound
+/// service pins its work to one core. The subscriber then parks at once
+/// instead of spinning (no sender could run meanwhile), so the run keeps one
+/// core busy instead of two and the other stays free for the rest of the
+/// machine. Blocks the calling thread until done.
+pub fn open_loop_one_thread(rate: u64, duration: Duration) -> Result<InprocResult, String> {
+    std::thread::Builder::new()
+        .name("bench-inproc-1t".into())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start a current-thread runtime: {e}"))?
+                .block_on(open_loop(rate, duration))
+        })
+        .map_err(|e| format!("cannot start the bench thread: {e}"))?
+        .join()
+        .map_err(|_| "the one-thread run panicked".to_string())?
+}
+
 /// Wait until every message was delivered or dead-lettered, then collect
 /// the subscriber's histogram.
 async fn wait_done(f: &Fixture, count: u64, limit: Duration) -> Result<Latency, String> {
@@ -192,6 +213,14 @@ mod tests {
         let r = open_loop(20_000, Duration::from_millis(200)).await.unwrap();
         assert_eq!(r.delivered, 4_000);
         assert!(r.latency.summary().p50_us > 0.0);
+        assert_eq!(r.send_lag.map(|l| l.count()), Some(4_000));
+    }
+
+    #[test]
+    fn every_message_arrives_on_one_thread() {
+        let r = open_loop_one_thread(20_000, Duration::from_millis(200)).unwrap();
+        assert_eq!(r.delivered, 4_000);
+        assert_eq!(r.dead_letters, 0);
         assert_eq!(r.send_lag.map(|l| l.count()), Some(4_000));
     }
 }
