@@ -13,11 +13,10 @@
 //! so replacing the links here, and only here, puts every inter-node byte
 //! on the harness's network.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use std::collections::HashMap;
 
 use parking_lot::Mutex;
 use ractor::{pg, ActorRef};

@@ -76,10 +76,12 @@ pub mod batch {
     /// Packs queued frames into as few gateway messages as fit under a size
     /// limit (the peer refuses larger cluster frames). A frame alone, or one
     /// too large to share, goes as [`GatewayMsg::Frame`] without a copy.
+    ///
+    /// The pending batch is either one frame kept as it is (`single`), or
+    /// two or more already packed into `buf`; both empty when none.
     pub struct Packer {
         max_bytes: usize,
         buf: Vec<u8>,
-        frames: usize,
         single: Option<Vec<u8>>,
         out: Vec<GatewayMsg>,
     }
@@ -90,7 +92,6 @@ pub mod batch {
             Packer {
                 max_bytes,
                 buf: Vec::new(),
-                frames: 0,
                 single: None,
                 out: Vec::new(),
             }
@@ -107,15 +108,14 @@ pub mod batch {
             if pending + PREFIX + frame.len() > self.max_bytes {
                 self.flush();
             }
-            match (self.frames, self.single.take()) {
-                (0, _) => self.single = Some(frame),
-                (1, Some(first)) => {
-                    self.append(&first);
-                    self.append(&frame);
-                }
-                _ => self.append(&frame),
+            if let Some(first) = self.single.take() {
+                self.append(&first);
+                self.append(&frame);
+            } else if self.buf.is_empty() {
+                self.single = Some(frame);
+            } else {
+                self.append(&frame);
             }
-            self.frames += 1;
         }
 
         fn append(&mut self, frame: &[u8]) {
@@ -127,11 +127,10 @@ pub mod batch {
         fn flush(&mut self) {
             if let Some(f) = self.single.take() {
                 self.out.push(GatewayMsg::Frame(f));
-            } else if self.frames > 0 {
+            } else if !self.buf.is_empty() {
                 self.out
                     .push(GatewayMsg::Batch(std::mem::take(&mut self.buf)));
             }
-            self.frames = 0;
         }
 
         /// The messages to send, in order.
