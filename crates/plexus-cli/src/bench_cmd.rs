@@ -576,9 +576,10 @@ async fn cluster_runs(cx: &mut Ctx, a: &BenchArgs, cl: &mut Cluster) -> Result<(
             continue;
         }
         cx.step(&format!("request/response, {inflight} in flight (Plexus)"));
-        let before = link_in(&ctx);
+        let (frames0, messages0) = link_in(&ctx);
         let r = messaging::reqresp_plexus(bus.clone(), inflight, cx.dur).await;
-        let (frames, messages) = link_in(&ctx) - before;
+        let (frames1, messages1) = link_in(&ctx);
+        let (frames, messages) = (frames1 - frames0, messages1 - messages0);
         let row = closed_row(&key, "plexus", format!("bench-driver → bench-peer echo over the cluster link, 16-byte payload, {inflight} in flight (closed loop); the driver received {frames} frames in {messages} cluster messages ({:.1} per message)", frames as f64 / messages.max(1) as f64), &r)?;
         cx.done(row);
         if let Some(c) = &nats_client {
@@ -703,23 +704,14 @@ async fn route(cx: &mut Ctx, cl: &Cluster) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Frames and cluster messages a node has received so far.
-fn link_in(ctx: &plexus_node::ctx::NodeCtx) -> LinkIn {
+/// Frames and cluster messages a node has received so far (counters that
+/// only grow).
+fn link_in(ctx: &plexus_node::ctx::NodeCtx) -> (u64, u64) {
     use std::sync::atomic::Ordering::Relaxed;
-    LinkIn(
+    (
         ctx.stats.frames_in.load(Relaxed),
         ctx.stats.messages_in.load(Relaxed),
     )
-}
-
-#[derive(Clone, Copy)]
-struct LinkIn(u64, u64);
-
-impl std::ops::Sub for LinkIn {
-    type Output = (u64, u64);
-    fn sub(self, b: LinkIn) -> (u64, u64) {
-        (self.0.saturating_sub(b.0), self.1.saturating_sub(b.1))
-    }
 }
 
 fn closed_row(
