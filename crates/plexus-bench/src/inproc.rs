@@ -99,6 +99,20 @@ fn event(stamp_ns: u64) -> Envelope {
 /// Publish `count` small events as fast as the bus takes them, with at most
 /// `window` in flight.
 pub async fn max_throughput(count: u64, window: u64) -> Result<InprocResult, String> {
+    on_worker(max_throughput_here(count, window)).await
+}
+
+/// Run a publisher as a task of the runtime, as a plugin's would be (not
+/// on the thread that called `block_on`, which is no worker).
+async fn on_worker(
+    run: impl std::future::Future<Output = Result<InprocResult, String>> + Send + 'static,
+) -> Result<InprocResult, String> {
+    tokio::spawn(run)
+        .await
+        .map_err(|e| format!("the publisher task failed: {e}"))?
+}
+
+async fn max_throughput_here(count: u64, window: u64) -> Result<InprocResult, String> {
     let f = fixture(count).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let mut sent = 0u64;
@@ -125,6 +139,10 @@ pub async fn max_throughput(count: u64, window: u64) -> Result<InprocResult, Str
 /// Publish at `rate` messages per second for `duration`, measuring each
 /// message's latency from its intended send time.
 pub async fn open_loop(rate: u64, duration: Duration) -> Result<InprocResult, String> {
+    on_worker(open_loop_here(rate, duration)).await
+}
+
+async fn open_loop_here(rate: u64, duration: Duration) -> Result<InprocResult, String> {
     let count = (rate as f64 * duration.as_secs_f64()).max(1.0) as u64;
     let f = fixture(count).map_err(|e| e.to_string())?;
     let interval_ns = 1_000_000_000 / rate.max(1);

@@ -13,7 +13,7 @@
 //! the same level, so the order is exactly that of one queue.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicUsize, Ordering as AtOrd};
+use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering as AtOrd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,6 +104,16 @@ impl<T> std::ops::Deref for Padded<T> {
 struct Signal {
     mask: AtomicU16,
     parked: AtomicBool,
+    /// [`thread_tag`] of the thread that pushed last (stored only when it
+    /// changes, so a steady sender does not dirty the line).
+    sender: AtomicU64,
+}
+
+/// A number for the current OS thread, unique in the process (never 0).
+fn thread_tag() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local!(static TAG: u64 = NEXT.fetch_add(1, AtOrd::Relaxed));
+    TAG.with(|t| *t)
 }
 
 pub(crate) struct Shared {
@@ -150,6 +160,7 @@ impl Shared {
             signal: Padded(Signal {
                 mask: AtomicU16::new(0),
                 parked: AtomicBool::new(false),
+                sender: AtomicU64::new(0),
             }),
             outbox: Padded(Mutex::new(Queue::default())),
             out_len: Padded(AtomicUsize::new(0)),
@@ -172,6 +183,10 @@ impl Shared {
                 && q.len + self.out_len.load(AtOrd::Acquire) >= self.capacity
             {
                 return Err((PushError::Full, Box::new(env)));
+            }
+            let me = thread_tag();
+            if self.signal.sender.load(AtOrd::Relaxed) != me {
+                self.signal.sender.store(me, AtOrd::Relaxed);
             }
             let before = q.nonempty;
             q.push(env);
@@ -291,16 +306,18 @@ impl Shared {
     /// A receiver that parks on every empty queue costs a wake-up per
     /// message (a futex or eventfd call on the sender's side and a context
     /// switch on ours: 20 % of the in-node profile). So first watch the
-    /// inbox for [`SPIN`]: under steady traffic the next message comes
-    /// within it and nobody sleeps; an idle subscriber pays [`SPIN`] of CPU
-    /// after its last message. (Yielding to the runtime instead of spinning
-    /// made tokio wake its other worker and move the task between threads.)
+    /// inbox for [`SPIN`]: under steady traffic from another thread the
+    /// next message comes within it and nobody sleeps; an idle subscriber
+    /// pays [`SPIN`] of CPU after its last message. (Yielding to the runtime
+    /// instead of spinning made tokio wake its other worker and move the
+    /// task between threads.)
+    ///
+    /// Spinning only helps when the sender runs on another thread at the
+    /// same time. When the last sender ran on this thread (tokio woke us on
+    /// its worker, so the sender task is queued behind us) or the runtime
+    /// has a single thread, no sender can run while we spin: park at once.
     async fn wait(&self) {
-        // On a single-threaded runtime (the simulation) no sender can run
-        // while we spin: park at once.
-        let can_spin = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread);
-        if can_spin {
+        if self.worth_spinning() {
             let start = Instant::now();
             loop {
                 for _ in 0..32 {
@@ -323,6 +340,17 @@ impl Shared {
         // notify_one stores a permit if we are not waiting yet, so a push
         // between the check above and the await is not missed.
         self.notify.notified().await;
+    }
+
+    /// Whether a sender could push while this thread spins (see [`Self::wait`]).
+    fn worth_spinning(&self) -> bool {
+        if self.signal.sender.load(AtOrd::Relaxed) == thread_tag() {
+            return false;
+        }
+        tokio::runtime::Handle::try_current().is_ok_and(|h| {
+            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                && h.metrics().num_workers() > 1
+        })
     }
 }
 
@@ -382,6 +410,56 @@ mod tests {
         m.push(env(5, 3)).unwrap();
         assert!(matches!(m.push(env(5, 4)), Err((PushError::Full, _))));
         assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn the_receiver_spins_only_while_a_sender_on_another_thread_could_push() {
+        let m = Shared::new(10, "o");
+        let two = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let from_elsewhere = m.clone();
+        std::thread::spawn(move || from_elsewhere.push(env(5, 0)).unwrap())
+            .join()
+            .unwrap();
+        // Outside any runtime there is nothing to spin for.
+        assert!(!m.worth_spinning());
+        let m2 = m.clone();
+        assert!(two.block_on(async move {
+            tokio::spawn(async move { m2.worth_spinning() })
+                .await
+                .unwrap()
+        }));
+        // A sender on the receiver's own thread is queued behind it.
+        let m2 = m.clone();
+        assert!(!two.block_on(async move {
+            tokio::spawn(async move {
+                m2.push(env(5, 1)).unwrap();
+                m2.worth_spinning()
+            })
+            .await
+            .unwrap()
+        }));
+        // One worker, or a current-thread runtime: no sender runs meanwhile.
+        let elsewhere = m.clone();
+        std::thread::spawn(move || elsewhere.push(env(5, 2)).unwrap())
+            .join()
+            .unwrap();
+        let one = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let m2 = m.clone();
+        assert!(!one.block_on(async move {
+            tokio::spawn(async move { m2.worth_spinning() })
+                .await
+                .unwrap()
+        }));
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(!current.block_on(async { m.worth_spinning() }));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
