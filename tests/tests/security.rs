@@ -301,16 +301,25 @@ fn pki(dir: &Path) -> std::path::PathBuf {
     cfg
 }
 
+fn handshakes_failed(n: &Node) -> u64 {
+    let s = n.status().unwrap();
+    s["links"]["handshakes_failed"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status has links.handshakes_failed: {s:#}"))
+}
+
+fn tls_spec(name: &str, plugins: &[&str], cfg: &Path) -> NodeSpec {
+    let mut s = spec(name, plugins);
+    s.extra = vec!["--config".into(), cfg.display().to_string()];
+    s
+}
+
 #[test]
 fn tls_nodes_join_and_nodes_without_the_clusters_ca_cannot() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = pki(&tmp.path().join("pki"));
     let rogue_cfg = pki(&tmp.path().join("rogue-pki"));
-    let tls = |name: &str, plugins: &[&str], cfg: &Path| {
-        let mut s = spec(name, plugins);
-        s.extra = vec!["--config".into(), cfg.display().to_string()];
-        s
-    };
+    let tls = tls_spec;
     let c = Cluster::start(vec![
         tls("node1", &["jira-orchestrator"], &cfg),
         tls("node2", &["frontend-powerhouse"], &cfg),
@@ -339,13 +348,13 @@ fn tls_nodes_join_and_nodes_without_the_clusters_ca_cannot() {
     wait_for(
         Duration::from_secs(30),
         "node1 to refuse both handshakes twice",
-        || {
-            let refusals = c.nodes[0]
-                .log_text()
-                .matches("Error establishing secure socket")
-                .count();
-            (refusals >= 4).then_some(())
-        },
+        || (handshakes_failed(&c.nodes[0]) >= 4).then_some(()),
+    );
+    assert!(
+        c.nodes[0]
+            .log_text()
+            .contains("cluster TLS handshake failed"),
+        "node1 logs each refusal"
     );
     for n in &c.nodes {
         let s = n.status().unwrap();
@@ -354,5 +363,64 @@ fn tls_nodes_join_and_nodes_without_the_clusters_ca_cannot() {
     for n in [&rogue, &plain] {
         let s = n.status().unwrap();
         assert_eq!(names(&s, "members"), vec![n.spec.name.clone()], "{s:#}");
+    }
+}
+
+/// ractor_cluster's own listener does each TLS handshake inline: one client
+/// that connected and said nothing kept every later peer out. The node's
+/// listener does each in a task of its own, with a time limit.
+#[test]
+fn a_client_that_never_finishes_its_tls_handshake_keeps_no_peer_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = pki(&tmp.path().join("pki"));
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[limits]\nhandshake_timeout_ms = 1500\n");
+    std::fs::write(&cfg, text).unwrap();
+    let c = Cluster::start(vec![tls_spec("node1", &["jira-orchestrator"], &cfg)]);
+    let silent: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(&c.nodes[0].cluster).expect("connect to node1's cluster port"))
+        .collect();
+    let node2 = Node::start(
+        tls_spec("node2", &["frontend-powerhouse"], &cfg),
+        c.dir.path(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[c.nodes[0].cluster.clone()],
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "node2 to join node1 while three silent clients hold connections",
+        || {
+            [&c.nodes[0], &node2]
+                .iter()
+                .all(|n| {
+                    n.status()
+                        .is_some_and(|s| names(&s, "members") == vec!["node1", "node2"])
+                })
+                .then_some(())
+        },
+    );
+    let o = c.nodes[0].exec("frontend-powerhouse", "analyze-performance", Some("{}"));
+    assert_eq!(o.code, 0, "{o:?}");
+    // At the time limit node1 drops them, counts them and closes the sockets.
+    wait_for(
+        Duration::from_secs(30),
+        "node1 to drop the three silent connections",
+        || (handshakes_failed(&c.nodes[0]) >= 3).then_some(()),
+    );
+    assert!(
+        c.nodes[0]
+            .log_text()
+            .contains("no handshake within 1500 ms"),
+        "node1 logs why it dropped them"
+    );
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("node1 left a silent connection open: {other:?}"),
+        }
     }
 }

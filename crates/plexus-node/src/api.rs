@@ -131,6 +131,9 @@ pub struct LinkRow {
     pub messages_in: u64,
     pub frames_out: u64,
     pub bad_frames: u64,
+    /// Incoming connections dropped before a session: TLS handshakes that
+    /// failed, timed out or were refused (too many in progress).
+    pub handshakes_failed: u64,
 }
 
 /// `POST /v1/exec` body.
@@ -278,6 +281,7 @@ pub async fn status_body(ctx: &NodeCtx) -> Result<StatusBody, Problem> {
             messages_in: s.messages_in.load(Relaxed),
             frames_out: s.frames_out.load(Relaxed),
             bad_frames: s.bad_frames.load(Relaxed),
+            handshakes_failed: s.handshakes_failed.load(Relaxed),
         },
     })
 }
@@ -1000,6 +1004,12 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
             "counter",
             "Frames from peers that did not decode (dropped).",
             ctx.stats.bad_frames.load(Relaxed),
+        ),
+        (
+            "plexus_link_handshakes_failed_total",
+            "counter",
+            "Incoming cluster connections dropped before a session (TLS handshake failed, timed out or refused).",
+            ctx.stats.handshakes_failed.load(Relaxed),
         ),
         (
             "plexus_link_send_failures_total",

@@ -108,6 +108,10 @@ pub struct LimitsSection {
     pub request_timeout_ms: Option<u64>,
     /// Largest request payload accepted from clients.
     pub max_payload_bytes: Option<usize>,
+    /// Time a peer has to finish its TLS handshake (default 10,000 ms).
+    pub handshake_timeout_ms: Option<u64>,
+    /// TLS handshakes in progress at once; more are refused (default 64).
+    pub max_pending_handshakes: Option<usize>,
 }
 
 /// The `[state]` table: replicated state (anti-entropy and consistency).
@@ -273,6 +277,10 @@ pub struct NodeConfig {
     pub max_frame_bytes: usize,
     pub request_timeout: Duration,
     pub max_payload_bytes: usize,
+    /// Time a connecting peer has to finish its TLS handshake.
+    pub handshake_timeout: Duration,
+    /// TLS handshakes in progress at once (more are refused).
+    pub max_pending_handshakes: usize,
     /// Replicated state settings (`[state]`).
     pub state: StateConfig,
     /// The API's bearer token (`[api] token`); `None` leaves the API open.
@@ -464,6 +472,20 @@ impl FileConfig {
                 message: "must leave at least 64 KiB of the frame limit for headers".into(),
             });
         }
+        let handshake_timeout_ms = self.limits.handshake_timeout_ms.unwrap_or(10_000);
+        if !(100..=600_000).contains(&handshake_timeout_ms) {
+            return Err(ConfigError::Invalid {
+                field: "limits.handshake_timeout_ms".into(),
+                message: "must be between 100 and 600000".into(),
+            });
+        }
+        let max_pending_handshakes = self.limits.max_pending_handshakes.unwrap_or(64);
+        if !(1..=100_000).contains(&max_pending_handshakes) {
+            return Err(ConfigError::Invalid {
+                field: "limits.max_pending_handshakes".into(),
+                message: "must be between 1 and 100000".into(),
+            });
+        }
         let state = self.state.finish(max_frame_bytes)?;
         let api_token = match self.api.token {
             Some(t) if t.trim().is_empty() => {
@@ -520,6 +542,8 @@ impl FileConfig {
                 self.limits.request_timeout_ms.unwrap_or(30_000),
             ),
             max_payload_bytes,
+            handshake_timeout: Duration::from_millis(handshake_timeout_ms),
+            max_pending_handshakes,
         })
     }
 }
@@ -556,6 +580,26 @@ mod tests {
         assert!(e.to_string().starts_with("node.tls_key"), "{e}");
         f.node.tls_key = Some("k.pem".into());
         assert!(f.finish().unwrap().tls.is_some());
+    }
+
+    #[test]
+    fn handshake_limits_default_and_are_checked() {
+        let c = fc(Some("n1"), Some("127.0.0.1:7101")).finish().unwrap();
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_pending_handshakes, 64);
+        let mut f = fc(Some("n1"), Some("127.0.0.1:7101"));
+        f.limits.handshake_timeout_ms = Some(1_500);
+        f.limits.max_pending_handshakes = Some(3);
+        let c = f.clone().finish().unwrap();
+        assert_eq!(c.handshake_timeout, Duration::from_millis(1_500));
+        assert_eq!(c.max_pending_handshakes, 3);
+        f.limits.handshake_timeout_ms = Some(0);
+        let e = f.clone().finish().unwrap_err().to_string();
+        assert!(e.starts_with("limits.handshake_timeout_ms"), "{e}");
+        f.limits.handshake_timeout_ms = None;
+        f.limits.max_pending_handshakes = Some(0);
+        let e = f.finish().unwrap_err().to_string();
+        assert!(e.starts_with("limits.max_pending_handshakes"), "{e}");
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct LinkStats {
     pub bytes_in: AtomicU64,
     pub bad_frames: AtomicU64,
     pub send_failures: AtomicU64,
+    /// Incoming cluster connections dropped before a session: TLS
+    /// handshakes that failed, timed out or were refused (too many pending).
+    pub handshakes_failed: AtomicU64,
 }
 
 /// Shared node context.
@@ -69,7 +72,7 @@ pub struct NodeCtx {
     pub bus: Bus,
     pub catalog: Arc<Catalog>,
     pub hosted: Vec<Arc<Plugin>>,
-    pub stats: LinkStats,
+    pub stats: Arc<LinkStats>,
     pub started: Instant,
     /// Last good answers of idempotent commands, served when every try
     /// failed (graceful degradation).

@@ -27,6 +27,7 @@ pub mod state_actor;
 pub mod state_api;
 pub mod supervisor;
 pub mod tls;
+pub mod tls_listener;
 pub mod trace;
 pub mod wire;
 pub mod workflows;
@@ -78,7 +79,8 @@ pub struct NodeHandle {
     supervisor_done: tokio::task::JoinHandle<()>,
     /// `None` for an in-process node (simulation): it has no listener.
     node_server: Option<ActorRef<NodeServerMessage>>,
-    api_task: Option<tokio::task::JoinHandle<()>>,
+    /// The sockets' tasks (the HTTP API; with TLS, the cluster port).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// How an in-process node (the simulation harness's) meets the world
@@ -187,29 +189,50 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
             addr: config.api,
             source,
         })?;
-    // Fail early and clearly if the cluster port is taken.
-    drop(
-        std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
+    let tls = config.tls.as_ref().map(tls::load).transpose()?;
+    // Without TLS, ractor_cluster's listener takes the cluster port (this
+    // bind only fails early and clearly if it is taken). With TLS the node
+    // keeps the port and does the handshakes itself (`tls_listener`).
+    let cluster_listener = std::net::TcpListener::bind(config.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| StartError::Listen {
             addr: config.listen,
             source,
-        })?,
-    );
-
-    let tls = config.tls.as_ref().map(tls::load).transpose()?;
+        })?;
+    let front_door =
+        match &tls {
+            Some(_) => Some(tokio::net::TcpListener::from_std(cluster_listener).map_err(
+                |source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                },
+            )?),
+            None => {
+                drop(cluster_listener);
+                None
+            }
+        };
     // With TLS, ractor_cluster's transitive dialling (plain TCP) cannot
     // reach a TLS listener: the membership actor's dial loop connects every
     // member itself, over TLS (`RactorLinks::dial`).
-    let (encryption, mode) = match &tls {
+    let (encryption, mode, port, listen_ip) = match &tls {
         Some(t) => (
             Some(ractor_cluster::IncomingEncryptionMode::Tls(
                 t.acceptor.clone(),
             )),
             NodeConnectionMode::Isolated,
+            0,
+            std::net::IpAddr::from([127, 0, 0, 1]),
         ),
-        None => (None, NodeConnectionMode::Transitive),
+        None => (
+            None,
+            NodeConnectionMode::Transitive,
+            config.listen.port(),
+            config.listen.ip(),
+        ),
     };
     let server = NodeServer::new(
-        config.listen.port(),
+        port,
         config.cookie.clone(),
         config.name.clone(),
         config.advertise_host.clone(),
@@ -217,7 +240,7 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         // ractor_cluster treats `None` as Isolated: say what we mean.
         Some(mode),
     )
-    .with_listen_addr(config.listen.ip())
+    .with_listen_addr(listen_ip)
     .with_max_inbound_frame_size((config.max_frame_bytes + 64 * 1024) as u64);
     let (node_server, _) = Actor::spawn(Some(actor_name(&config.name, "node-server")), server, ())
         .await
@@ -234,6 +257,7 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
             "fault injection: this node's wall clock (state stamps, expiry, leases) is skewed"
         );
     }
+    let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
     let wiring = InProcess {
         // A batch may fill the peers' inbound limit (set on the NodeServer
         // above) but not the headroom ractor_cluster's framing needs.
@@ -257,11 +281,24 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
 
     let app = api::router(ctx.clone());
     let api_addr = ctx.config.api;
-    let api_task = tokio::spawn(async move {
+    let mut tasks = vec![tokio::spawn(async move {
         if let Err(e) = axum::serve(api_listener, app).await {
             tracing::error!(error = %e, "API server stopped");
         }
-    });
+    })];
+    if let (Some(listener), Some(acceptor)) = (front_door, acceptor) {
+        let limits = tls_listener::HandshakeLimits {
+            timeout: ctx.config.handshake_timeout,
+            max_pending: ctx.config.max_pending_handshakes,
+        };
+        tasks.push(tokio::spawn(tls_listener::serve(
+            listener,
+            acceptor,
+            node_server.clone(),
+            ctx.stats.clone(),
+            limits,
+        )));
+    }
     tracing::info!(node = %ctx.name(), cluster = %ctx.config.cluster_addr(), api = %api_addr, generation, "node started");
     Ok(NodeHandle {
         ctx,
@@ -269,7 +306,7 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         supervisor,
         supervisor_done,
         node_server: Some(node_server),
-        api_task: Some(api_task),
+        tasks,
     })
 }
 
@@ -293,7 +330,7 @@ pub async fn start_in_process(
         supervisor,
         supervisor_done,
         node_server: None,
-        api_task: None,
+        tasks: Vec::new(),
     })
 }
 
@@ -325,7 +362,7 @@ async fn spawn_tree(
         bus: bus.clone(),
         catalog: Arc::new(catalog),
         hosted,
-        stats: LinkStats::default(),
+        stats: Arc::new(LinkStats::default()),
         started: links::now(),
         metrics: metrics::Metrics::default(),
         directory: directory::DirectoryCell::default(),
@@ -380,7 +417,7 @@ impl NodeHandle {
         }
         // Give the leave notice a moment on the wire.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Some(t) = &self.api_task {
+        for t in &self.tasks {
             t.abort();
         }
         self.supervisor.stop(Some("shutdown".into()));
@@ -393,7 +430,7 @@ impl NodeHandle {
     /// Stop at once, as a crash would: no leave notice, no graceful stop
     /// (the simulation's crash fault). Returns when the actor tree is gone.
     pub async fn crash(self) {
-        if let Some(t) = &self.api_task {
+        for t in &self.tasks {
             t.abort();
         }
         self.supervisor.kill();

@@ -54,6 +54,9 @@ pub trait ClusterLinks: Send + Sync + 'static {
     fn drop_link(&self, _me: &str, _peer: &str) {}
 }
 
+/// How long a dial may take: TCP connect and, with TLS, the handshake.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Production links: ractor_cluster sessions of the node's NodeServer. A
 /// peer's Gateway is found through its `pg` group, which ractor_cluster
 /// fills with the remote proxy when the session comes up.
@@ -200,18 +203,26 @@ impl ClusterLinks for RactorLinks {
         let addr = addr.to_string();
         let tls = self.tls.clone();
         tokio::spawn(async move {
-            let r = match tls {
-                None => ractor_cluster::client_connect(&server, addr.as_str()).await,
-                Some(connector) => match crate::tls::server_name(&addr) {
-                    Ok(name) => {
+            let connect = async {
+                match tls {
+                    None => ractor_cluster::client_connect(&server, addr.as_str())
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Some(connector) => {
+                        let name = crate::tls::server_name(&addr)
+                            .map_err(|e| format!("no TLS server name: {e}"))?;
                         ractor_cluster::client_connect_enc(&server, addr.as_str(), connector, name)
                             .await
+                            .map_err(|e| e.to_string())
                     }
-                    Err(e) => {
-                        tracing::warn!(%addr, error = %e, "cannot dial over TLS: no server name");
-                        return;
-                    }
-                },
+                }
+            };
+            // A peer that accepts and then never answers (a hung process, a
+            // black-holed link) would otherwise keep this task forever, and
+            // the membership loop dials again every round.
+            let r = match tokio::time::timeout(DIAL_TIMEOUT, connect).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no session within {} s", DIAL_TIMEOUT.as_secs())),
             };
             if let Err(e) = r {
                 tracing::debug!(%addr, error = %e, "dial failed");
