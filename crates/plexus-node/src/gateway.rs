@@ -47,6 +47,9 @@ impl Actor for Gateway {
                     }
                 }
                 Err(e) => {
+                    // It still arrived: counted like a malformed lone frame
+                    // (bytes and message in, one bad frame), no frames.
+                    count_in(ctx, 0, bytes.len());
                     ctx.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, len = bytes.len(), "dropped a malformed batch of frames from a peer");
                 }
