@@ -20,6 +20,11 @@ if [ -x "$VENV/bin/mcp-server-time" ] && [ -x "$VENV/bin/mcp-server-git" ]; then
   exit 0
 fi
 
+# The system interpreter when there is one: a sandboxed server (uid nobody,
+# landlock) can run it, where one under a home directory (pyenv) is out of reach.
+if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ] && /usr/bin/python3 -c "import venv, ensurepip" 2>/dev/null; then
+  PYTHON=/usr/bin/python3
+fi
 PYTHON="${PYTHON:-python3}"
 if ! command -v "$PYTHON" >/dev/null; then
   echo "error: $PYTHON not found; the MCP servers need Python 3.10 or newer" >&2

@@ -278,3 +278,102 @@ name = "get_current_time"
     assert_eq!(o.code, 1);
     assert!(o.stdout.contains("breaker"), "{o:?}");
 }
+
+/// `[handler.sandbox]` runs a real MCP server confined like a process
+/// plugin: its tools still work; it has only the declared environment, its
+/// own network namespace and, when the node is root, uid nobody (each where
+/// the kernel allows, as the status row's `sandbox` says).
+#[test]
+fn a_sandboxed_mcp_server_runs_confined_and_its_tools_still_work() {
+    if !venv_ready() {
+        return;
+    }
+    let venv = std::env::var("PLEXUS_MCP_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join(".venv-mcp"))
+        .canonicalize()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("jailed-time.toml"),
+        format!(
+            r#"[plugin]
+name = "jailed-time"
+version = "1.0.0"
+description = "mcp-server-time in the process sandbox"
+
+[handler]
+kind = "mcp"
+command = "{venv}/bin/mcp-server-time"
+args = ["--local-timezone", "UTC"]
+env = {{ JAILED = "yes" }}
+
+[handler.sandbox]
+readPaths = ["{venv}"]
+
+[handler.limits]
+cpuSecs = 120
+"#,
+            venv = venv.display()
+        ),
+    )
+    .unwrap();
+    let c = Cluster::start(vec![spec(
+        "node1",
+        &["jailed-time"],
+        vec![tmp.path().to_path_buf()],
+    )]);
+    let n1 = c.node("node1");
+    let r = wait_server(n1, "jailed-time", "the sandboxed server running", |s| {
+        s["state"] == "running"
+    });
+    let server = &r["servers"][0];
+    let sandbox = server["sandbox"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the status row says how it is confined: {r}"));
+    let out = exec_json(
+        n1,
+        "jailed-time",
+        "get_current_time",
+        r#"{"timezone":"UTC"}"#,
+    );
+    assert_eq!(out["output"]["timezone"], "UTC", "{out}");
+
+    // What the kernel says about the server process.
+    let pid = server["pid"].as_u64().expect("a stdio server has a pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let mut keys: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            String::from_utf8_lossy(kv)
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec!["JAILED", "PATH"],
+        "only the declared environment"
+    );
+    let net = |p: String| std::fs::read_link(format!("/proc/{p}/ns/net")).unwrap();
+    if sandbox.contains("network=netns") {
+        assert_ne!(
+            net(pid.to_string()),
+            net(n1.pid().to_string()),
+            "{sandbox}: its own network namespace"
+        );
+    }
+    if let Some(uid) = sandbox
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("uid="))
+    {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert_eq!(line.split_whitespace().nth(1), Some(uid), "{line}");
+    }
+    eprintln!("sandboxed MCP server: {sandbox}");
+}

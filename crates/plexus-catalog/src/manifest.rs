@@ -268,7 +268,7 @@ pub enum HandlerSpec {
     /// Real executables in a sandbox (see `crate::process`).
     Process(Box<crate::process::ProcessSpec>),
     /// The plugin is one or more MCP servers; their tools are its commands.
-    Mcp(McpSpec),
+    Mcp(Box<McpSpec>),
 }
 
 /// An MCP handler: the servers inline here, else the Claude Code plugin's
@@ -298,6 +298,16 @@ pub struct McpSpec {
     /// How long a server may take to start and list its tools.
     #[serde(default = "mcp_start_timeout")]
     pub start_timeout_ms: u64,
+    /// Run the stdio servers in the process plugins' sandbox
+    /// (`[handler.sandbox]`; paths may use `${VAR}`). Off unless the table
+    /// is there: MCP servers are written to run as the user, with the
+    /// user's environment and files.
+    #[serde(default)]
+    pub sandbox: Option<crate::process::SandboxSpec>,
+    /// Resource limits of sandboxed stdio servers (`[handler.limits]`,
+    /// as for process plugins; `outputKb` does not apply).
+    #[serde(default)]
+    pub limits: Option<crate::process::ProcessLimits>,
 }
 
 /// One named MCP server of a manifest.
@@ -349,6 +359,21 @@ impl McpSpec {
         }
         if self.start_timeout_ms == 0 {
             return Err("handler.startTimeoutMs must be > 0".into());
+        }
+        if self.limits.is_some() && self.sandbox.is_none() {
+            return Err(
+                "handler.limits applies to sandboxed servers: add [handler.sandbox]".into(),
+            );
+        }
+        if let Some(sb) = &self.sandbox {
+            for (field, paths) in [
+                ("readPaths", &sb.read_paths),
+                ("writePaths", &sb.write_paths),
+            ] {
+                if paths.iter().any(|p| p.trim().is_empty()) {
+                    return Err(format!("handler.sandbox.{field} holds an empty path"));
+                }
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for e in self.entries(plugin) {
@@ -777,6 +802,29 @@ idempotent = false
         // No server inline: the Claude Code plugin's .mcp.json supplies them.
         let m = Manifest::parse("[plugin]\nname = \"p\"\n[handler]\nkind = \"mcp\"\n").unwrap();
         assert!(matches!(&m.handler, HandlerSpec::Mcp(s) if s.entries("p").is_empty()));
+    }
+
+    #[test]
+    fn an_mcp_sandbox_is_opt_in_and_limits_need_it() {
+        let base = "[plugin]\nname = \"p\"\n[handler]\nkind = \"mcp\"\ncommand = \"srv\"\n";
+        let m = Manifest::parse(base).unwrap();
+        assert!(matches!(&m.handler, HandlerSpec::Mcp(s) if s.sandbox.is_none()));
+        let m = Manifest::parse(&format!(
+            "{base}[handler.sandbox]\nreadPaths = [\"${{VENV}}\"]\n[handler.limits]\nmemoryMb = 2048\n"
+        ))
+        .unwrap();
+        let HandlerSpec::Mcp(s) = &m.handler else {
+            panic!("not mcp")
+        };
+        let sb = s.sandbox.as_ref().unwrap();
+        assert!(!sb.network && sb.landlock);
+        assert_eq!(sb.read_paths, vec!["${VENV}"]);
+        assert_eq!(s.limits.as_ref().unwrap().memory_mb, 2048);
+        let e = Manifest::parse(&format!("{base}[handler.limits]\ncpuSecs = 5\n")).unwrap_err();
+        assert!(e.message.contains("[handler.sandbox]"), "{e:?}");
+        let e = Manifest::parse(&format!("{base}[handler.sandbox]\nwritePaths = [\" \"]\n"))
+            .unwrap_err();
+        assert!(e.message.contains("handler.sandbox.writePaths"), "{e:?}");
     }
 
     #[test]

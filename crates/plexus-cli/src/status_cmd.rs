@@ -98,6 +98,9 @@ pub fn render(s: &StatusBody) -> String {
                 "  {:<20} {:<16} {:<16} {:<9} {:<11} {:>8} {:>8} {:>5}",
                 p.name, p.node, v.name, v.transport, v.state, pid, v.restarts, v.tools
             );
+            if let Some(sb) = v.sandbox.as_deref() {
+                let _ = writeln!(o, "      sandbox: {sb}");
+            }
             if let Some(e) = v.last_error.as_deref().filter(|_| v.state != "running") {
                 let _ = writeln!(o, "      last error: {e}");
             }

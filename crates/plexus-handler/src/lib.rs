@@ -222,6 +222,12 @@ pub struct ServerStatus {
     pub tools: u32,
     /// Why it last stopped or failed to start.
     pub last_error: Option<String>,
+    /// What confines a sandboxed stdio server, e.g. `network=netns
+    /// landlock=full user_namespace uid=65534`; `None` when it runs
+    /// unconfined. (Always serialized: announces carry this in bincode,
+    /// which cannot skip fields.)
+    #[serde(default)]
+    pub sandbox: Option<String>,
 }
 
 /// Fault directives a test or the simulation can put in an input under `$sim`.

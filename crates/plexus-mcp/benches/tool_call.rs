@@ -36,6 +36,7 @@ fn tool_call(c: &mut Criterion) {
                     cwd: None,
                 },
                 declared_in: "bench".into(),
+                sandbox: None,
             }],
             McpOptions {
                 start_timeout: Duration::from_secs(60),

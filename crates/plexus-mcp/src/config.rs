@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use plexus_catalog::{McpServerEntry, McpSpec, Plugin};
+use plexus_catalog::{McpServerEntry, McpSpec, Plugin, ProcessLimits, SandboxSpec};
 
 /// How to reach one server.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +40,23 @@ pub struct ServerConfig {
     pub transport: Transport,
     /// Where it was declared (for error messages).
     pub declared_in: String,
+    /// A stdio server confined like a process plugin (`[handler.sandbox]`).
+    pub sandbox: Option<Sandbox>,
+}
+
+/// How a sandboxed stdio server is confined, its paths resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sandbox {
+    pub spec: SandboxSpec,
+    pub limits: ProcessLimits,
+    /// Readable (and executable) besides the system directories: the
+    /// declaring file's directory, the working directory, the program's
+    /// directory and `readPaths`.
+    pub read: Vec<PathBuf>,
+    /// `writePaths`.
+    pub write: Vec<PathBuf>,
+    /// Where it runs: `cwd`, else the declaring file's directory.
+    pub workdir: PathBuf,
 }
 
 impl ServerConfig {
@@ -88,7 +105,7 @@ pub fn servers(
         let base = manifest_dir.clone().or_else(|| claude_dir.clone());
         let root = claude_dir.clone().or_else(|| manifest_dir.clone());
         let at = format!("{manifest_label}: [handler] server {:?}", e.name);
-        out.push(build(&e, &at, base.as_deref(), root.as_deref(), env)?);
+        out.push(build(&e, &at, base.as_deref(), root.as_deref(), spec, env)?);
     }
     for s in &plugin.mcp_servers {
         if out.iter().any(|o| o.name == s.name) {
@@ -118,6 +135,7 @@ pub fn servers(
             &at,
             claude_dir.as_deref(),
             claude_dir.as_deref(),
+            spec,
             env,
         )?);
     }
@@ -134,6 +152,7 @@ fn build(
     at: &str,
     base: Option<&Path>,
     root: Option<&Path>,
+    spec: &McpSpec,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ServerConfig, ConfigError> {
     let vars = |name: &str| -> Option<String> {
@@ -200,10 +219,46 @@ fn build(
             })
         }
     };
+    let sandbox = match (&spec.sandbox, &transport) {
+        (Some(sb), Transport::Stdio { program, cwd, .. }) => {
+            let resolve = |p: String| match base {
+                Some(b) if Path::new(&p).is_relative() => b.join(p),
+                _ => PathBuf::from(p),
+            };
+            let dir = base
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| absolute(Path::new(".")));
+            let workdir = cwd.clone().unwrap_or_else(|| dir.clone());
+            let mut read = vec![dir, workdir.clone()];
+            if let Some(d) = Path::new(program)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                read.push(d.to_path_buf());
+            }
+            for p in &sb.read_paths {
+                read.push(resolve(x("sandbox.readPaths", p)?));
+            }
+            let write = sb
+                .write_paths
+                .iter()
+                .map(|p| x("sandbox.writePaths", p).map(resolve))
+                .collect::<Result<_, _>>()?;
+            Some(Sandbox {
+                spec: sb.clone(),
+                limits: spec.limits.clone().unwrap_or_default(),
+                read,
+                write,
+                workdir,
+            })
+        }
+        _ => None,
+    };
     Ok(ServerConfig {
         name: e.name.clone(),
         transport,
         declared_in: at.to_string(),
+        sandbox,
     })
 }
 
@@ -316,7 +371,7 @@ mod tests {
 
     fn spec_of(p: &Plugin) -> McpSpec {
         match &p.manifest.handler {
-            HandlerSpec::Mcp(s) => s.clone(),
+            HandlerSpec::Mcp(s) => (**s).clone(),
             other => panic!("not mcp: {other:?}"),
         }
     }

@@ -21,7 +21,7 @@ use plexus_handler::{
     ServerStatus,
 };
 use plexus_resilience::restart::{Decision, RestartIntensity};
-use process_wrap::tokio::{CommandWrap, KillOnDrop, ProcessGroup};
+use process_wrap::tokio::{CommandWrap, KillOnDrop, ProcessGroup, ProcessSession};
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::RunningService;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
@@ -445,14 +445,51 @@ async fn connect(shared: &Shared, i: usize) -> Result<Connection, String> {
             cwd,
         } => {
             let mut cmd = tokio::process::Command::new(program);
-            cmd.args(args).envs(env);
-            if let Some(d) = cwd {
-                cmd.current_dir(d);
-            }
-            let mut wrap = CommandWrap::from(cmd);
-            // Its own process group, killed as a whole: a server that starts
-            // helpers (npx, a shell) leaves nothing behind.
-            wrap.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
+            cmd.args(args);
+            let wrap = match &cfg.sandbox {
+                None => {
+                    cmd.envs(env);
+                    if let Some(d) = cwd {
+                        cmd.current_dir(d);
+                    }
+                    let mut wrap = CommandWrap::from(cmd);
+                    // Its own process group, killed as a whole: a server that
+                    // starts helpers (npx, a shell) leaves nothing behind.
+                    wrap.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
+                    wrap
+                }
+                Some(sb) => {
+                    // As a process plugin: only the declared environment.
+                    cmd.env_clear();
+                    if !env.contains_key("PATH") {
+                        cmd.env("PATH", plexus_process::DEFAULT_PATH);
+                    }
+                    cmd.envs(env).current_dir(&sb.workdir);
+                    let plan = plexus_process::sandbox::Plan::new(
+                        &sb.limits, &sb.spec, &sb.read, &sb.write,
+                    );
+                    let r = &plan.report;
+                    tracing::info!(plugin = %shared.plugin, server = %cfg.name, network = r.network, landlock = r.landlock, user_namespace = r.user_namespace, uid = ?r.uid, "MCP server sandboxed");
+                    let summary = format!(
+                        "network={} landlock={}{}{}",
+                        r.network,
+                        r.landlock,
+                        if r.user_namespace {
+                            " user_namespace"
+                        } else {
+                            ""
+                        },
+                        r.uid.map(|u| format!(" uid={u}")).unwrap_or_default()
+                    );
+                    shared.set_status(i, |l| l.status.sandbox = Some(summary));
+                    plan.apply_without_session(&mut cmd);
+                    let mut wrap = CommandWrap::from(cmd);
+                    // The session (and group) is made after the sandbox's
+                    // steps, and killed as a whole.
+                    wrap.wrap(ProcessSession).wrap(KillOnDrop);
+                    wrap
+                }
+            };
             let (transport, stderr) = TokioChildProcess::builder(wrap)
                 .stderr(Stdio::piped())
                 .spawn()

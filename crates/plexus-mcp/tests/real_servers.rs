@@ -36,6 +36,7 @@ fn stdio(name: &str, program: PathBuf, args: &[&str]) -> ServerConfig {
             cwd: None,
         },
         declared_in: "test".into(),
+        sandbox: None,
     }
 }
 
@@ -352,6 +353,7 @@ async fn streamable_http_server_is_reached_and_its_loss_is_a_failure() {
                 url: format!("http://127.0.0.1:{port}/mcp"),
             },
             declared_in: "test".into(),
+            sandbox: None,
         }],
         options(1),
     );

@@ -238,8 +238,20 @@ impl Plan {
         }
     }
 
-    /// Install the plan on `cmd` (runs in the child before exec).
+    /// Install the plan on `cmd` (runs in the child before exec), starting
+    /// with a new session and process group.
     pub fn apply(self, cmd: &mut tokio::process::Command) {
+        self.install(cmd, true)
+    }
+
+    /// [`Plan::apply`] for a caller that makes the session itself, after
+    /// this plan's steps (process-wrap's `ProcessSession`, which also kills
+    /// the group): a second `setsid` would fail.
+    pub fn apply_without_session(self, cmd: &mut tokio::process::Command) {
+        self.install(cmd, false)
+    }
+
+    fn install(self, cmd: &mut tokio::process::Command, new_session: bool) {
         let Plan {
             limits,
             drop_to,
@@ -254,7 +266,7 @@ impl Plan {
         // ruleset was built in the parent.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setsid() < 0 {
+                if new_session && libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 rl.apply()?;
