@@ -134,6 +134,9 @@ pub struct LinkRow {
     /// Incoming connections dropped before a session: TLS handshakes that
     /// failed, timed out or were refused (too many in progress).
     pub handshakes_failed: u64,
+    /// Frames refused because the peer runs another wire protocol (another
+    /// Plexus release).
+    pub protocol_mismatches: u64,
 }
 
 /// `POST /v1/exec` body.
@@ -282,6 +285,7 @@ pub async fn status_body(ctx: &NodeCtx) -> Result<StatusBody, Problem> {
             frames_out: s.frames_out.load(Relaxed),
             bad_frames: s.bad_frames.load(Relaxed),
             handshakes_failed: s.handshakes_failed.load(Relaxed),
+            protocol_mismatches: s.protocol_mismatches.load(Relaxed),
         },
     })
 }
@@ -1010,6 +1014,12 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
             "counter",
             "Incoming cluster connections dropped before a session (TLS handshake failed, timed out or refused).",
             ctx.stats.handshakes_failed.load(Relaxed),
+        ),
+        (
+            "plexus_link_protocol_mismatches_total",
+            "counter",
+            "Frames refused because the peer runs another wire protocol (another Plexus release).",
+            ctx.stats.protocol_mismatches.load(Relaxed),
         ),
         (
             "plexus_link_send_failures_total",

@@ -63,6 +63,9 @@ pub struct LinkStats {
     /// Incoming cluster connections dropped before a session: TLS
     /// handshakes that failed, timed out or were refused (too many pending).
     pub handshakes_failed: AtomicU64,
+    /// Frames refused because the peer speaks another wire protocol
+    /// (another Plexus release).
+    pub protocol_mismatches: AtomicU64,
 }
 
 /// Shared node context.
@@ -131,10 +134,7 @@ impl NodeCtx {
             Wire::Bus(_) => 3,
             Wire::State(_) => 4,
         };
-        let frame = WireFrame {
-            from: self.config.name.clone(),
-            msg,
-        };
+        let frame = WireFrame::new(self.config.name.clone(), msg);
         // Refuse oversized frames here: the receiver would drop the whole link.
         let bytes = plexus_codec::encode_limited(&frame, self.config.max_frame_bytes)?;
         let n = bytes.len() as u64;

@@ -10,7 +10,7 @@ use crate::ctx::{gateway_group, local_actor, NodeCtx};
 use crate::membership_actor::MembershipMsg;
 use crate::registry::RegistryMsg;
 use crate::state_actor::StateMsg;
-use crate::wire::{batch, GatewayMsg, Wire, WireFrame};
+use crate::wire::{self, batch, FrameError, GatewayMsg, Wire, WireFrame};
 
 pub struct Gateway;
 
@@ -69,8 +69,20 @@ fn count_in(ctx: &NodeCtx, frames: u64, bytes: usize) {
 
 /// Decode one frame and hand it on.
 fn receive(ctx: &NodeCtx, bytes: &[u8]) {
-    match plexus_codec::decode_limited::<WireFrame>(bytes, ctx.config.max_frame_bytes) {
+    match wire::decode_frame(bytes, ctx.config.max_frame_bytes) {
         Ok(frame) => dispatch(ctx, frame),
+        Err(e @ (FrameError::Protocol { .. } | FrameError::Unversioned { .. })) => {
+            // A peer of another release sends a frame every probe period:
+            // log at 1, 2, 4, 8, ... of them, count them all.
+            let n = ctx
+                .stats
+                .protocol_mismatches
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(error = %e, frames_refused = n, "refused a frame of another wire protocol");
+            }
+        }
         Err(e) => {
             // A peer speaking garbage must not take the node down.
             ctx.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
