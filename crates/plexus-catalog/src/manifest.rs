@@ -298,6 +298,11 @@ pub struct McpSpec {
     /// How long a server may take to start and list its tools.
     #[serde(default = "mcp_start_timeout")]
     pub start_timeout_ms: u64,
+    /// A server marked `failed` (restarted too often) is tried again after
+    /// this long, then after twice as long each time, up to 10 minutes
+    /// (default 30,000 ms; 0 leaves it failed until the node restarts).
+    #[serde(default = "mcp_failed_retry")]
+    pub retry_failed_after_ms: u64,
     /// Run the stdio servers in the process plugins' sandbox
     /// (`[handler.sandbox]`; paths may use `${VAR}`). Off unless the table
     /// is there: MCP servers are written to run as the user, with the
@@ -325,6 +330,10 @@ pub struct McpServerEntry {
     pub cwd: Option<String>,
     #[serde(default)]
     pub url: Option<String>,
+}
+
+fn mcp_failed_retry() -> u64 {
+    30_000
 }
 
 fn mcp_start_timeout() -> u64 {

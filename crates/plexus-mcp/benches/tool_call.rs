@@ -43,6 +43,7 @@ fn tool_call(c: &mut Criterion) {
                 max_restarts: 0,
                 restart_window: Duration::from_secs(60),
                 restart_delay: Duration::from_millis(100),
+                failed_retry: None,
             },
         );
         let mut rx = h.report().expect("reports");

@@ -42,7 +42,13 @@ pub struct McpOptions {
     pub restart_window: Duration,
     /// Pause before a restart, so a crash loop does not spin.
     pub restart_delay: Duration,
+    /// When a `failed` server is tried again (doubling each time, up to
+    /// [`MAX_FAILED_RETRY`]); `None` leaves it failed.
+    pub failed_retry: Option<Duration>,
 }
+
+/// Longest wait between tries of a `failed` server.
+pub const MAX_FAILED_RETRY: Duration = Duration::from_secs(600);
 
 impl McpOptions {
     /// The options a plugin's manifest gives.
@@ -53,6 +59,8 @@ impl McpOptions {
             max_restarts: pl.max_restarts,
             restart_window: Duration::from_secs(pl.restart_window_secs),
             restart_delay: Duration::from_millis(100),
+            failed_retry: (spec.retry_failed_after_ms > 0)
+                .then(|| Duration::from_millis(spec.retry_failed_after_ms)),
         }
     }
 }
@@ -367,6 +375,7 @@ struct Connection {
 async fn supervise(shared: Arc<Shared>, i: usize, options: McpOptions) {
     let mut intensity = RestartIntensity::new(options.max_restarts, options.restart_window);
     let mut restarts = 0u32;
+    let mut retry_wait = options.failed_retry;
     let plugin = shared.plugin.clone();
     let describe = shared.slots[i].config.describe();
     loop {
@@ -416,9 +425,13 @@ async fn supervise(shared: Arc<Shared>, i: usize, options: McpOptions) {
                 tokio::time::sleep(options.restart_delay).await;
             }
             Decision::GiveUp => {
-                tracing::error!(%plugin, server = %describe, reason = %why, restarts, "MCP server restarted too often; marked failed");
+                tracing::error!(%plugin, server = %describe, reason = %why, restarts, retry_in_ms = retry_wait.map(|w| w.as_millis() as u64), "MCP server restarted too often; marked failed");
+                let next = match retry_wait {
+                    Some(w) => format!("; next try in {} s", w.as_secs_f64().ceil()),
+                    None => String::new(),
+                };
                 let why = format!(
-                    "restarted {restarts} times within {} s, giving up; last error: {why}",
+                    "restarted {restarts} times within {} s, giving up; last error: {why}{next}",
                     options.restart_window.as_secs()
                 );
                 shared.set_status(i, |l| {
@@ -427,7 +440,15 @@ async fn supervise(shared: Arc<Shared>, i: usize, options: McpOptions) {
                     l.status.pid = None;
                     l.status.last_error = Some(why);
                 });
-                return;
+                // Like a crash-looping pod: tried again later, less and
+                // less often, so a server whose cause was fixed (a package
+                // installed, a service back) comes back without a node
+                // restart.
+                let Some(wait) = retry_wait else { return };
+                tokio::time::sleep(wait).await;
+                retry_wait = Some((wait * 2).min(MAX_FAILED_RETRY));
+                intensity = RestartIntensity::new(options.max_restarts, options.restart_window);
+                tracing::info!(%plugin, server = %describe, "trying a failed MCP server again");
             }
         }
     }

@@ -46,6 +46,7 @@ fn options(max_restarts: u32) -> McpOptions {
         max_restarts,
         restart_window: Duration::from_secs(60),
         restart_delay: Duration::from_millis(50),
+        failed_retry: None,
     }
 }
 
@@ -269,6 +270,43 @@ async fn a_server_that_cannot_start_fails_fast_then_is_marked_failed() {
         "{e:?}"
     );
     assert!(e.retryable(), "a failure counts against the breaker");
+}
+
+/// A `failed` server is tried again later: once its cause is gone (here the
+/// program appears where the config says), it comes back with its tools.
+#[tokio::test]
+async fn a_failed_server_is_tried_again_and_comes_back_once_its_cause_is_fixed() {
+    let Some(venv) = venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("mcp-server-time");
+    let mut opts = options(1);
+    opts.failed_retry = Some(Duration::from_millis(300));
+    let h = McpHandler::with_servers(
+        "late",
+        vec![stdio("late", program.clone(), &["--local-timezone", "UTC"])],
+        opts,
+    );
+    let r = wait_report(&h, "the missing server to be given up", |r| {
+        server(r, "late").state == "failed"
+    })
+    .await;
+    let why = server(&r, "late").last_error.clone().unwrap();
+    assert!(why.contains("next try in 1 s"), "{why}");
+    std::os::unix::fs::symlink(venv.join("bin/mcp-server-time"), &program).unwrap();
+    let r = wait_report(&h, "the server to come back on a later try", |r| {
+        server(r, "late").state == "running"
+    })
+    .await;
+    assert_eq!(server(&r, "late").tools, 2, "{r:#?}");
+    let out = h
+        .execute(req(
+            "get_current_time",
+            serde_json::json!({"timezone": "UTC"}),
+        ))
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(&out.output).unwrap();
+    assert_eq!(v["timezone"], "UTC", "{out:?}");
 }
 
 #[tokio::test]

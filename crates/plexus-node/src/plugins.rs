@@ -457,7 +457,8 @@ impl Actor for PluginHost {
 }
 
 /// Pass a handler's reports (discovered tools, server states) to the
-/// registry, and raise an alert on `system/alerts` when a server is given up.
+/// registry, and raise an alert on `system/alerts` when a server is given
+/// up, and another when a later try brings it back.
 async fn forward_reports(
     ctx: Arc<NodeCtx>,
     plugin: String,
@@ -467,12 +468,17 @@ async fn forward_reports(
     loop {
         let r = rx.borrow_and_update().clone();
         for s in &r.servers {
-            if s.state != "failed" {
-                failed.remove(&s.name);
-            } else if failed.insert(s.name.clone()) {
+            let status = if s.state == "failed" {
+                failed.insert(s.name.clone()).then_some("failed")
+            } else if s.state == "running" && failed.remove(&s.name) {
+                Some("recovered")
+            } else {
+                None
+            };
+            if let Some(status) = status {
                 let alert = serde_json::json!({
                     "node": ctx.name(), "plugin": plugin, "server": s.name,
-                    "status": "failed", "reason": s.last_error,
+                    "status": status, "reason": s.last_error,
                 });
                 let _ = ctx.bus.publish(Envelope::new(
                     MessageKind::Event,
