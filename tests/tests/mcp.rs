@@ -19,10 +19,15 @@ fn examples() -> PathBuf {
     repo().join("cluster-config/examples")
 }
 
-fn venv_ready() -> bool {
-    let dir = std::env::var("PLEXUS_MCP_VENV")
+/// Where `scripts/setup-mcp.sh` put the servers.
+fn venv_dir() -> PathBuf {
+    std::env::var("PLEXUS_MCP_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join(".venv-mcp"));
+        .unwrap_or_else(|_| repo().join(".venv-mcp"))
+}
+
+fn venv_ready() -> bool {
+    let dir = venv_dir();
     let ok = dir.join("bin/mcp-server-time").is_file() && dir.join("bin/mcp-server-git").is_file();
     if !ok {
         eprintln!(
@@ -288,11 +293,7 @@ fn a_sandboxed_mcp_server_runs_confined_and_its_tools_still_work() {
     if !venv_ready() {
         return;
     }
-    let venv = std::env::var("PLEXUS_MCP_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join(".venv-mcp"))
-        .canonicalize()
-        .unwrap();
+    let venv = venv_dir().canonicalize().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(
         tmp.path().join("jailed-time.toml"),

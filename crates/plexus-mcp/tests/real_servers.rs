@@ -61,6 +61,12 @@ fn req(command: &str, input: Value) -> ExecRequest {
     }
 }
 
+/// Run `command` and read its output as JSON (the call must succeed).
+async fn call_json(h: &McpHandler, command: &str, input: Value) -> Value {
+    let out = h.execute(req(command, input)).await.unwrap();
+    serde_json::from_str(&out.output).unwrap()
+}
+
 /// Wait until the report satisfies `f` (servers start in the background).
 async fn wait_report(
     h: &McpHandler,
@@ -149,26 +155,22 @@ async fn time_server_tools_become_commands_and_answer_the_current_time() {
     assert!(get.idempotent, "the time tools say they are read-only");
     assert!(server(&r, "time").pid.is_some());
 
-    let out = h
-        .execute(req(
-            "get_current_time",
-            serde_json::json!({"timezone": "UTC"}),
-        ))
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_str(&out.output).unwrap();
+    let v = call_json(
+        &h,
+        "get_current_time",
+        serde_json::json!({"timezone": "UTC"}),
+    )
+    .await;
     assert_eq!(v["timezone"], "UTC", "{v}");
     let at = epoch_of(v["datetime"].as_str().unwrap());
     assert!((at - now_epoch()).abs() < 300, "{v} is not now");
 
-    let out = h
-        .execute(req(
-            "convert_time",
-            serde_json::json!({"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}),
-        ))
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_str(&out.output).unwrap();
+    let v = call_json(
+        &h,
+        "convert_time",
+        serde_json::json!({"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}),
+    )
+    .await;
     assert!(
         v["target"]["datetime"]
             .as_str()
@@ -298,15 +300,13 @@ async fn a_failed_server_is_tried_again_and_comes_back_once_its_cause_is_fixed()
     })
     .await;
     assert_eq!(server(&r, "late").tools, 2, "{r:#?}");
-    let out = h
-        .execute(req(
-            "get_current_time",
-            serde_json::json!({"timezone": "UTC"}),
-        ))
-        .await
-        .unwrap();
-    let v: Value = serde_json::from_str(&out.output).unwrap();
-    assert_eq!(v["timezone"], "UTC", "{out:?}");
+    let v = call_json(
+        &h,
+        "get_current_time",
+        serde_json::json!({"timezone": "UTC"}),
+    )
+    .await;
+    assert_eq!(v["timezone"], "UTC", "{v}");
 }
 
 #[tokio::test]
