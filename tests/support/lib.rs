@@ -325,6 +325,19 @@ impl Cluster {
         c
     }
 
+    /// Start one more node in this cluster's directory (so with its
+    /// cookie), seeded from the first node. It is neither waited for nor
+    /// added to `nodes`: the caller decides whether it should join.
+    pub fn start_seeded(&self, spec: NodeSpec) -> Node {
+        Node::start(
+            spec,
+            self.dir.path(),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &[self.nodes[0].cluster.clone()],
+        )
+    }
+
     /// Wait until every node sees every member up and knows every hosted
     /// plugin. Node 0 seeing all members is not enough: a test that then
     /// freezes a node must not depend on whether that node's announce

@@ -1772,14 +1772,10 @@ fn a_node_with_a_slow_clock_that_missed_a_grant_acquires_the_expired_lease() {
     // c joins with its clock 30 s behind (`[node] clock_skew_ms` in a file).
     let conf = tmp.path().join("c.toml");
     std::fs::write(&conf, "[node]\nclock_skew_ms = -30000\n").unwrap();
-    let seeds = vec![c.nodes[0].cluster.clone()];
-    let node_c = plexus_tests::Node::start(
-        spec("c", vec!["--config".into(), conf.display().to_string()]),
-        c.dir.path(),
-        "127.0.0.1:0",
-        "127.0.0.1:0",
-        &seeds,
-    );
+    let node_c = c.start_seeded(spec(
+        "c",
+        vec!["--config".into(), conf.display().to_string()],
+    ));
     assert!(
         node_c.log_text().contains("skewed"),
         "node c does not say its clock is skewed:\n{}",

@@ -331,20 +331,8 @@ fn tls_nodes_join_and_nodes_without_the_clusters_ca_cannot() {
 
     // Same cookie (same test directory), but a certificate of another CA,
     // and a node without TLS at all.
-    let rogue = Node::start(
-        tls("rogue", &["exec-automator"], &rogue_cfg),
-        c.dir.path(),
-        "127.0.0.1:0",
-        "127.0.0.1:0",
-        &[c.nodes[0].cluster.clone()],
-    );
-    let plain = Node::start(
-        spec("plain", &["lobbi-platform-manager"]),
-        c.dir.path(),
-        "127.0.0.1:0",
-        "127.0.0.1:0",
-        &[c.nodes[0].cluster.clone()],
-    );
+    let rogue = c.start_seeded(tls("rogue", &["exec-automator"], &rogue_cfg));
+    let plain = c.start_seeded(spec("plain", &["lobbi-platform-manager"]));
     wait_for(
         Duration::from_secs(30),
         "node1 to refuse both handshakes twice",
@@ -380,13 +368,7 @@ fn a_client_that_never_finishes_its_tls_handshake_keeps_no_peer_out() {
     let silent: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(&c.nodes[0].cluster).expect("connect to node1's cluster port"))
         .collect();
-    let node2 = Node::start(
-        tls_spec("node2", &["frontend-powerhouse"], &cfg),
-        c.dir.path(),
-        "127.0.0.1:0",
-        "127.0.0.1:0",
-        &[c.nodes[0].cluster.clone()],
-    );
+    let node2 = c.start_seeded(tls_spec("node2", &["frontend-powerhouse"], &cfg));
     wait_for(
         Duration::from_secs(30),
         "node2 to join node1 while three silent clients hold connections",
