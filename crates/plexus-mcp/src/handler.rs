@@ -491,17 +491,7 @@ async fn connect(shared: &Shared, i: usize) -> Result<Connection, String> {
                     );
                     let r = &plan.report;
                     tracing::info!(plugin = %shared.plugin, server = %cfg.name, network = r.network, landlock = r.landlock, user_namespace = r.user_namespace, uid = ?r.uid, "MCP server sandboxed");
-                    let summary = format!(
-                        "network={} landlock={}{}{}",
-                        r.network,
-                        r.landlock,
-                        if r.user_namespace {
-                            " user_namespace"
-                        } else {
-                            ""
-                        },
-                        r.uid.map(|u| format!(" uid={u}")).unwrap_or_default()
-                    );
+                    let summary = r.to_string();
                     shared.set_status(i, |l| l.status.sandbox = Some(summary));
                     plan.apply_without_session(&mut cmd);
                     let mut wrap = CommandWrap::from(cmd);

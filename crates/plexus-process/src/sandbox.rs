@@ -178,6 +178,20 @@ pub struct Report {
     pub uid: Option<u32>,
 }
 
+/// One line: `network=netns landlock=full user_namespace uid=65534`.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "network={} landlock={}", self.network, self.landlock)?;
+        if self.user_namespace {
+            f.write_str(" user_namespace")?;
+        }
+        if let Some(uid) = self.uid {
+            write!(f, " uid={uid}")?;
+        }
+        Ok(())
+    }
+}
+
 impl Plan {
     /// Plan the sandbox of a process that may read `read` (besides the
     /// system paths) and write `write`.
@@ -407,5 +421,31 @@ pub fn kill_group(pgid: u32) {
     // so the id is checked above and passed as killpg's positive group id.
     unsafe {
         libc::killpg(pgid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Report;
+
+    #[test]
+    fn a_report_reads_as_one_line() {
+        let full = Report {
+            network: "netns",
+            landlock: "full",
+            user_namespace: true,
+            uid: Some(65534),
+        };
+        assert_eq!(
+            full.to_string(),
+            "network=netns landlock=full user_namespace uid=65534"
+        );
+        let bare = Report {
+            network: "host",
+            landlock: "off",
+            user_namespace: false,
+            uid: None,
+        };
+        assert_eq!(bare.to_string(), "network=host landlock=off");
     }
 }
