@@ -32,8 +32,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start NAME PLUGINS [SEED]: run a node, wait for its ready line, echo its
-# cluster and API addresses.
+# start NAME PLUGINS [SEED]: run a node, wait for its ready line, set
+# CLUSTER and API to its addresses. Called in this shell, never in a
+# subshell (`< <(start ...)`), or PIDS+= would change the subshell's copy
+# and the cleanup would kill nothing. The nodes' cookie carries this
+# script's pid, so .ci/run can check that none outlives it.
 start() {
   local name=$1 plugins=$2 seed=${3:-}
   local args=(node --name "$name" --listen 127.0.0.1:0 --api 127.0.0.1:0
@@ -44,11 +47,13 @@ start() {
   PIDS+=($!)
   local line
   read -r -t 60 line <"$TMP/$name.ready" || { echo "error: $name did not start" >&2; cat "$TMP/$name.log" >&2; exit 1; }
-  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["cluster_addr"], r["api_addr"])' "$line"
+  read -r CLUSTER API < <(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["cluster_addr"], r["api_addr"])' "$line")
 }
 
-read -r C1 A1 < <(start node1 jira-orchestrator,frontend-powerhouse)
-read -r _ A2 < <(start node2 frontend-powerhouse,home-assistant-architect "$C1")
+start node1 jira-orchestrator,frontend-powerhouse
+C1=$CLUSTER A1=$API
+start node2 frontend-powerhouse,home-assistant-architect "$C1"
+A2=$API
 echo "cluster: node1 API $A1, node2 API $A2"
 # Wait until node1 sees both members up.
 python3 - "$A1" <<'PY'

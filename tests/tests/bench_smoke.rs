@@ -1,7 +1,11 @@
 //! `plexus bench --smoke` runs every workload briefly against a real cluster
 //! (node processes, peer processes, nats-server), so the bench cannot rot.
-//! It checks that the bench runs and reports every workload; it does not
-//! judge the numbers (speed is for the bench itself, not for tests).
+//! It checks that the bench runs and reports every workload, and that every
+//! messaging row of both systems delivered what it sent (`sent ×
+//! subscriptions`, no errors); it does not judge the speed (that is for the
+//! bench itself, not for tests).
+//!
+//! `.ci/run` sets `PLEXUS_REQUIRE_NATS=1`: there the NATS side must run.
 
 use std::path::Path;
 
@@ -34,6 +38,22 @@ fn nats_server_present() -> bool {
             .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"].map(Into::into))
             .any(|d: std::path::PathBuf| d.join("nats-server").is_file())
 }
+
+/// Rows that move messages (or requests) and count what arrived.
+const MESSAGING: &[&str] = &[
+    "bus.inproc.max",
+    "bus.inproc.open",
+    "bus.inproc.open.1thread",
+    "reqresp.inflight1",
+    "reqresp.inflight16",
+    "reqresp.inflight256",
+    "fanout.wildcard",
+    "exec.node.inflight1",
+    "exec.node.inflight16",
+    "exec.http.c1",
+    "exec.http.c16",
+    "route.http.c8",
+];
 
 fn row<'a>(rows: &'a [Value], workload: &str, system: &str) -> Option<&'a Value> {
     rows.iter()
@@ -72,10 +92,41 @@ fn the_smoke_bench_runs_every_workload_on_a_real_cluster() {
         messages > 0 && frames > messages,
         "no batching: {frames} frames in {messages} messages: {rr}"
     );
+    // Every messaging row: nothing lost, nothing failed.
+    for w in MESSAGING {
+        for system in ["plexus", "nats"] {
+            let Some(r) = row(rows, w, system) else {
+                continue;
+            };
+            let n = |k: &str| {
+                r[k].as_u64()
+                    .unwrap_or_else(|| panic!("{w} ({system}) has no {k}: {r}"))
+            };
+            let (sent, subs) = (n("sent"), n("subscriptions"));
+            assert!(sent > 0, "{w} ({system}) sent nothing: {r}");
+            assert_eq!(
+                n("delivered"),
+                sent * subs,
+                "{w} ({system}) lost messages: {r}"
+            );
+            assert_eq!(n("errors"), 0, "{w} ({system}) had errors: {r}");
+        }
+    }
+    // One subscription per peer for both systems: each message reaches
+    // each of the two peers once.
+    assert_eq!(
+        row(rows, "fanout.wildcard", "plexus").unwrap()["subscriptions"],
+        2
+    );
     let machine = &report["machine"];
     assert!(machine["nproc"].as_u64().unwrap() >= 1);
     assert!(!machine["cpu_model"].as_str().unwrap().is_empty());
 
+    let required = std::env::var_os("PLEXUS_REQUIRE_NATS").is_some_and(|v| v == "1");
+    assert!(
+        nats_server_present() || !required,
+        "PLEXUS_REQUIRE_NATS=1 but nats-server is not installed"
+    );
     if nats_server_present() {
         for w in [
             "reqresp.inflight1",
@@ -89,6 +140,31 @@ fn the_smoke_bench_runs_every_workload_on_a_real_cluster() {
                 "{w} (nats) did nothing: {r}"
             );
         }
+        assert_eq!(
+            row(rows, "fanout.wildcard", "nats").unwrap()["subscriptions"],
+            2
+        );
+        // Both systems warmed up the same, and the first system alternates.
+        let first = |w: &str| {
+            ["plexus", "nats"]
+                .into_iter()
+                .find(|s| {
+                    row(rows, w, s).unwrap()["detail"]
+                        .as_str()
+                        .unwrap()
+                        .contains("ran first")
+                })
+                .unwrap_or_else(|| panic!("{w}: no row ran first"))
+        };
+        assert_eq!(
+            [
+                first("reqresp.inflight1"),
+                first("reqresp.inflight16"),
+                first("reqresp.inflight256"),
+                first("fanout.wildcard")
+            ],
+            ["plexus", "nats", "plexus", "nats"]
+        );
         let cmp = report["comparisons"].as_array().unwrap();
         assert_eq!(cmp.len(), 4, "{cmp:#?}");
         assert!(cmp

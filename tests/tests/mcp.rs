@@ -27,7 +27,10 @@ fn venv_dir() -> PathBuf {
 }
 
 fn venv_ready() -> bool {
-    let dir = venv_dir();
+    ready(&venv_dir())
+}
+
+fn ready(dir: &Path) -> bool {
     let ok = dir.join("bin/mcp-server-time").is_file() && dir.join("bin/mcp-server-git").is_file();
     if !ok {
         eprintln!(
@@ -36,6 +39,29 @@ fn venv_ready() -> bool {
         );
     }
     ok
+}
+
+/// Whether the tests (and so the nodes they start) run as root.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let uids = s.lines().find(|l| l.starts_with("Uid:"))?.to_string();
+            uids.split_whitespace().nth(2).map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
+
+/// Where a sandboxed server can be started from: as root the sandbox runs
+/// it as nobody, who may not enter the checkout (a 0700 `mktemp -d`, or
+/// /root), so `scripts/setup-mcp.sh` also installs the servers where
+/// everyone can reach them.
+fn sandbox_venv_dir() -> PathBuf {
+    match std::env::var("PLEXUS_MCP_SANDBOX_VENV") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) if is_root() => PathBuf::from("/opt/plexus/venv-mcp"),
+        Err(_) => venv_dir(),
+    }
 }
 
 fn spec(name: &str, plugins: &[&str], catalogs: Vec<PathBuf>) -> NodeSpec {
@@ -290,10 +316,11 @@ name = "get_current_time"
 /// the kernel allows, as the status row's `sandbox` says).
 #[test]
 fn a_sandboxed_mcp_server_runs_confined_and_its_tools_still_work() {
-    if !venv_ready() {
+    let venv = sandbox_venv_dir();
+    if !ready(&venv) {
         return;
     }
-    let venv = venv_dir().canonicalize().unwrap();
+    let venv = venv.canonicalize().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(
         tmp.path().join("jailed-time.toml"),
@@ -377,4 +404,59 @@ cpuSecs = 120
         assert_eq!(line.split_whitespace().nth(1), Some(uid), "{line}");
     }
     eprintln!("sandboxed MCP server: {sandbox}");
+}
+
+/// A sandboxed server that uid nobody cannot reach (here: behind a 0700
+/// directory, as a checkout in a `mktemp -d` or under /root is) is marked
+/// failed at once, with the directory that blocks it and the fix, instead
+/// of being restarted on "Permission denied" until it is given up.
+#[test]
+fn a_sandboxed_server_its_uid_cannot_reach_fails_at_once_naming_the_blocking_directory() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED: the node does not run as root, so its sandbox keeps the node's own uid"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let closed = tmp.path().canonicalize().unwrap();
+    // As `mktemp -d` makes it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let server = closed.join("bin/server");
+    std::fs::create_dir_all(server.parent().unwrap()).unwrap();
+    std::fs::write(&server, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for p in [server.parent().unwrap(), server.as_path()] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    std::fs::write(
+        closed.join("locked-out.toml"),
+        format!(
+            "[plugin]\nname = \"locked-out\"\nversion = \"1.0.0\"\ndescription = \"an MCP server nobody cannot reach\"\n\n[handler]\nkind = \"mcp\"\ncommand = \"{}\"\n\n[handler.sandbox]\n",
+            server.display()
+        ),
+    )
+    .unwrap();
+    let c = Cluster::start(vec![spec("node1", &["locked-out"], vec![closed.clone()])]);
+    let r = wait_server(
+        c.node("node1"),
+        "locked-out",
+        "the server marked failed",
+        |s| s["state"] == "failed",
+    );
+    let s = &r["servers"][0];
+    let why = s["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&format!(
+            "uid 65534 cannot search {} (drwx------",
+            closed.display()
+        )) && why.contains(&format!("chmod o+x {}", closed.display())),
+        "{r}"
+    );
+    assert_eq!(s["restarts"], 0, "failed at once, not after restarts: {r}");
 }

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use plexus_node::api::ExecBody;
-use plexus_node::ctx::NodeCtx;
+use plexus_api::ExecBody;
+use plexus_node::{CallSpec, NodeCtx, RawJson, Target};
 use serde_json::{json, Value};
 
 use crate::catalog::{ECHO_COMMAND, ECHO_PLUGIN};
@@ -128,7 +128,7 @@ pub fn echo_exec() -> ExecBody {
     ExecBody {
         plugin: ECHO_PLUGIN.into(),
         command: ECHO_COMMAND.into(),
-        input: Some(json!({"n": 1})),
+        input: Some(plexus_api::raw(&json!({"n": 1}))),
         timeout_ms: Some(10_000),
         priority: None,
         idempotency_key: None,
@@ -145,16 +145,23 @@ pub fn http_exec(http: &Http) -> Result<(), String> {
     }
 }
 
-/// Exec through the node's own API code (`exec_command`: resolve, retry
-/// policy, bus request, reply parsing), without HTTP.
+/// Exec through the node's exec pipeline (host choice, retry policy, bus
+/// request, typed reply), without HTTP.
 pub async fn exec_via_node(ctx: std::sync::Arc<NodeCtx>, inflight: usize, dur: Duration) -> Closed {
     closed_loop(inflight, dur, move || {
         let ctx = ctx.clone();
         async move {
-            plexus_node::api::exec_command(&ctx, echo_exec())
+            let spec = CallSpec {
+                timeout_ms: Some(10_000),
+                ..CallSpec::new(
+                    Target::new(ECHO_PLUGIN, ECHO_COMMAND),
+                    Some(RawJson::from_value(&json!({"n": 1}))),
+                )
+            };
+            plexus_node::exec(&ctx, spec)
                 .await
                 .map(|_| ())
-                .map_err(|p| p.detail)
+                .map_err(|f| f.detail())
         }
     })
     .await

@@ -24,6 +24,8 @@ use crate::hist::Latency;
 /// Result of one in-node run.
 #[derive(Debug)]
 pub struct InprocResult {
+    /// Messages published.
+    pub sent: u64,
     pub delivered: u64,
     pub secs: f64,
     pub latency: Latency,
@@ -128,6 +130,7 @@ async fn max_throughput_here(count: u64, window: u64) -> Result<InprocResult, St
     let latency = wait_done(&f, count, Duration::from_secs(30)).await?;
     let secs = started.elapsed().as_secs_f64();
     Ok(InprocResult {
+        sent,
         delivered: latency.count(),
         secs,
         latency,
@@ -170,6 +173,7 @@ async fn open_loop_here(rate: u64, duration: Duration) -> Result<InprocResult, S
     let latency = wait_done(&f, count, Duration::from_secs(30)).await?;
     let secs = started.elapsed().as_secs_f64();
     Ok(InprocResult {
+        sent,
         delivered: latency.count(),
         secs,
         latency,

@@ -3,8 +3,9 @@
 //! - **request/response**, closed loop: `inflight` tasks each send a request
 //!   and wait for its answer, again and again, for the run's duration.
 //! - **fan-out pub/sub**, open loop: one publisher sends at a fixed rate on
-//!   eight topics; every peer process holds two wildcard subscriptions that
-//!   both match. Each message carries its intended send time and latency is
+//!   eight topics; every peer process holds one wildcard subscription that
+//!   matches them (per system), so both systems carry each message once to
+//!   each peer. Each message carries its intended send time and latency is
 //!   measured from it, so a stall cannot hide (no coordinated omission).
 
 use std::sync::Arc;

@@ -6,10 +6,13 @@
 //! Control is one JSON object per line on stdin, one answer per line on
 //! stdout:
 //! - started: `{"event":"ready","node":NAME}`
-//! - `{"cmd":"fanout_start"}` → subscribe (two wildcard patterns per system), `{"ok":true}`
-//! - `{"cmd":"fanout_stop","expect":N}` → wait (≤ 10 s) until each
-//!   subscription has N messages, unsubscribe, answer the counts and the
-//!   latency histograms (hex) per system
+//! - `{"cmd":"fanout_start"}` → subscribe (one wildcard pattern per
+//!   system), `{"ok":true}`
+//! - `{"cmd":"fanout_wait","expect":{"plexus":N,"nats":M}}` → wait (≤ 10 s)
+//!   until each system's subscription has received N / M messages in all,
+//!   answer the counts and the latency histograms (hex) of what arrived
+//!   since the previous wait, per system
+//! - `{"cmd":"fanout_stop"}` → unsubscribe, `{"ok":true}`
 //! - `{"cmd":"quit"}` or end of input → leave and exit.
 
 use std::path::{Path, PathBuf};
@@ -31,10 +34,13 @@ use crate::hist::Latency;
 pub const ECHO_TOPIC: &str = "bench/echo";
 /// NATS subject of the echo service.
 pub const NATS_ECHO: &str = "bench.echo";
-/// Plexus fan-out topics are `bench/fan/{i}/tick`; these patterns match them.
-pub const FAN_PATTERNS: [&str; 2] = ["bench/fan/*/tick", "bench/fan/**"];
-/// NATS fan-out subjects are `bench.fan.{i}.tick`.
-pub const NATS_FAN_PATTERNS: [&str; 2] = ["bench.fan.*.tick", "bench.fan.>"];
+/// Plexus fan-out topics are `bench/fan/{i}/tick`; each peer holds one
+/// subscription to this pattern, so each message reaches each peer once.
+pub const FAN_PATTERN: &str = "bench/fan/*/tick";
+/// NATS fan-out subjects are `bench.fan.{i}.tick`; one subscription per
+/// peer as well (two overlapping ones would make nats-server send each
+/// message twice to a peer, while Plexus forwards one frame per node).
+pub const NATS_FAN_PATTERN: &str = "bench.fan.*.tick";
 
 /// Wall-clock nanoseconds: the processes share one clock, so a timestamp
 /// taken in one can be subtracted in another.
@@ -133,13 +139,20 @@ pub async fn run(
                     Err(e) => say(&json!({"error": e})),
                 }
             }
-            Some("fanout_stop") => {
-                let expect = cmd["expect"].as_u64().unwrap_or(0);
-                match fan.take() {
-                    Some(f) => say(&f.stop(expect).await),
+            Some("fanout_wait") => {
+                let expect = |side: &str| cmd["expect"][side].as_u64().unwrap_or(0);
+                match &fan {
+                    Some(f) => say(&f.wait(expect("plexus"), expect("nats")).await),
                     None => say(&json!({"error": "no fan-out running"})),
                 }
             }
+            Some("fanout_stop") => match fan.take() {
+                Some(f) => {
+                    f.stop();
+                    say(&json!({"ok": true}));
+                }
+                None => say(&json!({"error": "no fan-out running"})),
+            },
             Some("quit") => break,
             other => say(&json!({"error": format!("unknown command {other:?}")})),
         }
@@ -154,68 +167,68 @@ fn say(v: &Value) {
 }
 
 struct Fanout {
-    plexus: Vec<Arc<SubStats>>,
-    nats: Vec<Arc<SubStats>>,
+    plexus: Arc<SubStats>,
+    nats: Option<Arc<SubStats>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Fanout {
     async fn start(bus: &Bus, nats: Option<&async_nats::Client>) -> Result<Fanout, String> {
+        let sub = bus
+            .subscribe(FAN_PATTERN, "fan")
+            .map_err(|e| e.to_string())?;
+        let st = Arc::new(SubStats::default());
         let mut f = Fanout {
-            plexus: vec![],
-            nats: vec![],
-            tasks: vec![],
-        };
-        for (i, p) in FAN_PATTERNS.iter().enumerate() {
-            let sub = bus
-                .subscribe(p, &format!("fan-{i}"))
-                .map_err(|e| e.to_string())?;
-            let st = Arc::new(SubStats::default());
-            f.plexus.push(st.clone());
-            f.tasks.push(tokio::spawn(async move {
+            plexus: st.clone(),
+            nats: None,
+            tasks: vec![tokio::spawn(async move {
                 while let Some(env) = sub.recv().await {
                     st.record(&env.payload);
                 }
-            }));
-        }
+            })],
+        };
         if let Some(c) = nats {
-            for p in NATS_FAN_PATTERNS {
-                let mut sub = c
-                    .subscribe(p)
-                    .await
-                    .map_err(|e| format!("NATS subscribe {p}: {e}"))?;
-                let st = Arc::new(SubStats::default());
-                f.nats.push(st.clone());
-                f.tasks.push(tokio::spawn(async move {
-                    while let Some(m) = sub.next().await {
-                        st.record(&m.payload);
-                    }
-                }));
-            }
+            let mut sub = c
+                .subscribe(NATS_FAN_PATTERN)
+                .await
+                .map_err(|e| format!("NATS subscribe {NATS_FAN_PATTERN}: {e}"))?;
+            let st = Arc::new(SubStats::default());
+            f.nats = Some(st.clone());
+            f.tasks.push(tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    st.record(&m.payload);
+                }
+            }));
             c.flush().await.map_err(|e| format!("NATS flush: {e}"))?;
         }
         Ok(f)
     }
 
-    async fn stop(self, expect: u64) -> Value {
+    /// Wait until each system's subscription has received its expected
+    /// count in all (or 10 s passed), then report the counts and the
+    /// latencies recorded since the previous wait.
+    async fn wait(&self, plexus: u64, nats: u64) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let all = || self.plexus.iter().chain(self.nats.iter());
-        while Instant::now() < deadline && all().any(|s| s.count.load(Ordering::Acquire) < expect) {
+        let count = |s: &SubStats| s.count.load(Ordering::Acquire);
+        let short =
+            || count(&self.plexus) < plexus || self.nats.as_ref().is_some_and(|n| count(n) < nats);
+        while Instant::now() < deadline && short() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let side = |s: Option<&Arc<SubStats>>| match s {
+            Some(s) => {
+                let h = std::mem::take(&mut *s.hist.lock());
+                json!({"count": count(s), "hist": h.to_hex()})
+            }
+            None => json!({"count": 0, "hist": Latency::new().to_hex()}),
+        };
+        json!({"ok": true, "plexus": side(Some(&self.plexus)), "nats": side(self.nats.as_ref())})
+    }
+
+    fn stop(self) {
         for t in &self.tasks {
             t.abort();
         }
-        let side = |subs: &[Arc<SubStats>]| {
-            let mut h = Latency::new();
-            let mut n = 0;
-            for s in subs {
-                h.merge(&s.hist.lock());
-                n += s.count.load(Ordering::Acquire);
-            }
-            json!({"count": n, "hist": h.to_hex()})
-        };
-        json!({"ok": true, "plexus": side(&self.plexus), "nats": side(&self.nats)})
     }
 }
 

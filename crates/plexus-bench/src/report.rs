@@ -20,6 +20,17 @@ pub struct Row {
     /// Operations per second.
     pub per_sec: f64,
     pub latency: Option<Summary>,
+    /// Messaging rows: messages (requests) sent, the subscriptions each one
+    /// should reach, deliveries (answers) counted at the receivers, and
+    /// errors. A run that lost nothing delivered `sent × subscriptions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<u64>,
     /// The goal this row is held to, in words, and whether it was met.
     pub goal: Option<String>,
     pub met: Option<bool>,
@@ -35,9 +46,41 @@ impl Row {
             secs: 0.0,
             per_sec: 0.0,
             latency: None,
+            sent: None,
+            subscriptions: None,
+            delivered: None,
+            errors: None,
             goal: None,
             met: None,
         }
+    }
+
+    /// Set the delivery counts of a messaging row.
+    pub fn delivery(mut self, sent: u64, subscriptions: u64, delivered: u64, errors: u64) -> Row {
+        self.sent = Some(sent);
+        self.subscriptions = Some(subscriptions);
+        self.delivered = Some(delivered);
+        self.errors = Some(errors);
+        self
+    }
+
+    /// What a messaging row lost or got wrong: deliveries other than
+    /// `sent × subscriptions`, or errors. `None` for a clean row and for
+    /// rows without counts.
+    pub fn delivery_problem(&self) -> Option<String> {
+        let (sent, subs, got, errors) = (
+            self.sent?,
+            self.subscriptions?,
+            self.delivered?,
+            self.errors?,
+        );
+        let want = sent * subs;
+        (got != want || errors != 0).then(|| {
+            format!(
+                "{} ({}): delivered {got} of {want} ({sent} sent × {subs} subscriptions), {errors} errors",
+                self.workload, self.system
+            )
+        })
     }
 
     /// Set the counts (and the rate).
@@ -310,6 +353,31 @@ mod tests {
             max_us: p50 * 4.0,
             mean_us: p50,
         }
+    }
+
+    #[test]
+    fn a_row_that_lost_or_failed_says_so() {
+        let row = |sent, got, errors| {
+            Row::new("fanout.wildcard", "nats", "x").delivery(sent, 2, got, errors)
+        };
+        assert_eq!(row(10, 20, 0).delivery_problem(), None);
+        let p = row(10, 19, 0).delivery_problem().unwrap();
+        assert!(p.contains("delivered 19 of 20"), "{p}");
+        assert!(row(10, 20, 1).delivery_problem().is_some());
+        assert_eq!(
+            Row::new("discovery.small", "plexus", "x").delivery_problem(),
+            None
+        );
+        let json = serde_json::to_value(row(10, 20, 0)).unwrap();
+        assert_eq!(
+            (
+                &json["sent"],
+                &json["subscriptions"],
+                &json["delivered"],
+                &json["errors"]
+            ),
+            (&10.into(), &2.into(), &20.into(), &0.into())
+        );
     }
 
     #[test]

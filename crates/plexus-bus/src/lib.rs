@@ -339,7 +339,13 @@ impl Bus {
     }
 
     /// Publish `env` to every matching subscriber in the cluster (one, for a request).
-    pub fn publish(&self, mut env: Envelope) -> Result<PublishReport, BusError> {
+    pub fn publish(&self, env: Envelope) -> Result<PublishReport, BusError> {
+        self.publish_on(env, None)
+    }
+
+    /// Publish, delivering only on node `only` when given (the caller chose
+    /// the node: a request goes there or nowhere).
+    fn publish_on(&self, mut env: Envelope, only: Option<&str>) -> Result<PublishReport, BusError> {
         self.validate(&env)?;
         if env.source_node.is_empty() {
             env.source_node = self.inner.node.clone();
@@ -352,9 +358,21 @@ impl Bus {
             report.dead_lettered = true;
             return Ok(report);
         }
-        let local = self.local_targets(&env);
         let single = env.kind == MessageKind::Request;
-        let remote_nodes: Vec<String> = if single && !local.is_empty() {
+        let local = match only {
+            Some(n) if n != self.inner.node.as_str() => Targets::new(),
+            _ => self.local_targets(&env),
+        };
+        let remote_nodes: Vec<String> = if let Some(n) = only {
+            if n == self.inner.node.as_str() {
+                vec![]
+            } else {
+                self.remote_targets(&env)
+                    .into_iter()
+                    .filter(|r| r == n)
+                    .collect()
+            }
+        } else if single && !local.is_empty() {
             vec![]
         } else {
             let mut nodes = self.remote_targets(&env);
@@ -490,10 +508,27 @@ impl Bus {
     }
 
     /// Send a request and wait for its response.
-    pub async fn request(
+    pub async fn request(&self, env: Envelope, timeout: Duration) -> Result<Envelope, BusError> {
+        self.request_on(env, timeout, None).await
+    }
+
+    /// Send a request to a subscriber on node `node` only (the caller chose
+    /// the host) and wait for its response. `NoRoute` when that node has no
+    /// matching subscriber (as far as its announced interest says).
+    pub async fn request_to(
+        &self,
+        env: Envelope,
+        timeout: Duration,
+        node: &str,
+    ) -> Result<Envelope, BusError> {
+        self.request_on(env, timeout, Some(node)).await
+    }
+
+    async fn request_on(
         &self,
         mut env: Envelope,
         timeout: Duration,
+        only: Option<&str>,
     ) -> Result<Envelope, BusError> {
         env.kind = MessageKind::Request;
         env.metadata.timeout_ms = Some(timeout.as_millis() as u64);
@@ -505,7 +540,7 @@ impl Bus {
         let destination = env.destination.to_string();
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().insert(id, tx);
-        let report = match self.publish(env) {
+        let report = match self.publish_on(env, only) {
             Ok(r) => r,
             Err(e) => {
                 self.inner.pending.lock().remove(&id);

@@ -344,3 +344,43 @@ async fn envelopes_stamp_time_and_trace_without_changing_their_encoding() {
     let back: Envelope = serde_json::from_value(v).unwrap();
     assert_eq!(back, e);
 }
+
+#[tokio::test]
+async fn a_request_to_a_chosen_node_goes_there_even_with_a_local_subscriber() {
+    let (a, b) = pair();
+    // Both nodes serve the topic; a's own subscriber would win a plain request.
+    let local = a.subscribe("plugin/p/request", "p").unwrap();
+    let remote = b.subscribe("plugin/p/request", "p").unwrap();
+    let bb = b.clone();
+    tokio::spawn(async move {
+        while let Some(req) = remote.recv().await {
+            bb.respond(&req, req.reply("p", b"from b".to_vec()))
+                .unwrap();
+        }
+    });
+    let req = || Envelope::new(MessageKind::Request, "plugin/p/request", "cli", vec![]).to("p");
+    let resp = a
+        .request_to(req(), Duration::from_secs(1), "b")
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.payload.as_slice(), resp.source_node.as_str()),
+        (&b"from b"[..], "b")
+    );
+    assert!(
+        local.try_recv().is_none(),
+        "the local subscriber got nothing"
+    );
+    // To itself: the local subscriber, never the remote one.
+    let aa = a.clone();
+    let asking =
+        tokio::spawn(async move { aa.request_to(req(), Duration::from_secs(1), "a").await });
+    let got = local.recv().await.unwrap();
+    a.respond(&got, got.reply("p", b"from a".to_vec())).unwrap();
+    assert_eq!(asking.await.unwrap().unwrap().payload, b"from a");
+    // A node without the interest: no route, at once.
+    assert!(matches!(
+        a.request_to(req(), Duration::from_secs(5), "c").await,
+        Err(BusError::NoRoute { .. })
+    ));
+}

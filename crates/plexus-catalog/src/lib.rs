@@ -7,6 +7,7 @@
 
 pub mod builtin;
 mod claude;
+pub mod llm;
 pub mod manifest;
 pub mod model;
 pub mod process;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use llm::{LlmSpec, ProviderKind, WorkspaceSpec};
 pub use manifest::{
     Backoff, CircuitBreakerSpec, HandlerSpec, Manifest, McpServerEntry, McpSpec, RetryPolicySpec,
     SimSpec,

@@ -37,6 +37,10 @@ pub struct Manifest {
     /// Agents declared by the manifest itself.
     #[serde(default)]
     pub agents: Vec<ManifestAgent>,
+    /// How agents and commands run on a language model (`[llm]`), over the
+    /// node's `[llm]` table.
+    #[serde(default)]
+    pub llm: Option<crate::llm::LlmSpec>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -466,6 +470,11 @@ pub struct SimSpec {
     /// Off by default: any client could otherwise crash the plugin.
     #[serde(default = "sim_faults")]
     pub allow_fault_injection: bool,
+    /// A file the handler appends one line to for each call that takes
+    /// effect (succeeds): the simulation's exactly-once witness, kept apart
+    /// from the node's effect log that does the deduplication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<std::path::PathBuf>,
 }
 
 fn sim_latency() -> u64 {
@@ -483,6 +492,7 @@ impl Default for SimSpec {
             failure_rate: 0.0,
             seed: 0,
             allow_fault_injection: sim_faults(),
+            witness: None,
         }
     }
 }
@@ -624,6 +634,9 @@ impl Manifest {
             }
             HandlerSpec::Process(p) => p.validate()?,
             HandlerSpec::Mcp(mcp) => mcp.validate(&self.plugin.name)?,
+        }
+        if let Some(llm) = &self.llm {
+            llm.validate()?;
         }
         if self.placement.max_concurrency == 0 {
             return Err("placement.maxConcurrency must be > 0".into());

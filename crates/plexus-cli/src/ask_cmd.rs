@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
-use plexus_node::ask::{AskBody, AskReply};
+use plexus_api::{AskBody, AskReply};
 
 use crate::client::Client;
 use crate::{CliResult, Failure};
@@ -37,7 +37,7 @@ pub fn run(a: AskArgs) -> CliResult {
     };
     let body = AskBody {
         request: a.text.clone(),
-        input,
+        input: input.as_ref().map(plexus_api::raw),
         budget_usd: a.budget_usd,
         max_duration_min: a.max_duration_min,
         timeout_ms: Some(a.timeout_ms),
@@ -112,11 +112,11 @@ fn render(r: &AskReply) -> String {
             res.duration_ms,
             res.cost_usd.unwrap_or(0.0)
         );
-        if let Some(out) = &res.output {
+        if let Some(out) = res.output_value() {
             let _ = writeln!(
                 o,
                 "{}",
-                serde_json::to_string_pretty(out).unwrap_or_default()
+                serde_json::to_string_pretty(&out).unwrap_or_default()
             );
         }
     }

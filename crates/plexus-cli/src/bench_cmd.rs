@@ -25,7 +25,7 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use plexus_bench::cluster::{self, Http};
-use plexus_bench::peer::{PeerProc, FAN_PATTERNS};
+use plexus_bench::peer::PeerProc;
 use plexus_bench::{catalog, embedded, inproc, messaging, nats, Latency, Machine, Report, Row};
 use plexus_node::NodeHandle;
 use rand::Rng;
@@ -50,7 +50,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 200_000)]
     pub inproc_rate: u64,
     /// Rate of the fan-out publisher, messages per second (each reaches
-    /// four subscriptions on two nodes).
+    /// one subscription on each of two peer nodes).
     #[arg(long, default_value_t = 10_000)]
     pub fanout_rate: u64,
     /// Agents in the large discovery registry.
@@ -161,8 +161,29 @@ struct Ctx {
     only: Vec<String>,
     smoke: bool,
     dur: Duration,
+    /// Run unmeasured right before each measured run of a compared
+    /// workload, on the same system: both systems get the same warm-up.
+    warm: Duration,
+    /// Compared workloads run so far: which system goes first alternates.
+    compared: usize,
     pb: ProgressBar,
     report: Report,
+}
+
+/// A system a compared workload runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum System {
+    Plexus,
+    Nats,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Plexus => "plexus",
+            System::Nats => "nats",
+        }
+    }
 }
 
 impl Ctx {
@@ -178,6 +199,31 @@ impl Ctx {
     fn done(&mut self, row: Row) {
         self.pb.inc(1);
         self.report.rows.push(row);
+    }
+
+    /// The systems of the next compared workload, in the order they run:
+    /// Plexus first for the 1st, 3rd, … compared workload, NATS first for
+    /// the 2nd, 4th, … (so neither always gets the fresher machine).
+    fn order(&mut self, nats: bool) -> Vec<System> {
+        let nats_first = self.compared % 2 == 1;
+        self.compared += 1;
+        match (nats, nats_first) {
+            (false, _) => vec![System::Plexus],
+            (true, false) => vec![System::Plexus, System::Nats],
+            (true, true) => vec![System::Nats, System::Plexus],
+        }
+    }
+
+    /// How a compared row says when it ran.
+    fn ran(&self, i: usize, of: usize) -> String {
+        let pos = if of < 2 {
+            String::new()
+        } else if i == 0 {
+            ", ran first".into()
+        } else {
+            ", ran second".into()
+        };
+        format!("; after a {} ms warm-up{pos}", self.warm.as_millis())
     }
 
     fn note(&mut self, n: impl Into<String>) {
@@ -204,6 +250,8 @@ async fn bench(a: &BenchArgs) -> Result<Report, Failure> {
         only: a.only.clone(),
         smoke: a.smoke,
         dur,
+        warm: dur / 5,
+        compared: 0,
         pb,
         report: Report {
             machine: Machine::probe(),
@@ -240,7 +288,26 @@ async fn bench(a: &BenchArgs) -> Result<Report, Failure> {
     cx.report.compare();
     goals(&mut cx.report);
     cx.pb.finish_and_clear();
+    smoke_check(&cx.report)?;
     Ok(cx.report)
+}
+
+/// A smoke run checks that the bench measures what it says: every
+/// messaging row of both systems delivered `sent × subscriptions` with no
+/// error (a lossy run would otherwise pass as long as something arrived).
+fn smoke_check(r: &Report) -> Result<(), Failure> {
+    if !r.smoke {
+        return Ok(());
+    }
+    let problems: Vec<String> = r.rows.iter().filter_map(|w| w.delivery_problem()).collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "smoke run: messages lost or failed: {}",
+        problems.join("; ")
+    )
+    .into())
 }
 
 fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
@@ -318,6 +385,7 @@ fn open_row(key: &str, detail: String, r: &inproc::InprocResult) -> Row {
     )
     .ops(r.delivered, r.secs)
     .latency(s)
+    .delivery(r.sent, 1, r.delivered, r.dead_letters)
     .goal("p99 < 50 µs", s.p99_us < 50.0 && r.dead_letters == 0)
 }
 
@@ -333,7 +401,8 @@ async fn inproc_max(cx: &mut Ctx) -> Result<(), Failure> {
         "in-node publish→deliver of 8-byte events, publisher and subscriber tasks, ≤4096 in flight (closed loop; latency includes queueing)",
     )
     .ops(r.delivered, r.secs)
-    .latency(r.latency.summary());
+    .latency(r.latency.summary())
+    .delivery(r.sent, 1, r.delivered, r.dead_letters);
     let met = row.per_sec >= 1_000_000.0;
     cx.done(row.goal("≥ 1,000,000 msg/s", met));
 
@@ -569,23 +638,36 @@ async fn cluster_runs(cx: &mut Ctx, a: &BenchArgs, cl: &mut Cluster) -> Result<(
         None => None,
     };
 
-    // Request/response.
+    // Request/response: each system warms up on the same workload right
+    // before its measured run; which one runs first alternates.
     for inflight in [1usize, 16, 256] {
         let key = format!("reqresp.inflight{inflight}");
         if !cx.want(&key) {
             continue;
         }
-        cx.step(&format!("request/response, {inflight} in flight (Plexus)"));
-        let (frames0, messages0) = link_in(&ctx);
-        let r = messaging::reqresp_plexus(bus.clone(), inflight, cx.dur).await;
-        let (frames1, messages1) = link_in(&ctx);
-        let (frames, messages) = (frames1 - frames0, messages1 - messages0);
-        let row = closed_row(&key, "plexus", format!("bench-driver → bench-peer echo over the cluster link, 16-byte payload, {inflight} in flight (closed loop); the driver received {frames} frames in {messages} cluster messages ({:.1} per message)", frames as f64 / messages.max(1) as f64), &r)?;
-        cx.done(row);
-        if let Some(c) = &nats_client {
-            cx.step(&format!("request/response, {inflight} in flight (NATS)"));
-            let r = messaging::reqresp_nats(c.clone(), inflight, cx.dur).await;
-            let row = closed_row(&key, "nats", format!("requester → nats-server → bench-peer echo, 16-byte payload, {inflight} in flight (closed loop)"), &r)?;
+        let order = cx.order(nats_client.is_some());
+        for (i, sys) in order.iter().enumerate() {
+            let ran = cx.ran(i, order.len());
+            cx.step(&format!(
+                "request/response, {inflight} in flight ({})",
+                sys.name()
+            ));
+            let row = match (sys, &nats_client) {
+                (System::Plexus, _) => {
+                    messaging::reqresp_plexus(bus.clone(), inflight, cx.warm).await;
+                    let (frames0, messages0) = link_in(&ctx);
+                    let r = messaging::reqresp_plexus(bus.clone(), inflight, cx.dur).await;
+                    let (frames1, messages1) = link_in(&ctx);
+                    let (frames, messages) = (frames1 - frames0, messages1 - messages0);
+                    closed_row(&key, "plexus", format!("bench-driver → bench-peer echo over the cluster link, 16-byte payload, {inflight} in flight (closed loop); the driver received {frames} frames in {messages} cluster messages ({:.1} per message){ran}", frames as f64 / messages.max(1) as f64), &r)?
+                }
+                (System::Nats, Some(c)) => {
+                    messaging::reqresp_nats(c.clone(), inflight, cx.warm).await;
+                    let r = messaging::reqresp_nats(c.clone(), inflight, cx.dur).await;
+                    closed_row(&key, "nats", format!("requester → nats-server → bench-peer echo, 16-byte payload, {inflight} in flight (closed loop){ran}"), &r)?
+                }
+                (System::Nats, None) => continue,
+            };
             cx.done(row);
         }
     }
@@ -736,7 +818,8 @@ fn closed_row(
     }
     Ok(Row::new(key, system, detail)
         .ops(r.ok, r.secs)
-        .latency(r.latency.summary()))
+        .latency(r.latency.summary())
+        .delivery(r.ok + r.errors, 1, r.ok, r.errors))
 }
 
 async fn fanout(
@@ -766,71 +849,88 @@ async fn fanout(
     )
     .await
     .map_err(|e| anyhow!(e))?;
-    cx.step(&format!("fan-out at {rate} msg/s (Plexus)"));
-    let (sent_p, secs_p) = messaging::fanout_plexus(bus, rate, cx.dur)
-        .await
-        .map_err(|e| anyhow!(e))?;
-    let mut nats_run = None;
-    if let Some(c) = nats {
-        cx.step(&format!("fan-out at {rate} msg/s (NATS)"));
-        nats_run = Some(
-            messaging::fanout_nats(c, rate, cx.dur)
-                .await
-                .map_err(|e| anyhow!(e))?,
+    // Messages each peer has received in all, per system (`fanout_wait`
+    // counts from the subscription's start).
+    let mut expect = [0u64; 2];
+    let mut counted = vec![[0u64; 2]; peers.len()];
+    let order = cx.order(nats.is_some());
+    for (i, sys) in order.iter().copied().enumerate() {
+        let ran = cx.ran(i, order.len());
+        let side = sys as usize;
+        let publish = |d: Duration| async move {
+            match (sys, nats) {
+                (System::Plexus, _) => messaging::fanout_plexus(bus, rate, d).await,
+                (System::Nats, Some(c)) => messaging::fanout_nats(c, rate, d).await,
+                (System::Nats, None) => Err("no NATS client".into()),
+            }
+        };
+        cx.step(&format!("fan-out warm-up ({})", sys.name()));
+        let (warm_sent, _) = publish(cx.warm).await.map_err(|e| anyhow!(e))?;
+        expect[side] += warm_sent;
+        // Every warm-up message has arrived (or the wait gave up) before the
+        // measured run starts; its latencies are dropped.
+        collect(peers, expect, &mut counted, side).await?;
+        cx.step(&format!("fan-out at {rate} msg/s ({})", sys.name()));
+        let (sent, secs) = publish(cx.dur).await.map_err(|e| anyhow!(e))?;
+        expect[side] += sent;
+        let (got, h) = collect(peers, expect, &mut counted, side).await?;
+        let subs = peers.len() as u64;
+        let how = if sys == System::Nats {
+            " (through nats-server)"
+        } else {
+            ""
+        };
+        cx.done(
+            Row::new(
+                "fanout.wildcard",
+                sys.name(),
+                format!(
+                    "1 publisher at {rate} msg/s on bench/fan/{{0..7}}/tick, one wildcard subscription on each of {subs} peer nodes{how}; delivered {got} of {}{ran}",
+                    sent * subs
+                ),
+            )
+            .ops(got, secs)
+            .latency(h.summary())
+            .delivery(sent, subs, got, 0),
         );
     }
-    cx.step("fan-out: collecting");
-    let mut hp = Latency::new();
-    let mut hn = Latency::new();
-    let (mut got_p, mut got_n) = (0u64, 0u64);
     for p in peers.iter_mut() {
-        let expect = sent_p.max(nats_run.map_or(0, |r| r.0));
+        p.cmd(json!({"cmd": "fanout_stop"}), Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow!(e))?;
+    }
+    Ok(())
+}
+
+/// Wait until every peer's subscriptions reached `expect` (per system) and
+/// return what arrived on `side` since the last call: deliveries and their
+/// latencies.
+async fn collect(
+    peers: &mut [PeerProc],
+    expect: [u64; 2],
+    counted: &mut [[u64; 2]],
+    side: usize,
+) -> anyhow::Result<(u64, Latency)> {
+    let mut h = Latency::new();
+    let mut got = 0;
+    for (p, seen) in peers.iter_mut().zip(counted.iter_mut()) {
         let v = p
             .cmd(
-                json!({"cmd": "fanout_stop", "expect": expect}),
+                json!({"cmd": "fanout_wait", "expect": {"plexus": expect[0], "nats": expect[1]}}),
                 Duration::from_secs(30),
             )
             .await
             .map_err(|e| anyhow!(e))?;
-        let read = |side: &str| -> anyhow::Result<(u64, Latency)> {
-            let h = Latency::from_hex(v[side]["hist"].as_str().unwrap_or(""))
-                .map_err(|e| anyhow!("{}: {e}", p.name))?;
-            Ok((v[side]["count"].as_u64().unwrap_or(0), h))
-        };
-        let (n, h) = read("plexus")?;
-        got_p += n;
-        hp.merge(&h);
-        if nats_run.is_some() {
-            let (n, h) = read("nats")?;
-            got_n += n;
-            hn.merge(&h);
-        }
-    }
-    let subs = (peers.len() * FAN_PATTERNS.len()) as u64;
-    let detail = |sent: u64, got: u64, how: &str| {
-        format!(
-            "1 publisher at {rate} msg/s on bench/fan/{{0..7}}/tick, {subs} wildcard subscriptions on {} peer nodes{how}; delivered {got} of {}",
-            peers.len(),
-            sent * subs
-        )
-    };
-    cx.done(
-        Row::new("fanout.wildcard", "plexus", detail(sent_p, got_p, ""))
-            .ops(got_p, secs_p)
-            .latency(hp.summary()),
-    );
-    if let Some((sent_n, secs_n)) = nats_run {
-        cx.done(
-            Row::new(
-                "fanout.wildcard",
-                "nats",
-                detail(sent_n, got_n, " (through nats-server)"),
-            )
-            .ops(got_n, secs_n)
-            .latency(hn.summary()),
+        let name = [System::Plexus, System::Nats][side].name();
+        let count = v[name]["count"].as_u64().unwrap_or(0);
+        got += count.saturating_sub(seen[side]);
+        seen[side] = count;
+        h.merge(
+            &Latency::from_hex(v[name]["hist"].as_str().unwrap_or(""))
+                .map_err(|e| anyhow!("{}: {e}", p.name))?,
         );
     }
-    Ok(())
+    Ok((got, h))
 }
 
 async fn discovery(

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
-use plexus_node::api::ExecBody;
-use plexus_node::plugins::ExecReply;
+use plexus_api::ExecBody;
+use plexus_api::ExecReply;
 
 use crate::client::Client;
 use crate::{CliResult, Failure};
@@ -45,7 +45,7 @@ pub fn run(a: ExecArgs) -> CliResult {
     let body = ExecBody {
         plugin: a.plugin.clone(),
         command: a.command.clone(),
-        input,
+        input: input.as_ref().map(plexus_api::raw),
         timeout_ms: Some(a.timeout_ms),
         priority: a.priority,
         idempotency_key: a.idempotency_key.clone(),
@@ -69,9 +69,8 @@ pub fn run(a: ExecArgs) -> CliResult {
                     println!("model {m}, estimated cost ${c:.4}");
                 }
                 let out = r
-                    .output
-                    .as_ref()
-                    .map(|o| serde_json::to_string_pretty(o).unwrap_or_default())
+                    .output_value()
+                    .map(|o| serde_json::to_string_pretty(&o).unwrap_or_default())
                     .unwrap_or_default();
                 println!("{out}");
             }

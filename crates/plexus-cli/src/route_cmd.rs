@@ -35,7 +35,7 @@ pub struct RouteArgs {
 
 pub fn run(a: RouteArgs) -> CliResult {
     if let Some(node) = &a.connect {
-        let body = plexus_node::ask::RouteBody {
+        let body = plexus_api::RouteBody {
             request: a.text.clone().unwrap_or_default(),
             budget_usd: a.budget_usd,
             max_duration_min: a.max_duration_min,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
-use plexus_node::api::StartWorkflowBody;
+use plexus_api::StartWorkflowBody;
 use plexus_workflow::{RunReport, RunStatus, Workflow};
 
 use crate::client::Client;

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand, ValueEnum};
-use plexus_node::state_actor::{ReadDone, WriteDone};
-use plexus_node::state_api::{ListReply, WriteBody};
+use plexus_node::actors::state::{ReadDone, WriteDone};
+use plexus_node::http::state::{ListReply, WriteBody};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use plexus_node::api::StatusBody;
+use plexus_api::StatusBody;
 
 use crate::client::Client;
 use crate::CliResult;

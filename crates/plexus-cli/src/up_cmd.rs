@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use plexus_node::api::StatusBody;
+use plexus_api::StatusBody;
 use rand::Rng;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};

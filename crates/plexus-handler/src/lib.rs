@@ -54,6 +54,76 @@ pub enum HandlerError {
     /// The command's process hit one of its resource limits and was stopped.
     #[error("{limit} limit exceeded: {detail}")]
     LimitExceeded { limit: Limit, detail: String },
+    /// A language-model provider failed the call (agents and commands run
+    /// by the `llm` handler). The failure kind decides retry and breaker.
+    #[error("{message}")]
+    Provider {
+        failure: ProviderFailure,
+        message: String,
+        /// How long the provider asked us to wait (a 429's `retry-after`).
+        retry_after_ms: Option<u64>,
+    },
+}
+
+/// What kind of provider failure a [`HandlerError::Provider`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderFailure {
+    /// 429: retry after the provider's delay; not the plugin's fault.
+    RateLimited,
+    /// 529 / overloaded: retry, or step down one model tier.
+    Overloaded,
+    /// Another 5xx.
+    ServerError,
+    /// The endpoint could not be reached.
+    Unreachable,
+    /// The provider answered something that is not the protocol (garbage,
+    /// a truncated stream).
+    BadResponse,
+    /// The prompt does not fit the model's context window: the request's
+    /// content, not retried.
+    ContextTooLong,
+    /// A missing or refused key: never retried; the message names the
+    /// provider and the variable.
+    Auth,
+    /// The provider refused the request (unknown model, bad parameter).
+    BadRequest,
+}
+
+impl ProviderFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderFailure::RateLimited => "rate_limited",
+            ProviderFailure::Overloaded => "overloaded",
+            ProviderFailure::ServerError => "provider_error",
+            ProviderFailure::Unreachable => "provider_unreachable",
+            ProviderFailure::BadResponse => "bad_response",
+            ProviderFailure::ContextTooLong => "context_too_long",
+            ProviderFailure::Auth => "auth",
+            ProviderFailure::BadRequest => "provider_refused",
+        }
+    }
+
+    fn retryable(self) -> bool {
+        matches!(
+            self,
+            ProviderFailure::RateLimited
+                | ProviderFailure::Overloaded
+                | ProviderFailure::ServerError
+                | ProviderFailure::Unreachable
+                | ProviderFailure::BadResponse
+        )
+    }
+
+    fn is_plugin_fault(self) -> bool {
+        matches!(
+            self,
+            ProviderFailure::Overloaded
+                | ProviderFailure::ServerError
+                | ProviderFailure::Unreachable
+                | ProviderFailure::BadResponse
+        )
+    }
 }
 
 /// Which resource limit a process hit.
@@ -94,16 +164,33 @@ impl HandlerError {
     /// Whether the same call may succeed if tried again. A resource limit is
     /// not: the same input hits it again.
     pub fn retryable(&self) -> bool {
-        matches!(self, HandlerError::Failed(_) | HandlerError::Timeout(_))
+        match self {
+            HandlerError::Provider { failure, .. } => failure.retryable(),
+            _ => matches!(self, HandlerError::Failed(_) | HandlerError::Timeout(_)),
+        }
+    }
+
+    /// How long to wait before a retry, when the callee said (a provider's
+    /// `retry-after`).
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            HandlerError::Provider { retry_after_ms, .. } => *retry_after_ms,
+            _ => None,
+        }
     }
 
     /// Whether the failure is the plugin's (counts against its circuit
     /// breaker); bad input and unknown commands are the caller's.
     pub fn is_plugin_fault(&self) -> bool {
-        matches!(
-            self,
-            HandlerError::Failed(_) | HandlerError::Timeout(_) | HandlerError::LimitExceeded { .. }
-        )
+        match self {
+            HandlerError::Provider { failure, .. } => failure.is_plugin_fault(),
+            _ => matches!(
+                self,
+                HandlerError::Failed(_)
+                    | HandlerError::Timeout(_)
+                    | HandlerError::LimitExceeded { .. }
+            ),
+        }
     }
 
     /// The wire name of the error kind (`ExecReply.error.kind`).
@@ -114,6 +201,7 @@ impl HandlerError {
             HandlerError::Failed(_) => "failed",
             HandlerError::Timeout(_) => "timeout",
             HandlerError::LimitExceeded { .. } => "limit_exceeded",
+            HandlerError::Provider { failure, .. } => failure.as_str(),
         }
     }
 }
@@ -340,6 +428,9 @@ impl CommandHandler for SimHandler {
                     plugin.name, target.name
                 )));
             }
+            if let Some(w) = &spec.witness {
+                witness(w, &req, &target.name)?;
+            }
             let model = req.model.or(target.model).unwrap_or(ModelTier::Sonnet);
             let minutes = work_minutes(model, req.input.len());
             let output = serde_json::json!({
@@ -358,6 +449,31 @@ impl CommandHandler for SimHandler {
             })
         })
     }
+}
+
+/// Take the call's effect: one line `{"plugin", "command", "key"}` appended
+/// to the witness file (one `write`, so lines of concurrent calls do not
+/// mix). A line that cannot be written is an effect that did not happen.
+fn witness(path: &std::path::Path, req: &ExecRequest, command: &str) -> Result<(), HandlerError> {
+    use std::io::Write;
+    let mut line = serde_json::json!({
+        "plugin": req.plugin,
+        "command": command,
+        "key": req.idempotency_key,
+    })
+    .to_string();
+    line.push('\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .map_err(|e| {
+            HandlerError::Failed(format!(
+                "could not write the witness {}: {e}",
+                path.display()
+            ))
+        })
 }
 
 /// What a request names: a command (`NAME`, `/NAME`, alias or `command:NAME`)
@@ -528,6 +644,88 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.retryable());
+    }
+
+    #[test]
+    fn provider_failures_decide_retry_and_breaker_by_kind() {
+        let e = |failure| HandlerError::Provider {
+            failure,
+            message: "m".into(),
+            retry_after_ms: Some(1500),
+        };
+        let table = [
+            (ProviderFailure::RateLimited, "rate_limited", true, false),
+            (ProviderFailure::Overloaded, "overloaded", true, true),
+            (ProviderFailure::ServerError, "provider_error", true, true),
+            (
+                ProviderFailure::Unreachable,
+                "provider_unreachable",
+                true,
+                true,
+            ),
+            (ProviderFailure::BadResponse, "bad_response", true, true),
+            (
+                ProviderFailure::ContextTooLong,
+                "context_too_long",
+                false,
+                false,
+            ),
+            (ProviderFailure::Auth, "auth", false, false),
+            (
+                ProviderFailure::BadRequest,
+                "provider_refused",
+                false,
+                false,
+            ),
+        ];
+        for (f, kind, retry, fault) in table {
+            let e = e(f);
+            assert_eq!(
+                (e.kind(), e.retryable(), e.is_plugin_fault()),
+                (kind, retry, fault)
+            );
+        }
+        assert_eq!(e(ProviderFailure::RateLimited).retry_after_ms(), Some(1500));
+        assert_eq!(HandlerError::Failed("x".into()).retry_after_ms(), None);
+    }
+
+    #[tokio::test]
+    async fn the_witness_gets_one_line_per_call_that_took_effect() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.jsonl");
+        let h = SimHandler::new(
+            plugin(),
+            SimSpec {
+                witness: Some(file.clone()),
+                ..spec(0, 0.0)
+            },
+        );
+        let mut keyed = req("go", "{}");
+        keyed.idempotency_key = Some("k1".into());
+        h.execute(keyed).await.unwrap();
+        h.execute(req("go", "{\"$sim\":{\"fail\":true}}"))
+            .await
+            .unwrap_err();
+        h.execute(req("go", "{}")).await.unwrap();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["key"], "k1");
+        assert_eq!(lines[0]["command"], "go");
+        assert_eq!(lines[1]["key"], serde_json::Value::Null);
+
+        let h = SimHandler::new(
+            plugin(),
+            SimSpec {
+                witness: Some(dir.path().join("missing/dir/p.jsonl")),
+                ..spec(0, 0.0)
+            },
+        );
+        let e = h.execute(req("go", "{}")).await.unwrap_err();
+        assert!(e.to_string().contains("missing/dir/p.jsonl"), "{e}");
     }
 
     #[tokio::test]

@@ -379,6 +379,26 @@ async fn supervise(shared: Arc<Shared>, i: usize, options: McpOptions) {
     let plugin = shared.plugin.clone();
     let describe = shared.slots[i].config.describe();
     loop {
+        // A sandboxed server its uid cannot start fails at once, naming the
+        // path that blocks it; it is looked at again later (fixed by then?),
+        // as a server given up is.
+        if let Err(why) = preflight(&shared.slots[i].config) {
+            tracing::error!(%plugin, server = %describe, reason = %why, "MCP server cannot start in its sandbox; marked failed");
+            let next = match retry_wait {
+                Some(w) => format!("; next try in {} s", w.as_secs_f64().ceil()),
+                None => String::new(),
+            };
+            shared.set_status(i, |l| {
+                l.peer = None;
+                l.status.state = "failed".into();
+                l.status.pid = None;
+                l.status.last_error = Some(format!("{why}{next}"));
+            });
+            let Some(wait) = retry_wait else { return };
+            tokio::time::sleep(wait).await;
+            retry_wait = Some((wait * 2).min(MAX_FAILED_RETRY));
+            continue;
+        }
         let started = tokio::time::timeout(options.start_timeout, connect(&shared, i)).await;
         let why = match started {
             Ok(Ok(conn)) => {
@@ -452,6 +472,33 @@ async fn supervise(shared: Arc<Shared>, i: usize, options: McpOptions) {
             }
         }
     }
+}
+
+/// Whether the sandbox's uid can start a sandboxed stdio server: its
+/// program, interpreters, venv and working directory (`plexus_process::reach`).
+fn preflight(cfg: &ServerConfig) -> Result<(), String> {
+    let (Some(sb), Transport::Stdio { program, env, .. }) = (&cfg.sandbox, &cfg.transport) else {
+        return Ok(());
+    };
+    let landlock = (sb.spec.landlock && plexus_process::support().landlock != "none").then(|| {
+        plexus_process::sandbox::SYSTEM_READ
+            .iter()
+            .map(std::path::PathBuf::from)
+            .chain(sb.read.iter().cloned())
+            .collect()
+    });
+    let check = plexus_process::reach::Check {
+        identity: plexus_process::reach::Identity::sandboxed(),
+        path_env: env
+            .get("PATH")
+            .cloned()
+            .unwrap_or_else(|| plexus_process::DEFAULT_PATH.into()),
+        workdir: sb.workdir.clone(),
+        landlock,
+    };
+    check
+        .program(program)
+        .map_err(|e| format!("{} cannot start in its sandbox: {e}", cfg.describe()))
 }
 
 /// Spawn or reach server `i`, initialise, list its tools.

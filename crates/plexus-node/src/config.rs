@@ -85,7 +85,7 @@ pub struct NodeSection {
     /// ...and the CA every node's certificate must chain to (PEM).
     pub tls_ca: Option<PathBuf>,
     /// Fault injection: offset this node's wall clock by this many ms
-    /// (positive: ahead). It moves what the node's [`crate::links::Clock`]
+    /// (positive: ahead). It moves what the node's [`crate::net::links::Clock`]
     /// dates: state write stamps, expiry and leases. For tests only.
     /// `PLEXUS_CLOCK_SKEW_MS` in the environment overrides it.
     pub clock_skew_ms: Option<i64>,
@@ -286,7 +286,7 @@ pub struct NodeConfig {
     /// The API's bearer token (`[api] token`); `None` leaves the API open.
     pub api_token: Option<String>,
     /// Mutual TLS between nodes, when configured.
-    pub tls: Option<crate::tls::TlsFiles>,
+    pub tls: Option<crate::net::tls::TlsFiles>,
     /// Fault injection: this node's wall-clock offset in ms (positive:
     /// ahead); 0 in production. `[node] clock_skew_ms` or
     /// `PLEXUS_CLOCK_SKEW_MS`.
@@ -504,7 +504,7 @@ impl FileConfig {
         };
         let tls = match (n.tls_cert, n.tls_key, n.tls_ca) {
             (None, None, None) => None,
-            (Some(cert), Some(key), Some(ca)) => Some(crate::tls::TlsFiles { cert, key, ca }),
+            (Some(cert), Some(key), Some(ca)) => Some(crate::net::tls::TlsFiles { cert, key, ca }),
             (c, k, _) => {
                 let missing = if c.is_none() {
                     "tls_cert"

@@ -14,17 +14,12 @@ use plexus_membership::NodeIdentity;
 use ractor::ActorRef;
 
 use crate::config::NodeConfig;
-use crate::links::{Clock, ClusterLinks};
-use crate::wire::{Wire, WireFrame};
+use crate::net::links::{Clock, ClusterLinks};
+use crate::net::wire::{Wire, WireFrame};
 
 /// Process-group name of a node's gateway.
 pub fn gateway_group(node: &str) -> String {
     format!("plexus.gw.{node}")
-}
-
-/// Process-group name of the nodes hosting a plugin.
-pub fn plugin_group(plugin: &str) -> String {
-    format!("plexus.plugin.{plugin}")
 }
 
 /// Registered name of a node-local actor (node-qualified so several nodes can
@@ -33,9 +28,63 @@ pub fn actor_name(node: &str, role: &str) -> String {
     format!("{node}:{role}")
 }
 
-/// A node-local actor by role (see [`actor_name`]), if it is running.
-pub fn local_actor<M: ractor::Message>(node: &str, role: &str) -> Option<ActorRef<M>> {
-    ractor::registry::where_is(actor_name(node, role)).map(ActorRef::from)
+/// A typed handle to one actor of the node, set by its supervisor when it
+/// starts and cleared when it stops. Messages to an actor that is between
+/// restarts are dropped (a cast) or answered "restarting" (a call).
+pub struct Slot<M>(RwLock<Option<ActorRef<M>>>);
+
+impl<M> Default for Slot<M> {
+    fn default() -> Self {
+        Slot(RwLock::new(None))
+    }
+}
+
+impl<M: ractor::Message> Slot<M> {
+    pub fn get(&self) -> Option<ActorRef<M>> {
+        self.0.read().clone()
+    }
+
+    pub fn set(&self, a: ActorRef<M>) {
+        *self.0.write() = Some(a);
+    }
+
+    /// Forget the actor, if it is still `cell` (a newer one may be set).
+    pub fn clear(&self, cell: &ractor::ActorCell) {
+        let mut g = self.0.write();
+        if g.as_ref().is_some_and(|a| a.get_id() == cell.get_id()) {
+            *g = None;
+        }
+    }
+
+    /// Send without waiting; `false` when the actor is not running.
+    pub fn cast(&self, msg: M) -> bool {
+        match self.get() {
+            Some(a) => a.cast(msg).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// The node's actors, by role (replacing lookups by name strings).
+#[derive(Default)]
+pub struct Actors {
+    pub registry: Slot<crate::actors::registry::RegistryMsg>,
+    pub membership: Slot<crate::actors::membership::MembershipMsg>,
+    pub gateway: Slot<crate::net::wire::GatewayMsg>,
+    pub router: Slot<crate::actors::router::RouterMsg>,
+    pub state: Slot<crate::actors::state::StateMsg>,
+    pub workflows: Slot<crate::actors::workflows::WorkflowsMsg>,
+    pub plugins: Slot<crate::actors::plugins::PluginSupervisorMsg>,
+    pub supervisor: Slot<crate::actors::supervisor::NodeSupervisorMsg>,
+    /// Each hosted plugin's circuit breaker.
+    pub breakers:
+        RwLock<std::collections::HashMap<String, ActorRef<crate::actors::breaker::BreakerMsg>>>,
+}
+
+impl Actors {
+    pub fn breaker(&self, plugin: &str) -> Option<ActorRef<crate::actors::breaker::BreakerMsg>> {
+        self.breakers.read().get(plugin).cloned()
+    }
 }
 
 /// Why a frame could not be sent.
@@ -77,12 +126,13 @@ pub struct NodeCtx {
     pub hosted: Vec<Arc<Plugin>>,
     pub stats: Arc<LinkStats>,
     pub started: Instant,
-    /// Last good answers of idempotent commands, served when every try
-    /// failed (graceful degradation).
-    pub cache:
-        parking_lot::Mutex<plexus_resilience::ResultCache<String, crate::plugins::ExecReply>>,
+    /// Typed handles of the node's actors.
+    pub actors: Actors,
+    /// The exec pipeline (set once, right after the context is made: it
+    /// holds the context weakly). See [`crate::services::exec`].
+    pub exec_pipeline: std::sync::OnceLock<crate::services::exec::Pipeline>,
     /// Request and routing metrics (`/metrics`).
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: crate::services::metrics::Metrics,
     /// How this node reaches its peers (ractor_cluster, or the simulation's network).
     pub links: Arc<dyn ClusterLinks>,
     /// Monotonic and wall-clock time (the simulation's clock can be skewed).
@@ -91,11 +141,11 @@ pub struct NodeCtx {
     /// by the simulation harness.
     pub rng: parking_lot::Mutex<rand::rngs::StdRng>,
     /// The simulation harness's window into the node (`None` in production).
-    pub observer: Option<Arc<dyn crate::observe::Observer>>,
+    pub observer: Option<Arc<dyn crate::services::observe::Observer>>,
     /// Who hosts what, joined with the membership view; published by the
     /// Registry and Membership actors, read by request paths without
     /// waiting for either.
-    pub directory: crate::directory::DirectoryCell,
+    pub directory: crate::services::directory::DirectoryCell,
     /// Commands discovered at run time per plugin (MCP tools), cluster-wide,
     /// as the registry last saw them announced.
     pub discovered: RwLock<BTreeMap<String, Vec<DiscoveredCommand>>>,
@@ -107,6 +157,13 @@ pub struct NodeCtx {
 impl NodeCtx {
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The node's exec pipeline.
+    pub fn exec(&self) -> &crate::services::exec::Pipeline {
+        self.exec_pipeline
+            .get()
+            .expect("the exec pipeline is set when the node context is made")
     }
 
     /// Whether `command` of `plugin` may be retried without an idempotency

@@ -5,32 +5,12 @@
 //! the ractor_cluster listener (with the cookie), starts the supervised actor
 //! tree and the client API, and returns a [`NodeHandle`].
 
-pub mod api;
-pub mod ask;
-pub mod auth;
-pub mod breaker_actor;
+pub mod actors;
 pub mod config;
 pub mod ctx;
-pub mod dashboard;
-pub mod directory;
-pub mod effects;
-pub mod gateway;
-pub mod links;
-pub mod membership_actor;
-pub mod metrics;
-pub mod observe;
-pub mod openapi;
-pub mod plugins;
-pub mod registry;
-pub mod router_actor;
-pub mod state_actor;
-pub mod state_api;
-pub mod supervisor;
-pub mod tls;
-pub mod tls_listener;
-pub mod trace;
-pub mod wire;
-pub mod workflows;
+pub mod http;
+pub mod net;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -46,12 +26,24 @@ use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use rand::SeedableRng;
 
+use actors::membership::MembershipMsg;
+use actors::supervisor::{NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
 pub use config::{ConfigError, FileConfig, NodeConfig};
-use ctx::{actor_name, BusLink, LinkStats, NodeCtx};
-use links::{Clock, ClusterLinks, RactorLinks};
-use membership_actor::MembershipMsg;
-use observe::Observer;
-use supervisor::{NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
+pub use plexus_exec::{ExecError, Failure, RawJson, Served, ServedBy, Target};
+pub use services::exec::{kind as exec_error_kind, CallSpec};
+
+/// Run a request through the node's exec pipeline (breaker-aware host
+/// choice, retry, fallbacks, cache/default under one deadline): what
+/// `POST /v1/exec` does, for in-process callers (the simulation, the bench).
+pub async fn exec(ctx: &NodeCtx, spec: CallSpec) -> Result<Served, Failure> {
+    let call = services::exec::call(ctx, spec)?;
+    services::exec::run(ctx, &call).await
+}
+pub use ctx::NodeCtx;
+use ctx::{actor_name, BusLink, LinkStats};
+use net::links::{self, Clock, ClusterLinks, RactorLinks};
+use net::{tls, tls_listener};
+use services::observe::Observer;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -279,7 +271,7 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
             }
         };
 
-    let app = api::router(ctx.clone());
+    let app = http::api::router(ctx.clone());
     let api_addr = ctx.config.api;
     let mut tasks = vec![tokio::spawn(async move {
         if let Err(e) = axum::serve(api_listener, app).await {
@@ -364,20 +356,19 @@ async fn spawn_tree(
         hosted,
         stats: Arc::new(LinkStats::default()),
         started: links::now(),
-        metrics: metrics::Metrics::default(),
-        directory: directory::DirectoryCell::default(),
+        metrics: services::metrics::Metrics::default(),
+        directory: services::directory::DirectoryCell::default(),
         discovered: RwLock::new(Default::default()),
         handler_reports: RwLock::new(Default::default()),
-        cache: parking_lot::Mutex::new(plexus_resilience::ResultCache::new(
-            1024,
-            Duration::from_secs(300),
-        )),
+        actors: ctx::Actors::default(),
+        exec_pipeline: std::sync::OnceLock::new(),
         config,
         links: wiring.links,
         clock: wiring.clock,
         rng: parking_lot::Mutex::new(rand::rngs::StdRng::seed_from_u64(wiring.rng_seed)),
         observer: wiring.observer,
     });
+    let _ = ctx.exec_pipeline.set(services::exec::pipeline(&ctx));
     bus.set_remote_sink(Arc::new(BusLink {
         ctx: Arc::downgrade(&ctx),
     }));
@@ -410,7 +401,7 @@ impl NodeHandle {
 
     /// Leave the cluster gracefully and stop everything.
     pub async fn shutdown(self) {
-        if let Some(m) = ctx::local_actor::<MembershipMsg>(self.ctx.name(), "membership") {
+        if let Some(m) = self.ctx.actors.membership.get() {
             let _ = m
                 .call(MembershipMsg::Leave, Some(Duration::from_secs(1)))
                 .await;

@@ -13,6 +13,7 @@
 //! with line-delimited JSON (see [`server`]); it runs in the same sandbox and
 //! is restarted by the node's plugin supervisor when it exits.
 
+pub mod reach;
 pub mod run;
 pub mod sandbox;
 pub mod server;

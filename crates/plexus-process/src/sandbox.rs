@@ -134,7 +134,7 @@ fn drop_privileges(to: Option<u32>) -> std::io::Result<()> {
 }
 
 /// System paths every process may read and execute (when they exist).
-const SYSTEM_READ: &[&str] = &[
+pub const SYSTEM_READ: &[&str] = &[
     "/usr",
     "/bin",
     "/sbin",

@@ -252,6 +252,11 @@ async fn process_limit_stops_a_fork_bomb() {
     assert_eq!(l, Some(Limit::Processes), "{detail}");
 }
 
+/// The script starts a grandchild and records its pid (atomically, by
+/// rename); the timeout must kill it with the group. The timeout races the
+/// sandbox's start, so a try whose timeout fired before the pidfile was
+/// written proves nothing: it is tried again with a longer timeout, and
+/// the test fails only if even the last one never saw the script start.
 #[tokio::test]
 async fn timeout_kills_the_whole_process_group() {
     let d = tempfile::tempdir().unwrap();
@@ -260,35 +265,44 @@ async fn timeout_kills_the_whole_process_group() {
     script(
         d.path(),
         "hang.sh",
-        "#!/bin/sh\nsleep 1000 &\necho $! > \"$1\"\nwait\n",
+        "#!/bin/sh\nsleep 1000 &\necho $! > \"$1.tmp\" && mv \"$1.tmp\" \"$1\"\nwait\n",
     );
-    let h = handler(
-        d.path(),
-        &format!(
-            "{}timeoutMs = 500\n[handler.sandbox]\nwritePaths = [\"{}\"]\n",
-            manifest("", &[("hang", "./hang.sh", r#"["{pidfile}"]"#)]),
-            d.path().display()
-        ),
-    );
-    let input = format!("{{\"pidfile\": \"{}\"}}", pidfile.display());
-    let e = h.execute(req("hang", &input)).await.unwrap_err();
-    assert!(matches!(e, HandlerError::Timeout(500)), "{e}");
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // The background child was in the group: it is gone (or a zombie being reaped).
-    let gone = (0..50).any(|_| {
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z"))
-            .unwrap_or(false);
-        if alive {
+    for timeout_ms in [500, 2_000, 8_000, 30_000] {
+        let h = handler(
+            d.path(),
+            &format!(
+                "{}timeoutMs = {timeout_ms}\n[handler.sandbox]\nwritePaths = [\"{}\"]\n",
+                manifest("", &[("hang", "./hang.sh", r#"["{pidfile}"]"#)]),
+                d.path().display()
+            ),
+        );
+        let input = format!("{{\"pidfile\": \"{}\"}}", pidfile.display());
+        let e = h.execute(req("hang", &input)).await.unwrap_err();
+        assert!(
+            matches!(e, HandlerError::Timeout(t) if t == timeout_ms),
+            "{e}"
+        );
+        let Ok(pid) = std::fs::read_to_string(&pidfile) else {
+            eprintln!("the {timeout_ms} ms timeout fired before the script started; trying longer");
+            continue;
+        };
+        let pid: i32 = pid.trim().parse().unwrap();
+        // The background child was in the group: it is gone (or a zombie
+        // being reaped), within a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let gone = loop {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !s.contains(") Z"))
+                .unwrap_or(false);
+            if !alive || std::time::Instant::now() > deadline {
+                break !alive;
+            }
             std::thread::sleep(Duration::from_millis(20));
-        }
-        !alive
-    });
-    assert!(gone, "the grandchild {pid} survived the timeout");
+        };
+        assert!(gone, "the grandchild {pid} survived the timeout");
+        return;
+    }
+    panic!("hang.sh never wrote its pidfile, even within a 30 s timeout");
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! The invariants, judged from what the harness recorded and from the nodes'
 //! own durable files (effect logs, saga journals) and replies.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use plexus_membership::MemberStatus;
 use plexus_workflow::{compensation_key, list_journals, step_key, RunStatus};
@@ -75,25 +75,69 @@ pub fn effects(dirs: &[(String, PathBuf)]) -> BTreeMap<(String, String, String),
     out
 }
 
-/// How often `key` was recorded, over all nodes and plugins.
-fn count(effects: &BTreeMap<(String, String, String), u32>, key: &str) -> u32 {
-    effects
-        .iter()
-        .filter(|((_, _, k), _)| k == key)
-        .map(|(_, c)| *c)
-        .sum()
+/// The calls that took effect, from the simulated handlers' own witness
+/// files (`dir/{plugin}.jsonl`, one line per call that succeeded, whatever
+/// node ran it): idempotency key → `plugin/command` of each effect. Unlike
+/// the effect logs, nothing in the node reads or dedupes these.
+pub fn witness(dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if let Some(k) = v.get("key").and_then(Value::as_str) {
+                let what = format!(
+                    "{}/{}",
+                    v["plugin"].as_str().unwrap_or("?"),
+                    v["command"].as_str().unwrap_or("?")
+                );
+                out.entry(k.to_string()).or_default().push(what);
+            }
+        }
+    }
+    out
 }
 
-/// Every request and write got an answer; every acknowledged keyed request
-/// that ran on a plugin left its effect in that node's durable log.
+fn witnessed(witness: &BTreeMap<String, Vec<String>>, key: &str) -> u32 {
+    witness.get(key).map_or(0, |w| w.len() as u32)
+}
+
+/// Every request and write got an answer. Exactly once: no keyed request
+/// took effect more than once over all nodes, whatever its outcome, and
+/// one acknowledged as run by a plugin took effect once (by the handlers'
+/// witness) and left its key in the answering node's durable effect log.
 pub fn no_lost_requests(
     requests: &[ReqRecord],
     writes: &[WriteRecord],
     dirs: &[(String, PathBuf)],
+    witness_dir: &Path,
 ) -> Verdict {
     let mut problems = vec![];
     let effects = effects(dirs);
+    let witness = witness(witness_dir);
+    let mut keyed = 0;
     for r in requests {
+        let seen = r.key.as_ref().map_or(0, |k| witnessed(&witness, k));
+        if let Some(k) = &r.key {
+            keyed += 1;
+            if seen > 1 {
+                problems.push(format!(
+                    "request {} (key {k}, outcome {:?}) took effect {seen} times: {}",
+                    r.n,
+                    r.outcome,
+                    witness[k].join(", ")
+                ));
+            }
+        }
         match &r.outcome {
             None => problems.push(format!(
                 "request {} to {} via {} never answered",
@@ -105,6 +149,12 @@ pub fn no_lost_requests(
                 let (node, served) = how.split_once(' ').unwrap_or((how, ""));
                 let ran = served == "primary" || served.starts_with("retry");
                 if let (true, Some(k)) = (ran, &r.key) {
+                    if seen != 1 {
+                        problems.push(format!(
+                            "request {} was acknowledged as run by {} on {node} but took effect {seen} times",
+                            r.n, r.plugin
+                        ));
+                    }
                     let c = effects
                         .get(&(node.to_string(), r.plugin.clone(), k.clone()))
                         .copied()
@@ -120,9 +170,9 @@ pub fn no_lost_requests(
             Some(Err(_)) => {}
         }
     }
-    for (i, (k, o)) in writes.iter().enumerate() {
-        if o.is_none() {
-            problems.push(format!("state write {} to {k} never answered", i + 1));
+    for w in writes {
+        if w.outcome.is_none() {
+            problems.push(format!("state write {} to {} never answered", w.n, w.key));
         }
     }
     let answered = requests.iter().filter(|r| r.outcome.is_some()).count();
@@ -130,7 +180,7 @@ pub fn no_lost_requests(
         Invariant::NoLostRequests,
         problems,
         format!(
-            "{answered}/{} requests and {} writes answered; acknowledged effects durable",
+            "{answered}/{} requests and {} writes answered; {keyed} keyed requests took effect at most once, acknowledged ones once and durably",
             requests.len(),
             writes.len()
         ),
@@ -152,12 +202,16 @@ pub fn saga_statuses(dirs: &[(String, PathBuf)]) -> BTreeMap<String, RunStatus> 
     out
 }
 
-/// Every saga ended completed or compensated; each step's effect and each
-/// compensation recorded at most once; a compensated saga compensated every
+/// Every saga ended completed or compensated; each step and each
+/// compensation took effect at most once (by the handlers' witness); a compensated saga compensated every
 /// step that had an effect, a completed one has every step's effect.
-pub fn sagas_atomic(sagas: &[SagaRecord], dirs: &[(String, PathBuf)]) -> Verdict {
+pub fn sagas_atomic(
+    sagas: &[SagaRecord],
+    dirs: &[(String, PathBuf)],
+    witness_dir: &Path,
+) -> Verdict {
     let statuses = saga_statuses(dirs);
-    let effects = effects(dirs);
+    let witness = witness(witness_dir);
     let mut problems = vec![];
     for s in sagas {
         let Some(st) = statuses.get(&s.id) else {
@@ -175,8 +229,8 @@ pub fn sagas_atomic(sagas: &[SagaRecord], dirs: &[(String, PathBuf)]) -> Verdict
             }
         }
         for step in 0..s.steps as u32 {
-            let done = count(&effects, &step_key(&s.id, step));
-            let undone = count(&effects, &compensation_key(&s.id, step));
+            let done = witnessed(&witness, &step_key(&s.id, step));
+            let undone = witnessed(&witness, &compensation_key(&s.id, step));
             if done > 1 {
                 problems.push(format!("saga {} step {step} ran {done} times", s.n));
             }
@@ -217,17 +271,26 @@ pub fn sagas_atomic(sagas: &[SagaRecord], dirs: &[(String, PathBuf)]) -> Verdict
     )
 }
 
-/// All live replicas hold the same state for every written key, and every
-/// acknowledged key is present on each of them.
+/// All live replicas hold the same state for every written key, every
+/// acknowledged key is present on each of them, and the value is one the
+/// writes can explain: a counter lies between its acknowledged and its sent
+/// increments; a register holds one of its writes, and not one whose stamp
+/// is older than an acknowledged write's (the register is last-writer-wins
+/// by stamp, so that write would have won).
 pub fn replicas_converge(
     states: &BTreeMap<String, BTreeMap<String, Option<Value>>>,
-    acked: &std::collections::BTreeSet<String>,
+    writes: &[WriteRecord],
 ) -> Verdict {
     let mut problems = vec![];
+    let acked: BTreeSet<&str> = writes
+        .iter()
+        .filter(|w| w.acked())
+        .map(|w| w.key.as_str())
+        .collect();
     let mut first: Option<(&String, &BTreeMap<String, Option<Value>>)> = None;
     for (node, st) in states {
-        for k in acked {
-            if st.get(k).is_none_or(|v| v.is_none()) {
+        for k in &acked {
+            if st.get(*k).is_none_or(|v| v.is_none()) {
                 problems.push(format!("acknowledged key {k} is missing on {node}"));
             }
         }
@@ -246,12 +309,94 @@ pub fn replicas_converge(
             }
         }
     }
+    // Values: judged on every replica (they should be equal; if they are
+    // not, that was reported above and each value is still judged).
+    let mut by_key: BTreeMap<&str, Vec<&WriteRecord>> = BTreeMap::new();
+    for w in writes {
+        by_key.entry(w.key.as_str()).or_default().push(w);
+    }
+    for (node, st) in states {
+        for (k, ws) in &by_key {
+            let Some(Some(doc)) = st.get(*k) else {
+                continue;
+            };
+            if let Some(p) = explain_value(k, &doc["value"], ws) {
+                problems.push(format!("{node}: {p}"));
+            }
+        }
+    }
     let keys = first.map(|(_, s)| s.len()).unwrap_or(0);
     verdict(
         Invariant::ReplicasConverge,
         problems,
-        format!("{keys} keys equal on {} replicas", states.len()),
+        format!(
+            "{keys} keys equal on {} replicas, each value explained by its writes",
+            states.len()
+        ),
     )
+}
+
+/// Why `value` of `key` cannot be the result of `writes` (all to `key`).
+fn explain_value(key: &str, value: &Value, writes: &[&WriteRecord]) -> Option<String> {
+    let acked: Vec<&WriteRecord> = writes.iter().copied().filter(|w| w.acked()).collect();
+    if writes.iter().all(|w| w.incr) {
+        let sent = writes.len() as i64;
+        let got = value
+            .as_i64()
+            .or_else(|| value.as_str().and_then(|s| s.parse().ok()));
+        return match got {
+            Some(v) if (acked.len() as i64..=sent).contains(&v) => None,
+            _ => Some(format!(
+                "counter {key} is {value}, not between its {} acknowledged and {sent} sent increments",
+                acked.len()
+            )),
+        };
+    }
+    let n = value.get("n").and_then(Value::as_u64);
+    let by = value.get("by").and_then(Value::as_str);
+    let Some(v) = writes
+        .iter()
+        .find(|w| Some(w.n) == n && by == Some(w.entry.as_str()))
+    else {
+        return Some(format!(
+            "register {key} holds {}, which none of its {} writes wrote",
+            short(Some(value.clone())),
+            writes.len()
+        ));
+    };
+    // The highest stamp time `v` can carry (known once it was acknowledged).
+    let ceiling = v.clock_ceiling.filter(|_| v.acked()).map(|c| {
+        let before = writes
+            .iter()
+            .filter(|w| v.answered_at.is_some_and(|t| w.sent_at <= t))
+            .count() as u64;
+        c + before
+    });
+    for a in acked {
+        if a.n == v.n {
+            continue;
+        }
+        // `a` went through the node that had already applied `v`: its
+        // stamp is above `v`'s, whatever the clocks say.
+        let same_node_later =
+            a.entry == v.entry && v.acked() && v.answered_at.is_some_and(|t| t <= a.sent_at);
+        let stamped_later = ceiling.is_some_and(|c| c < a.stamp_floor);
+        if same_node_later || stamped_later {
+            return Some(format!(
+                "register {key} holds write {} (via {}) although write {} (via {}) was acknowledged with a later stamp{}",
+                v.n,
+                v.entry,
+                a.n,
+                a.entry,
+                if same_node_later {
+                    " (sent to the same node after the first was answered)".to_string()
+                } else {
+                    format!(" (at least {} ms, the first at most {} ms)", a.stamp_floor, ceiling.unwrap_or_default())
+                }
+            ));
+        }
+    }
+    None
 }
 
 fn short(v: Option<Value>) -> String {
@@ -268,14 +413,15 @@ fn short(v: Option<Value>) -> String {
     }
 }
 
-/// No call reached a handler without a permit; no permit while open.
+/// Every handler call held a permit its breaker granted, used by no other
+/// call; no permit was granted while open.
 pub fn breaker_respected(obs: &Observations) -> Verdict {
     let t = obs.totals();
     verdict(
         Invariant::BreakerRespected,
         obs.violations(),
         format!(
-            "{} handler calls under {} permits; {} refused; breakers opened {} times",
+            "{} handler calls, each under a permit of its own ({} granted, {} refused); breakers opened {} times",
             t.handler_calls, t.permits, t.refusals, t.opened
         ),
     )

@@ -14,11 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use plexus_node::ctx::{local_actor, LinkError};
-use plexus_node::gateway::cast_named;
-use plexus_node::links::ClusterLinks;
-use plexus_node::membership_actor::MembershipMsg;
-use plexus_node::wire::GatewayMsg;
+use plexus_node::ctx::LinkError;
+use plexus_node::net::links::{ClusterLinks, LinkInbox};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Notify;
@@ -101,6 +98,8 @@ struct State {
     queue: BinaryHeap<Reverse<Queued>>,
     seq: u64,
     stats: NetStats,
+    /// Each live node's inbox (registered by its Membership actor).
+    inboxes: BTreeMap<String, Arc<dyn LinkInbox>>,
 }
 
 /// The network between the simulated nodes.
@@ -134,6 +133,7 @@ impl SimNet {
                 queue: BinaryHeap::new(),
                 seq: 0,
                 stats: NetStats::default(),
+                inboxes: BTreeMap::new(),
             }),
             wake: Notify::new(),
             trace,
@@ -167,11 +167,12 @@ impl SimNet {
     /// A node dies: its links drop (peers see the socket close) and frames
     /// to or from it in flight are lost.
     pub fn node_down(&self, name: &str) {
-        let peers: Vec<String> = {
+        let peers: Vec<(String, Option<Arc<dyn LinkInbox>>)> = {
             let mut st = self.st.lock();
             if let Some(s) = st.nodes.get_mut(name) {
                 s.alive = false;
             }
+            st.inboxes.remove(name);
             let gone: Vec<Pair> = st
                 .links
                 .keys()
@@ -181,16 +182,20 @@ impl SimNet {
             gone.iter()
                 .map(|p| {
                     st.links.remove(p);
-                    if p.0 == name {
+                    let peer = if p.0 == name {
                         p.1.clone()
                     } else {
                         p.0.clone()
-                    }
+                    };
+                    let inbox = st.inboxes.get(&peer).cloned();
+                    (peer, inbox)
                 })
                 .collect()
         };
-        for p in peers {
-            cast_named(&p, "membership", MembershipMsg::LinkDown(name.to_string()));
+        for (_, inbox) in peers {
+            if let Some(i) = inbox {
+                i.link_down(name.to_string());
+            }
         }
     }
 
@@ -436,22 +441,24 @@ impl SimNet {
             } => {
                 let live = st.links.get(&undirected(&from, &to)) == Some(&epoch)
                     && Self::alive(st, &to, None);
-                let gw = if live {
-                    local_actor::<GatewayMsg>(&to, "gateway")
+                let inbox = if live {
+                    st.inboxes.get(&to).cloned()
                 } else {
                     None
                 };
-                match gw {
-                    Some(gw) if gw.cast(GatewayMsg::Frame(bytes)).is_ok() => {
-                        st.stats.delivered += 1;
-                    }
+                match inbox {
+                    Some(i) if i.frame(bytes) => st.stats.delivered += 1,
                     _ => st.stats.stale += 1,
                 }
             }
             Item::LinkUp { a, b, epoch } => {
                 if st.links.get(&(a.clone(), b.clone())) == Some(&epoch) {
-                    cast_named(&a, "membership", MembershipMsg::LinkUp(b.clone()));
-                    cast_named(&b, "membership", MembershipMsg::LinkUp(a));
+                    if let Some(i) = st.inboxes.get(&a) {
+                        i.link_up(b.clone());
+                    }
+                    if let Some(i) = st.inboxes.get(&b) {
+                        i.link_up(a);
+                    }
                 }
             }
         }
@@ -478,7 +485,18 @@ impl ClusterLinks for SimLinks {
         self.net.dial(self.incarnation, me, addr);
     }
 
-    fn watch(&self, _me: &str) {}
+    fn watch(&self, me: &str, inbox: Arc<dyn LinkInbox>) {
+        let mut st = self.net.st.lock();
+        // Only this incarnation's: a dead one's actors may still be stopping.
+        if SimNet::alive(&st, me, Some(self.incarnation)) {
+            st.inboxes.insert(me.to_string(), inbox);
+        }
+    }
 
-    fn unwatch(&self, _me: &str) {}
+    fn unwatch(&self, me: &str) {
+        let mut st = self.net.st.lock();
+        if SimNet::alive(&st, me, Some(self.incarnation)) {
+            st.inboxes.remove(me);
+        }
+    }
 }

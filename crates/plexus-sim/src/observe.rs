@@ -1,17 +1,22 @@
 //! What the harness learns from inside the nodes (breaker decisions and
 //! handler calls), checked for the `breaker_respected` invariant.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use parking_lot::Mutex;
-use plexus_node::observe::{Observation, Observer};
+use plexus_node::services::observe::{Observation, Observer};
 
 #[derive(Debug, Default, Clone)]
 struct PerPlugin {
     grants: u64,
     refusals: u64,
-    guarded_calls: u64,
-    unguarded_calls: u64,
+    calls: u64,
+    /// Calls whose permit this breaker never granted, or granted to an
+    /// earlier call (each one is also a violation).
+    unpermitted_calls: u64,
+    /// Permits granted and not yet used by a handler call (a request the
+    /// effect log answered, or one whose host crashed, never uses its own).
+    unused: BTreeSet<u64>,
     opened: u64,
     state: &'static str,
 }
@@ -28,9 +33,14 @@ impl Observer for Observations {
         let mut per = self.per.lock();
         let key = |p: &str| (node.to_string(), p.to_string());
         match what {
-            Observation::BreakerGrant { plugin, state } => {
+            Observation::BreakerGrant {
+                plugin,
+                state,
+                permit,
+            } => {
                 let e = per.entry(key(plugin)).or_default();
                 e.grants += 1;
+                e.unused.insert(permit);
                 if state == "open" || state == "forced-open" {
                     self.violations.lock().push(format!(
                         "{node}: the breaker of {plugin} granted a call while {state}"
@@ -50,19 +60,18 @@ impl Observer for Observations {
             Observation::HandlerCall {
                 plugin,
                 command,
-                guarded,
+                permit,
             } => {
+                // Each call must hold a permit this node's breaker of this
+                // plugin granted, and no earlier call may have used it.
                 let e = per.entry(key(plugin)).or_default();
-                if guarded {
-                    e.guarded_calls += 1;
-                    if e.guarded_calls > e.grants {
-                        self.violations.lock().push(format!(
-                            "{node}: {plugin}/{command} reached the handler without a breaker permit ({} calls, {} permits)",
-                            e.guarded_calls, e.grants
-                        ));
-                    }
-                } else {
-                    e.unguarded_calls += 1;
+                e.calls += 1;
+                if !e.unused.remove(&permit) {
+                    e.unpermitted_calls += 1;
+                    self.violations.lock().push(format!(
+                        "{node}: {plugin}/{command} reached the handler under permit {permit}, which its breaker did not grant or which an earlier call used ({} calls, {} permits)",
+                        e.calls, e.grants
+                    ));
                 }
             }
         }
@@ -75,8 +84,8 @@ pub struct BreakerTotals {
     pub permits: u64,
     pub refusals: u64,
     pub handler_calls: u64,
-    /// Calls made while the breaker actor was restarting (no permit asked).
-    pub unguarded_calls: u64,
+    /// Handler calls without a permit of their own (must be 0).
+    pub unpermitted_calls: u64,
     pub opened: u64,
 }
 
@@ -91,8 +100,8 @@ impl Observations {
         for p in per.values() {
             t.permits += p.grants;
             t.refusals += p.refusals;
-            t.handler_calls += p.guarded_calls + p.unguarded_calls;
-            t.unguarded_calls += p.unguarded_calls;
+            t.handler_calls += p.calls;
+            t.unpermitted_calls += p.unpermitted_calls;
             t.opened += p.opened;
         }
         t

@@ -5,19 +5,19 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use plexus_catalog::manifest::HandlerSpec;
 use plexus_catalog::Catalog;
-use plexus_node::api::ExecBody;
+use plexus_node::actors::membership::MembershipMsg;
+use plexus_node::actors::state::{ReadReq, StateMsg, WriteOp, WriteReq};
+use plexus_node::actors::workflows::WorkflowsMsg;
 use plexus_node::config::{FileConfig, NodeSection};
-use plexus_node::ctx::local_actor;
-use plexus_node::links::Clock;
-use plexus_node::membership_actor::MembershipMsg;
-use plexus_node::state_actor::{ReadReq, StateMsg, WriteOp, WriteReq};
-use plexus_node::workflows::WorkflowsMsg;
+use plexus_node::net::links::Clock;
+use plexus_node::{CallSpec, RawJson, Target};
 use plexus_node::{InProcess, NodeHandle};
 use plexus_workflow::{RunStatus, Workflow};
 use rand::rngs::StdRng;
@@ -106,8 +106,39 @@ pub struct ReqRecord {
     pub outcome: Option<Result<String, String>>,
 }
 
-/// A state write the harness sent: its key and outcome (`None`: no answer yet).
-pub type WriteRecord = (String, Option<Result<(), String>>);
+/// A state write the harness sent, and how it ended.
+///
+/// Registers are last-writer-wins by stamp, whose time is the entry node's
+/// clock, raised to 1 ms past the stamp that node holds for the key when
+/// that is later. The record bounds the stamp from both sides so that
+/// `check::replicas_converge` can tell a value older than an acknowledged
+/// write.
+#[derive(Debug, Clone)]
+pub struct WriteRecord {
+    pub n: u64,
+    pub key: String,
+    pub entry: String,
+    /// A counter increment by 1; else a register put of `{"n", "by": entry}`.
+    pub incr: bool,
+    /// Simulated ms when it was sent and answered.
+    pub sent_at: u64,
+    pub answered_at: Option<u64>,
+    /// Its stamp's time is at least this (the entry node's clock while it
+    /// was in flight; 0 when that clock's skew changed twice meanwhile).
+    pub stamp_floor: u64,
+    /// When answered: the furthest any node's clock had reached by then.
+    /// Its stamp's time is at most this plus one per write to the key sent
+    /// before the answer (each can raise the next stamp by 1 ms).
+    pub clock_ceiling: Option<u64>,
+    /// `None`: no answer yet.
+    pub outcome: Option<Result<(), String>>,
+}
+
+impl WriteRecord {
+    pub fn acked(&self) -> bool {
+        matches!(self.outcome, Some(Ok(())))
+    }
+}
 
 /// A saga the harness started.
 #[derive(Debug, Clone)]
@@ -122,6 +153,8 @@ struct NodeSlot {
     name: String,
     addr: String,
     clock: Clock,
+    /// How often a fault changed `clock`'s skew.
+    skew_changes: Arc<AtomicU64>,
     handle: Option<NodeHandle>,
     starts: u64,
 }
@@ -183,6 +216,8 @@ struct Harness<'a> {
     fault_saved: BTreeMap<usize, NetworkSpec>,
     /// Resolved `"*"` nodes of each fault.
     resolved: BTreeMap<usize, String>,
+    /// The largest clock skew (ms, ahead) any node has had so far, or 0.
+    max_skew: Arc<AtomicI64>,
     crashes: u32,
     restarts: u32,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -208,6 +243,10 @@ impl<'a> Harness<'a> {
             b.tempdir()
         }
         .map_err(RunError::TempDir)?;
+        // Each simulated plugin's calls that take effect, whatever node
+        // runs them (the exactly-once witness, `check::witness`).
+        let witness = dir.path().join("witness");
+        std::fs::create_dir_all(&witness).map_err(RunError::TempDir)?;
         // The plugins' simulated behaviour, seeded by the run's seed.
         let mut catalog = crate::catalog::base().clone();
         for p in &mut catalog.plugins {
@@ -216,6 +255,7 @@ impl<'a> Harness<'a> {
                 continue;
             };
             spec.seed = seed ^ plexus_handler::fnv(p.name.as_bytes());
+            spec.witness = Some(witness.join(format!("{}.jsonl", p.name)));
             if let Some(o) = sc.plugins.iter().find(|o| o.name == p.name) {
                 if let Some(v) = o.latency_ms {
                     spec.latency_ms = v;
@@ -239,6 +279,7 @@ impl<'a> Harness<'a> {
                     name: n.name.clone(),
                     addr,
                     clock: Clock::simulated(EPOCH_MS),
+                    skew_changes: Arc::default(),
                     handle: None,
                     starts: 0,
                 },
@@ -270,6 +311,7 @@ impl<'a> Harness<'a> {
             fault_blocks: BTreeMap::new(),
             fault_saved: BTreeMap::new(),
             resolved: BTreeMap::new(),
+            max_skew: Arc::default(),
             crashes: 0,
             restarts: 0,
             tasks: vec![],
@@ -282,6 +324,10 @@ impl<'a> Harness<'a> {
 
     fn data_dir(&self, node: &str) -> PathBuf {
         self.dir.path().join(node)
+    }
+
+    fn witness_dir(&self) -> PathBuf {
+        self.dir.path().join("witness")
     }
 
     async fn start_node(&mut self, name: &str) -> Result<(), RunError> {
@@ -363,6 +409,14 @@ impl<'a> Harness<'a> {
             .filter(|s| s.handle.is_some())
             .map(|s| s.name.clone())
             .collect()
+    }
+
+    /// The context of a running node.
+    fn ctx_of(&self, name: &str) -> Option<std::sync::Arc<plexus_node::NodeCtx>> {
+        self.nodes
+            .get(name)
+            .and_then(|s| s.handle.as_ref())
+            .map(|h| h.ctx.clone())
     }
 
     fn pick_live(&mut self) -> Option<String> {
@@ -646,7 +700,9 @@ impl Harness<'_> {
                 if let Some(s) = self.nodes.get(&node) {
                     s.clock
                         .set_skew(Duration::from_millis(skew_ms.unsigned_abs()), skew_ms >= 0);
+                    s.skew_changes.fetch_add(1, Ordering::Relaxed);
                 }
+                self.max_skew.fetch_max(skew_ms, Ordering::Relaxed);
                 self.trace
                     .schedule(format!("clock of {node} skewed by {skew_ms} ms"));
             }
@@ -685,6 +741,7 @@ impl Harness<'_> {
                 let node = self.resolve_node(i, &node);
                 if let Some(s) = self.nodes.get(&node) {
                     s.clock.set_skew(Duration::ZERO, true);
+                    s.skew_changes.fetch_add(1, Ordering::Relaxed);
                 }
                 self.trace.schedule(format!("clock of {node} back in sync"));
             }
@@ -726,14 +783,13 @@ impl Harness<'_> {
         else {
             return;
         };
-        let body = ExecBody {
-            plugin: plugin.to_string(),
-            command: command.to_string(),
-            input: Some(input),
+        let spec = CallSpec {
             timeout_ms: r.timeout_ms,
-            priority: None,
             idempotency_key: key.clone(),
-            model: None,
+            ..CallSpec::new(
+                Target::new(plugin, command),
+                Some(RawJson::from_value(&input)),
+            )
         };
         let idx = {
             let mut reqs = self.requests.lock();
@@ -749,14 +805,10 @@ impl Harness<'_> {
         let reqs = self.requests.clone();
         let trace = self.trace.clone();
         self.tasks.push(tokio::spawn(async move {
-            let out = plexus_node::api::exec_command(&ctx, body).await;
+            let out = plexus_node::exec(&ctx, spec).await;
             let outcome = match out {
-                Ok(rep) => Ok(format!(
-                    "{} {}",
-                    rep.node,
-                    rep.served_by.as_deref().unwrap_or("primary"),
-                )),
-                Err(p) => Err(p.kind.rsplit('/').next().unwrap_or("error").to_string()),
+                Ok(s) => Ok(format!("{} {}", s.node, s.served_by)),
+                Err(f) => Err(plexus_node::exec_error_kind(&f.error).to_string()),
             };
             trace.event(format!("request {n} -> {outcome:?}"));
             reqs.lock()[idx].outcome = Some(outcome);
@@ -773,7 +825,7 @@ impl Harness<'_> {
         };
         let key = format!("sim/k{}", self.rng.gen_range(0..w.keys));
         self.trace.schedule(format!("write {n} {key} via {entry}"));
-        let Ok(consistency) = plexus_node::state_actor::parse_consistency(&w.consistency) else {
+        let Ok(consistency) = plexus_node::actors::state::parse_consistency(&w.consistency) else {
             return;
         };
         let op = if w.counters {
@@ -792,15 +844,33 @@ impl Harness<'_> {
             consistency,
             timeout: Duration::from_secs(3),
         };
+        let Some(slot) = self.nodes.get(&entry) else {
+            return;
+        };
+        let (clock, skews) = (slot.clock.clone(), slot.skew_changes.clone());
+        let skews_before = skews.load(Ordering::Relaxed);
+        let max_skew = self.max_skew.clone();
+        let sent_ms = clock.wall_ms();
         let idx = {
             let mut ws = self.writes.lock();
-            ws.push((key, None));
+            ws.push(WriteRecord {
+                n,
+                key,
+                entry: entry.clone(),
+                incr: w.counters,
+                sent_at: self.now_ms(),
+                answered_at: None,
+                stamp_floor: sent_ms,
+                clock_ceiling: None,
+                outcome: None,
+            });
             ws.len() - 1
         };
         let writes = self.writes.clone();
         let trace = self.trace.clone();
+        let state = self.ctx_of(&entry).and_then(|c| c.actors.state.get());
         self.tasks.push(tokio::spawn(async move {
-            let out = match local_actor::<StateMsg>(&entry, "state") {
+            let out = match state {
                 None => Err("state actor not running".to_string()),
                 Some(a) => match a
                     .call(|r| StateMsg::Write(req, r), Some(Duration::from_secs(5)))
@@ -816,7 +886,19 @@ impl Harness<'_> {
                 "write {n} -> {}",
                 if out.is_ok() { "ok" } else { "err" }
             ));
-            writes.lock()[idx].1 = Some(out);
+            let now_ms = clock.wall_ms();
+            let base_ms = now_ms.saturating_add_signed(-clock.skew_ms());
+            let mut ws = writes.lock();
+            let w = &mut ws[idx];
+            w.answered_at = Some(trace.elapsed_ms());
+            // One skew change in flight: the clock read one of the two
+            // values when the write was applied.
+            w.stamp_floor = match skews.load(Ordering::Relaxed) - skews_before {
+                0 | 1 => sent_ms.min(now_ms),
+                _ => 0,
+            };
+            w.clock_ceiling = Some(base_ms.saturating_add_signed(max_skew.load(Ordering::Relaxed)));
+            w.outcome = Some(out);
         }));
     }
 
@@ -846,8 +928,9 @@ impl Harness<'_> {
         let steps = wf.steps().len();
         let sagas = self.sagas.clone();
         let trace = self.trace.clone();
+        let workflows = self.ctx_of(&entry).and_then(|c| c.actors.workflows.get());
         self.tasks.push(tokio::spawn(async move {
-            let Some(a) = local_actor::<WorkflowsMsg>(&entry, "workflows") else {
+            let Some(a) = workflows else {
                 trace.event(format!("saga {n} not started: no workflow supervisor"));
                 return;
             };
@@ -890,8 +973,9 @@ impl Harness<'_> {
             .schedule(format!("lease {n} {name} for {holder}"));
         let leases = self.leases.clone();
         let trace = self.trace.clone();
+        let state = self.ctx_of(&entry).and_then(|c| c.actors.state.get());
         self.tasks.push(tokio::spawn(async move {
-            let Some(a) = local_actor::<StateMsg>(&entry, "state") else {
+            let Some(a) = state else {
                 return;
             };
             let r = a
@@ -949,27 +1033,24 @@ impl Harness<'_> {
         let mut out = vec![];
         for inv in &self.loaded.scenario.invariants {
             let v = match inv {
-                crate::scenario::Invariant::NoLostRequests => {
-                    check::no_lost_requests(&self.requests.lock(), &self.writes.lock(), &dirs)
-                }
+                crate::scenario::Invariant::NoLostRequests => check::no_lost_requests(
+                    &self.requests.lock(),
+                    &self.writes.lock(),
+                    &dirs,
+                    &self.witness_dir(),
+                ),
                 crate::scenario::Invariant::SagasAtomic => {
-                    check::sagas_atomic(&self.sagas.lock(), &dirs)
+                    check::sagas_atomic(&self.sagas.lock(), &dirs, &self.witness_dir())
                 }
                 crate::scenario::Invariant::ReplicasConverge => {
-                    let keys: BTreeSet<String> =
-                        self.writes.lock().iter().map(|(k, _)| k.clone()).collect();
-                    let acked: BTreeSet<String> = self
-                        .writes
-                        .lock()
-                        .iter()
-                        .filter(|(_, o)| matches!(o, Some(Ok(()))))
-                        .map(|(k, _)| k.clone())
-                        .collect();
+                    let writes = self.writes.lock().clone();
+                    let keys: BTreeSet<String> = writes.iter().map(|w| w.key.clone()).collect();
                     let mut states = BTreeMap::new();
                     for n in self.live() {
-                        states.insert(n.clone(), read_all(&n, &keys).await);
+                        let state = self.ctx_of(&n).and_then(|c| c.actors.state.get());
+                        states.insert(n.clone(), read_all(state, &keys).await);
                     }
-                    check::replicas_converge(&states, &acked)
+                    check::replicas_converge(&states, &writes)
                 }
                 crate::scenario::Invariant::LeasesFenced => {
                     check::leases_fenced(&self.leases.lock())
@@ -983,7 +1064,10 @@ impl Harness<'_> {
                     for s in self.nodes.values() {
                         if let Some(h) = &s.handle {
                             generations.insert(s.name.clone(), h.ctx.identity.read().generation);
-                            views.insert(s.name.clone(), view_of(&s.name).await);
+                            views.insert(
+                                s.name.clone(),
+                                view_of(h.ctx.actors.membership.get()).await,
+                            );
                         }
                     }
                     check::membership_converges(&views, &generations, self.nodes.len())
@@ -1008,9 +1092,9 @@ impl Harness<'_> {
             }
         }
         let mut writes = Counts::default();
-        for (_, o) in self.writes.lock().iter() {
+        for w in self.writes.lock().iter() {
             writes.sent += 1;
-            match o {
+            match &w.outcome {
                 Some(Ok(())) => writes.ok += 1,
                 Some(Err(_)) => writes.failed += 1,
                 None => writes.unanswered += 1,
@@ -1093,9 +1177,11 @@ async fn wait_unregistered(node: &str) {
 }
 
 /// A node's local copy of each key: `None` when absent or unreadable.
-async fn read_all(node: &str, keys: &BTreeSet<String>) -> BTreeMap<String, Option<Value>> {
+async fn read_all(
+    actor: Option<ractor::ActorRef<StateMsg>>,
+    keys: &BTreeSet<String>,
+) -> BTreeMap<String, Option<Value>> {
     let mut out = BTreeMap::new();
-    let actor = local_actor::<StateMsg>(node, "state");
     for k in keys {
         let v = match &actor {
             None => None,
@@ -1126,8 +1212,8 @@ async fn read_all(node: &str, keys: &BTreeSet<String>) -> BTreeMap<String, Optio
 }
 
 /// A node's membership view: peer → (status, generation).
-async fn view_of(node: &str) -> check::View {
-    let a = local_actor::<MembershipMsg>(node, "membership")?;
+async fn view_of(a: Option<ractor::ActorRef<MembershipMsg>>) -> check::View {
+    let a = a?;
     match a
         .call(MembershipMsg::View, Some(Duration::from_secs(2)))
         .await

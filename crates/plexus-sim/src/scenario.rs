@@ -65,15 +65,19 @@ fn default_settle() -> u64 {
 #[serde(rename_all = "snake_case")]
 pub enum Invariant {
     /// Every request the harness sent got an answer (a reply or a clear
-    /// error) or a dead letter; every acknowledged keyed request left its
-    /// effect in a durable effect log.
+    /// error) or a dead letter; no keyed request took effect twice (by the
+    /// simulated handlers' witness, over all nodes, whatever its outcome);
+    /// every acknowledged keyed request took effect once and left its key
+    /// in the answering node's durable effect log.
     NoLostRequests,
-    /// Every saga ended completed or compensated, each effect (step and
-    /// compensation) recorded exactly once, compensations cover every step
-    /// that had an effect.
+    /// Every saga ended completed or compensated, each step and
+    /// compensation took effect at most once (witness), compensations cover
+    /// every step that had an effect.
     SagasAtomic,
-    /// After heal and quiescence every replica holds the same state, and
-    /// every acknowledged key is on every replica.
+    /// After heal and quiescence every replica holds the same state, every
+    /// acknowledged key is on every replica, counters lie between their
+    /// acknowledged and sent increments, and registers hold one of their
+    /// writes, none older than an acknowledged one.
     ReplicasConverge,
     /// No request reached a plugin's handler without a breaker permit, and no
     /// permit was granted while the breaker was open.
@@ -495,7 +499,7 @@ impl Scenario {
                     "every_ms and keys must be > 0".into(),
                 ));
             }
-            plexus_node::state_actor::parse_consistency(&s.consistency)
+            plexus_node::actors::state::parse_consistency(&s.consistency)
                 .map_err(|m| err("workload.state.consistency".into(), line, m))?;
         }
         if let Some(s) = &self.workload.sagas {

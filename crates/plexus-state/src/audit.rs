@@ -163,6 +163,10 @@ impl AuditLog {
         self.unpersisted.get_or_insert_with(Vec::new);
     }
 
+    pub(crate) fn unpersisted_len(&self) -> usize {
+        self.unpersisted.as_ref().map_or(0, Vec::len)
+    }
+
     pub(crate) fn take_unpersisted(&mut self) -> Vec<AuditRecord> {
         self.unpersisted
             .as_mut()

@@ -26,6 +26,7 @@ use crate::delta::{Delta, StateEvent};
 use crate::entry::EntryState;
 use crate::lease::{Lease, LeaseRequest, LeaseTable, LeaseVote};
 use crate::remote::RemoteOutcome;
+use crate::replica::{Changes, Replica};
 use crate::store::{Change, LocalOp, Store, StoreConfig};
 use crate::sync::{GossipMsg, GossipOutput};
 use crate::types::{NodeId, StateError};
@@ -61,11 +62,16 @@ impl Default for DurableConfig {
     }
 }
 
-/// A [`Store`] and a [`LeaseTable`] persisted in a redb file.
+/// A [`Replica`] (a [`Store`] and a [`LeaseTable`]) persisted in a redb
+/// file.
+///
+/// Either call the mutating methods here (each commits before it returns),
+/// or change the replica through [`DurableStore::replica_mut`] (what a
+/// [`crate::Coordinator`] does) and call [`DurableStore::commit`] before
+/// acting on the change.
 pub struct DurableStore {
     db: Database,
-    store: Store,
-    leases: LeaseTable,
+    replica: Replica,
     audit_retention: u64,
     poisoned: Option<String>,
 }
@@ -188,8 +194,7 @@ impl DurableStore {
         store.restore(states, audit, next_seq);
         Ok(DurableStore {
             db,
-            store,
-            leases: LeaseTable::restore(leases),
+            replica: Replica::from_parts(store, LeaseTable::restore(leases)),
             audit_retention: cfg.audit_retention.max(1),
             poisoned: None,
         })
@@ -199,13 +204,30 @@ impl DurableStore {
     /// `state`, `covers`, ...). Refused after a failed commit.
     pub fn store(&self) -> Result<&Store, StateError> {
         self.check()?;
-        Ok(&self.store)
+        Ok(&self.replica.store)
     }
 
     /// The lease promises of this node (acceptor side).
     pub fn leases(&self) -> Result<&LeaseTable, StateError> {
         self.check()?;
-        Ok(&self.leases)
+        Ok(&self.replica.leases)
+    }
+
+    /// The replica, to change in memory (by a [`crate::Coordinator`]).
+    /// Nothing changed is durable until [`DurableStore::commit`] returned:
+    /// commit before sending or answering anything the change justifies.
+    /// Refused after a failed commit.
+    pub fn replica_mut(&mut self) -> Result<&mut Replica, StateError> {
+        self.check()?;
+        Ok(&mut self.replica)
+    }
+
+    /// Commit what changed in the replica since the last commit (one
+    /// transaction; fsync'd if entries or leases changed). On failure the
+    /// store refuses every further call until reopened.
+    pub fn commit(&mut self) -> Result<(), StateError> {
+        self.check()?;
+        self.persist()
     }
 
     /// [`Store::apply_local`], acknowledged (returned) only once durable.
@@ -217,7 +239,7 @@ impl DurableStore {
         now_ms: u64,
     ) -> Result<Change, StateError> {
         self.check()?;
-        let res = self.store.apply_local(author, key, op, now_ms);
+        let res = self.replica.store.apply_local(author, key, op, now_ms);
         self.persist()?;
         res
     }
@@ -225,7 +247,7 @@ impl DurableStore {
     /// [`Store::apply_remote`], persisted before returning.
     pub fn apply_remote(&mut self, delta: Delta, now_ms: u64) -> Result<RemoteOutcome, StateError> {
         self.check()?;
-        let res = self.store.apply_remote(delta, now_ms);
+        let res = self.replica.store.apply_remote(delta, now_ms);
         self.persist()?;
         res
     }
@@ -240,7 +262,10 @@ impl DurableStore {
         max_bytes: usize,
     ) -> Result<GossipOutput, StateError> {
         self.check()?;
-        let out = self.store.handle_gossip(from, msg, now_ms, max_bytes);
+        let out = self
+            .replica
+            .store
+            .handle_gossip(from, msg, now_ms, max_bytes);
         self.persist()?;
         Ok(out)
     }
@@ -254,7 +279,7 @@ impl DurableStore {
         now_ms: u64,
     ) -> Result<Vec<StateEvent>, StateError> {
         self.check()?;
-        let res = self.store.merge_state(from, key, state, now_ms);
+        let res = self.replica.store.merge_state(from, key, state, now_ms);
         self.persist()?;
         res
     }
@@ -262,7 +287,7 @@ impl DurableStore {
     /// [`Store::purge`], persisted before returning.
     pub fn purge(&mut self, now_ms: u64) -> Result<Vec<StateEvent>, StateError> {
         self.check()?;
-        let events = self.store.purge(now_ms);
+        let events = self.replica.store.purge(now_ms);
         self.persist()?;
         Ok(events)
     }
@@ -271,7 +296,7 @@ impl DurableStore {
     /// returned (an acceptor that restarts keeps its promises).
     pub fn lease_vote(&mut self, req: &LeaseRequest, now_ms: u64) -> Result<LeaseVote, StateError> {
         self.check()?;
-        let vote = self.leases.vote(req, now_ms);
+        let vote = self.replica.leases.vote(req, now_ms);
         self.persist()?;
         Ok(vote)
     }
@@ -285,7 +310,7 @@ impl DurableStore {
         now_ms: u64,
     ) -> Result<bool, StateError> {
         self.check()?;
-        let changed = self.leases.release(name, holder, token, now_ms);
+        let changed = self.replica.leases.release(name, holder, token, now_ms);
         self.persist()?;
         Ok(changed)
     }
@@ -341,8 +366,11 @@ impl DurableStore {
     }
 
     fn try_persist(&mut self) -> Result<(), StateError> {
-        let (keys, audit) = self.store.take_changes();
-        let leases = self.leases.take_dirty();
+        let Changes {
+            keys,
+            audit,
+            leases,
+        } = self.replica.take_changes();
         if keys.is_empty() && audit.is_empty() && leases.is_empty() {
             return Ok(());
         }
@@ -355,7 +383,7 @@ impl DurableStore {
         {
             let mut entries = tx.open_table(ENTRIES).map_err(storage)?;
             for key in &keys {
-                match self.store.state(key) {
+                match self.replica.store.state(key) {
                     Some(st) => {
                         entries
                             .insert(key.as_str(), encode(st)?.as_slice())
@@ -368,7 +396,7 @@ impl DurableStore {
             }
             let mut table = tx.open_table(LEASES).map_err(storage)?;
             for name in &leases {
-                if let Some(l) = self.leases.get(name) {
+                if let Some(l) = self.replica.leases.get(name) {
                     table
                         .insert(name.as_str(), encode(l)?.as_slice())
                         .map_err(storage)?;
@@ -381,7 +409,7 @@ impl DurableStore {
                         .insert(r.seq, encode(r)?.as_slice())
                         .map_err(storage)?;
                 }
-                let next = self.store.audit().next_seq();
+                let next = self.replica.store.audit().next_seq();
                 let cut = next.saturating_sub(self.audit_retention);
                 if cut > 0 {
                     table.retain_in(..cut, |_, _| false).map_err(storage)?;

@@ -179,6 +179,11 @@ impl LeaseTable {
         }
     }
 
+    /// Names whose promise changed since the last [`LeaseTable::take_dirty`].
+    pub(crate) fn dirty(&self) -> &BTreeSet<String> {
+        &self.dirty
+    }
+
     /// Names whose promise changed since the last call (for persistence).
     pub(crate) fn take_dirty(&mut self) -> BTreeSet<String> {
         std::mem::take(&mut self.dirty)

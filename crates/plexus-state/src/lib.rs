@@ -18,6 +18,11 @@
 //!   majority of acceptors and carry fencing tokens.
 //! - Consistency levels ([`Consistency`], [`AckTracker`]) count the acks for
 //!   local / majority / all reads and writes.
+//! - The [`Coordinator`] runs the replication protocol ([`StateWire`]):
+//!   majority/all writes and reads, lease votes and retries, gossip rounds,
+//!   timeouts. It changes a [`Replica`] in memory and returns a [`Ready`]
+//!   (persist, then publish, send, reply, set timers) for the node to
+//!   perform.
 //!
 //! Time is always passed in (`now_ms`, milliseconds since the Unix epoch).
 //! `docs/state.md` describes the model, the protocol and the guarantees.
@@ -25,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod coordinator;
 pub mod delta;
 pub mod digest;
 pub mod durable;
@@ -32,12 +38,18 @@ pub mod entry;
 pub mod lease;
 pub mod quorum;
 pub mod remote;
+pub mod replica;
 pub mod store;
 pub mod sync;
 pub mod types;
 pub mod value;
+pub mod wire;
 
 pub use audit::{AuditLog, AuditQuery, AuditRecord, Outcome, Source};
+pub use coordinator::{
+    Coordinator, CoordinatorConfig, LeaseAcquireRequest, Member, Operation, Outgoing, ReadOutcome,
+    ReadRequest, Ready, Reply, ReqId, RequestError, Timer, TimerSet, WriteOutcome, WriteRequest,
+};
 pub use delta::{
     topic_for, ChangeKind, Delta, DeltaOp, Prev, StateEvent, MAX_TOPIC_BYTES, TOPIC_PREFIX,
 };
@@ -47,6 +59,7 @@ pub use entry::{Body, Creation, EntryInfo, EntryState, Live, Meta};
 pub use lease::{Fence, Lease, LeaseAcquire, LeaseProgress, LeaseRequest, LeaseTable, LeaseVote};
 pub use quorum::{AckStatus, AckTracker, Consistency};
 pub use remote::{DeltaStatus, RemoteOutcome};
+pub use replica::{Changes, Persist, Replica};
 pub use store::{Change, LocalOp, Store, StoreConfig};
 pub use sync::{
     pack_deltas, pack_items, pack_summaries, GossipMsg, GossipOutput, Packed, MIN_MESSAGE_BYTES,
@@ -56,3 +69,4 @@ pub use value::{
     CounterOp, FieldKind, FieldMap, FieldStores, FieldView, LwwReg, MapAct, MapDot, MapOp, RegVal,
     Value, ValueOp, View,
 };
+pub use wire::StateWire;

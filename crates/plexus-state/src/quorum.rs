@@ -2,14 +2,15 @@
 //! that must reach more than the local replica (as Akka Distributed Data's
 //! `ReadLocal/WriteLocal`, `ReadMajority/WriteMajority`, `ReadAll/WriteAll`).
 //!
-//! The pure crate does the counting; the node sends the messages and owns
-//! the timeout. A write at level `Majority`:
+//! [`AckTracker`] does the counting; the [`crate::Coordinator`] runs the
+//! requests. A write at level `Majority`:
 //!
-//! 1. apply it locally ([`crate::DurableStore::apply_local`]: durable) and
-//!    ack for this node;
+//! 1. apply it locally (durable before anything else happens) and ack for
+//!    this node;
 //! 2. send the entry's state ([`crate::Store::state`]) to the peers; each
-//!    peer merges it ([`crate::DurableStore::merge_state`], durable) and
-//!    acks once [`crate::Store::covers`] the written `(gen, version)`;
+//!    peer merges it ([`crate::Store::merge_state`], durable before it
+//!    answers) and acks once [`crate::Store::covers`] the written
+//!    `(gen, version)`;
 //! 3. answer the caller when [`AckTracker::status`] is `Reached`, or fail
 //!    when it is `Failed` or the timeout fires first (the write stays
 //!    applied where it reached and gossip spreads it anyway).
@@ -36,6 +37,15 @@ pub enum Consistency {
 }
 
 impl Consistency {
+    /// `local`, `majority` or `all`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Consistency::Local => "local",
+            Consistency::Majority => "majority",
+            Consistency::All => "all",
+        }
+    }
+
     /// Acks needed (this node included) in a cluster of `cluster_size`
     /// nodes. Count every member that is up or unreachable (not removed):
     /// a partition must not shrink the quorum.
@@ -46,6 +56,12 @@ impl Consistency {
             Consistency::Majority => n / 2 + 1,
             Consistency::All => n,
         }
+    }
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

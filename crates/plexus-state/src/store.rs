@@ -154,7 +154,7 @@ impl LocalOp {
         }
     }
 
-    fn payload_len(&self) -> usize {
+    pub(crate) fn payload_len(&self) -> usize {
         let sum = |v: &Vec<String>| v.iter().map(String::len).sum::<usize>();
         match self {
             LocalOp::Create { access, .. } | LocalOp::SetAccess(access) => access.byte_len(),
@@ -172,7 +172,7 @@ impl LocalOp {
 
     /// Kind a value operation creates when the key is absent (`None` for
     /// operations that need an existing key).
-    fn creates(&self) -> Option<Kind> {
+    pub(crate) fn creates(&self) -> Option<Kind> {
         match self {
             LocalOp::Put(_) => Some(Kind::Lww),
             LocalOp::Incr(_) | LocalOp::Decr(_) => Some(Kind::PnCounter),
@@ -782,6 +782,11 @@ impl Store {
     pub(crate) fn track_changes(&mut self) {
         self.dirty.get_or_insert_with(BTreeSet::new);
         self.audit.track_unpersisted();
+    }
+
+    /// Keys changed or removed since the last [`Store::take_changes`].
+    pub(crate) fn unpersisted_keys(&self) -> Option<&BTreeSet<String>> {
+        self.dirty.as_ref()
     }
 
     /// Keys changed or removed, and audit records appended, since last call.

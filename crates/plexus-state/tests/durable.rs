@@ -283,3 +283,55 @@ fn acknowledged_write_survives_abort() {
     }
     assert_eq!(db.audit_len().expect("len"), 50);
 }
+
+/// A coordinator changes the replica in memory (`replica_mut`); only
+/// `commit` makes the change durable.
+#[test]
+fn changes_made_through_the_replica_are_durable_after_commit_only() {
+    use plexus_state::{
+        Consistency, Coordinator, CoordinatorConfig, LeaseAcquireRequest, Member, WriteRequest,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let write = |key: &str| WriteRequest {
+        plugin: "p".into(),
+        key: key.into(),
+        op: LocalOp::Incr(1),
+        access: None,
+        ttl_ms: None,
+        kind: None,
+        consistency: Consistency::Local,
+        timeout_ms: 1_000,
+    };
+    {
+        let mut db = open(&path);
+        let mut c = Coordinator::new("n0", CoordinatorConfig::default(), NOW);
+        c.set_members(Some(vec![Member::live("n0")]));
+        let (_, ready) = c.write(NOW, write("kept"), db.replica_mut().expect("replica"));
+        assert!(ready.persist.keys.contains("kept"));
+        let lease = LeaseAcquireRequest {
+            name: "job".into(),
+            holder: "h".into(),
+            ttl_ms: 60_000,
+            timeout_ms: 1_000,
+        };
+        let (_, ready) = c.acquire_lease(NOW, lease, db.replica_mut().expect("replica"));
+        assert!(ready.persist.leases.contains("job"));
+        db.commit().expect("commit");
+        assert!(db.replica_mut().expect("replica").unpersisted().is_empty());
+        // Changed but never committed: lost with the process.
+        let (_, ready) = c.write(NOW, write("lost"), db.replica_mut().expect("replica"));
+        assert!(ready.persist.keys.contains("lost"));
+    }
+    let db = open(&path);
+    let s = db.store().expect("store");
+    assert_eq!(
+        s.get("p", "kept", NOW).expect("get"),
+        Some(View::Counter(1))
+    );
+    assert_eq!(s.get("p", "lost", NOW).expect("get"), None);
+    assert_eq!(
+        db.leases().expect("leases").get("job").map(|l| l.token),
+        Some(1)
+    );
+}

@@ -1,0 +1,777 @@
+//! Plugin hosting: the PluginSupervisor and one PluginHost actor per plugin.
+//!
+//! A PluginHost subscribes to `plugin/{name}/request` on the bus; a pump task
+//! takes requests from its priority mailbox (so urgent requests overtake a
+//! backlog), bounded by the plugin's `maxConcurrency`, and hands each to the
+//! actor, which runs the command through the plugin's handler. A host that
+//! panics is restarted by the PluginSupervisor within the plugin's restart
+//! intensity (OTP style); past it the plugin is marked failed and the failure
+//! escalates to the NodeSupervisor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plexus_bus::{Envelope, MessageKind, PublishPolicy};
+use plexus_catalog::{HandlerSpec, Plugin};
+use plexus_handler::{
+    CommandHandler, ExecOutput, ExecRequest, HandlerError, SimFaults, SimHandler,
+};
+use plexus_process::{PluginPublish, ProcessHandler, PublishSink};
+use plexus_resilience::restart::{Decision, RestartIntensity};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
+
+use crate::actors::breaker::{BreakerActor, BreakerArgs, BreakerMsg, CallResult, Refused};
+use crate::actors::registry::RegistryMsg;
+use crate::actors::supervisor::NodeSupervisorMsg;
+use crate::ctx::{actor_name, NodeCtx};
+use crate::net::wire::PluginStatus;
+use crate::services::effects::EffectLog;
+use plexus_exec::{HostFailure, HostReply, Output, RawJson};
+
+/// The request topic of a plugin.
+pub fn request_topic(plugin: &str) -> String {
+    format!("plugin/{plugin}/request")
+}
+
+/// The host's answer to one request, as it crosses the wire.
+fn host_reply(node: &str, started: Instant, r: Result<ExecOutput, HandlerError>) -> HostReply {
+    HostReply {
+        node: node.to_string(),
+        duration_ms: crate::net::links::since(started).as_secs_f64() * 1000.0,
+        outcome: r
+            .map(|o| Output {
+                output: RawJson::from_output(o.output),
+                model: o.model.map(|m| m.to_string()),
+                cost_usd: o.cost_usd,
+                work_minutes: o.work_minutes,
+            })
+            .map_err(HostFailure::Handler),
+    }
+}
+
+/// A refusal or failure before the handler ran.
+fn host_failure(node: &str, f: HostFailure) -> HostReply {
+    HostReply {
+        node: node.to_string(),
+        duration_ms: 0.0,
+        outcome: Err(f),
+    }
+}
+
+/// Build the handler a plugin's manifest asks for.
+pub fn make_handler(ctx: &NodeCtx, plugin: &Arc<Plugin>) -> Arc<dyn CommandHandler> {
+    match &plugin.manifest.handler {
+        HandlerSpec::Sim(spec) => Arc::new(SimHandler::new(plugin.clone(), spec.clone())),
+        HandlerSpec::Process(spec) => Arc::new(ProcessHandler::new(
+            plugin.clone(),
+            (**spec).clone(),
+            Some(publish_sink(ctx, plugin)),
+        )),
+        HandlerSpec::Mcp(spec) => Arc::new(plexus_mcp::McpHandler::start(plugin, spec)),
+    }
+}
+
+/// How a plugin's own process publishes: through the bus's source check,
+/// as the plugin and on the topics its manifest declares.
+fn publish_sink(ctx: &NodeCtx, plugin: &Plugin) -> PublishSink {
+    let (policy, bad) = PublishPolicy::new(&plugin.name, &plugin.manifest.communication.topics);
+    for (pattern, e) in bad {
+        tracing::warn!(plugin = %plugin.name, %pattern, error = %e, "communication.topics entry is not a valid pattern; ignored");
+    }
+    let bus = ctx.bus.clone();
+    Arc::new(move |_plugin: &str, p: PluginPublish| {
+        let source = p.source.unwrap_or_else(|| policy.plugin().to_string());
+        let env = Envelope::new(
+            MessageKind::Event,
+            p.topic,
+            source,
+            p.payload.to_string().into_bytes(),
+        );
+        if let Err(e) = bus.publish_as(&policy, env) {
+            tracing::debug!(plugin = %policy.plugin(), error = %e, "plugin publish not delivered");
+        }
+    })
+}
+
+// ---------------------------------------------------------------- PluginHost
+
+#[derive(RactorMessage)]
+pub enum PluginHostMsg {
+    /// Run one request; the reply says it was taken (not that it finished).
+    Exec(
+        Box<Envelope>,
+        OwnedSemaphorePermit,
+        BreakerPermit,
+        RpcReplyPort<()>,
+    ),
+}
+
+pub struct PluginHostArgs {
+    pub ctx: Arc<NodeCtx>,
+    pub plugin: Arc<Plugin>,
+    pub handler: Arc<dyn CommandHandler>,
+    pub effects: Option<Arc<EffectLog>>,
+}
+
+pub struct PluginHostState {
+    ctx: Arc<NodeCtx>,
+    plugin: Arc<Plugin>,
+    handler: Arc<dyn CommandHandler>,
+    effects: Option<Arc<EffectLog>>,
+    pump: tokio::task::JoinHandle<()>,
+    /// Waits for the handler's process to stop.
+    watch: tokio::task::JoinHandle<()>,
+}
+
+pub struct PluginHost;
+
+impl Actor for PluginHost {
+    type Msg = PluginHostMsg;
+    type State = PluginHostState;
+    type Arguments = PluginHostArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        a: PluginHostArgs,
+    ) -> Result<PluginHostState, ActorProcessingErr> {
+        // A handler that keeps a process (a server) starts it with the host;
+        // a failure here counts against the plugin's restart intensity.
+        a.handler
+            .start()
+            .await
+            .map_err(|e| format!("handler of {} did not start: {e}", a.plugin.name))?;
+        let watch = {
+            let stopped = a.handler.stopped();
+            let me = myself.clone();
+            let plugin = a.plugin.name.clone();
+            tokio::spawn(async move {
+                let reason = stopped.await;
+                tracing::warn!(plugin = %plugin, %reason, "the plugin's process stopped; stopping its host so the supervisor restarts it");
+                me.stop(Some(format!("process stopped: {reason}")));
+            })
+        };
+        let sub = a
+            .ctx
+            .bus
+            .subscribe(&request_topic(&a.plugin.name), &a.plugin.name)?;
+        let permits = Arc::new(Semaphore::new(
+            a.plugin.manifest.placement.max_concurrency as usize,
+        ));
+        let ctx = a.ctx.clone();
+        let plugin_name = a.plugin.name.clone();
+        let pump = tokio::spawn(async move {
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let Some(env) = sub.recv().await else { break };
+                let trace_id = env.headers.trace_id.clone().unwrap_or_default();
+                tracing::debug!(plugin = %plugin_name, %trace_id, from = %env.source_node, "request taken from the mailbox");
+                // The plugin's circuit breaker decides before anything runs;
+                // no permit, no call.
+                let bp = match BreakerPermit::acquire(&ctx, &plugin_name).await {
+                    Ok(bp) => bp,
+                    Err(no) => {
+                        tracing::debug!(plugin = %plugin_name, %trace_id, reason = %no.message(&plugin_name, ctx.name()), "no breaker permit");
+                        let reply = host_failure(
+                            ctx.name(),
+                            HostFailure::BreakerOpen {
+                                state: no.state(),
+                                retry_after_ms: no.retry_after_ms(),
+                            },
+                        );
+                        respond(&ctx, &env, &reply);
+                        continue;
+                    }
+                };
+                let keep = env.clone();
+                let crash_permit = bp.id;
+                let taken = myself
+                    .call(
+                        |reply| PluginHostMsg::Exec(Box::new(env), permit, bp, reply),
+                        None,
+                    )
+                    .await;
+                if !matches!(taken, Ok(ractor::rpc::CallResult::Success(()))) {
+                    BreakerPermit { id: crash_permit }.report(
+                        &ctx,
+                        &plugin_name,
+                        CallResult::Failure,
+                        Duration::ZERO,
+                    );
+                    // The host died with this request in hand: answer it, and
+                    // stop pumping so the restarted host takes over the topic.
+                    // Not retryable: the request itself may be what crashes the
+                    // host, and retrying a poison request would crash-loop the
+                    // plugin into `failed`.
+                    let reply = host_failure(ctx.name(), HostFailure::Crashed);
+                    respond(&ctx, &keep, &reply);
+                    break;
+                }
+            }
+        });
+        Ok(PluginHostState {
+            ctx: a.ctx,
+            plugin: a.plugin,
+            handler: a.handler,
+            effects: a.effects,
+            pump,
+            watch,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        st: &mut PluginHostState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.pump.abort();
+        st.watch.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        msg: PluginHostMsg,
+        st: &mut PluginHostState,
+    ) -> Result<(), ActorProcessingErr> {
+        let PluginHostMsg::Exec(env, permit, bp, taken) = msg;
+        let started = crate::net::links::now();
+        let req = match parse_request(&env) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = taken.send(());
+                bp.report(
+                    &st.ctx,
+                    &st.plugin.name,
+                    CallResult::Ignored,
+                    Duration::ZERO,
+                );
+                respond(
+                    &st.ctx,
+                    &env,
+                    &host_failure(st.ctx.name(), HostFailure::Malformed(e)),
+                );
+                return Ok(());
+            }
+        };
+        let faults = SimFaults::from_input(&req.input);
+        if faults.panic && sim_faults_allowed(&st.plugin) {
+            // Deliberate crash (fault injection): exercises supervision.
+            panic!(
+                "plugin {} crashed on request (fault injection)",
+                st.plugin.name
+            );
+        }
+        let _ = taken.send(());
+        let handler = st.handler.clone();
+        let effects = st.effects.clone();
+        let ctx = st.ctx.clone();
+        let timeout = env
+            .metadata
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(ctx.config.request_timeout);
+        // The request's trace, from the envelope: the node that took the
+        // client's request logs under the same trace_id.
+        let span = tracing::info_span!(
+            "exec",
+            plugin = %req.plugin,
+            command = %req.command,
+            trace_id = %env.headers.trace_id.as_deref().unwrap_or(""),
+            span_id = %env.headers.span_id.as_deref().unwrap_or(""),
+            from = %env.source_node,
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            // A request with an idempotency key runs at most once to success.
+            let keyed = req.idempotency_key.clone().zip(effects);
+            let _held = match &keyed {
+                Some((k, log)) => Some(log.lock(k).await),
+                None => None,
+            };
+            let recorded = keyed.as_ref().and_then(|(k, log)| log.get(k));
+            let result = match recorded {
+                Some(o) => {
+                    tracing::debug!(key = ?req.idempotency_key, "duplicate request: answering from the effect log");
+                    Ok(o)
+                }
+                None => {
+                    if let Some(o) = &ctx.observer {
+                        o.observe(
+                            ctx.name(),
+                            crate::services::observe::Observation::HandlerCall {
+                                plugin: &req.plugin,
+                                command: &req.command,
+                                permit: bp.id,
+                            },
+                        );
+                    }
+                    let r = match tokio::time::timeout(timeout, handler.execute(req.clone())).await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(HandlerError::Timeout(timeout.as_millis() as u64)),
+                    };
+                    match (&r, &keyed) {
+                        (Ok(o), Some((k, log))) => match log.record(k, &req.command, o) {
+                            Ok(()) => r,
+                            Err(e) => Err(HandlerError::Failed(format!(
+                                "could not record the effect durably in {}: {e}",
+                                log.path().display()
+                            ))),
+                        },
+                        _ => r,
+                    }
+                }
+            };
+            let outcome = match &result {
+                Ok(_) => CallResult::Success,
+                Err(e) if e.is_plugin_fault() => CallResult::Failure,
+                Err(_) => CallResult::Ignored,
+            };
+            bp.report(&ctx, &req.plugin, outcome, crate::net::links::since(started));
+            let reply = host_reply(ctx.name(), started, result);
+            tracing::debug!(ok = reply.outcome.is_ok(), duration_ms = reply.duration_ms, "plugin command done");
+            respond(&ctx, &env, &reply);
+        }.instrument(span));
+        Ok(())
+    }
+}
+
+/// Pass a handler's reports (discovered tools, server states) to the
+/// registry, and raise an alert on `system/alerts` when a server is given
+/// up, and another when a later try brings it back.
+async fn forward_reports(
+    ctx: Arc<NodeCtx>,
+    plugin: String,
+    mut rx: tokio::sync::watch::Receiver<plexus_handler::HandlerReport>,
+) {
+    let mut failed = std::collections::BTreeSet::new();
+    loop {
+        let r = rx.borrow_and_update().clone();
+        for s in &r.servers {
+            let status = if s.state == "failed" {
+                failed.insert(s.name.clone()).then_some("failed")
+            } else if s.state == "running" && failed.remove(&s.name) {
+                Some("recovered")
+            } else {
+                None
+            };
+            if let Some(status) = status {
+                let alert = serde_json::json!({
+                    "node": ctx.name(), "plugin": plugin, "server": s.name,
+                    "status": status, "reason": s.last_error,
+                });
+                let _ = ctx.bus.publish(Envelope::new(
+                    MessageKind::Event,
+                    "system/alerts",
+                    ctx.name().to_string(),
+                    alert.to_string().into_bytes(),
+                ));
+            }
+        }
+        ctx.handler_reports
+            .write()
+            .insert(plugin.clone(), r.clone());
+        ctx.actors.registry.cast(RegistryMsg::LocalReport {
+            plugin: plugin.clone(),
+            report: r,
+        });
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// A call permitted by the plugin's breaker, to be reported exactly once.
+/// Only [`BreakerPermit::acquire`] makes one, and a plugin host runs
+/// nothing without one.
+pub struct BreakerPermit {
+    id: u64,
+}
+
+/// Why a request got no breaker permit.
+enum NoPermit {
+    /// The breaker refused (open, forced open, half-open and full).
+    Refused(Refused),
+    /// The breaker actor is restarting or did not answer in time. The call
+    /// is refused too: running it unguarded would let a failing plugin be
+    /// hammered exactly while its breaker cannot count.
+    Unavailable(&'static str),
+}
+
+impl NoPermit {
+    fn message(&self, plugin: &str, node: &str) -> String {
+        match self {
+            NoPermit::Refused(r) => {
+                let after = r
+                    .retry_after
+                    .map(|d| format!("; retry after {} ms", d.as_millis()))
+                    .unwrap_or_default();
+                format!(
+                    "circuit breaker of {plugin} on {node} is {}{after}",
+                    crate::actors::breaker::state_name(r.state)
+                )
+            }
+            NoPermit::Unavailable(why) => format!(
+                "circuit breaker of {plugin} on {node} {why}; the request was refused without running"
+            ),
+        }
+    }
+
+    /// The breaker's state as the refusal names it.
+    fn state(&self) -> String {
+        match self {
+            NoPermit::Refused(r) => crate::actors::breaker::state_name(r.state).into(),
+            NoPermit::Unavailable(why) => format!("unavailable ({why})"),
+        }
+    }
+
+    /// When to try this host again: an open breaker says; one that was
+    /// only unavailable restarts within ~50 ms.
+    fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            NoPermit::Refused(r) => r.retry_after.map(|d| d.as_millis() as u64),
+            NoPermit::Unavailable(_) => Some(50),
+        }
+    }
+}
+
+impl BreakerPermit {
+    /// Ask the plugin's breaker for a permit.
+    async fn acquire(ctx: &NodeCtx, plugin: &str) -> Result<BreakerPermit, NoPermit> {
+        let Some(b) = breaker_of(ctx, plugin) else {
+            return Err(NoPermit::Unavailable("is restarting"));
+        };
+        match b
+            .call(BreakerMsg::Acquire, Some(Duration::from_secs(1)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(Ok(id))) => Ok(BreakerPermit { id }),
+            Ok(ractor::rpc::CallResult::Success(Err(r))) => Err(NoPermit::Refused(r)),
+            Ok(ractor::rpc::CallResult::Timeout) => {
+                Err(NoPermit::Unavailable("did not answer within 1 s"))
+            }
+            _ => Err(NoPermit::Unavailable("stopped before it answered")),
+        }
+    }
+
+    fn report(self, ctx: &NodeCtx, plugin: &str, result: CallResult, duration: Duration) {
+        if let Some(b) = breaker_of(ctx, plugin) {
+            let _ = b.cast(BreakerMsg::Report {
+                permit: self.id,
+                result,
+                duration,
+            });
+        }
+    }
+}
+
+fn breaker_of(ctx: &NodeCtx, plugin: &str) -> Option<ActorRef<BreakerMsg>> {
+    ctx.actors.breaker(plugin)
+}
+
+fn sim_faults_allowed(p: &Plugin) -> bool {
+    match &p.manifest.handler {
+        HandlerSpec::Sim(s) => s.allow_fault_injection,
+        _ => false,
+    }
+}
+
+fn parse_request(env: &Envelope) -> Result<ExecRequest, String> {
+    plexus_codec::decode(&env.payload).map_err(|e| format!("malformed exec request: {e}"))
+}
+
+fn respond(ctx: &NodeCtx, req: &Envelope, reply: &HostReply) {
+    let payload = match plexus_codec::encode(reply) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode a reply");
+            return;
+        }
+    };
+    let resp = req.reply(ctx.name(), payload);
+    if let Err(e) = ctx.bus.respond(req, resp) {
+        tracing::warn!(error = %e, "could not send a response");
+    }
+}
+
+/// Build the bus envelope of an exec request (encoded by plexus-codec: the
+/// input stays the JSON text it came as). A request without a trace id
+/// takes the envelope's, so the reply and every log line can be joined.
+pub fn exec_envelope(
+    source: &str,
+    mut req: ExecRequest,
+    priority: u8,
+) -> Result<Envelope, plexus_codec::CodecError> {
+    let mut env = Envelope::new(
+        MessageKind::Request,
+        request_topic(&req.plugin),
+        source,
+        Vec::new(),
+    )
+    .to(req.plugin.clone())
+    .with_priority(priority)
+    .with_trace(req.trace_id.clone());
+    if req.trace_id.is_none() {
+        req.trace_id = env.headers.trace_id.as_deref().map(str::to_string);
+    }
+    env.payload = plexus_codec::encode(&req)?;
+    Ok(env)
+}
+
+// ---------------------------------------------------------- PluginSupervisor
+
+#[derive(RactorMessage)]
+pub enum PluginSupervisorMsg {
+    /// Start (or restart) the host of a plugin.
+    Start(String),
+    /// Start (or restart) the circuit breaker of a plugin.
+    StartBreaker(String),
+}
+
+struct Hosted {
+    plugin: Arc<Plugin>,
+    handler: Arc<dyn CommandHandler>,
+    effects: Option<Arc<EffectLog>>,
+    intensity: RestartIntensity,
+    actor: Option<ActorCell>,
+    status: PluginStatus,
+    restarts: u32,
+}
+
+pub struct PluginSupervisorState {
+    ctx: Arc<NodeCtx>,
+    hosts: HashMap<String, Hosted>,
+    breakers: HashMap<String, ActorCell>,
+}
+
+pub struct PluginSupervisor;
+
+impl Actor for PluginSupervisor {
+    type Msg = PluginSupervisorMsg;
+    type State = PluginSupervisorState;
+    type Arguments = Arc<NodeCtx>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: Arc<NodeCtx>,
+    ) -> Result<PluginSupervisorState, ActorProcessingErr> {
+        let mut hosts = HashMap::new();
+        for p in &ctx.hosted {
+            let pl = &p.manifest.placement;
+            let handler = make_handler(&ctx, p);
+            if let Some(rx) = handler.report() {
+                // Ends by itself when the handler is dropped (its sender goes).
+                tokio::spawn(forward_reports(ctx.clone(), p.name.clone(), rx));
+            }
+            hosts.insert(
+                p.name.clone(),
+                Hosted {
+                    plugin: p.clone(),
+                    handler,
+                    effects: match EffectLog::open(&ctx.config.data_dir.join("effects"), &p.name) {
+                        Ok(l) => Some(Arc::new(l)),
+                        Err(e) => {
+                            tracing::error!(plugin = %p.name, error = %e, "no effect log: duplicate requests will run again");
+                            None
+                        }
+                    },
+                    intensity: RestartIntensity::new(
+                        pl.max_restarts,
+                        Duration::from_secs(pl.restart_window_secs),
+                    ),
+                    actor: None,
+                    status: PluginStatus::Restarting,
+                    restarts: 0,
+                },
+            );
+            myself.cast(PluginSupervisorMsg::StartBreaker(p.name.clone()))?;
+            myself.cast(PluginSupervisorMsg::Start(p.name.clone()))?;
+        }
+        Ok(PluginSupervisorState {
+            ctx,
+            hosts,
+            breakers: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: PluginSupervisorMsg,
+        st: &mut PluginSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let name = match msg {
+            PluginSupervisorMsg::Start(name) => name,
+            PluginSupervisorMsg::StartBreaker(name) => {
+                let Some(h) = st.hosts.get(&name) else {
+                    return Ok(());
+                };
+                if st.breakers.contains_key(&name) {
+                    return Ok(());
+                }
+                let args = BreakerArgs {
+                    ctx: st.ctx.clone(),
+                    plugin: h.plugin.clone(),
+                };
+                let actor_id = actor_name(st.ctx.name(), &format!("breaker:{name}"));
+                match Actor::spawn_linked(Some(actor_id), BreakerActor, args, myself.get_cell())
+                    .await
+                {
+                    Ok((b, _)) => {
+                        st.ctx
+                            .actors
+                            .breakers
+                            .write()
+                            .insert(name.clone(), b.clone());
+                        st.breakers.insert(name, b.get_cell());
+                    }
+                    Err(e) => {
+                        tracing::error!(plugin = %name, error = %e, "breaker failed to start; retrying");
+                        myself.send_after(Duration::from_millis(200), move || {
+                            PluginSupervisorMsg::StartBreaker(name)
+                        });
+                    }
+                }
+                return Ok(());
+            }
+        };
+        let node = st.ctx.name().to_string();
+        let Some(h) = st.hosts.get_mut(&name) else {
+            return Ok(());
+        };
+        if h.actor.is_some() || h.status == PluginStatus::Failed {
+            return Ok(());
+        }
+        let args = PluginHostArgs {
+            ctx: st.ctx.clone(),
+            plugin: h.plugin.clone(),
+            handler: h.handler.clone(),
+            effects: h.effects.clone(),
+        };
+        match Actor::spawn_linked(
+            Some(actor_name(&node, &format!("plugin:{name}"))),
+            PluginHost,
+            args,
+            myself.get_cell(),
+        )
+        .await
+        {
+            Ok((actor, _)) => {
+                h.actor = Some(actor.get_cell());
+                h.status = PluginStatus::Running;
+                tracing::info!(plugin = %name, "plugin host started");
+            }
+            Err(e) => {
+                tracing::error!(plugin = %name, error = %e, "plugin host failed to start");
+                on_failure(&myself, st, &name, format!("start failed: {e}"));
+                return Ok(());
+            }
+        }
+        report(&st.ctx, h);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        st: &mut PluginSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("panicked: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, format!("stopped: {}", reason.unwrap_or_default()))
+            }
+            _ => return Ok(()),
+        };
+        let breaker = st
+            .breakers
+            .iter()
+            .find(|(_, c)| c.get_id() == cell.get_id())
+            .map(|(n, _)| n.clone());
+        if let Some(name) = breaker {
+            // A breaker that dies restarts Closed: its window was only advice.
+            tracing::warn!(plugin = %name, %reason, "circuit breaker actor failed; restarting");
+            st.breakers.remove(&name);
+            st.ctx.actors.breakers.write().remove(&name);
+            myself.send_after(Duration::from_millis(50), move || {
+                PluginSupervisorMsg::StartBreaker(name)
+            });
+            return Ok(());
+        }
+        let name = st
+            .hosts
+            .iter()
+            .find(|(_, h)| {
+                h.actor
+                    .as_ref()
+                    .is_some_and(|a| a.get_id() == cell.get_id())
+            })
+            .map(|(n, _)| n.clone());
+        if let Some(name) = name {
+            if let Some(h) = st.hosts.get_mut(&name) {
+                h.actor = None;
+            }
+            on_failure(&myself, st, &name, reason);
+        }
+        Ok(())
+    }
+}
+
+fn report(ctx: &NodeCtx, h: &Hosted) {
+    ctx.actors.registry.cast(RegistryMsg::LocalStatus {
+        plugin: h.plugin.name.clone(),
+        status: h.status,
+        restarts: h.restarts,
+    });
+}
+
+fn on_failure(
+    myself: &ActorRef<PluginSupervisorMsg>,
+    st: &mut PluginSupervisorState,
+    name: &str,
+    reason: String,
+) {
+    let node = st.ctx.name().to_string();
+    let Some(h) = st.hosts.get_mut(name) else {
+        return;
+    };
+    match h.intensity.record(crate::net::links::now()) {
+        Decision::Restart => {
+            h.restarts += 1;
+            h.status = PluginStatus::Restarting;
+            tracing::warn!(plugin = %name, %reason, restarts = h.restarts, "plugin host failed; restarting");
+            report(&st.ctx, h);
+            // A short pause keeps a crash loop from spinning the CPU.
+            let n = name.to_string();
+            myself.send_after(Duration::from_millis(50), move || {
+                PluginSupervisorMsg::Start(n)
+            });
+        }
+        Decision::GiveUp => {
+            h.status = PluginStatus::Failed;
+            tracing::error!(plugin = %name, %reason, "plugin restarted too often; marked failed");
+            report(&st.ctx, h);
+            let alert = serde_json::json!({"node": node, "plugin": name, "status": "failed", "reason": reason});
+            let _ = st.ctx.bus.publish(Envelope::new(
+                MessageKind::Event,
+                "system/alerts",
+                node.clone(),
+                alert.to_string().into_bytes(),
+            ));
+            st.ctx.actors.supervisor.cast(NodeSupervisorMsg::Escalate {
+                what: format!("plugin {name}"),
+                reason,
+            });
+        }
+    }
+}

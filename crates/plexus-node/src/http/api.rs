@@ -1,0 +1,697 @@
+//! The client API every node serves (HTTP + JSON). The CLI uses it; so can
+//! scripts. Errors are RFC 9457 problem documents.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use plexus_api::{
+    breaker_open, ExecBody, ExecReply, HealthBody, LinkRow, MemberRow, StartWorkflowBody,
+    StatusBody, WorkflowStarted,
+};
+use plexus_bus::DeadLetter;
+use plexus_exec::{RawJson, Target};
+use plexus_membership::{MemberStatus, MemberView};
+use ractor::ActorRef;
+use serde::Deserialize;
+
+use crate::actors::registry::plugin_rows;
+use crate::ctx::NodeCtx;
+use crate::http::problem::{self, Problem};
+use crate::net::wire::NodeAnnounce;
+use crate::services::exec::{self, CallSpec};
+
+/// The API's routes.
+pub fn router(ctx: Arc<NodeCtx>) -> Router {
+    let limit = ctx.config.max_payload_bytes + 64 * 1024;
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/exec", post(exec))
+        .route("/v1/route", post(route))
+        .route("/v1/ask", post(ask))
+        .route("/v1/workflows", post(start_workflow).get(list_workflows))
+        .route("/v1/workflows/{id}", get(get_workflow))
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/openapi.json", get(openapi))
+        .merge(crate::http::state::routes())
+        .merge(crate::http::dashboard::routes())
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            crate::http::auth::require_token,
+        ))
+        // Outermost: even a refused request has a trace id to quote.
+        .layer(axum::middleware::from_fn(crate::http::trace::layer))
+        .with_state(ctx)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "health",
+    description = "Liveness probe (no token needed).",
+    responses(
+        (status = 200, description = "The node is serving", body = HealthBody),
+    )
+)]
+async fn health(State(ctx): State<Arc<NodeCtx>>) -> Json<HealthBody> {
+    Json(HealthBody {
+        ok: true,
+        node: ctx.name().to_string(),
+    })
+}
+
+const ACTOR_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Ask one of the node's actors (its typed handle) and wait up to `wait`. A
+/// missing actor is a 503 "`what` is restarting", a silent one a 503
+/// "`what` did not answer".
+pub(crate) async fn call_actor<M: ractor::Message, T: Send + 'static>(
+    slot: &crate::ctx::Slot<M>,
+    what: &str,
+    wait: Duration,
+    build: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
+) -> Result<T, Problem> {
+    let a: ActorRef<M> = slot.get().ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "restarting",
+            format!("{what} is restarting"),
+        )
+    })?;
+    a.call(build, Some(wait))
+        .await
+        .ok()
+        .and_then(|r| r.success_or(()).ok())
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!("{what} did not answer"),
+            )
+        })
+}
+
+/// The membership view (the Membership actor's latest, from the directory
+/// snapshot: no round trip to the actor).
+pub async fn view(ctx: &NodeCtx) -> Result<Vec<MemberView>, Problem> {
+    Ok(ctx.directory.load().view.clone())
+}
+
+/// The registry's announces (from the directory snapshot).
+pub async fn announces(ctx: &NodeCtx) -> Result<Vec<NodeAnnounce>, Problem> {
+    Ok(ctx.directory.load().announces.clone())
+}
+
+/// Build the status document (also used by `plexus up`'s live view).
+pub async fn status_body(ctx: &NodeCtx) -> Result<StatusBody, Problem> {
+    let view = view(ctx).await?;
+    let ann = announces(ctx).await?;
+    let id = ctx.identity.read().clone();
+    let s = &ctx.stats;
+    use std::sync::atomic::Ordering::Relaxed;
+    Ok(StatusBody {
+        node: id.name.clone(),
+        generation: id.generation,
+        cluster_addr: id.cluster_addr.clone(),
+        api_addr: id.api_addr.clone(),
+        uptime_secs: ctx.started.elapsed().as_secs_f64(),
+        members: view
+            .iter()
+            .map(|m| MemberRow {
+                name: m.identity.name.clone(),
+                cluster_addr: m.identity.cluster_addr.clone(),
+                api_addr: m.identity.api_addr.clone(),
+                status: m.status,
+                generation: m.identity.generation,
+                local: m.local,
+            })
+            .collect(),
+        plugins: plugin_rows(&ann, &view),
+        bus: ctx.bus.stats(),
+        links: LinkRow {
+            linked: ctx.linked_nodes(),
+            frames_in: s.frames_in.load(Relaxed),
+            messages_in: s.messages_in.load(Relaxed),
+            frames_out: s.frames_out.load(Relaxed),
+            bad_frames: s.bad_frames.load(Relaxed),
+            handshakes_failed: s.handshakes_failed.load(Relaxed),
+            protocol_mismatches: s.protocol_mismatches.load(Relaxed),
+        },
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "status",
+    description = "Members, plugins (with breaker states), bus and link counters as this node sees them.",
+    responses(
+        (status = 200, description = "The node's view of the cluster", body = StatusBody),
+        (status = 503, description = "A node service is restarting or busy", body = plexus_api::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn status(State(ctx): State<Arc<NodeCtx>>) -> Result<Json<StatusBody>, Problem> {
+    status_body(&ctx).await.map(Json)
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/dead-letters",
+    tag = "status",
+    description = "The most recent undeliverable messages (newest last).",
+    params(("limit" = Option<usize>, Query, description = "How many (default 50, at most 1000)")),
+    responses(
+        (status = 200, description = "Dead letters", body = Vec<DeadLetter>),
+        (status = 400, description = "Malformed query", body = plexus_api::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn dead_letters(
+    State(ctx): State<Arc<NodeCtx>>,
+    q: Result<Query<Limit>, QueryRejection>,
+) -> Result<Json<Vec<DeadLetter>>, Problem> {
+    let Query(q) = q.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("malformed query: {}", e.body_text()),
+        )
+    })?;
+    Ok(Json(ctx.bus.dead_letters(q.limit.unwrap_or(50).min(1000))))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/exec",
+    tag = "exec",
+    description = "Run one plugin command wherever the plugin is hosted (breaker, retry policy, cache and default result apply).",
+    request_body = ExecBody,
+    responses(
+        (status = 200, description = "The command ran (or a degraded path served it: see served_by)", body = ExecReply),
+        (status = 400, description = "Malformed request or bad input", body = plexus_api::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown plugin or command", body = plexus_api::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Payload too large", body = plexus_api::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The plugin failed (reply holds its answer)", body = plexus_api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No host can take it (unavailable, breaker open)", body = plexus_api::Problem, content_type = "application/problem+json"),
+        (status = 504, description = "No answer in time", body = plexus_api::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn exec(
+    State(ctx): State<Arc<NodeCtx>>,
+    body: Result<Json<ExecBody>, JsonRejection>,
+) -> Result<Json<ExecReply>, Problem> {
+    let Json(b) = body.map_err(|e| body_problem(&ctx, e))?;
+    let spec = CallSpec {
+        idempotency_key: b.idempotency_key,
+        timeout_ms: b.timeout_ms,
+        priority: b.priority,
+        model: b.model,
+        // The API request's trace, so the plugin's node logs under it too.
+        trace_id: crate::http::trace::current().map(|t| t.trace_id),
+        ..CallSpec::new(
+            Target::new(b.plugin, b.command),
+            b.input.map(|r| RawJson::checked(r.get().to_string())),
+        )
+    };
+    let call = exec::call(&ctx, spec).map_err(|e| problem::of_error(&e))?;
+    match exec::run(&ctx, &call).await {
+        Ok(s) => Ok(Json(exec::reply_of(s))),
+        Err(f) => Err(problem::of_failure(
+            &f,
+            &call.target.plugin,
+            &call.target.command,
+        )),
+    }
+}
+
+/// The problem document for a request body that did not parse or was too large.
+pub(crate) fn body_problem(ctx: &NodeCtx, e: JsonRejection) -> Problem {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE
+        || e.body_text().contains("length limit exceeded")
+    {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!(
+                "request body too large: the limit is {} bytes (limits.max_payload_bytes)",
+                ctx.config.max_payload_bytes
+            ),
+        )
+    } else {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("malformed request: {}", e.body_text()),
+        )
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/route",
+    tag = "route",
+    description = "Decide which plugin and agent should handle a free-text request, with the live availability of every plugin. The answer is the decision: primary plugin, agent, model, confidence, fallbacks, explanation, candidates and plan.",
+    request_body = plexus_api::RouteBody,
+    responses(
+        (status = 200, description = "The routing decision", body = Object),
+        (status = 400, description = "Malformed request", body = plexus_api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The router is restarting or busy", body = plexus_api::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn route(
+    State(ctx): State<Arc<NodeCtx>>,
+    body: Result<Json<plexus_api::RouteBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let Json(body) = body.map_err(|e| body_problem(&ctx, e))?;
+    let d = crate::services::ask::route(&ctx, &body)
+        .await
+        .map_err(ask_problem)?;
+    Ok(Json(crate::services::ask::decision_json(&d)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/ask",
+    tag = "route",
+    description = "Route a free-text request and run it on the chosen plugin, then on each fallback in order.",
+    request_body = plexus_api::AskBody,
+    responses(
+        (status = 200, description = "What ran and which path served it", body = plexus_api::AskReply),
+        (status = 400, description = "Malformed request or bad input", body = plexus_api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The router is restarting or busy", body = plexus_api::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn ask(
+    State(ctx): State<Arc<NodeCtx>>,
+    body: Result<Json<plexus_api::AskBody>, JsonRejection>,
+) -> Result<Json<plexus_api::AskReply>, Problem> {
+    let Json(body) = body.map_err(|e| body_problem(&ctx, e))?;
+    crate::services::ask::ask(&ctx, body)
+        .await
+        .map(Json)
+        .map_err(ask_problem)
+}
+
+fn ask_problem(e: crate::services::ask::AskError) -> Problem {
+    use crate::services::ask::AskError;
+    match e {
+        AskError::BadRequest(m) => Problem::new(StatusCode::BAD_REQUEST, "bad-request", m),
+        AskError::RouterBusy(m) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m),
+        AskError::Exec(e) => problem::of_error(&e),
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/workflows",
+    tag = "workflows",
+    description = "Start a workflow run (sequential, parallel or saga). Waits for it to end unless `detach` is set.",
+    request_body = StartWorkflowBody,
+    responses(
+        (status = 200, description = "The run ended: its report", body = plexus_workflow::RunReport),
+        (status = 202, description = "Started (detach): its id", body = WorkflowStarted),
+        (status = 400, description = "Malformed request or workflow file", body = plexus_api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The workflow service is restarting", body = plexus_api::Problem, content_type = "application/problem+json"),
+        (status = 504, description = "Still running after wait_ms", body = plexus_api::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn start_workflow(
+    State(ctx): State<Arc<NodeCtx>>,
+    body: Result<Json<StartWorkflowBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    use crate::actors::workflows::WorkflowsMsg;
+    let Json(body) = body.map_err(|e| body_problem(&ctx, e))?;
+    let wf = plexus_workflow::Workflow::parse(&body.workflow).map_err(|e| {
+        let e = match &body.file {
+            Some(f) => e.in_file(f.clone()),
+            None => e,
+        };
+        Problem::new(StatusCode::BAD_REQUEST, "bad-workflow", e.to_string())
+    })?;
+    let input = body.input.unwrap_or(serde_json::json!({}));
+    let id = call_actor(&ctx.actors.workflows, WORKFLOWS, ACTOR_TIMEOUT, |reply| {
+        WorkflowsMsg::Start {
+            workflow: Box::new(wf),
+            input,
+            reply,
+        }
+    })
+    .await?;
+    if body.detach {
+        return Ok((StatusCode::ACCEPTED, Json(WorkflowStarted { id })).into_response());
+    }
+    let wait = body
+        .wait_ms
+        .map(Duration::from_millis)
+        .unwrap_or(crate::actors::workflows::MAX_WAIT)
+        .min(crate::actors::workflows::MAX_WAIT);
+    let ended = match ctx.actors.workflows.get() {
+        Some(sup) => sup
+            .call(
+                |reply| WorkflowsMsg::Wait {
+                    id: id.clone(),
+                    reply,
+                },
+                Some(wait),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+            .flatten(),
+        None => None,
+    };
+    match ended {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "workflow {id} is still running after {} ms; see GET /v1/workflows/{id}",
+                wait.as_millis()
+            ),
+        )),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/workflows",
+    tag = "workflows",
+    description = "Every workflow run and saga of this node with its step states.",
+    responses(
+        (status = 200, description = "Run reports", body = Vec<plexus_workflow::RunReport>),
+        (status = 503, description = "The workflow service is restarting", body = plexus_api::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_workflows(
+    State(ctx): State<Arc<NodeCtx>>,
+) -> Result<Json<Vec<plexus_workflow::RunReport>>, Problem> {
+    workflow_reports(&ctx).await.map(Json)
+}
+
+/// Every workflow run and saga of this node.
+pub async fn workflow_reports(ctx: &NodeCtx) -> Result<Vec<plexus_workflow::RunReport>, Problem> {
+    call_actor(
+        &ctx.actors.workflows,
+        WORKFLOWS,
+        ACTOR_TIMEOUT,
+        crate::actors::workflows::WorkflowsMsg::List,
+    )
+    .await
+}
+
+/// How errors name the workflow service.
+const WORKFLOWS: &str = "the workflow service";
+
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}",
+    tag = "workflows",
+    description = "One workflow run or saga with its step states.",
+    params(("id" = String, Path, description = "The run id")),
+    responses(
+        (status = 200, description = "The run's report", body = plexus_workflow::RunReport),
+        (status = 404, description = "No such run on this node", body = plexus_api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The workflow service is restarting", body = plexus_api::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_workflow(
+    State(ctx): State<Arc<NodeCtx>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<plexus_workflow::RunReport>, Problem> {
+    let Json(all) = list_workflows(State(ctx)).await?;
+    all.into_iter()
+        .find(|r| r.id == id)
+        .map(Json)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-workflow",
+                format!("no workflow run {id:?} on this node"),
+            )
+        })
+}
+
+/// `GET /v1/openapi.json`: this API's OpenAPI document.
+async fn openapi() -> Response {
+    let mut r = crate::http::openapi::spec_json().into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "metrics",
+    description = "Prometheus metrics (text format 0.0.4).",
+    responses(
+        (status = 200, description = "Prometheus text", body = String, content_type = "text/plain"),
+    )
+)]
+async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
+    use crate::services::metrics::{esc, header};
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut o = String::new();
+    let b = ctx.bus.stats();
+    for (name, kind, help, v) in [
+        (
+            "plexus_bus_published_total",
+            "counter",
+            "Messages published on this node's bus.",
+            b.published,
+        ),
+        (
+            "plexus_bus_delivered_total",
+            "counter",
+            "Messages delivered to local subscribers.",
+            b.delivered,
+        ),
+        (
+            "plexus_bus_forwarded_total",
+            "counter",
+            "Messages forwarded to other nodes.",
+            b.forwarded,
+        ),
+        (
+            "plexus_bus_dead_letters_total",
+            "counter",
+            "Messages dead-lettered (undeliverable or expired).",
+            b.dead_lettered,
+        ),
+        (
+            "plexus_bus_rejected_total",
+            "counter",
+            "Publishes refused by the bus's source check (audited as dead letters).",
+            b.rejected,
+        ),
+        (
+            "plexus_bus_subscriptions",
+            "gauge",
+            "Live subscriptions.",
+            b.subscriptions as u64,
+        ),
+        (
+            "plexus_bus_pending_requests",
+            "gauge",
+            "Requests waiting for a response.",
+            b.pending_requests as u64,
+        ),
+        (
+            "plexus_link_frames_in_total",
+            "counter",
+            "Cluster frames received.",
+            ctx.stats.frames_in.load(Relaxed),
+        ),
+        (
+            "plexus_link_messages_in_total",
+            "counter",
+            "Cluster messages the received frames came in (a frame alone or a batch).",
+            ctx.stats.messages_in.load(Relaxed),
+        ),
+        (
+            "plexus_link_frames_out_total",
+            "counter",
+            "Cluster frames sent.",
+            ctx.stats.frames_out.load(Relaxed),
+        ),
+        (
+            "plexus_link_bytes_in_total",
+            "counter",
+            "Cluster bytes received.",
+            ctx.stats.bytes_in.load(Relaxed),
+        ),
+        (
+            "plexus_link_bytes_out_total",
+            "counter",
+            "Cluster bytes sent.",
+            ctx.stats.bytes_out.load(Relaxed),
+        ),
+        (
+            "plexus_link_bad_frames_total",
+            "counter",
+            "Frames from peers that did not decode (dropped).",
+            ctx.stats.bad_frames.load(Relaxed),
+        ),
+        (
+            "plexus_link_handshakes_failed_total",
+            "counter",
+            "Incoming cluster connections dropped before a session (TLS handshake failed, timed out or refused).",
+            ctx.stats.handshakes_failed.load(Relaxed),
+        ),
+        (
+            "plexus_link_protocol_mismatches_total",
+            "counter",
+            "Frames refused because the peer runs another wire protocol (another Plexus release).",
+            ctx.stats.protocol_mismatches.load(Relaxed),
+        ),
+        (
+            "plexus_link_send_failures_total",
+            "counter",
+            "Frames that could not be sent.",
+            ctx.stats.send_failures.load(Relaxed),
+        ),
+    ] {
+        header(&mut o, name, kind, help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    let classes = ctx.bus.class_stats();
+    for (name, help, pick) in [
+        (
+            "plexus_bus_class_published_total",
+            "Messages published per topic class (first topic segment: plugin, system, state, workflow, other).",
+            (|c: &plexus_bus::TopicClassStats| c.published) as fn(&plexus_bus::TopicClassStats) -> u64,
+        ),
+        (
+            "plexus_bus_class_delivered_total",
+            "Messages delivered to local subscribers per topic class.",
+            |c| c.delivered,
+        ),
+        (
+            "plexus_bus_class_dead_letters_total",
+            "Messages dead-lettered per topic class.",
+            |c| c.dead_lettered,
+        ),
+    ] {
+        header(&mut o, name, "counter", help);
+        for c in &classes {
+            let _ = writeln!(o, "{name}{{class=\"{}\"}} {}", c.class, pick(c));
+        }
+    }
+    if let Ok(runs) = workflow_reports(&ctx).await {
+        use std::collections::BTreeMap;
+        let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for r in &runs {
+            *by.entry((
+                serde_json::to_value(r.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                serde_json::to_value(r.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+            ))
+            .or_default() += 1;
+        }
+        header(
+            &mut o,
+            "plexus_workflow_runs",
+            "gauge",
+            "Workflow runs and sagas this node knows, by kind and outcome (running, completed, failed, compensated, stuck).",
+        );
+        for ((kind, status), n) in by {
+            let _ = writeln!(
+                o,
+                "plexus_workflow_runs{{kind=\"{kind}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+    if let (Ok(view), Ok(ann)) = (view(&ctx).await, announces(&ctx).await) {
+        header(
+            &mut o,
+            "plexus_members",
+            "gauge",
+            "Cluster members by status, as this node sees them.",
+        );
+        for st in [
+            MemberStatus::Up,
+            MemberStatus::Unreachable,
+            MemberStatus::Down,
+        ] {
+            let n = view.iter().filter(|m| m.status == st).count();
+            let _ = writeln!(o, "plexus_members{{status=\"{st}\"}} {n}");
+        }
+        let rows = plugin_rows(&ann, &view);
+        header(
+            &mut o,
+            "plexus_plugin_available",
+            "gauge",
+            "1 when the plugin serves on that node.",
+        );
+        for r in &rows {
+            let _ = writeln!(
+                o,
+                "plexus_plugin_available{{plugin=\"{}\",node=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&r.node),
+                u8::from(r.status == "available")
+            );
+        }
+        header(
+            &mut o,
+            "plexus_plugin_breaker_open",
+            "gauge",
+            "1 when the plugin's circuit breaker refuses calls (open or forced open).",
+        );
+        for r in &rows {
+            let _ = writeln!(
+                o,
+                "plexus_plugin_breaker_open{{plugin=\"{}\",node=\"{}\",state=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&r.node),
+                esc(&r.breaker),
+                u8::from(breaker_open(&r.breaker))
+            );
+        }
+        header(
+            &mut o,
+            "plexus_plugin_restarts",
+            "gauge",
+            "Restarts of the plugin's host actor.",
+        );
+        for r in &rows {
+            let _ = writeln!(
+                o,
+                "plexus_plugin_restarts{{plugin=\"{}\",node=\"{}\"}} {}",
+                esc(&r.name),
+                esc(&r.node),
+                r.restarts
+            );
+        }
+    }
+    ctx.metrics.render(&mut o);
+    let mut r = o.into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}

@@ -1,0 +1,10 @@
+//! The client API (HTTP + JSON): routes, auth, tracing, the dashboard and
+//! the OpenAPI document. Typed errors become problem documents here only.
+
+pub mod api;
+pub mod auth;
+pub mod dashboard;
+pub mod openapi;
+pub mod problem;
+pub mod state;
+pub mod trace;
