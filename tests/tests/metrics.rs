@@ -19,9 +19,39 @@ fn get(api: &str, path: &str) -> (String, String) {
     (head.to_string(), body.to_string())
 }
 
+/// Samples by `name{labels}`, labels in any order (the exposition sorts
+/// them by name; the text format gives the order no meaning).
+struct Samples(HashMap<String, f64>);
+
+/// `name{b="1",a="2"}` as `name{a="2",b="1"}`. Label values here hold no
+/// `,` or `"`, so splitting on `,` is enough.
+fn canon(key: &str) -> String {
+    match key.split_once('{') {
+        Some((name, rest)) => {
+            let mut labels: Vec<&str> = rest.trim_end_matches('}').split(',').collect();
+            labels.sort_unstable();
+            format!("{name}{{{}}}", labels.join(","))
+        }
+        None => key.to_string(),
+    }
+}
+
+impl Samples {
+    fn get(&self, key: &str) -> Option<&f64> {
+        self.0.get(&canon(key))
+    }
+}
+
+impl std::ops::Index<&str> for Samples {
+    type Output = f64;
+    fn index(&self, key: &str) -> &f64 {
+        self.get(key).unwrap_or_else(|| panic!("no sample {key}"))
+    }
+}
+
 /// Parse the text format strictly enough to catch a malformed page:
 /// every sample line is `name{labels} value` with a known TYPE.
-fn parse(body: &str) -> HashMap<String, f64> {
+fn parse(body: &str) -> Samples {
     let mut types = HashMap::new();
     let mut samples = HashMap::new();
     for line in body.lines() {
@@ -52,9 +82,9 @@ fn parse(body: &str) -> HashMap<String, f64> {
         if key.contains('{') {
             assert!(key.ends_with('}'), "{line}");
         }
-        samples.insert(key.to_string(), v);
+        samples.insert(canon(key), v);
     }
-    samples
+    Samples(samples)
 }
 
 const BRITTLE: &str = r#"
@@ -98,7 +128,33 @@ max_attempts = 1
 compensate = { command = "create-component" }
 "#;
 
-fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
+/// `promtool check metrics` (Prometheus's own linter: types, HELP, `_total`
+/// on counters, label syntax) must accept the page. `.ci/run` installs it
+/// (Debian package `prometheus`); without it this check fails, not skips.
+fn promtool_accepts(body: &str) {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the page:\n{}{}\n--- page ---\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn value(m: &Samples, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(0.0)
 }
 
@@ -186,7 +242,9 @@ fn metrics_parse_and_counters_move_with_traffic() {
     std::fs::write(&wf, SAGA).unwrap();
     let o = plexus_tests::plexus(&["run", "--connect", &c.nodes[0].api, wf.to_str().unwrap()]);
     assert_eq!(o.code, 1, "{o:?}");
-    let m = parse(&get(&c.nodes[0].api, "/metrics").1);
+    let page = get(&c.nodes[0].api, "/metrics").1;
+    promtool_accepts(&page);
+    let m = parse(&page);
     assert_eq!(
         value(
             &m,

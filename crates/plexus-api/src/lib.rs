@@ -3,6 +3,8 @@
 //! the other's internals. Inputs and outputs of plugin commands travel as
 //! raw JSON (`Box<RawValue>`): the node never parses them on the way.
 
+pub mod state;
+
 use plexus_bus::BusStats;
 use plexus_catalog::ModelTier;
 use plexus_handler::ServerStatus;

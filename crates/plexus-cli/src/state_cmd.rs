@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand, ValueEnum};
-use plexus_node::actors::state::{ReadDone, WriteDone};
-use plexus_node::http::state::{ListReply, WriteBody};
+use plexus_api::state::{ListReply, ReadDone, WriteBody, WriteDone};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 

@@ -96,18 +96,6 @@ pub struct WriteReq {
     pub timeout: Duration,
 }
 
-/// A successful write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct WriteDone {
-    pub node: String,
-    pub key: String,
-    pub ops: Vec<String>,
-    pub consistency: String,
-    pub acks: usize,
-    pub required: usize,
-    pub acked_by: Vec<String>,
-}
-
 /// A read.
 #[derive(Debug, Clone)]
 pub struct ReadReq {
@@ -117,50 +105,7 @@ pub struct ReadReq {
     pub timeout: Duration,
 }
 
-/// A successful read.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ReadDone {
-    pub node: String,
-    pub key: String,
-    pub kind: String,
-    pub value: serde_json::Value,
-    pub owner: String,
-    pub access: AccessView,
-    pub expires_at_ms: Option<u64>,
-    pub generation: u64,
-    /// Version vector: node → changes seen.
-    pub version: std::collections::BTreeMap<String, u64>,
-    pub consistency: String,
-    pub acks: usize,
-    pub required: usize,
-}
-
-/// An access level in JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AccessView {
-    pub level: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub readers: Vec<String>,
-}
-
-impl From<&Access> for AccessView {
-    fn from(a: &Access) -> Self {
-        match a {
-            Access::Public => AccessView {
-                level: "public".into(),
-                readers: vec![],
-            },
-            Access::Private => AccessView {
-                level: "private".into(),
-                readers: vec![],
-            },
-            Access::Protected(l) => AccessView {
-                level: "protected".into(),
-                readers: l.iter().cloned().collect(),
-            },
-        }
-    }
-}
+pub use plexus_api::state::{AccessView, ReadDone, WriteDone};
 
 /// Parse `local|majority|all`.
 pub fn parse_consistency(s: &str) -> Result<Consistency, String> {

@@ -466,10 +466,9 @@ async fn openapi() -> Response {
     )
 )]
 async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
-    use crate::services::metrics::{esc, header};
-    use std::fmt::Write;
+    use crate::services::metrics::Scrape;
     use std::sync::atomic::Ordering::Relaxed;
-    let mut o = String::new();
+    let o = Scrape::default();
     let b = ctx.bus.stats();
     for (name, kind, help, v) in [
         (
@@ -569,8 +568,11 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
             ctx.stats.send_failures.load(Relaxed),
         ),
     ] {
-        header(&mut o, name, kind, help);
-        let _ = writeln!(o, "{name} {v}");
+        if kind == "gauge" {
+            o.gauge(name, help, v as i64);
+        } else {
+            o.counter(name, help, v);
+        }
     }
     let classes = ctx.bus.class_stats();
     for (name, help, pick) in [
@@ -590,9 +592,9 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
             |c| c.dead_lettered,
         ),
     ] {
-        header(&mut o, name, "counter", help);
+        let family = o.counter_vec(name, help, &["class"]);
         for c in &classes {
-            let _ = writeln!(o, "{name}{{class=\"{}\"}} {}", c.class, pick(c));
+            family.with_label_values(&[c.class.as_str()]).inc_by(pick(c));
         }
     }
     if let Ok(runs) = workflow_reports(&ctx).await {
@@ -611,25 +613,20 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
             ))
             .or_default() += 1;
         }
-        header(
-            &mut o,
+        let family = o.gauge_vec(
             "plexus_workflow_runs",
-            "gauge",
             "Workflow runs and sagas this node knows, by kind and outcome (running, completed, failed, compensated, stuck).",
+            &["kind", "status"],
         );
         for ((kind, status), n) in by {
-            let _ = writeln!(
-                o,
-                "plexus_workflow_runs{{kind=\"{kind}\",status=\"{status}\"}} {n}"
-            );
+            family.with_label_values(&[&kind, &status]).set(n as i64);
         }
     }
     if let (Ok(view), Ok(ann)) = (view(&ctx).await, announces(&ctx).await) {
-        header(
-            &mut o,
+        let members = o.gauge_vec(
             "plexus_members",
-            "gauge",
             "Cluster members by status, as this node sees them.",
+            &["status"],
         );
         for st in [
             MemberStatus::Up,
@@ -637,58 +634,36 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
             MemberStatus::Down,
         ] {
             let n = view.iter().filter(|m| m.status == st).count();
-            let _ = writeln!(o, "plexus_members{{status=\"{st}\"}} {n}");
+            members.with_label_values(&[&st.to_string()]).set(n as i64);
         }
         let rows = plugin_rows(&ann, &view);
-        header(
-            &mut o,
+        let available = o.gauge_vec(
             "plexus_plugin_available",
-            "gauge",
             "1 when the plugin serves on that node.",
+            &["plugin", "node"],
         );
-        for r in &rows {
-            let _ = writeln!(
-                o,
-                "plexus_plugin_available{{plugin=\"{}\",node=\"{}\"}} {}",
-                esc(&r.name),
-                esc(&r.node),
-                u8::from(r.status == "available")
-            );
-        }
-        header(
-            &mut o,
+        let open = o.gauge_vec(
             "plexus_plugin_breaker_open",
-            "gauge",
             "1 when the plugin's circuit breaker refuses calls (open or forced open).",
+            &["plugin", "node", "state"],
         );
-        for r in &rows {
-            let _ = writeln!(
-                o,
-                "plexus_plugin_breaker_open{{plugin=\"{}\",node=\"{}\",state=\"{}\"}} {}",
-                esc(&r.name),
-                esc(&r.node),
-                esc(&r.breaker),
-                u8::from(breaker_open(&r.breaker))
-            );
-        }
-        header(
-            &mut o,
+        let restarts = o.gauge_vec(
             "plexus_plugin_restarts",
-            "gauge",
             "Restarts of the plugin's host actor.",
+            &["plugin", "node"],
         );
         for r in &rows {
-            let _ = writeln!(
-                o,
-                "plexus_plugin_restarts{{plugin=\"{}\",node=\"{}\"}} {}",
-                esc(&r.name),
-                esc(&r.node),
-                r.restarts
-            );
+            available
+                .with_label_values(&[&r.name, &r.node])
+                .set(i64::from(r.status == "available"));
+            open.with_label_values(&[&r.name, &r.node, &r.breaker])
+                .set(i64::from(breaker_open(&r.breaker)));
+            restarts
+                .with_label_values(&[&r.name, &r.node])
+                .set(i64::from(r.restarts));
         }
     }
-    ctx.metrics.render(&mut o);
-    let mut r = o.into_response();
+    let mut r = ctx.metrics.render(&o).into_response();
     r.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -6,8 +6,8 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::actors::state::{AccessView, ReadDone, WriteDone};
 use crate::http::state::{AuditReply, LeaseBody, ListReply, ReleaseBody, ReleaseReply, WriteBody};
+use plexus_api::state::{AccessView, ReadDone, WriteDone};
 use plexus_api::{
     AskBody, AskReply, Attempt, ExecBody, ExecErrorBody, ExecReply, HealthBody, LinkRow, MemberRow,
     PluginRow, Problem, RouteBody, StartWorkflowBody, StatusBody, WorkflowStarted,

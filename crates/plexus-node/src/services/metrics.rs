@@ -1,39 +1,30 @@
-//! `/metrics` in the Prometheus text format (version 0.0.4).
+//! `/metrics` in the Prometheus text format (version 0.0.4), through the
+//! `prometheus` crate.
 //!
-//! Counters kept here are the ones no other part already has: request
-//! latency and outcomes per plugin (as seen by the node that took the
-//! client's request) and routing decisions. Bus, link, membership and plugin
-//! gauges are read from their owners when the page is rendered.
+//! Two kinds of series. The ones no other part already has (request latency
+//! and outcomes per plugin, as seen by the node that took the client's
+//! request; routing decisions; breaker transitions; membership events; wire
+//! traffic) live in [`Metrics`]'s registry for the node's lifetime. Series
+//! whose owner already counts them (bus, links, members, plugins, workflow
+//! runs) are read from that owner when the page is rendered, into a
+//! [`Scrape`] that lives for one request.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-impl Histogram {
-    fn observe(&mut self, secs: f64) {
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.counts[i] += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += secs;
-    }
-}
+/// Upper bounds of the routing confidence buckets (0–1).
+const CONFIDENCE_BUCKETS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
 /// How many routing decisions the node remembers for the dashboard.
 pub const RECENT_DECISIONS: usize = 50;
@@ -55,52 +46,154 @@ pub struct DecisionRecord {
     pub reasons: Vec<String>,
 }
 
-/// Node-local request and routing metrics.
-#[derive(Default)]
-pub struct Metrics {
-    exec: Mutex<BTreeMap<String, Histogram>>,
-    outcomes: Mutex<BTreeMap<(String, String), u64>>,
-    routes: Mutex<BTreeMap<&'static str, u64>>,
-    confidence: Mutex<Histogram>,
-    recent: Mutex<std::collections::VecDeque<DecisionRecord>>,
-    /// (plugin, from, to) → transitions of its breaker on this node.
-    breaker_transitions: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
-    /// `up` / `down` / `rejoined` → membership events seen by this node.
-    member_events: Mutex<BTreeMap<&'static str, u64>>,
-    /// Cluster frames and bytes sent, per protocol ([`WIRE_KINDS`]).
-    wire_out: [[std::sync::atomic::AtomicU64; 2]; WIRE_KINDS.len()],
-    /// Anti-entropy rounds of the state replica started by this node.
-    state_gossip_rounds: std::sync::atomic::AtomicU64,
-}
-
 /// Protocols on the cluster links: `foca` is SWIM membership gossip, `state`
 /// the replicated state's anti-entropy and quorum traffic.
 pub const WIRE_KINDS: [&str; 5] = ["hello", "foca", "announce", "bus", "state"];
 
+/// Node-local request and routing metrics.
+pub struct Metrics {
+    registry: Registry,
+    exec_duration: HistogramVec,
+    exec_total: IntCounterVec,
+    route_decisions: IntCounterVec,
+    route_confidence: Histogram,
+    breaker_transitions: IntCounterVec,
+    member_events: IntCounterVec,
+    /// Frames and bytes sent per protocol, resolved once: `wire_sent` is on
+    /// every frame's path.
+    wire_frames: Vec<IntCounter>,
+    wire_bytes: Vec<IntCounter>,
+    state_gossip_rounds: IntCounter,
+    recent: Mutex<VecDeque<DecisionRecord>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Register `c` with `r`. The names are fixed and unique in this module, so
+/// a failure is a programming error caught by the unit test, not input.
+fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    r.register(Box::new(c.clone()))
+        .expect("metric names in services::metrics are unique and valid");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric options"),
+    )
+}
+
 impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let exec_duration = reg(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "plexus_exec_duration_seconds",
+                    "Client request latency per plugin, on the node that took the request.",
+                )
+                .buckets(BUCKETS.to_vec()),
+                &["plugin"],
+            )
+            .expect("valid metric options"),
+        );
+        let exec_total = counter_vec(
+            &r,
+            "plexus_exec_total",
+            "Client requests per plugin and outcome (served_by path or error kind).",
+            &["plugin", "outcome"],
+        );
+        let route_decisions = counter_vec(
+            &r,
+            "plexus_route_decisions_total",
+            "Routing decisions by result.",
+            &["result"],
+        );
+        let route_confidence = reg(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "plexus_route_confidence",
+                    "Confidence of routing decisions (0-1).",
+                )
+                .buckets(CONFIDENCE_BUCKETS.to_vec()),
+            )
+            .expect("valid metric options"),
+        );
+        let breaker_transitions = counter_vec(
+            &r,
+            "plexus_breaker_transitions_total",
+            "Circuit breaker state changes of the plugins hosted on this node.",
+            &["plugin", "from", "to"],
+        );
+        let member_events = counter_vec(
+            &r,
+            "plexus_membership_events_total",
+            "Membership changes this node saw (up, down, rejoined).",
+            &["event"],
+        );
+        let frames = counter_vec(
+            &r,
+            "plexus_wire_frames_sent_total",
+            "Cluster frames sent per protocol (foca = SWIM gossip, state = anti-entropy and quorums).",
+            &["protocol"],
+        );
+        let bytes = counter_vec(
+            &r,
+            "plexus_wire_bytes_sent_total",
+            "Cluster bytes sent per protocol.",
+            &["protocol"],
+        );
+        let state_gossip_rounds = reg(
+            &r,
+            IntCounter::new(
+                "plexus_state_gossip_rounds_total",
+                "Anti-entropy rounds of the replicated state started by this node.",
+            )
+            .expect("valid metric options"),
+        );
+        Metrics {
+            wire_frames: WIRE_KINDS
+                .iter()
+                .map(|k| frames.with_label_values(&[k]))
+                .collect(),
+            wire_bytes: WIRE_KINDS
+                .iter()
+                .map(|k| bytes.with_label_values(&[k]))
+                .collect(),
+            registry: r,
+            exec_duration,
+            exec_total,
+            route_decisions,
+            route_confidence,
+            breaker_transitions,
+            member_events,
+            state_gossip_rounds,
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_DECISIONS)),
+        }
+    }
+
     /// One client request to `plugin` ended with `outcome` (`primary`,
     /// `retry`, `cache`, `default`, or an error kind) after `took`.
     pub fn exec(&self, plugin: &str, outcome: &str, took: Duration) {
-        self.exec
-            .lock()
-            .entry(plugin.to_string())
-            .or_default()
+        self.exec_duration
+            .with_label_values(&[plugin])
             .observe(took.as_secs_f64());
-        *self
-            .outcomes
-            .lock()
-            .entry((plugin.to_string(), outcome.to_string()))
-            .or_default() += 1;
+        self.exec_total.with_label_values(&[plugin, outcome]).inc();
     }
 
     /// One routing decision.
     pub fn route(&self, abstained: bool, confidence: f64) {
-        *self
-            .routes
-            .lock()
-            .entry(if abstained { "abstained" } else { "routed" })
-            .or_default() += 1;
-        self.confidence.lock().observe(confidence);
+        self.route_decisions
+            .with_label_values(&[if abstained { "abstained" } else { "routed" }])
+            .inc();
+        self.route_confidence.observe(confidence);
     }
 
     /// Remember a decision for the dashboard (a ring of the last
@@ -133,178 +226,90 @@ impl Metrics {
 
     /// A breaker of a plugin hosted here changed state.
     pub fn breaker_transition(&self, plugin: &str, from: &'static str, to: &'static str) {
-        *self
-            .breaker_transitions
-            .lock()
-            .entry((plugin.to_string(), from, to))
-            .or_default() += 1;
+        self.breaker_transitions
+            .with_label_values(&[plugin, from, to])
+            .inc();
     }
 
     /// A membership event (`up`, `down`, `rejoined`).
     pub fn member_event(&self, kind: &'static str) {
-        *self.member_events.lock().entry(kind).or_default() += 1;
+        self.member_events.with_label_values(&[kind]).inc();
     }
 
     /// One frame of protocol `kind` (index into [`WIRE_KINDS`]) was sent.
     pub fn wire_sent(&self, kind: usize, bytes: usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if let Some(c) = self.wire_out.get(kind) {
-            c[0].fetch_add(1, Relaxed);
-            c[1].fetch_add(bytes as u64, Relaxed);
+        if let (Some(f), Some(b)) = (self.wire_frames.get(kind), self.wire_bytes.get(kind)) {
+            f.inc();
+            b.inc_by(bytes as u64);
         }
     }
 
     /// The state replica started an anti-entropy round.
     pub fn state_gossip_round(&self) {
-        self.state_gossip_rounds
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.state_gossip_rounds.inc();
     }
 
-    /// Append this node's own metrics.
-    pub fn render(&self, out: &mut String) {
-        use std::sync::atomic::Ordering::Relaxed;
-        header(
-            out,
-            "plexus_breaker_transitions_total",
-            "counter",
-            "Circuit breaker state changes of the plugins hosted on this node.",
-        );
-        for ((p, f, t), n) in self.breaker_transitions.lock().iter() {
-            let _ = writeln!(
-                out,
-                "plexus_breaker_transitions_total{{plugin=\"{}\",from=\"{f}\",to=\"{t}\"}} {n}",
-                esc(p)
-            );
+    /// The page: this node's own series, then the scrape's, in the text
+    /// format.
+    pub fn render(&self, scrape: &Scrape) -> String {
+        let mut families = self.registry.gather();
+        families.extend(scrape.registry.gather());
+        let mut out = String::new();
+        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out) {
+            // Only a malformed family fails here; name the error on the page
+            // rather than serving half of it silently.
+            tracing::error!(error = %e, "rendering /metrics");
+            out = format!("# error rendering metrics: {e}\n");
         }
-        header(
-            out,
-            "plexus_membership_events_total",
-            "counter",
-            "Membership changes this node saw (up, down, rejoined).",
-        );
-        for (k, n) in self.member_events.lock().iter() {
-            let _ = writeln!(out, "plexus_membership_events_total{{event=\"{k}\"}} {n}");
-        }
-        header(
-            out,
-            "plexus_wire_frames_sent_total",
-            "counter",
-            "Cluster frames sent per protocol (foca = SWIM gossip, state = anti-entropy and quorums).",
-        );
-        for (k, c) in WIRE_KINDS.iter().zip(&self.wire_out) {
-            let _ = writeln!(
-                out,
-                "plexus_wire_frames_sent_total{{protocol=\"{k}\"}} {}",
-                c[0].load(Relaxed)
-            );
-        }
-        header(
-            out,
-            "plexus_wire_bytes_sent_total",
-            "counter",
-            "Cluster bytes sent per protocol.",
-        );
-        for (k, c) in WIRE_KINDS.iter().zip(&self.wire_out) {
-            let _ = writeln!(
-                out,
-                "plexus_wire_bytes_sent_total{{protocol=\"{k}\"}} {}",
-                c[1].load(Relaxed)
-            );
-        }
-        header(
-            out,
-            "plexus_state_gossip_rounds_total",
-            "counter",
-            "Anti-entropy rounds of the replicated state started by this node.",
-        );
-        let _ = writeln!(
-            out,
-            "plexus_state_gossip_rounds_total {}",
-            self.state_gossip_rounds.load(Relaxed)
-        );
-        let exec = self.exec.lock().clone();
-        header(
-            out,
-            "plexus_exec_duration_seconds",
-            "histogram",
-            "Client request latency per plugin, on the node that took the request.",
-        );
-        for (p, h) in &exec {
-            histogram(
-                out,
-                "plexus_exec_duration_seconds",
-                &format!("plugin=\"{}\"", esc(p)),
-                h,
-            );
-        }
-        header(
-            out,
-            "plexus_exec_total",
-            "counter",
-            "Client requests per plugin and outcome (served_by path or error kind).",
-        );
-        for ((p, o), n) in self.outcomes.lock().iter() {
-            let _ = writeln!(
-                out,
-                "plexus_exec_total{{plugin=\"{}\",outcome=\"{}\"}} {n}",
-                esc(p),
-                esc(o)
-            );
-        }
-        header(
-            out,
-            "plexus_route_decisions_total",
-            "counter",
-            "Routing decisions by result.",
-        );
-        for (r, n) in self.routes.lock().iter() {
-            let _ = writeln!(out, "plexus_route_decisions_total{{result=\"{r}\"}} {n}");
-        }
-        header(
-            out,
-            "plexus_route_confidence",
-            "histogram",
-            "Confidence of routing decisions (0-1; buckets reuse the latency bounds).",
-        );
-        histogram(
-            out,
-            "plexus_route_confidence",
-            "",
-            &self.confidence.lock().clone(),
-        );
+        out
     }
 }
 
-/// `# HELP` and `# TYPE` lines.
-pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// Series read from their owners for one `/metrics` request.
+pub struct Scrape {
+    registry: Registry,
 }
 
-/// A label value escaped for the text format.
-pub fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
-    let sep = if labels.is_empty() { "" } else { "," };
-    for (i, b) in BUCKETS.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
-            h.counts[i]
-        );
+impl Default for Scrape {
+    fn default() -> Self {
+        Scrape {
+            registry: Registry::new(),
+        }
     }
-    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
-    let braces = if labels.is_empty() {
-        String::new()
-    } else {
-        format!("{{{labels}}}")
-    };
-    let _ = writeln!(out, "{name}_sum{braces} {}", h.sum);
-    let _ = writeln!(out, "{name}_count{braces} {}", h.count);
+}
+
+impl Scrape {
+    /// A counter whose owner keeps the running total (`value`).
+    pub fn counter(&self, name: &str, help: &str, value: u64) {
+        let c = reg(
+            &self.registry,
+            IntCounter::new(name, help).expect("valid metric options"),
+        );
+        c.inc_by(value);
+    }
+
+    /// A gauge read from its owner.
+    pub fn gauge(&self, name: &str, help: &str, value: i64) {
+        let g = reg(
+            &self.registry,
+            prometheus::IntGauge::new(name, help).expect("valid metric options"),
+        );
+        g.set(value);
+    }
+
+    /// A labelled counter family; the caller sets each child with
+    /// `inc_by(total)` once.
+    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        counter_vec(&self.registry, name, help, labels)
+    }
+
+    /// A labelled gauge family.
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        reg(
+            &self.registry,
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric options"),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -316,8 +321,7 @@ mod tests {
         let m = Metrics::default();
         m.exec("p\"x", "primary", Duration::from_millis(3));
         m.exec("p\"x", "primary", Duration::from_millis(300));
-        let mut s = String::new();
-        m.render(&mut s);
+        let s = m.render(&Scrape::default());
         assert!(
             s.contains("plexus_exec_duration_seconds_bucket{plugin=\"p\\\"x\",le=\"0.005\"} 1"),
             "{s}"
@@ -334,5 +338,25 @@ mod tests {
             s.contains("plexus_exec_total{plugin=\"p\\\"x\",outcome=\"primary\"} 2"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn scrape_series_render_beside_the_nodes_own() {
+        let m = Metrics::default();
+        m.wire_sent(1, 40);
+        m.wire_sent(99, 40); // an unknown protocol index is ignored
+        let s = Scrape::default();
+        s.counter("plexus_link_frames_out_total", "Cluster frames sent.", 7);
+        s.gauge_vec("plexus_members", "Members.", &["status"])
+            .with_label_values(&["up"])
+            .set(3);
+        let page = m.render(&s);
+        assert!(page.contains("plexus_link_frames_out_total 7"), "{page}");
+        assert!(page.contains("plexus_members{status=\"up\"} 3"), "{page}");
+        assert!(
+            page.contains("plexus_wire_bytes_sent_total{protocol=\"foca\"} 40"),
+            "{page}"
+        );
+        assert!(page.contains("# TYPE plexus_state_gossip_rounds_total counter"));
     }
 }
