@@ -620,7 +620,7 @@ async fn cluster_runs(cx: &mut Ctx, a: &BenchArgs, cl: &mut Cluster) -> Result<(
     .await
     .map_err(|e| anyhow!(e))?;
     let ctx = driver.ctx.clone();
-    embedded::wait_until("bench-echo available", Duration::from_secs(30), || {
+    embedded::wait_until("bench-echo available", Duration::from_secs(90), || {
         ctx.directory
             .load()
             .plugin(catalog::ECHO_PLUGIN)
