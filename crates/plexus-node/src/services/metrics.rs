@@ -71,6 +71,8 @@ pub struct Metrics {
     wire_out: [[std::sync::atomic::AtomicU64; 2]; WIRE_KINDS.len()],
     /// Anti-entropy rounds of the state replica started by this node.
     state_gossip_rounds: std::sync::atomic::AtomicU64,
+    /// Plugins started or stopped on this node because the placement moved them.
+    placement_moves: std::sync::atomic::AtomicU64,
 }
 
 /// Protocols on the cluster links: `foca` is SWIM membership gossip, `state`
@@ -160,6 +162,18 @@ impl Metrics {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// `n` plugins were started or stopped here by a placement change.
+    pub fn placement_moves(&self, n: usize) {
+        self.placement_moves
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Plugins started or stopped here by placement changes so far.
+    pub fn placement_moves_total(&self) -> u64 {
+        self.placement_moves
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Append this node's own metrics.
     pub fn render(&self, out: &mut String) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -221,6 +235,17 @@ impl Metrics {
             out,
             "plexus_state_gossip_rounds_total {}",
             self.state_gossip_rounds.load(Relaxed)
+        );
+        header(
+            out,
+            "plexus_placement_moves_total",
+            "counter",
+            "Plugins started or stopped on this node because the cluster placement moved them.",
+        );
+        let _ = writeln!(
+            out,
+            "plexus_placement_moves_total {}",
+            self.placement_moves.load(Relaxed)
         );
         let exec = self.exec.lock().clone();
         header(
