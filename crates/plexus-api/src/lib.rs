@@ -79,8 +79,30 @@ pub struct StatusBody {
     pub uptime_secs: f64,
     pub members: Vec<MemberRow>,
     pub plugins: Vec<PluginRow>,
+    /// The cluster placement as this node computes it: per plugin, the
+    /// nodes assigned against the nodes running it.
+    #[serde(default)]
+    pub placement: Vec<PlacementRow>,
+    /// Plugins this node started or stopped because the placement moved them.
+    #[serde(default)]
+    pub placement_moves: u64,
     pub bus: BusStats,
     pub links: LinkRow,
+}
+
+/// One plugin's placement: where the rule puts it and where it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlacementRow {
+    pub plugin: String,
+    /// `[placement] replicas`.
+    pub replicas: u32,
+    /// The nodes the placement assigns it to, best first.
+    pub assigned: Vec<String>,
+    /// The up nodes whose announce lists it running.
+    pub running: Vec<String>,
+    /// Why it has fewer nodes than replicas (no eligible node up, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -511,6 +511,17 @@ pub struct Placement {
     /// Commands run at once by one host.
     #[serde(default = "max_concurrency")]
     pub max_concurrency: u32,
+    /// Nodes that run the plugin at once (cluster placement; default 1).
+    #[serde(default = "replicas")]
+    pub replicas: u32,
+    /// Node labels (`[node] labels`) a node must carry, each with this
+    /// value, to host the plugin: `labels = { gpu = "yes" }`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+fn replicas() -> u32 {
+    1
 }
 
 fn max_restarts() -> u32 {
@@ -641,6 +652,16 @@ impl Manifest {
         if self.placement.max_concurrency == 0 {
             return Err("placement.maxConcurrency must be > 0".into());
         }
+        if self.placement.replicas == 0 {
+            return Err("placement.replicas must be at least 1".into());
+        }
+        for (k, v) in &self.placement.labels {
+            if k.trim().is_empty() || v.trim().is_empty() {
+                return Err(format!(
+                    "placement.labels: label {k:?} = {v:?} needs a non-empty name and value"
+                ));
+            }
+        }
         for c in &self.commands {
             if c.name.trim().is_empty() {
                 return Err("a [[commands]] entry has an empty name".into());
@@ -669,6 +690,8 @@ impl Default for Placement {
             max_restarts: max_restarts(),
             restart_window_secs: restart_window(),
             max_concurrency: max_concurrency(),
+            replicas: replicas(),
+            labels: Default::default(),
         }
     }
 }

@@ -438,7 +438,7 @@ async fn add_node(
         "127.0.0.1:0",
         "127.0.0.1:0",
         &cl.nodes,
-        plugins,
+        Some(plugins),
         args,
         cookie,
         &log,

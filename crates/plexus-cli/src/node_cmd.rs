@@ -144,7 +144,7 @@ pub fn run(a: NodeArgs) -> CliResult {
             // when the API listens on 0.0.0.0, as in a container).
             "api_addr": ctx.config.api_addr(),
             "generation": ctx.identity.read().generation,
-            "plugins": ctx.hosted.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+            "plugins": ctx.offered.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
         });
         {
             let mut out = std::io::stdout().lock();

@@ -79,6 +79,32 @@ pub fn render(s: &StatusBody) -> String {
             p.name, p.version, p.node, p.status, p.breaker, p.agents, p.commands, p.restarts
         );
     }
+    if !s.placement.is_empty() {
+        let _ = writeln!(o, "\nPLACEMENT ({} moves on this node)", s.placement_moves);
+        let _ = writeln!(
+            o,
+            "  {:<26} {:>8} {:<28} {:<28} WHY SHORT",
+            "PLUGIN", "REPLICAS", "ASSIGNED", "RUNNING"
+        );
+        for r in &s.placement {
+            let dash = |v: &[String]| {
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.join(",")
+                }
+            };
+            let _ = writeln!(
+                o,
+                "  {:<26} {:>8} {:<28} {:<28} {}",
+                r.plugin,
+                r.replicas,
+                dash(&r.assigned),
+                dash(&r.running),
+                r.short.as_deref().unwrap_or("")
+            );
+        }
+    }
     let servers: Vec<_> = s
         .plugins
         .iter()

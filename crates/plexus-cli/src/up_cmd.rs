@@ -46,11 +46,11 @@ pub(crate) struct Node {
     pub(crate) child: Child,
     pub(crate) cluster: String,
     pub(crate) api: String,
-    pub(crate) plugins: Vec<String>,
     pub(crate) log: PathBuf,
 }
 
-/// Round-robin placement: plugin i goes to node i mod N.
+/// Round-robin placement: plugin i goes to node i mod N. `plexus bench`
+/// pins its plugins this way; `plexus up` leaves placement to the cluster.
 pub fn placement(plugins: &[String], nodes: usize) -> Vec<Vec<String>> {
     let mut out = vec![vec![]; nodes];
     for (i, p) in plugins.iter().enumerate() {
@@ -69,8 +69,6 @@ pub fn run(a: UpArgs) -> CliResult {
             "the catalog is empty: nothing to host"
         )));
     }
-    let names: Vec<String> = cat.plugins.iter().map(|p| p.name.clone()).collect();
-    let plan = placement(&names, a.nodes as usize);
     std::fs::create_dir_all(&a.dir)
         .with_context(|| format!("cannot create {}", a.dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the plexus binary")?;
@@ -87,7 +85,9 @@ pub fn run(a: UpArgs) -> CliResult {
         let mut nodes: Vec<Node> = vec![];
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        for (i, hosted) in plan.iter().enumerate() {
+        // Every node may host every plugin: the cluster's placement rule
+        // (rendezvous hashing over the nodes up) decides where each runs.
+        for i in 0..a.nodes as usize {
             let name = format!("node{}", i + 1);
             let (listen, api) = if a.base_port == 0 {
                 ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string())
@@ -100,7 +100,7 @@ pub fn run(a: UpArgs) -> CliResult {
             };
             let log = a.dir.join(format!("{name}.log"));
             let started = tokio::select! {
-                r = start_node(&exe, &name, &listen, &api, &nodes, hosted, &a, &cookie, &log) => r,
+                r = start_node(&exe, &name, &listen, &api, &nodes, None, &a, &cookie, &log) => r,
                 _ = term.recv() => Err(anyhow!("interrupted")),
                 _ = int.recv() => Err(anyhow!("interrupted")),
             };
@@ -113,10 +113,11 @@ pub fn run(a: UpArgs) -> CliResult {
             }
         }
         println!("Plexus cluster up: {} nodes (cookie in each node's environment; logs in {})", nodes.len(), a.dir.display());
-        println!("{:<8} {:<18} {:<18} PLUGINS", "NODE", "CLUSTER", "API");
+        println!("{:<8} {:<18} API", "NODE", "CLUSTER");
         for n in &nodes {
-            println!("{:<8} {:<18} {:<18} {}", n.name, n.cluster, n.api, n.plugins.join(", "));
+            println!("{:<8} {:<18} {}", n.name, n.cluster, n.api);
         }
+        println!("plugins are placed by the cluster (replicas, labels); `plexus status` shows where");
         println!("\ntry:  plexus status --connect {}\n      plexus exec --connect {} --plugin {} --command {}",
             nodes[0].api, nodes[0].api, cat.plugins[0].name,
             cat.plugins[0].commands.first().map(|c| c.name.as_str()).unwrap_or("COMMAND"));
@@ -163,7 +164,7 @@ pub(crate) async fn start_node(
     listen: &str,
     api: &str,
     earlier: &[Node],
-    plugins: &[String],
+    plugins: Option<&[String]>,
     a: &UpArgs,
     cookie: &str,
     log: &std::path::Path,
@@ -173,8 +174,6 @@ pub(crate) async fn start_node(
     let mut cmd = Command::new(exe);
     cmd.arg("node")
         .args(["--name", name, "--listen", listen, "--api", api])
-        .arg("--plugins")
-        .arg(plugins.join(","))
         .arg("--data-dir")
         .arg(a.dir.join(name))
         .env("PLEXUS_COOKIE", cookie)
@@ -182,6 +181,10 @@ pub(crate) async fn start_node(
         .stdout(Stdio::piped())
         .stderr(Stdio::from(logf))
         .kill_on_drop(true);
+    if let Some(plugins) = plugins {
+        // Only these (a constraint on the placement).
+        cmd.arg("--plugins").arg(plugins.join(","));
+    }
     for n in earlier {
         cmd.args(["--seed", &n.cluster]);
     }
@@ -255,7 +258,6 @@ pub(crate) async fn start_node(
         child,
         cluster: v["cluster_addr"].as_str().unwrap_or_default().to_string(),
         api: v["api_addr"].as_str().unwrap_or_default().to_string(),
-        plugins: plugins.to_vec(),
         log: log.to_path_buf(),
     })
 }

@@ -70,8 +70,16 @@ pub struct NodeSection {
     pub seeds: Vec<String>,
     pub cookie: Option<String>,
     pub data_dir: Option<PathBuf>,
-    /// Plugins this node hosts (default: every plugin in its catalog).
+    /// Plugins this node may host (default: every plugin in its catalog);
+    /// the cluster's placement picks which of them it runs.
     pub plugins: Option<Vec<String>>,
+    /// This node's labels, which plugins' `[placement] labels` match:
+    /// `labels = { zone = "a", gpu = "yes" }`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// How long a node that comes back (restarted, or seen down) must stay
+    /// up before plugins move back to it (default 30,000 ms).
+    pub placement_settle_ms: Option<u64>,
     /// Extra catalog directories.
     #[serde(default)]
     pub catalog: Vec<PathBuf>,
@@ -270,7 +278,12 @@ pub struct NodeConfig {
     pub seeds: Vec<String>,
     pub cookie: String,
     pub data_dir: PathBuf,
+    /// Plugins this node may host (`--plugins`: a constraint, not the placement).
     pub plugins: Option<Vec<String>>,
+    /// `[node] labels`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `[node] placement_settle_ms`.
+    pub placement_settle: Duration,
     pub catalog: Vec<PathBuf>,
     pub default_plugins: bool,
     pub membership: MembershipConfig,
@@ -519,6 +532,17 @@ impl FileConfig {
                 });
             }
         };
+        for (k, v) in &n.labels {
+            if !plexus_catalog::manifest::valid_name(k) || v.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: format!("node.labels.{k}"),
+                    message: format!(
+                        "label {k:?} = {v:?}: the name must be 1-64 characters of a-z, 0-9, '-' or '_' and the value non-empty"
+                    ),
+                });
+            }
+        }
+        let labels = n.labels.clone();
         Ok(NodeConfig {
             clock_skew_ms,
             api_token,
@@ -534,6 +558,8 @@ impl FileConfig {
             seeds: n.seeds,
             cookie: n.cookie.unwrap_or_else(|| DEV_COOKIE.to_string()),
             plugins: n.plugins,
+            labels,
+            placement_settle: Duration::from_millis(n.placement_settle_ms.unwrap_or(30_000)),
             catalog: n.catalog,
             default_plugins: !n.no_default_plugins,
             membership,

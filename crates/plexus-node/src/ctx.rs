@@ -123,7 +123,16 @@ pub struct NodeCtx {
     pub identity: RwLock<NodeIdentity>,
     pub bus: Bus,
     pub catalog: Arc<Catalog>,
-    pub hosted: Vec<Arc<Plugin>>,
+    /// The plugins this node may host: its catalog, within `--plugins`.
+    /// Which of them it runs is the cluster placement's answer
+    /// ([`NodeCtx::placement`]).
+    pub offered: Vec<Arc<Plugin>>,
+    /// The cluster placement as this node last computed it (the Registry
+    /// actor keeps it), for status.
+    pub placement: RwLock<plexus_placement::Assignment>,
+    /// The plugins this node runs by that placement (so a restarted
+    /// Registry starts from what the PluginSupervisor runs).
+    pub placement_running: RwLock<std::collections::BTreeSet<String>>,
     pub stats: Arc<LinkStats>,
     pub started: Instant,
     /// Typed handles of the node's actors.
@@ -157,6 +166,11 @@ pub struct NodeCtx {
 impl NodeCtx {
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// An offered plugin by name.
+    pub fn offered(&self, plugin: &str) -> Option<&Arc<Plugin>> {
+        self.offered.iter().find(|p| p.name == plugin)
     }
 
     /// The node's exec pipeline.

@@ -88,7 +88,8 @@ pub struct InProcess {
     pub observer: Option<Arc<dyn Observer>>,
 }
 
-/// Pick which catalog plugins this node hosts.
+/// Pick which catalog plugins this node may host (`--plugins` narrows the
+/// catalog; the cluster placement picks among them).
 pub fn select_plugins(
     catalog: &Catalog,
     wanted: Option<&[String]>,
@@ -353,7 +354,9 @@ async fn spawn_tree(
         identity: RwLock::new(identity),
         bus: bus.clone(),
         catalog: Arc::new(catalog),
-        hosted,
+        offered: hosted,
+        placement: RwLock::new(Default::default()),
+        placement_running: RwLock::new(Default::default()),
         stats: Arc::new(LinkStats::default()),
         started: links::now(),
         metrics: services::metrics::Metrics::default(),

@@ -530,6 +530,9 @@ pub fn exec_envelope(
 
 #[derive(RactorMessage)]
 pub enum PluginSupervisorMsg {
+    /// Run exactly these plugins here (the placement's answer): start the
+    /// new ones, stop the others.
+    Assign(std::collections::BTreeSet<String>),
     /// Start (or restart) the host of a plugin.
     Start(String),
     /// Start (or restart) the circuit breaker of a plugin.
@@ -561,41 +564,12 @@ impl Actor for PluginSupervisor {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         ctx: Arc<NodeCtx>,
     ) -> Result<PluginSupervisorState, ActorProcessingErr> {
-        let mut hosts = HashMap::new();
-        for p in &ctx.hosted {
-            let pl = &p.manifest.placement;
-            let handler = make_handler(&ctx, p);
-            if let Some(rx) = handler.report() {
-                // Ends by itself when the handler is dropped (its sender goes).
-                tokio::spawn(forward_reports(ctx.clone(), p.name.clone(), rx));
-            }
-            hosts.insert(
-                p.name.clone(),
-                Hosted {
-                    plugin: p.clone(),
-                    handler,
-                    effects: match EffectLog::open(&ctx.config.data_dir.join("effects"), &p.name) {
-                        Ok(l) => Some(Arc::new(l)),
-                        Err(e) => {
-                            tracing::error!(plugin = %p.name, error = %e, "no effect log: duplicate requests will run again");
-                            None
-                        }
-                    },
-                    intensity: RestartIntensity::new(
-                        pl.max_restarts,
-                        Duration::from_secs(pl.restart_window_secs),
-                    ),
-                    actor: None,
-                    status: PluginStatus::Restarting,
-                    restarts: 0,
-                },
-            );
-            myself.cast(PluginSupervisorMsg::StartBreaker(p.name.clone()))?;
-            myself.cast(PluginSupervisorMsg::Start(p.name.clone()))?;
-        }
+        // What to run is the placement's answer, which the Registry keeps.
+        ctx.actors.registry.cast(RegistryMsg::Resend);
+        let hosts = HashMap::new();
         Ok(PluginSupervisorState {
             ctx,
             hosts,
@@ -610,6 +584,10 @@ impl Actor for PluginSupervisor {
         st: &mut PluginSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         let name = match msg {
+            PluginSupervisorMsg::Assign(names) => {
+                assign(&myself, st, names)?;
+                return Ok(());
+            }
             PluginSupervisorMsg::Start(name) => name,
             PluginSupervisorMsg::StartBreaker(name) => {
                 let Some(h) = st.hosts.get(&name) else {
@@ -725,6 +703,79 @@ impl Actor for PluginSupervisor {
         }
         Ok(())
     }
+}
+
+/// Start the plugins of `names` not running here, stop the ones running
+/// here that it leaves out. A stopped host takes no new request; those it
+/// holds finish and are answered (their tasks own the handler).
+fn assign(
+    myself: &ActorRef<PluginSupervisorMsg>,
+    st: &mut PluginSupervisorState,
+    names: std::collections::BTreeSet<String>,
+) -> Result<(), ActorProcessingErr> {
+    let ctx = st.ctx.clone();
+    let mut gone: Vec<String> = st
+        .hosts
+        .keys()
+        .filter(|n| !names.contains(*n))
+        .cloned()
+        .collect();
+    gone.sort();
+    for name in gone {
+        // Forget it first, so its stop is not taken for a crash.
+        if let Some(h) = st.hosts.remove(&name) {
+            if let Some(a) = h.actor {
+                a.stop(Some("placed elsewhere".into()));
+            }
+        }
+        if let Some(b) = st.breakers.remove(&name) {
+            b.stop(Some("placed elsewhere".into()));
+        }
+        ctx.actors.breakers.write().remove(&name);
+        ctx.handler_reports.write().remove(&name);
+        tracing::info!(plugin = %name, "plugin stopped here: placed elsewhere");
+    }
+    for name in names {
+        if let Some(h) = st.hosts.get(&name) {
+            report(&ctx, h);
+            continue;
+        }
+        let Some(p) = ctx.offered(&name).cloned() else {
+            tracing::warn!(plugin = %name, "placed here but not in this node's catalog; not started");
+            continue;
+        };
+        let pl = &p.manifest.placement;
+        let handler = make_handler(&ctx, &p);
+        if let Some(rx) = handler.report() {
+            // Ends by itself when the handler is dropped (its sender goes).
+            tokio::spawn(forward_reports(ctx.clone(), p.name.clone(), rx));
+        }
+        let effects = match EffectLog::open(&ctx.config.data_dir.join("effects"), &p.name) {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => {
+                tracing::error!(plugin = %p.name, error = %e, "no effect log: duplicate requests will run again");
+                None
+            }
+        };
+        st.hosts.insert(
+            p.name.clone(),
+            Hosted {
+                intensity: RestartIntensity::new(
+                    pl.max_restarts,
+                    Duration::from_secs(pl.restart_window_secs),
+                ),
+                plugin: p.clone(),
+                handler,
+                effects,
+                actor: None,
+                status: PluginStatus::Restarting,
+                restarts: 0,
+            },
+        );
+        myself.cast(PluginSupervisorMsg::StartBreaker(p.name.clone()))?;
+        myself.cast(PluginSupervisorMsg::Start(p.name.clone()))?;
+    }
+    Ok(())
 }
 
 fn report(ctx: &NodeCtx, h: &Hosted) {

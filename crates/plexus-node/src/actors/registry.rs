@@ -4,16 +4,24 @@
 //! that comes up, whenever something changes, and periodically. The registry
 //! keeps the newest announce per node, so the plugins of a node that went
 //! down are still listed (as unavailable) and come back with it.
+//!
+//! It also decides what this node runs. An announce carries the plugins a
+//! node may host and its labels; from those and the members up, the
+//! registry computes the cluster placement (`plexus_placement`, the same
+//! answer on every node) after every change and every second, and tells
+//! the PluginSupervisor which plugins to run here. A plugin that moves away
+//! keeps running here until its new node announces it running.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use plexus_handler::{DiscoveredCommand, HandlerReport};
 use plexus_membership::{MemberStatus, MemberView, NodeIdentity};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 
+use crate::actors::plugins::PluginSupervisorMsg;
 use crate::actors::router::RouterMsg;
 use crate::ctx::NodeCtx;
 use crate::net::wire::{HostedPlugin, NodeAnnounce, PluginStatus, Wire};
@@ -43,7 +51,11 @@ pub enum RegistryMsg {
     },
     /// Our identity changed (rejoin): tell everyone again.
     Reannounce,
+    /// The PluginSupervisor (re)started: tell it what to run.
+    Resend,
     Tick,
+    /// Compute the placement again (settle periods end with time).
+    Place,
     Snapshot(RpcReplyPort<Vec<NodeAnnounce>>),
 }
 
@@ -58,6 +70,11 @@ pub struct RegistryState {
     /// plugins are not shown available (a thawed node is `up` again a
     /// moment before its interest arrives).
     stale: BTreeSet<String>,
+    /// Since when each node has been up, for placement's hysteresis.
+    tracker: plexus_placement::Tracker,
+    /// What this node runs: what it last told the PluginSupervisor.
+    running_here: BTreeSet<String>,
+    started: Instant,
 }
 
 pub struct Registry;
@@ -73,42 +90,39 @@ impl Actor for Registry {
         ctx: Arc<NodeCtx>,
     ) -> Result<RegistryState, ActorProcessingErr> {
         tracing::debug!("registry starting");
-        let reports = ctx.handler_reports.read().clone();
-        let mut local: Vec<HostedPlugin> = ctx
-            .hosted
-            .iter()
-            .map(|p| HostedPlugin {
-                name: p.name.clone(),
-                version: p.version.clone(),
-                status: PluginStatus::Restarting,
-                handler: p.manifest.handler.kind_name().into(),
-                agents: p.agents.iter().map(|a| a.name.clone()).collect(),
-                commands: p.commands.iter().map(|c| c.name.clone()).collect(),
-                aliases: p
-                    .commands
-                    .iter()
-                    .filter_map(|c| c.alias.clone().map(|a| (a, c.name.clone())))
-                    .collect(),
-                restarts: 0,
-                breaker: "closed".into(),
-                tools: vec![],
-                servers: vec![],
-            })
-            .collect();
-        for p in &mut local {
-            if let Some(r) = reports.get(&p.name) {
-                apply_report(p, &ctx, r);
-            }
-        }
         myself.send_interval(Duration::from_secs(10), || RegistryMsg::Tick);
-        let st = RegistryState {
+        myself.send_interval(Duration::from_secs(1), || RegistryMsg::Place);
+        // A restarted registry starts from the directory its predecessor
+        // and the Membership actor published (empty at the node's start).
+        let dir = ctx.directory.load();
+        let me = ctx.name().to_string();
+        let nodes: BTreeMap<String, NodeAnnounce> = dir
+            .announces
+            .iter()
+            .filter(|a| a.identity.name != me)
+            .map(|a| (a.identity.name.clone(), a.clone()))
+            .collect();
+        let up: BTreeMap<String, NodeIdentity> = dir
+            .view
+            .iter()
+            .filter(|m| m.status == MemberStatus::Up && m.identity.name != me)
+            .map(|m| (m.identity.name.clone(), m.identity.clone()))
+            .collect();
+        let mut st = RegistryState {
+            tracker: plexus_placement::Tracker::new(ctx.config.placement_settle),
             ctx,
             seq: 0,
-            local,
-            nodes: BTreeMap::new(),
-            up: BTreeMap::new(),
+            local: vec![],
+            nodes,
+            up,
             stale: BTreeSet::new(),
+            running_here: BTreeSet::new(),
+            started: crate::net::links::now(),
         };
+        // A restarted registry takes over what the PluginSupervisor runs.
+        let running: BTreeSet<String> = st.ctx.placement_running.read().clone();
+        set_running(&mut st, running);
+        place(&mut st);
         st.ctx.directory.set_announces(all_announces(&st));
         Ok(st)
     }
@@ -141,6 +155,13 @@ impl Actor for Registry {
             RegistryMsg::MemberDown(id) => {
                 st.up.remove(&id.name);
                 st.stale.insert(id.name.clone());
+            }
+            RegistryMsg::Place => {}
+            RegistryMsg::Resend => {
+                st.ctx
+                    .actors
+                    .plugins
+                    .cast(PluginSupervisorMsg::Assign(st.running_here.clone()));
             }
             RegistryMsg::LocalStatus {
                 plugin,
@@ -175,6 +196,7 @@ impl Actor for Registry {
                 return Ok(());
             }
         }
+        place(st);
         st.ctx.directory.set_announces(all_announces(st));
         Ok(())
     }
@@ -200,6 +222,8 @@ fn all_announces(st: &RegistryState) -> Vec<NodeAnnounce> {
         identity: st.ctx.identity.read().clone(),
         seq: st.seq,
         plugins: st.local.clone(),
+        labels: st.ctx.config.labels.clone(),
+        offers: offers(&st.ctx),
     });
     all.sort_by(|a, b| a.identity.name.cmp(&b.identity.name));
     all
@@ -214,7 +238,7 @@ fn apply_report(p: &mut HostedPlugin, ctx: &NodeCtx, r: &HandlerReport) -> bool 
     p.tools = r.commands.clone();
     p.servers = r.servers.clone();
     let mut commands: Vec<String> = ctx
-        .hosted
+        .offered
         .iter()
         .find(|h| h.name == p.name)
         .map(|h| h.commands.iter().map(|c| c.name.clone()).collect())
@@ -265,6 +289,139 @@ fn own_announce(st: &mut RegistryState) -> NodeAnnounce {
         identity: st.ctx.identity.read().clone(),
         seq: st.seq,
         plugins: st.local.clone(),
+        labels: st.ctx.config.labels.clone(),
+        offers: offers(&st.ctx),
+    }
+}
+
+/// The plugins this node may host, with their `[placement]`.
+fn offers(ctx: &NodeCtx) -> Vec<plexus_placement::PluginSpec> {
+    ctx.offered
+        .iter()
+        .map(|p| plexus_placement::PluginSpec {
+            name: p.name.clone(),
+            replicas: p.manifest.placement.replicas.max(1),
+            requires: p.manifest.placement.labels.clone(),
+        })
+        .collect()
+}
+
+/// A plugin this node starts running, as its announce lists it.
+fn hosted_entry(ctx: &NodeCtx, p: &plexus_catalog::Plugin) -> HostedPlugin {
+    let mut h = HostedPlugin {
+        name: p.name.clone(),
+        version: p.version.clone(),
+        status: PluginStatus::Restarting,
+        handler: p.manifest.handler.kind_name().into(),
+        agents: p.agents.iter().map(|a| a.name.clone()).collect(),
+        commands: p.commands.iter().map(|c| c.name.clone()).collect(),
+        aliases: p
+            .commands
+            .iter()
+            .filter_map(|c| c.alias.clone().map(|a| (a, c.name.clone())))
+            .collect(),
+        restarts: 0,
+        breaker: "closed".into(),
+        tools: vec![],
+        servers: vec![],
+    };
+    if let Some(r) = ctx.handler_reports.read().get(&p.name) {
+        apply_report(&mut h, ctx, r);
+    }
+    h
+}
+
+/// Make `running` what this node runs: announce entries for new plugins,
+/// none for dropped ones, and the PluginSupervisor told.
+fn set_running(st: &mut RegistryState, running: BTreeSet<String>) {
+    let ctx = st.ctx.clone();
+    st.local.retain(|h| running.contains(&h.name));
+    for name in &running {
+        if st.local.iter().all(|h| &h.name != name) {
+            if let Some(p) = ctx.offered(name) {
+                st.local.push(hosted_entry(&ctx, p));
+            }
+        }
+    }
+    st.local.sort_by(|a, b| a.name.cmp(&b.name));
+    *ctx.placement_running.write() = running.clone();
+    st.running_here = running.clone();
+    ctx.actors
+        .plugins
+        .cast(PluginSupervisorMsg::Assign(running));
+}
+
+/// How long a node with seeds waits for a first peer's announce before it
+/// places plugins alone (all on itself, to hand them over later).
+const ALONE_AFTER: Duration = Duration::from_secs(3);
+
+/// Compute the placement from the members up and their announces; start
+/// or stop plugins here to match it.
+fn place(st: &mut RegistryState) {
+    let now = crate::net::links::now();
+    let me = st.ctx.identity.read().clone();
+    // A joining node first hears who runs what, so it does not start
+    // everything only to hand it over a moment later.
+    if !st.ctx.config.seeds.is_empty()
+        && st.nodes.is_empty()
+        && now.saturating_duration_since(st.started) < ALONE_AFTER
+    {
+        return;
+    }
+    let mut up: Vec<(&str, u64)> = st
+        .up
+        .values()
+        .filter(|id| id.name != me.name)
+        .map(|id| (id.name.as_str(), id.generation))
+        .collect();
+    up.push((me.name.as_str(), me.generation));
+    st.tracker.observe(up.iter().copied(), now);
+    let all = all_announces(st);
+    let mut candidates = vec![];
+    let mut specs = vec![];
+    let mut running = plexus_placement::Running::new();
+    let mut serving = plexus_placement::Running::new();
+    for a in &all {
+        let name = &a.identity.name;
+        let is_up = *name == me.name || (st.up.contains_key(name) && !st.stale.contains(name));
+        if !is_up {
+            continue;
+        }
+        specs.extend(a.offers.iter().cloned());
+        candidates.push(plexus_placement::Candidate {
+            name: name.clone(),
+            labels: a.labels.clone(),
+            offers: a.offers.iter().map(|o| o.name.clone()).collect(),
+            settled: st.tracker.settled(name, now),
+        });
+        for p in &a.plugins {
+            if p.status != PluginStatus::Failed {
+                running
+                    .entry(p.name.clone())
+                    .or_default()
+                    .insert(name.clone());
+            }
+            if p.status == PluginStatus::Running {
+                serving
+                    .entry(p.name.clone())
+                    .or_default()
+                    .insert(name.clone());
+            }
+        }
+    }
+    let assignment = plexus_placement::assign(&candidates, &specs, &running);
+    let run = plexus_placement::to_run(&assignment, &me.name, &st.running_here, &serving);
+    if *st.ctx.placement.read() != assignment {
+        tracing::debug!(mine = ?assignment.for_node(&me.name), "placement changed");
+        *st.ctx.placement.write() = assignment;
+    }
+    if run != st.running_here {
+        let added: Vec<&String> = run.difference(&st.running_here).collect();
+        let removed: Vec<&String> = st.running_here.difference(&run).collect();
+        tracing::info!(?added, ?removed, "placement: plugins move");
+        st.ctx.metrics.placement_moves(added.len() + removed.len());
+        set_running(st, run);
+        broadcast(st);
     }
 }
 
@@ -373,12 +530,16 @@ mod tests {
             NodeAnnounce {
                 identity: id("b"),
                 seq: 1,
+                labels: Default::default(),
+                offers: vec![],
                 plugins: vec![time_b, git_b, hosted("sim", PluginStatus::Running)],
             },
             // A stale announce of ourselves is ignored: our own list is current.
             NodeAnnounce {
                 identity: id("a"),
                 seq: 1,
+                labels: Default::default(),
+                offers: vec![],
                 plugins: vec![hosted("time", PluginStatus::Running)],
             },
         ];
@@ -400,11 +561,15 @@ mod tests {
             NodeAnnounce {
                 identity: id("a"),
                 seq: 1,
+                labels: Default::default(),
+                offers: vec![],
                 plugins: vec![hosted("p", PluginStatus::Running)],
             },
             NodeAnnounce {
                 identity: id("b"),
                 seq: 1,
+                labels: Default::default(),
+                offers: vec![],
                 plugins: vec![
                     hosted("q", PluginStatus::Running),
                     hosted("r", PluginStatus::Failed),
@@ -413,6 +578,8 @@ mod tests {
             NodeAnnounce {
                 identity: id("c"),
                 seq: 1,
+                labels: Default::default(),
+                offers: vec![],
                 plugins: vec![hosted("s", PluginStatus::Running)],
             },
         ];

@@ -135,6 +135,8 @@ pub async fn status_body(ctx: &NodeCtx) -> Result<StatusBody, Problem> {
                 local: m.local,
             })
             .collect(),
+        placement: placement_rows(ctx, &ann, &view),
+        placement_moves: ctx.metrics.placement_moves_total(),
         plugins: plugin_rows(&ann, &view),
         bus: ctx.bus.stats(),
         links: LinkRow {
@@ -147,6 +149,43 @@ pub async fn status_body(ctx: &NodeCtx) -> Result<StatusBody, Problem> {
             protocol_mismatches: s.protocol_mismatches.load(Relaxed),
         },
     })
+}
+
+/// The placement this node computed, joined with where plugins run.
+fn placement_rows(
+    ctx: &NodeCtx,
+    ann: &[crate::net::wire::NodeAnnounce],
+    view: &[plexus_membership::MemberView],
+) -> Vec<plexus_api::PlacementRow> {
+    let placement = ctx.placement.read().clone();
+    placement
+        .plugins
+        .into_iter()
+        .map(|(plugin, placed)| {
+            let running = ann
+                .iter()
+                .filter(|a| {
+                    view.iter().any(|m| {
+                        m.identity.name == a.identity.name
+                            && m.status == plexus_membership::MemberStatus::Up
+                    })
+                })
+                .filter(|a| {
+                    a.plugins.iter().any(|p| {
+                        p.name == plugin && p.status == crate::net::wire::PluginStatus::Running
+                    })
+                })
+                .map(|a| a.identity.name.clone())
+                .collect();
+            plexus_api::PlacementRow {
+                plugin,
+                replicas: placed.wanted,
+                assigned: placed.nodes,
+                running,
+                short: placed.short.map(|s| s.to_string()),
+            }
+        })
+        .collect()
 }
 
 #[utoipa::path(

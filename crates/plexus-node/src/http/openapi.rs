@@ -10,7 +10,7 @@ use crate::http::state::{AuditReply, LeaseBody, ListReply, ReleaseBody, ReleaseR
 use plexus_api::state::{AccessView, ReadDone, WriteDone};
 use plexus_api::{
     AskBody, AskReply, Attempt, ExecBody, ExecErrorBody, ExecReply, HealthBody, LinkRow, MemberRow,
-    PluginRow, Problem, RouteBody, StartWorkflowBody, StatusBody, WorkflowStarted,
+    PlacementRow, PluginRow, Problem, RouteBody, StartWorkflowBody, StatusBody, WorkflowStarted,
 };
 
 #[derive(OpenApi)]
@@ -50,6 +50,7 @@ use plexus_api::{
         MemberRow,
         LinkRow,
         PluginRow,
+        PlacementRow,
         ExecBody,
         ExecReply,
         ExecErrorBody,

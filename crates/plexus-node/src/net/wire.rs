@@ -168,7 +168,7 @@ impl WireFrame {
 /// varint marker 251 for such a `u16`) tells a versioned frame from one of
 /// the releases before versions, which began with the length of the
 /// sender's name.
-pub const PROTOCOL: u16 = 1001;
+pub const PROTOCOL: u16 = 1002;
 
 /// Why a frame from a peer was refused.
 #[derive(Debug, thiserror::Error)]
@@ -250,7 +250,13 @@ pub struct NodeAnnounce {
     pub identity: NodeIdentity,
     /// Increases with every change on the sender.
     pub seq: u64,
+    /// The plugins it runs now.
     pub plugins: Vec<HostedPlugin>,
+    /// Its `[node] labels`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The plugins it may host (its catalog, within `--plugins`), with
+    /// their `[placement]`: every node computes the placement from these.
+    pub offers: Vec<plexus_placement::PluginSpec>,
 }
 
 #[cfg(test)]

@@ -210,6 +210,8 @@ mod tests {
         NodeAnnounce {
             identity: id(node),
             seq: 1,
+            labels: Default::default(),
+            offers: vec![],
             plugins: vec![HostedPlugin {
                 name: plugin.into(),
                 version: "1".into(),

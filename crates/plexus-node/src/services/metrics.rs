@@ -64,6 +64,8 @@ pub struct Metrics {
     wire_frames: Vec<IntCounter>,
     wire_bytes: Vec<IntCounter>,
     state_gossip_rounds: IntCounter,
+    /// Plugins started or stopped on this node because the placement moved them.
+    placement_moves: IntCounter,
     recent: Mutex<VecDeque<DecisionRecord>>,
 }
 
@@ -158,7 +160,16 @@ impl Metrics {
             )
             .expect("valid metric options"),
         );
+        let placement_moves = reg(
+            &r,
+            IntCounter::new(
+                "plexus_placement_moves_total",
+                "Plugins started or stopped on this node because the cluster placement moved them.",
+            )
+            .expect("valid metric options"),
+        );
         Metrics {
+            placement_moves,
             wire_frames: WIRE_KINDS
                 .iter()
                 .map(|k| frames.with_label_values(&[k]))
@@ -247,6 +258,16 @@ impl Metrics {
     /// The state replica started an anti-entropy round.
     pub fn state_gossip_round(&self) {
         self.state_gossip_rounds.inc();
+    }
+
+    /// `n` plugins were started or stopped here by a placement change.
+    pub fn placement_moves(&self, n: usize) {
+        self.placement_moves.inc_by(n as u64);
+    }
+
+    /// Plugins started or stopped here by placement changes so far.
+    pub fn placement_moves_total(&self) -> u64 {
+        self.placement_moves.get()
     }
 
     /// The page: this node's own series, then the scrape's, in the text
