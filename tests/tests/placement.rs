@@ -24,7 +24,7 @@ fn spec(name: &str) -> NodeSpec {
         // "Only these": all of them, so the placement alone decides.
         plugins: ALL.iter().map(|s| s.to_string()).collect(),
         catalogs: vec![],
-        extra: vec![],
+        extra: vec!["--placement".into(), "cluster".into()],
     }
 }
 

@@ -31,9 +31,14 @@ pub struct NodeArgs {
     /// Another node's cluster address to join through. Repeatable.
     #[arg(long = "seed", value_name = "HOST:PORT")]
     pub seeds: Vec<String>,
-    /// Plugins this node hosts (default: every plugin in the catalog).
+    /// Plugins this node may host (default: every plugin in the catalog).
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     pub plugins: Option<Vec<String>>,
+    /// `pinned` (default): run every plugin this node may host. `cluster`:
+    /// the cluster's placement rule decides where each plugin runs and moves
+    /// it when a node dies (docs/placement.md).
+    #[arg(long, value_name = "pinned|cluster")]
+    pub placement: Option<plexus_node::config::PlacementMode>,
     #[command(flatten)]
     pub catalog: CatalogArgs,
     /// Shared secret every node of the cluster must present.
@@ -67,6 +72,9 @@ fn merged_config(a: &NodeArgs) -> Result<FileConfig, Failure> {
     }
     if !a.seeds.is_empty() {
         n.seeds = a.seeds.clone();
+    }
+    if a.placement.is_some() {
+        n.placement = a.placement;
     }
     if let Some(ps) = &a.plugins {
         // `--plugins ""` means "host nothing".

@@ -181,9 +181,15 @@ pub(crate) async fn start_node(
         .stdout(Stdio::piped())
         .stderr(Stdio::from(logf))
         .kill_on_drop(true);
-    if let Some(plugins) = plugins {
-        // Only these (a constraint on the placement).
-        cmd.arg("--plugins").arg(plugins.join(","));
+    match plugins {
+        // Pinned: these run here.
+        Some(plugins) => {
+            cmd.arg("--plugins").arg(plugins.join(","));
+        }
+        // The cluster's placement rule decides.
+        None => {
+            cmd.args(["--placement", "cluster"]);
+        }
     }
     for n in earlier {
         cmd.args(["--seed", &n.cluster]);

@@ -80,6 +80,10 @@ pub struct NodeSection {
     /// How long a node that comes back (restarted, or seen down) must stay
     /// up before plugins move back to it (default 30,000 ms).
     pub placement_settle_ms: Option<u64>,
+    /// `pinned` (default): the node runs every plugin it may host, as
+    /// `--plugins` lists them. `cluster`: the cluster's placement rule
+    /// (replicas, labels, rendezvous hashing) decides where each runs.
+    pub placement: Option<PlacementMode>,
     /// Extra catalog directories.
     #[serde(default)]
     pub catalog: Vec<PathBuf>,
@@ -267,6 +271,32 @@ fn env_clock_skew() -> Result<Option<i64>, ConfigError> {
     }
 }
 
+/// Who decides which plugins a node runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementMode {
+    /// Every plugin the node may host runs on it (a plugin listed on two
+    /// nodes runs on both): the operator places plugins with `--plugins`.
+    #[default]
+    Pinned,
+    /// The cluster's placement rule places plugins over the nodes that may
+    /// host them, and moves them when a node leaves (docs/placement.md).
+    Cluster,
+}
+
+impl std::str::FromStr for PlacementMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pinned" => Ok(PlacementMode::Pinned),
+            "cluster" => Ok(PlacementMode::Cluster),
+            other => Err(format!(
+                "placement {other:?}: expected \"pinned\" or \"cluster\""
+            )),
+        }
+    }
+}
+
 /// A complete, validated node configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -284,6 +314,8 @@ pub struct NodeConfig {
     pub labels: std::collections::BTreeMap<String, String>,
     /// `[node] placement_settle_ms`.
     pub placement_settle: Duration,
+    /// `[node] placement` / `--placement`.
+    pub placement: PlacementMode,
     pub catalog: Vec<PathBuf>,
     pub default_plugins: bool,
     pub membership: MembershipConfig,
@@ -560,6 +592,7 @@ impl FileConfig {
             plugins: n.plugins,
             labels,
             placement_settle: Duration::from_millis(n.placement_settle_ms.unwrap_or(30_000)),
+            placement: n.placement.unwrap_or_default(),
             catalog: n.catalog,
             default_plugins: !n.no_default_plugins,
             membership,

@@ -362,7 +362,9 @@ fn place(st: &mut RegistryState) {
     let me = st.ctx.identity.read().clone();
     // A joining node first hears who runs what, so it does not start
     // everything only to hand it over a moment later.
-    if !st.ctx.config.seeds.is_empty()
+    let pinned = st.ctx.config.placement == crate::config::PlacementMode::Pinned;
+    if !pinned
+        && !st.ctx.config.seeds.is_empty()
         && st.nodes.is_empty()
         && now.saturating_duration_since(st.started) < ALONE_AFTER
     {
@@ -407,6 +409,17 @@ fn place(st: &mut RegistryState) {
                     .or_default()
                     .insert(name.clone());
             }
+        }
+    }
+    if pinned {
+        // Every node that may host a plugin runs it: as many replicas as
+        // there are such nodes up.
+        for spec in &mut specs {
+            let offering = candidates
+                .iter()
+                .filter(|c| c.offers.contains(&spec.name))
+                .count();
+            spec.replicas = u32::try_from(offering).unwrap_or(u32::MAX).max(1);
         }
     }
     let assignment = plexus_placement::assign(&candidates, &specs, &running);
