@@ -71,6 +71,11 @@ pub struct Metrics {
     wire_out: [[std::sync::atomic::AtomicU64; 2]; WIRE_KINDS.len()],
     /// Anti-entropy rounds of the state replica started by this node.
     state_gossip_rounds: std::sync::atomic::AtomicU64,
+    /// Peer → digest buckets that differed from this replica's when its
+    /// last anti-entropy digest arrived (0: equal then), and this replica's
+    /// key count.
+    state_differing: Mutex<BTreeMap<String, u64>>,
+    state_keys: std::sync::atomic::AtomicU64,
 }
 
 /// Protocols on the cluster links: `foca` is SWIM membership gossip, `state`
@@ -160,6 +165,16 @@ impl Metrics {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// A peer's anti-entropy digest arrived: `differing` buckets differ
+    /// from this replica's, which holds `keys` keys.
+    pub fn state_digest_compared(&self, peer: &str, differing: usize, keys: u64) {
+        self.state_differing
+            .lock()
+            .insert(peer.to_string(), differing as u64);
+        self.state_keys
+            .store(keys, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Append this node's own metrics.
     pub fn render(&self, out: &mut String) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -222,6 +237,26 @@ impl Metrics {
             "plexus_state_gossip_rounds_total {}",
             self.state_gossip_rounds.load(Relaxed)
         );
+        header(
+            out,
+            "plexus_state_buckets_differing",
+            "gauge",
+            "Digest buckets (of 256) in which a peer's replica differed from this one at its last anti-entropy round (0: equal). Stuck above 0 means the replicas do not converge.",
+        );
+        for (peer, n) in self.state_differing.lock().iter() {
+            let _ = writeln!(
+                out,
+                "plexus_state_buckets_differing{{peer=\"{}\"}} {n}",
+                esc(peer)
+            );
+        }
+        header(
+            out,
+            "plexus_state_keys",
+            "gauge",
+            "Keys in this node's state replica (as of the last anti-entropy round it answered).",
+        );
+        let _ = writeln!(out, "plexus_state_keys {}", self.state_keys.load(Relaxed));
         let exec = self.exec.lock().clone();
         header(
             out,
