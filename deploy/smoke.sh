@@ -88,7 +88,9 @@ export PLEXUS_NODE3_PLUGINS="home-assistant-architect,ahling-command-center,drai
 export PLEXUS_NODE1_API="127.0.0.1:" PLEXUS_NODE2_API="127.0.0.1:" PLEXUS_NODE3_API="127.0.0.1:"
 compose up -d >/dev/null 2>&1 || { compose up -d; fail "compose up"; }
 
-cid() { compose ps -q "$1"; }
+declare -A CID
+for n in node1 node2 node3; do CID[$n]="$(compose ps -q "$n")"; done
+cid() { echo "${CID[$1]}"; }
 api() { # the node's API as the host reaches it (its published port)
   local p; p="$(docker port "$(cid "$1")" 7201/tcp | head -n 1)"; echo "${p/0.0.0.0/127.0.0.1}"
 }
@@ -138,7 +140,8 @@ docker exec "$(cid node2)" /plexus --api-token-file /run/secrets/plexus_api_toke
 say "ok: exec across nodes (node1 -> node3, node2 -> node1 inside the image)"
 
 # 3. Drain: two slow requests accepted by node3, then `docker stop`.
-slow='{"$sim":{"delay_ms":6000}}'
+# Long enough that the stop lands while both run, even on a loaded host.
+slow='{"$sim":{"delay_ms":20000}}'
 px exec --connect "${A[node3]}" --plugin drain-probe --command work --input "$slow" --timeout-ms 60000 --json > "$work/a.json" 2>&1 & pa=$!
 px exec --connect "${A[node1]}" --plugin drain-probe --command work --input "$slow" --timeout-ms 60000 --json > "$work/b.json" 2>&1 & pb=$!
 in_flight() {
