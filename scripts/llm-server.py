@@ -42,6 +42,8 @@ def model_path() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (0.0.0.0 in a container: deploy/compose.yaml's llm service)")
     ap.add_argument("--ctx", type=int, default=2048, help="context window in tokens")
     ap.add_argument("--parallel", type=int, default=2, help="slots (requests served at once)")
     ap.add_argument("--chat-template", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "llm-chat-template.jinja"),
@@ -55,7 +57,7 @@ def main() -> None:
 
     p = xllamacpp.CommonParams()
     p.model.path = model_path()
-    p.hostnames = ["127.0.0.1"]
+    p.hostnames = [args.host]
     p.port = args.port
     p.n_ctx = args.ctx * args.parallel
     p.n_parallel = args.parallel
@@ -73,7 +75,8 @@ def main() -> None:
         p.api_keys = [args.api_key]
     server = xllamacpp.Server(p)
 
-    url = f"http://127.0.0.1:{args.port}/health"
+    probe = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{probe}:{args.port}/health"
     deadline = time.monotonic() + 120
     while True:
         try:

@@ -69,6 +69,19 @@ pub struct HealthBody {
     pub node: String,
 }
 
+/// `GET /v1/ready`: 200 when the node takes work, 503 with the reason when
+/// not (joining, resolving its DNS seeds, starting plugins, draining).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReadyBody {
+    pub ready: bool,
+    pub node: String,
+    /// Why not, when `ready` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Work in flight on this node (API requests and plugin calls).
+    pub in_flight: u64,
+}
+
 /// `GET /v1/status`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusBody {

@@ -10,6 +10,7 @@ mod catalog_cmd;
 mod client;
 mod defaults;
 mod exec_cmd;
+mod health_cmd;
 mod node_cmd;
 #[cfg(feature = "otlp")]
 mod otlp;
@@ -42,6 +43,10 @@ struct Cli {
         hide_env_values = true
     )]
     api_token: Option<String>,
+    /// Read the API token from this file (a mounted secret; one trailing
+    /// newline is trimmed). Not together with --api-token / PLEXUS_API_TOKEN.
+    #[arg(long = "api-token-file", global = true, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -52,6 +57,10 @@ enum Cmd {
     Up(up_cmd::UpArgs),
     /// Run one node (for multi-host deployments).
     Node(node_cmd::NodeArgs),
+    /// Probe a node: liveness (`/v1/health`), or with --ready readiness
+    /// (`/v1/ready`). Exit 0 healthy, 1 not. Needs no token and no shell
+    /// (the container image's HEALTHCHECK).
+    Health(health_cmd::HealthArgs),
     /// Show the cluster's members and plugins as one node sees them.
     Status(status_cmd::StatusArgs),
     /// Inspect the plugin catalog (offline).
@@ -118,6 +127,68 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 pub type CliResult = Result<(), Failure>;
 
+/// Why a secret file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    #[error("{flag} {}: cannot read: {source}", file.display())]
+    Read {
+        flag: &'static str,
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{flag} {}: the file is empty", file.display())]
+    Empty { flag: &'static str, file: PathBuf },
+    #[error("{flag} {}: the secret is not UTF-8 text", file.display())]
+    NotText { flag: &'static str, file: PathBuf },
+}
+
+/// A secret from a file (a Docker or Kubernetes secret): its contents with
+/// one trailing newline (`\n` or `\r\n`) trimmed, as `echo` and editors
+/// leave one. Errors name the flag and the file.
+pub fn read_secret_file(
+    flag: &'static str,
+    file: &std::path::Path,
+) -> Result<String, SecretFileError> {
+    let bytes = std::fs::read(file).map_err(|source| SecretFileError::Read {
+        flag,
+        file: file.to_path_buf(),
+        source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| SecretFileError::NotText {
+        flag,
+        file: file.to_path_buf(),
+    })?;
+    let t = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if t.is_empty() {
+        return Err(SecretFileError::Empty {
+            flag,
+            file: file.to_path_buf(),
+        });
+    }
+    Ok(t.to_string())
+}
+
+/// A duration flag: `30s`, `500ms`, `2m`, or whole seconds (`30`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
+}
+
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,ractor=warn,ractor_cluster=warn")
@@ -148,7 +219,23 @@ fn main() -> ExitCode {
         );
     }
     let cli = Cli::parse();
-    if let Some(t) = cli.api_token.clone().filter(|t| !t.is_empty()) {
+    if let Some(f) = &cli.api_token_file {
+        let r = if cli.api_token.is_some() {
+            Err(format!(
+                "give the API token once: --api-token-file {} and --api-token (or PLEXUS_API_TOKEN) are both set",
+                f.display()
+            ))
+        } else {
+            read_secret_file("--api-token-file", f).map_err(|e| e.to_string())
+        };
+        match r {
+            Ok(t) => client::set_token(t),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else if let Some(t) = cli.api_token.clone().filter(|t| !t.is_empty()) {
         client::set_token(t);
     }
     let r = match cli.command {
@@ -157,6 +244,7 @@ fn main() -> ExitCode {
             init_logging(cli.log_json);
             node_cmd::run(a)
         }
+        Cmd::Health(a) => health_cmd::run(a),
         Cmd::Status(a) => status_cmd::run(a),
         Cmd::Catalog(c) => catalog_cmd::run(c),
         Cmd::Exec(a) => exec_cmd::run(a),
@@ -189,6 +277,50 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn a_secret_file_loses_one_trailing_newline_and_names_itself_when_bad() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("cookie");
+        for (text, want) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            ("s3cret", "s3cret"),
+            ("a b\n\n", "a b\n"),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            assert_eq!(super::read_secret_file("--cookie-file", &f).unwrap(), want);
+        }
+        std::fs::write(&f, "\n").unwrap();
+        let e = super::read_secret_file("--cookie-file", &f)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--cookie-file")
+                && e.contains(&f.display().to_string())
+                && e.contains("empty"),
+            "{e}"
+        );
+        let missing = d.path().join("nope");
+        let e = super::read_secret_file("--api-token-file", &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--api-token-file") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn durations_take_a_unit_or_seconds() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(
+            super::parse_duration("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(super::parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(super::parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(super::parse_duration("soon").is_err());
+        assert!(super::parse_duration("3h").is_err());
+    }
 
     #[test]
     fn the_command_line_definition_is_consistent() {

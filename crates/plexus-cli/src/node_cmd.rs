@@ -11,7 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{defaults, CatalogArgs, CliResult, Failure};
 
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug)]
 pub struct NodeArgs {
     /// A node config file (TOML, see cluster-config/); flags override it.
     #[arg(long, value_name = "FILE")]
@@ -31,6 +31,10 @@ pub struct NodeArgs {
     /// Another node's cluster address to join through. Repeatable.
     #[arg(long = "seed", value_name = "HOST:PORT")]
     pub seeds: Vec<String>,
+    /// Seeds found by DNS: every address NAME resolves to is dialled (a
+    /// Kubernetes headless Service, a Compose network alias). Repeatable.
+    #[arg(long = "seed-dns", value_name = "NAME:PORT")]
+    pub seed_dns: Vec<String>,
     /// Plugins this node may host (default: every plugin in the catalog).
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     pub plugins: Option<Vec<String>>,
@@ -44,6 +48,15 @@ pub struct NodeArgs {
     /// Shared secret every node of the cluster must present.
     #[arg(long, env = "PLEXUS_COOKIE", hide_env_values = true)]
     pub cookie: Option<String>,
+    /// Read the cookie from this file (a mounted secret; one trailing
+    /// newline is trimmed). Not together with --cookie / PLEXUS_COOKIE.
+    #[arg(long, value_name = "FILE")]
+    pub cookie_file: Option<PathBuf>,
+    /// On SIGTERM, how long the node keeps serving the work in flight
+    /// (while taking no new work) before it leaves the cluster: `30s`,
+    /// `500ms`, `2m` or whole seconds.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::parse_duration)]
+    pub drain_grace: std::time::Duration,
     /// Where the node keeps its state (generation, journals).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -76,6 +89,9 @@ fn merged_config(a: &NodeArgs) -> Result<FileConfig, Failure> {
     if a.placement.is_some() {
         n.placement = a.placement;
     }
+    if !a.seed_dns.is_empty() {
+        n.seed_dns = a.seed_dns.clone();
+    }
     if let Some(ps) = &a.plugins {
         // `--plugins ""` means "host nothing".
         n.plugins = Some(
@@ -89,6 +105,15 @@ fn merged_config(a: &NodeArgs) -> Result<FileConfig, Failure> {
     n.no_default_plugins |= a.catalog.no_default_plugins;
     if a.cookie.is_some() {
         n.cookie = a.cookie.clone();
+    }
+    if let Some(f) = &a.cookie_file {
+        if a.cookie.is_some() {
+            return Err(Failure::usage(anyhow!(
+                "give the cookie once: --cookie-file {} and --cookie (or PLEXUS_COOKIE) are both set",
+                f.display()
+            )));
+        }
+        n.cookie = Some(crate::read_secret_file("--cookie-file", f).map_err(Failure::usage)?);
     }
     if a.data_dir.is_some() {
         n.data_dir = a.data_dir.clone();
@@ -128,6 +153,7 @@ pub fn run(a: NodeArgs) -> CliResult {
             "cluster_addr": config.cluster_addr(),
             "api_addr": config.api_addr(),
             "seeds": config.seeds,
+            "seed_dns": config.seed_dns,
             "data_dir": config.data_dir,
             "plugins": hosted.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
             "catalog_errors": catalog.errors().map(|d| d.to_string()).collect::<Vec<_>>(),
@@ -162,13 +188,21 @@ pub fn run(a: NodeArgs) -> CliResult {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: leaving the cluster"),
-            _ = int.recv() => tracing::info!("SIGINT: leaving the cluster"),
+            _ = term.recv() => tracing::info!("SIGTERM: draining, then leaving the cluster"),
+            _ = int.recv() => tracing::info!("SIGINT: draining, then leaving the cluster"),
             _ = handle.stopped() => {
                 return Err(Failure::from(anyhow!("the node's supervisor gave up; see the log above")));
             }
         }
+        // Drain: no new work, the work in flight finishes within the grace.
+        // A second signal cuts the drain short.
+        tokio::select! {
+            _ = handle.drain(a.drain_grace) => {}
+            _ = term.recv() => tracing::warn!("second signal: leaving without waiting"),
+            _ = int.recv() => tracing::warn!("second signal: leaving without waiting"),
+        }
         handle.shutdown().await;
+        tracing::info!("left the cluster");
         Ok(())
     })
 }

@@ -68,6 +68,11 @@ pub struct NodeSection {
     pub advertise: Option<String>,
     #[serde(default)]
     pub seeds: Vec<String>,
+    /// Seeds found by DNS, `NAME:PORT`: every address the name resolves to
+    /// is dialled (a Kubernetes headless Service, a Compose network alias).
+    /// Looked up again while the node is alone, never at start only.
+    #[serde(default)]
+    pub seed_dns: Vec<String>,
     pub cookie: Option<String>,
     pub data_dir: Option<PathBuf>,
     /// Plugins this node may host (default: every plugin in its catalog);
@@ -306,6 +311,8 @@ pub struct NodeConfig {
     /// The host part peers dial (also the ractor_cluster hostname).
     pub advertise_host: String,
     pub seeds: Vec<String>,
+    /// `NAME:PORT` seeds resolved at each dial round (`[node] seed_dns`).
+    pub seed_dns: Vec<String>,
     pub cookie: String,
     pub data_dir: PathBuf,
     /// Plugins this node may host (`--plugins`: a constraint, not the placement).
@@ -406,6 +413,26 @@ fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
         })
 }
 
+/// Check a `--seed-dns` entry's shape (`NAME:PORT`) without resolving it:
+/// the name may not exist yet when the node starts (the other pods or
+/// containers are starting too).
+pub fn check_dns_seed(s: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid {
+        field: "node.seed_dns".into(),
+        message: format!(
+            "{s:?} {why} (expected NAME:PORT, e.g. plexus.default.svc.cluster.local:7101)"
+        ),
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+    if host.is_empty() || host.contains(char::is_whitespace) || host.contains(['/', '[', ']']) {
+        return Err(bad("has no valid host name"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(bad("has no valid port")),
+    }
+}
+
 impl FileConfig {
     /// Check and complete the configuration. `PLEXUS_CLOCK_SKEW_MS`, when
     /// set, overrides `[node] clock_skew_ms`.
@@ -468,6 +495,9 @@ impl FileConfig {
         };
         for s in &n.seeds {
             parse_addr("node.seeds", s)?;
+        }
+        for s in &n.seed_dns {
+            check_dns_seed(s)?;
         }
         if let Some(c) = &n.cookie {
             if c.is_empty() {
@@ -588,6 +618,7 @@ impl FileConfig {
             api,
             advertise_host,
             seeds: n.seeds,
+            seed_dns: n.seed_dns,
             cookie: n.cookie.unwrap_or_else(|| DEV_COOKIE.to_string()),
             plugins: n.plugins,
             labels,
@@ -628,6 +659,28 @@ mod tests {
         assert_eq!(c.api.port(), 7201);
         assert_eq!(c.cluster_addr(), "127.0.0.1:7101");
         assert_eq!(c.cookie, DEV_COOKIE);
+    }
+
+    #[test]
+    fn dns_seeds_need_a_name_and_a_port_but_are_not_resolved() {
+        let mut f = fc(Some("n1"), Some("127.0.0.1:7101"));
+        f.node.seed_dns = vec!["no-such-host.invalid:7101".into()];
+        assert_eq!(f.clone().finish().unwrap().seed_dns.len(), 1);
+        for bad in [
+            "plexus",
+            "plexus:",
+            ":7101",
+            "plexus:0",
+            "plexus:http",
+            "a b:1",
+        ] {
+            f.node.seed_dns = vec![bad.into()];
+            let e = f.clone().finish().unwrap_err().to_string();
+            assert!(
+                e.starts_with("node.seed_dns: ") && e.contains(bad),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

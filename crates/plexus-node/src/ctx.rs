@@ -161,6 +161,8 @@ pub struct NodeCtx {
     /// The latest report of each local handler that reports (MCP), so a
     /// restarted registry starts from it.
     pub handler_reports: RwLock<BTreeMap<String, HandlerReport>>,
+    /// Readiness and drain: the drain flag and the work in flight.
+    pub lifecycle: crate::services::lifecycle::Lifecycle,
 }
 
 impl NodeCtx {

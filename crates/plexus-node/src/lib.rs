@@ -71,8 +71,10 @@ pub struct NodeHandle {
     supervisor_done: tokio::task::JoinHandle<()>,
     /// `None` for an in-process node (simulation): it has no listener.
     node_server: Option<ActorRef<NodeServerMessage>>,
-    /// The sockets' tasks (the HTTP API; with TLS, the cluster port).
+    /// The sockets' tasks (the HTTP API first; with TLS, the cluster port).
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Ends the HTTP API gracefully (`None` in process: it has none).
+    api_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// How an in-process node (the simulation harness's) meets the world
@@ -274,8 +276,14 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
 
     let app = http::api::router(ctx.clone());
     let api_addr = ctx.config.api;
+    // Stopped gracefully by `shutdown`: answers already computed (the last
+    // ones of a drain) still reach their clients.
+    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut tasks = vec![tokio::spawn(async move {
-        if let Err(e) = axum::serve(api_listener, app).await {
+        let serve = axum::serve(api_listener, app).with_graceful_shutdown(async move {
+            let _ = api_stopped.await;
+        });
+        if let Err(e) = serve.await {
             tracing::error!(error = %e, "API server stopped");
         }
     })];
@@ -300,6 +308,7 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         supervisor_done,
         node_server: Some(node_server),
         tasks,
+        api_stop: Some(api_stop),
     })
 }
 
@@ -324,6 +333,7 @@ pub async fn start_in_process(
         supervisor_done,
         node_server: None,
         tasks: Vec::new(),
+        api_stop: None,
     })
 }
 
@@ -363,6 +373,7 @@ async fn spawn_tree(
         directory: services::directory::DirectoryCell::default(),
         discovered: RwLock::new(Default::default()),
         handler_reports: RwLock::new(Default::default()),
+        lifecycle: Default::default(),
         actors: ctx::Actors::default(),
         exec_pipeline: std::sync::OnceLock::new(),
         config,
@@ -402,6 +413,31 @@ impl NodeHandle {
         let _ = (&mut self.supervisor_done).await;
     }
 
+    /// Stop taking new work (`/v1/ready` and every API call that would
+    /// start work answer 503), then wait up to `grace` for the work in
+    /// flight: API requests and plugin calls this node runs for any node.
+    /// Returns what was still in flight when the grace ran out (0: drained).
+    /// Call [`NodeHandle::shutdown`] next to leave the cluster.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        let l = &self.ctx.lifecycle;
+        l.begin_drain();
+        tracing::info!(
+            in_flight = l.in_flight(),
+            grace_ms = grace.as_millis() as u64,
+            "draining: no new work; waiting for the work in flight"
+        );
+        let left = l.wait_idle(grace).await;
+        if left == 0 {
+            tracing::info!("drained: nothing in flight");
+        } else {
+            tracing::warn!(
+                in_flight = left,
+                "drain grace over with work still in flight; leaving anyway"
+            );
+        }
+        left
+    }
+
     /// Leave the cluster gracefully and stop everything.
     pub async fn shutdown(self) {
         if let Some(m) = self.ctx.actors.membership.get() {
@@ -411,7 +447,16 @@ impl NodeHandle {
         }
         // Give the leave notice a moment on the wire.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        for t in &self.tasks {
+        let mut tasks = self.tasks;
+        if let Some(stop) = self.api_stop {
+            // Finish sending the answers in hand (open event streams would
+            // hold it forever: bounded).
+            let _ = stop.send(());
+            if let Some(api) = tasks.first_mut() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+            }
+        }
+        for t in &tasks {
             t.abort();
         }
         self.supervisor.stop(Some("shutdown".into()));

@@ -49,6 +49,8 @@ pub struct MembershipState {
     proto: Membership,
     links: BTreeSet<String>,
     last_dial: HashMap<String, Instant>,
+    /// When `--seed-dns` was last looked up.
+    last_dns: Option<Instant>,
     tick: Option<ractor::concurrency::JoinHandle<()>>,
 }
 
@@ -79,6 +81,7 @@ impl Actor for MembershipActor {
             proto,
             links: BTreeSet::new(),
             last_dial: HashMap::new(),
+            last_dns: None,
             tick,
         };
         // Links that were up before a restart of this actor.
@@ -243,6 +246,43 @@ fn dial_seeds(st: &mut MembershipState) {
     for s in seeds {
         dial(st, &s, Duration::from_secs(2));
     }
+    if st.ctx.config.seed_dns.is_empty()
+        || st
+            .last_dns
+            .is_some_and(|t| now().duration_since(t) < Duration::from_secs(2))
+    {
+        return;
+    }
+    st.last_dns = Some(now());
+    // DNS lookups block: resolve in a task, then dial every address found.
+    let ctx = st.ctx.clone();
+    tokio::spawn(async move {
+        let others = resolve_seeds(&ctx).await;
+        ctx.lifecycle.set_dns_others(others.len());
+        for a in others {
+            ctx.links.dial(ctx.name(), &a.to_string());
+        }
+    });
+}
+
+/// Every address the `--seed-dns` names resolve to, except this node's own
+/// (its advertised cluster address, resolved too, and its listen address).
+async fn resolve_seeds(ctx: &NodeCtx) -> Vec<std::net::SocketAddr> {
+    let mut own: BTreeSet<std::net::SocketAddr> =
+        tokio::net::lookup_host(ctx.config.cluster_addr())
+            .await
+            .map(|a| a.collect())
+            .unwrap_or_default();
+    own.insert(ctx.config.listen);
+    let mut found = BTreeSet::new();
+    for name in &ctx.config.seed_dns {
+        match tokio::net::lookup_host(name.as_str()).await {
+            Ok(addrs) => found.extend(addrs.filter(|a| !own.contains(a))),
+            Err(e) => tracing::debug!(seed = %name, error = %e, "DNS seed did not resolve (yet)"),
+        }
+    }
+    tracing::debug!(seeds = ?ctx.config.seed_dns, found = ?found, "DNS seeds looked up");
+    found.into_iter().collect()
 }
 
 /// The reconnect loop: keep a link to every member, and to the seeds while alone.

@@ -288,8 +288,11 @@ impl Actor for PluginHost {
             span_id = %env.headers.span_id.as_deref().unwrap_or(""),
             from = %env.source_node,
         );
+        // A drain waits for this call (whoever sent it) before the node leaves.
+        let busy = crate::services::lifecycle::Lifecycle::track_owned(&ctx);
         tokio::spawn(async move {
             let _permit = permit;
+            let _busy = busy;
             // A request with an idempotency key runs at most once to success.
             let keyed = req.idempotency_key.clone().zip(effects);
             let _held = match &keyed {

@@ -243,6 +243,15 @@ impl Actor for StateActor {
                         return Ok(());
                     }
                 };
+                if let (StateWire::Gossip(plexus_state::GossipMsg::Digest(theirs)), Ok(store)) =
+                    (&m, st.store.store())
+                {
+                    // Convergence, for /metrics (alert: state not converging).
+                    let differing = store.digest().differing(theirs).len();
+                    st.ctx
+                        .metrics
+                        .state_digest_compared(&from, differing, store.len() as u64);
+                }
                 match st.store.replica_mut() {
                     Ok(replica) => {
                         let ready = st.coord.on_message(now, &from, m, replica);

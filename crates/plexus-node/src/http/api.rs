@@ -31,6 +31,7 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
     let limit = ctx.config.max_payload_bytes + 64 * 1024;
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/exec", post(exec))
@@ -44,6 +45,10 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .merge(crate::http::dashboard::routes())
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            admit_work,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
             crate::http::auth::require_token,
@@ -67,6 +72,65 @@ async fn health(State(ctx): State<Arc<NodeCtx>>) -> Json<HealthBody> {
         ok: true,
         node: ctx.name().to_string(),
     })
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/ready",
+    tag = "health",
+    description = "Readiness probe (no token needed): 200 once the node has joined the cluster (or is its first node) and its plugins run; 503 with the reason before that and while it drains.",
+    responses(
+        (status = 200, description = "The node takes work", body = plexus_api::ReadyBody),
+        (status = 503, description = "Not ready: joining, starting plugins, or draining", body = plexus_api::ReadyBody),
+    )
+)]
+async fn ready(State(ctx): State<Arc<NodeCtx>>) -> Response {
+    let r = crate::services::lifecycle::check(&ctx);
+    let body = plexus_api::ReadyBody {
+        ready: r.is_ok(),
+        node: ctx.name().to_string(),
+        reason: r.as_ref().err().map(|e| e.to_string()),
+        in_flight: ctx.lifecycle.in_flight() as u64,
+    };
+    let code = if r.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Every request that may start work (anything but GET and HEAD) is counted
+/// in flight, so a drain waits for it; while draining, such requests are
+/// refused with 503 `draining` before they start.
+async fn admit_work(
+    State(ctx): State<Arc<NodeCtx>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::Method;
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return next.run(req).await;
+    }
+    match ctx.lifecycle.admit() {
+        Some(_in_flight) => next.run(req).await,
+        None => {
+            let mut r = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                format!(
+                    "node {} is draining (shutting down) and takes no new work; send it to another node",
+                    ctx.name()
+                ),
+            )
+            .into_response();
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            r
+        }
+    }
 }
 
 const ACTOR_TIMEOUT: Duration = Duration::from_secs(3);
@@ -701,6 +765,25 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
                 .with_label_values(&[&r.name, &r.node])
                 .set(i64::from(r.restarts));
         }
+    }
+    for (name, help, v) in [
+        (
+            "plexus_node_ready",
+            "1 when /v1/ready answers 200 (joined, plugins running, not draining).",
+            i64::from(crate::services::lifecycle::check(&ctx).is_ok()),
+        ),
+        (
+            "plexus_node_draining",
+            "1 while the node drains after SIGTERM (no new work, finishing what is in flight).",
+            i64::from(ctx.lifecycle.is_draining()),
+        ),
+        (
+            "plexus_node_in_flight",
+            "Work in flight on this node: API requests that start work and plugin calls it runs.",
+            i64::try_from(ctx.lifecycle.in_flight()).unwrap_or(i64::MAX),
+        ),
+    ] {
+        o.gauge(name, help, v);
     }
     let mut r = ctx.metrics.render(&o).into_response();
     r.headers_mut().insert(

@@ -2,7 +2,8 @@
 //!
 //! When the node has a token (`[api] token`, `--api-token`,
 //! `PLEXUS_API_TOKEN`), every request must carry `Authorization: Bearer
-//! <token>`, except the ones [`is_open`] lists: the liveness probe and the
+//! <token>`, except the ones [`is_open`] lists: the liveness and readiness
+//! probes (an orchestrator's probe carries no token) and the
 //! dashboard's static page (which holds no data; the data comes from
 //! `/v1/events`, which is protected). A browser's `EventSource` cannot set
 //! headers, so `/v1/events` alone also takes the token as `?access_token=`
@@ -20,7 +21,7 @@ use crate::http::problem::Problem;
 
 /// Paths served without a token.
 pub fn is_open(path: &str) -> bool {
-    path == "/v1/health" || path == "/" || path.starts_with("/dashboard/")
+    path == "/v1/health" || path == "/v1/ready" || path == "/" || path.starts_with("/dashboard/")
 }
 
 /// Why a request was refused, or `None` when it may pass.
@@ -110,6 +111,7 @@ mod tests {
             None
         );
         assert_eq!(check(Some(T), "/v1/health", None, None), None);
+        assert_eq!(check(Some(T), "/v1/ready", None, None), None);
         assert_eq!(check(Some(T), "/", None, None), None);
     }
 

@@ -10,18 +10,20 @@ use crate::http::state::{AuditReply, LeaseBody, ListReply, ReleaseBody, ReleaseR
 use plexus_api::state::{AccessView, ReadDone, WriteDone};
 use plexus_api::{
     AskBody, AskReply, Attempt, ExecBody, ExecErrorBody, ExecReply, HealthBody, LinkRow, MemberRow,
-    PlacementRow, PluginRow, Problem, RouteBody, StartWorkflowBody, StatusBody, WorkflowStarted,
+    PlacementRow, PluginRow, Problem, ReadyBody, RouteBody, StartWorkflowBody, StatusBody,
+    WorkflowStarted,
 };
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Plexus node API",
-        description = "The HTTP API every Plexus node serves. Errors are RFC 9457 problem documents (`application/problem+json`). When the node has an API token, every endpoint except `/v1/health` needs `Authorization: Bearer <token>`.",
+        description = "The HTTP API every Plexus node serves. Errors are RFC 9457 problem documents (`application/problem+json`). When the node has an API token, every endpoint except `/v1/health` and `/v1/ready` needs `Authorization: Bearer <token>`.",
         license(name = "MIT"),
     ),
     paths(
         crate::http::api::health,
+        crate::http::api::ready,
         crate::http::api::status,
         crate::http::api::dead_letters,
         crate::http::api::exec,
@@ -46,6 +48,7 @@ use plexus_api::{
     components(schemas(
         Problem,
         HealthBody,
+        ReadyBody,
         StatusBody,
         MemberRow,
         LinkRow,
@@ -85,7 +88,7 @@ use plexus_api::{
 )]
 struct ApiDoc;
 
-/// Declares the bearer scheme and requires it everywhere but the health probe.
+/// Declares the bearer scheme and requires it everywhere but the probes.
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -103,7 +106,7 @@ impl Modify for BearerAuth {
             ),
         );
         for (path, item) in api.paths.paths.iter_mut() {
-            if path == "/v1/health" {
+            if path == "/v1/health" || path == "/v1/ready" {
                 continue;
             }
             for op in operations(item) {

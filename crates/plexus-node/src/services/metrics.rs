@@ -66,6 +66,11 @@ pub struct Metrics {
     state_gossip_rounds: IntCounter,
     /// Plugins started or stopped on this node because the placement moved them.
     placement_moves: IntCounter,
+    /// Peer → digest buckets that differed from this replica's when its
+    /// last anti-entropy digest arrived (0: equal then).
+    state_differing: IntGaugeVec,
+    /// This replica's key count, as of the last anti-entropy round.
+    state_keys: prometheus::IntGauge,
     recent: Mutex<VecDeque<DecisionRecord>>,
 }
 
@@ -168,8 +173,29 @@ impl Metrics {
             )
             .expect("valid metric options"),
         );
+        let state_differing = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "plexus_state_buckets_differing",
+                    "Digest buckets (of 256) in which a peer's replica differed from this one at its last anti-entropy round (0: equal). Stuck above 0 means the replicas do not converge.",
+                ),
+                &["peer"],
+            )
+            .expect("valid metric options"),
+        );
+        let state_keys = reg(
+            &r,
+            prometheus::IntGauge::new(
+                "plexus_state_keys",
+                "Keys in this node's state replica (as of the last anti-entropy round it answered).",
+            )
+            .expect("valid metric options"),
+        );
         Metrics {
             placement_moves,
+            state_differing,
+            state_keys,
             wire_frames: WIRE_KINDS
                 .iter()
                 .map(|k| frames.with_label_values(&[k]))
@@ -258,6 +284,15 @@ impl Metrics {
     /// The state replica started an anti-entropy round.
     pub fn state_gossip_round(&self) {
         self.state_gossip_rounds.inc();
+    }
+
+    /// A peer's anti-entropy digest arrived: `differing` buckets differ
+    /// from this replica's, which holds `keys` keys.
+    pub fn state_digest_compared(&self, peer: &str, differing: usize, keys: u64) {
+        self.state_differing
+            .with_label_values(&[peer])
+            .set(i64::try_from(differing).unwrap_or(i64::MAX));
+        self.state_keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
 
     /// `n` plugins were started or stopped here by a placement change.

@@ -5,5 +5,6 @@ pub mod ask;
 pub mod directory;
 pub mod effects;
 pub mod exec;
+pub mod lifecycle;
 pub mod metrics;
 pub mod observe;
