@@ -9,7 +9,7 @@ use plexus_node::config::{read_file, FileConfig};
 use plexus_node::StartError;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{defaults, CatalogArgs, CliResult, Failure};
+use crate::{defaults, CatalogArgs, CliResult, Failure, LlmArgs};
 
 #[derive(Args, Debug, Default)]
 pub struct NodeArgs {
@@ -42,6 +42,8 @@ pub struct NodeArgs {
     /// Where the node keeps its state (generation, journals).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub llm: LlmArgs,
     /// Validate the configuration and catalog, print the result, and exit.
     #[arg(long)]
     pub check: bool,
@@ -85,6 +87,7 @@ fn merged_config(a: &NodeArgs) -> Result<FileConfig, Failure> {
     if a.data_dir.is_some() {
         n.data_dir = a.data_dir.clone();
     }
+    fc.llm = a.llm.apply(fc.llm.take())?;
     // The global `--api-token` / PLEXUS_API_TOKEN.
     if let Some(t) = crate::client::token() {
         fc.api.token = Some(t.to_string());
@@ -122,6 +125,7 @@ pub fn run(a: NodeArgs) -> CliResult {
             "seeds": config.seeds,
             "data_dir": config.data_dir,
             "plugins": hosted.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+            "llm": llm_summary(&config),
             "catalog_errors": catalog.errors().map(|d| d.to_string()).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -145,6 +149,7 @@ pub fn run(a: NodeArgs) -> CliResult {
             "api_addr": ctx.config.api_addr(),
             "generation": ctx.identity.read().generation,
             "plugins": ctx.hosted.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+            "llm": llm_summary(&ctx.config),
         });
         {
             let mut out = std::io::stdout().lock();
@@ -163,4 +168,19 @@ pub fn run(a: NodeArgs) -> CliResult {
         handle.shutdown().await;
         Ok(())
     })
+}
+
+/// What `--check` and the ready line say about the model: provider, base
+/// URL and the tiers' model ids, never the key.
+fn llm_summary(c: &plexus_node::NodeConfig) -> serde_json::Value {
+    match c.llm.as_ref().map(|l| (l, l.resolve(None))) {
+        None => serde_json::Value::Null,
+        Some((_, Err(e))) => serde_json::json!({ "error": e.to_string() }),
+        Some((l, Ok(p))) => serde_json::json!({
+            "provider": l.provider.as_str(),
+            "base_url": p.endpoint.base_url,
+            "models": p.models,
+            "key_from": p.key_env,
+        }),
+    }
 }

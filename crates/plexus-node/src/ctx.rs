@@ -152,6 +152,8 @@ pub struct NodeCtx {
     /// The latest report of each local handler that reports (MCP), so a
     /// restarted registry starts from it.
     pub handler_reports: RwLock<BTreeMap<String, HandlerReport>>,
+    /// The language model agents run on (`[llm]`); `None`: simulated.
+    pub llm: Option<Arc<crate::services::agents::LlmRuntime>>,
 }
 
 impl NodeCtx {

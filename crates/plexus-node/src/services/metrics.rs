@@ -71,6 +71,17 @@ pub struct Metrics {
     wire_out: [[std::sync::atomic::AtomicU64; 2]; WIRE_KINDS.len()],
     /// Anti-entropy rounds of the state replica started by this node.
     state_gossip_rounds: std::sync::atomic::AtomicU64,
+    /// (plugin, model id) → model runs hosted on this node.
+    llm: Mutex<BTreeMap<(String, String), LlmCounts>>,
+}
+
+/// What the model runs of one plugin on one model used, on the hosting node.
+#[derive(Default, Clone, Copy)]
+struct LlmCounts {
+    runs: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: f64,
 }
 
 /// Protocols on the cluster links: `foca` is SWIM membership gossip, `state`
@@ -91,6 +102,18 @@ impl Metrics {
             .lock()
             .entry((plugin.to_string(), outcome.to_string()))
             .or_default() += 1;
+    }
+
+    /// One model run of `plugin` on this node finished: the provider's
+    /// token counts and its cost. Counted where the model ran, once per
+    /// run (a retried request runs, and is counted, again).
+    pub fn llm_run(&self, plugin: &str, m: &plexus_handler::ModelUse, cost_usd: f64) {
+        let mut g = self.llm.lock();
+        let c = g.entry((plugin.to_string(), m.model.clone())).or_default();
+        c.runs += 1;
+        c.input_tokens += m.usage.input_tokens;
+        c.output_tokens += m.usage.output_tokens;
+        c.cost_usd += cost_usd;
     }
 
     /// One routing decision.
@@ -222,6 +245,53 @@ impl Metrics {
             "plexus_state_gossip_rounds_total {}",
             self.state_gossip_rounds.load(Relaxed)
         );
+        let llm = self.llm.lock().clone();
+        header(
+            out,
+            "plexus_llm_runs_total",
+            "counter",
+            "Agent and command runs on a language model hosted on this node, per plugin and model id.",
+        );
+        for ((p, m), c) in &llm {
+            let _ = writeln!(
+                out,
+                "plexus_llm_runs_total{{plugin=\"{}\",model=\"{}\"}} {}",
+                esc(p),
+                esc(m),
+                c.runs
+            );
+        }
+        header(
+            out,
+            "plexus_llm_tokens_total",
+            "counter",
+            "Tokens the provider counted for those runs, per plugin, model id and direction.",
+        );
+        for ((p, m), c) in &llm {
+            for (dir, n) in [("input", c.input_tokens), ("output", c.output_tokens)] {
+                let _ = writeln!(
+                    out,
+                    "plexus_llm_tokens_total{{plugin=\"{}\",model=\"{}\",direction=\"{dir}\"}} {n}",
+                    esc(p),
+                    esc(m)
+                );
+            }
+        }
+        header(
+            out,
+            "plexus_llm_cost_usd_total",
+            "counter",
+            "Cost of those runs in US dollars (the price table's), per plugin and model id.",
+        );
+        for ((p, m), c) in &llm {
+            let _ = writeln!(
+                out,
+                "plexus_llm_cost_usd_total{{plugin=\"{}\",model=\"{}\"}} {}",
+                esc(p),
+                esc(m),
+                c.cost_usd
+            );
+        }
         let exec = self.exec.lock().clone();
         header(
             out,
@@ -334,5 +404,32 @@ mod tests {
             s.contains("plexus_exec_total{plugin=\"p\\\"x\",outcome=\"primary\"} 2"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn model_runs_add_up_per_plugin_and_model() {
+        let m = Metrics::default();
+        let run = |model: &str, i, o| plexus_handler::ModelUse {
+            model: model.into(),
+            usage: plexus_handler::TokenUsage {
+                input_tokens: i,
+                output_tokens: o,
+                cached_input_tokens: 0,
+            },
+        };
+        m.llm_run("jira", &run("haiku-x", 10, 3), 0.5);
+        m.llm_run("jira", &run("haiku-x", 5, 4), 0.25);
+        m.llm_run("git", &run("opus-y", 1, 1), 0.0);
+        let mut s = String::new();
+        m.render(&mut s);
+        for line in [
+            "plexus_llm_runs_total{plugin=\"jira\",model=\"haiku-x\"} 2",
+            "plexus_llm_tokens_total{plugin=\"jira\",model=\"haiku-x\",direction=\"input\"} 15",
+            "plexus_llm_tokens_total{plugin=\"jira\",model=\"haiku-x\",direction=\"output\"} 7",
+            "plexus_llm_cost_usd_total{plugin=\"jira\",model=\"haiku-x\"} 0.75",
+            "plexus_llm_runs_total{plugin=\"git\",model=\"opus-y\"} 1",
+        ] {
+            assert!(s.lines().any(|l| l == line), "{line} missing in\n{s}");
+        }
     }
 }
