@@ -268,7 +268,7 @@ fn a_bad_key_and_an_unreachable_provider_give_typed_errors_and_the_breaker_opens
     });
     let o = exec(EXEC, "agent:admin-coordinator");
     let text = format!("{}{}", o.stdout, o.stderr);
-    assert!(text.contains("breaker_open"), "{text}");
+    assert!(text.contains("breaker-open"), "{text}");
 
     for n in &c.nodes {
         assert!(
