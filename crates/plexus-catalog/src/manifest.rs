@@ -811,16 +811,14 @@ idempotent = false
     }
 
     #[test]
-    fn llm_handler_parses_and_takes_no_fields() {
+    fn llm_handler_parses() {
         let m =
             Manifest::parse("[plugin]\nname = \"writer\"\n[handler]\nkind = \"llm\"\n").unwrap();
         assert_eq!(m.handler, HandlerSpec::Llm);
         assert_eq!(m.handler.kind_name(), "llm");
-        let err = Manifest::parse(
-            "[plugin]\nname = \"writer\"\n[handler]\nkind = \"llm\"\nmodel = \"x\"\n",
-        )
-        .unwrap_err();
-        assert!(err.message.contains("model"), "{err:?}");
+        let err =
+            Manifest::parse("[plugin]\nname = \"writer\"\n[handler]\nkind = \"lm\"\n").unwrap_err();
+        assert!(err.message.contains("lm"), "{err:?}");
     }
 
     #[test]
