@@ -302,4 +302,55 @@ mod tests {
         .expect("parses");
         assert_eq!(cli.api_token.as_deref(), Some("s3cret-s3cret-s3cret"));
     }
+
+    #[test]
+    fn llm_flags_over_the_file_and_their_errors() {
+        use super::{up_cmd, LlmArgs};
+        let flags = |p: Option<&str>, u: Option<&str>, m: Option<&str>| LlmArgs {
+            llm_provider: p.map(str::to_string),
+            llm_base_url: u.map(str::to_string),
+            llm_model_map: m.map(str::to_string),
+        };
+        assert_eq!(flags(None, None, None).apply(None).unwrap(), None);
+        let c = flags(
+            Some("openai"),
+            Some("http://127.0.0.1:8080"),
+            Some("haiku=a,opus=c"),
+        )
+        .apply(None)
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.provider, plexus_catalog::ProviderKind::Openai);
+        assert_eq!(c.base_url.as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(c.models.len(), 2);
+        // The file's table of the same provider keeps its other keys.
+        let mut file = plexus_llm::LlmConfig::new(plexus_catalog::ProviderKind::Openai);
+        file.api_key_env = Some("MY_KEY".into());
+        let c = flags(None, Some("http://h:1"), None)
+            .apply(Some(file))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.api_key_env.as_deref(), Some("MY_KEY"));
+        for (f, want) in [
+            (flags(Some("gemini"), None, None), "--llm-provider"),
+            (flags(None, Some("http://h:1"), None), "need --llm-provider"),
+            (
+                flags(Some("openai"), Some("localhost"), None),
+                "--llm-base-url",
+            ),
+            (
+                flags(Some("openai"), None, Some("tiny=x")),
+                "--llm-model-map",
+            ),
+        ] {
+            let e = format!("{:#}", f.apply(None).unwrap_err().error);
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        assert_eq!(
+            flags(Some("openai"), Some("http://h:1"), None).to_args(),
+            vec!["--llm-provider", "openai", "--llm-base-url", "http://h:1"]
+        );
+        assert!(up_cmd::model_banner(&flags(None, None, None), None)
+            .starts_with("agents are simulated"));
+    }
 }
