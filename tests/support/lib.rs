@@ -6,6 +6,7 @@
 //! overrides the path.
 
 pub mod fixtures;
+pub mod llm;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -372,6 +372,14 @@ impl CommandHandler for LlmHandler {
                 model: reply.tier,
                 work_minutes: started.elapsed().as_secs_f64() / 60.0,
                 cost_usd: reply.cost_usd,
+                llm: Some(plexus_handler::ModelUse {
+                    model: reply.model.clone(),
+                    usage: plexus_handler::TokenUsage {
+                        input_tokens: reply.usage.input_tokens,
+                        output_tokens: reply.usage.output_tokens,
+                        cached_input_tokens: reply.usage.cached_input_tokens,
+                    },
+                }),
             })
         })
     }

@@ -207,7 +207,12 @@ pub struct ExecReply {
     pub output: Option<Box<RawValue>>,
     pub error: Option<ExecErrorBody>,
     pub duration_ms: f64,
+    /// The model id an `llm` run used, else the model tier.
     pub model: Option<String>,
+    /// An `llm` run's tokens, as the provider counted them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<plexus_handler::TokenUsage>,
     pub cost_usd: Option<f64>,
     pub work_minutes: Option<f64>,
     /// Which path served it: `primary`, `retry N`, `fallback:PLUGIN`,

@@ -273,6 +273,9 @@ pub enum HandlerSpec {
     Process(Box<crate::process::ProcessSpec>),
     /// The plugin is one or more MCP servers; their tools are its commands.
     Mcp(Box<McpSpec>),
+    /// Agents and commands run on a language model (the node's `[llm]`,
+    /// with the manifest's `[llm]` table over it).
+    Llm,
 }
 
 /// An MCP handler: the servers inline here, else the Claude Code plugin's
@@ -440,6 +443,7 @@ impl HandlerSpec {
             HandlerSpec::Sim(_) => "sim",
             HandlerSpec::Process(_) => "process",
             HandlerSpec::Mcp(_) => "mcp",
+            HandlerSpec::Llm => "llm",
         }
     }
 }
@@ -645,6 +649,7 @@ impl Manifest {
             }
             HandlerSpec::Process(p) => p.validate()?,
             HandlerSpec::Mcp(mcp) => mcp.validate(&self.plugin.name)?,
+            HandlerSpec::Llm => {}
         }
         if let Some(llm) = &self.llm {
             llm.validate()?;
@@ -826,6 +831,17 @@ idempotent = false
         // The handler is an internally tagged enum: serde buffers it, so the
         // line is the `[handler]` table's.
         assert_eq!(err.line, Some(3), "{err:?}");
+    }
+
+    #[test]
+    fn llm_handler_parses() {
+        let m =
+            Manifest::parse("[plugin]\nname = \"writer\"\n[handler]\nkind = \"llm\"\n").unwrap();
+        assert_eq!(m.handler, HandlerSpec::Llm);
+        assert_eq!(m.handler.kind_name(), "llm");
+        let err =
+            Manifest::parse("[plugin]\nname = \"writer\"\n[handler]\nkind = \"lm\"\n").unwrap_err();
+        assert!(err.message.contains("lm"), "{err:?}");
     }
 
     #[test]

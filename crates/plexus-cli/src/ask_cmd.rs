@@ -104,15 +104,39 @@ fn render(r: &AskReply) -> String {
         );
     }
     if let Some(res) = &r.result {
-        let _ = writeln!(
-            o,
-            "served by {} on {} in {:.1} ms, est. cost ${:.4}",
-            r.served_by.as_deref().unwrap_or("?"),
-            res.node,
-            res.duration_ms,
-            res.cost_usd.unwrap_or(0.0)
-        );
-        if let Some(out) = res.output_value() {
+        match &res.usage {
+            // A run on a language model: its model, tokens and real cost.
+            Some(u) => {
+                let _ = writeln!(
+                    o,
+                    "served by {} on {} in {:.1} ms, model {}, {} tokens in, {} out, cost ${:.6}",
+                    r.served_by.as_deref().unwrap_or("?"),
+                    res.node,
+                    res.duration_ms,
+                    res.model.as_deref().unwrap_or("?"),
+                    u.input_tokens,
+                    u.output_tokens,
+                    res.cost_usd.unwrap_or(0.0)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "served by {} on {} in {:.1} ms, est. cost ${:.4}",
+                    r.served_by.as_deref().unwrap_or("?"),
+                    res.node,
+                    res.duration_ms,
+                    res.cost_usd.unwrap_or(0.0)
+                );
+            }
+        }
+        let text = res
+            .output_value()
+            .filter(|_| res.usage.is_some())
+            .and_then(|v| v["text"].as_str().map(str::to_string));
+        if let Some(t) = text {
+            let _ = writeln!(o, "\n{}", t.trim_end());
+        } else if let Some(out) = res.output_value() {
             let _ = writeln!(
                 o,
                 "{}",

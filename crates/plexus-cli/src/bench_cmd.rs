@@ -419,6 +419,8 @@ fn up_args(dir: &Path, catalog: Vec<PathBuf>, no_default: bool) -> UpArgs {
         base_port: 0,
         dir: dir.to_path_buf(),
         quiet: true,
+        llm_mode: None,
+        llm: Default::default(),
     }
 }
 
@@ -440,6 +442,7 @@ async fn add_node(
         &cl.nodes,
         Some(plugins),
         args,
+        &args.llm,
         cookie,
         &log,
     )

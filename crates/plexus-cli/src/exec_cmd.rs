@@ -32,16 +32,37 @@ pub struct ExecArgs {
     /// Makes a non-idempotent command safe to retry.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Bound an agent's run on a language model: its `max_tokens`, and it
+    /// stops once this much is spent (`$budget_usd` in the input).
+    #[arg(long, value_name = "USD")]
+    pub budget_usd: Option<f64>,
     /// Print the node's answer as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: ExecArgs) -> CliResult {
-    let input = match &a.input {
+    let mut input = match &a.input {
         None => None,
         Some(s) => Some(parse_input(s)?),
     };
+    if let Some(b) = a.budget_usd {
+        if !(b.is_finite() && b > 0.0) {
+            return Err(Failure::usage(anyhow!(
+                "--budget-usd must be a positive number of dollars"
+            )));
+        }
+        match input.get_or_insert_with(|| serde_json::json!({})) {
+            serde_json::Value::Object(o) => {
+                o.insert("$budget_usd".into(), serde_json::json!(b));
+            }
+            _ => {
+                return Err(Failure::usage(anyhow!(
+                    "--budget-usd needs an input that is a JSON object"
+                )))
+            }
+        }
+    }
     let body = ExecBody {
         plugin: a.plugin.clone(),
         command: a.command.clone(),
@@ -65,8 +86,13 @@ pub fn run(a: ExecArgs) -> CliResult {
                     r.duration_ms,
                     r.served_by.as_deref().unwrap_or("primary")
                 );
-                if let (Some(m), Some(c)) = (&r.model, r.cost_usd) {
-                    println!("model {m}, estimated cost ${c:.4}");
+                match (&r.model, r.cost_usd, &r.usage) {
+                    (Some(m), Some(c), Some(u)) => println!(
+                        "model {m}, {} tokens in, {} out, cost ${c:.6}",
+                        u.input_tokens, u.output_tokens
+                    ),
+                    (Some(m), Some(c), None) => println!("model {m}, estimated cost ${c:.4}"),
+                    _ => {}
                 }
                 let out = r
                     .output_value()

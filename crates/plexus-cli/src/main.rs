@@ -99,6 +99,91 @@ pub struct CatalogArgs {
     pub no_default_plugins: bool,
 }
 
+/// The language model the nodes' agents run on (`plexus node`, `plexus up`).
+/// The key is never a flag: it comes from `PLEXUS_LLM_API_KEY`, or
+/// `ANTHROPIC_API_KEY` / `OPENAI_API_KEY` by provider.
+#[derive(Args, Clone, Debug, Default)]
+pub struct LlmArgs {
+    /// Run agents and commands on this provider's API: `openai` (also
+    /// llama.cpp, Ollama, vLLM, LiteLLM) or `anthropic`. Overrides `[llm]`.
+    #[arg(long, value_name = "openai|anthropic")]
+    pub llm_provider: Option<String>,
+    /// The provider's base URL (default: the provider's own).
+    #[arg(long, value_name = "URL")]
+    pub llm_base_url: Option<String>,
+    /// Model ids per tier: `haiku=ID,sonnet=ID,opus=ID` (any subset).
+    #[arg(long, value_name = "TIER=ID,...")]
+    pub llm_model_map: Option<String>,
+}
+
+impl LlmArgs {
+    /// Whether any flag is given.
+    pub fn any(&self) -> bool {
+        self.llm_provider.is_some() || self.llm_base_url.is_some() || self.llm_model_map.is_some()
+    }
+
+    /// The flags over a file's `[llm]` table. A base URL or model map
+    /// without a provider needs the file's provider.
+    pub fn apply(
+        &self,
+        file: Option<plexus_llm::LlmConfig>,
+    ) -> Result<Option<plexus_llm::LlmConfig>, Failure> {
+        if !self.any() {
+            return Ok(file);
+        }
+        let mut c = match (&self.llm_provider, file) {
+            (Some(p), file) => {
+                let kind = plexus_catalog::ProviderKind::parse(p).ok_or_else(|| {
+                    Failure::usage(anyhow::anyhow!(
+                        "--llm-provider: {p:?} is not a provider (openai or anthropic)"
+                    ))
+                })?;
+                match file {
+                    Some(f) if f.provider == kind => f,
+                    _ => plexus_llm::LlmConfig::new(kind),
+                }
+            }
+            (None, Some(f)) => f,
+            (None, None) => {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "--llm-base-url and --llm-model-map need --llm-provider (openai or anthropic)"
+                )))
+            }
+        };
+        if let Some(u) = &self.llm_base_url {
+            c.base_url = Some(u.clone());
+        }
+        if let Some(m) = &self.llm_model_map {
+            c.models
+                .extend(plexus_llm::parse_model_map(m).map_err(Failure::usage)?);
+        }
+        c.validate().map_err(|e| {
+            let field = match e.field.as_str() {
+                "llm.base_url" => "--llm-base-url",
+                f => f,
+            };
+            Failure::usage(anyhow::anyhow!("{field}: {}", e.message))
+        })?;
+        Ok(Some(c))
+    }
+
+    /// The same flags for a child `plexus node`.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut v = vec![];
+        for (flag, val) in [
+            ("--llm-provider", &self.llm_provider),
+            ("--llm-base-url", &self.llm_base_url),
+            ("--llm-model-map", &self.llm_model_map),
+        ] {
+            if let Some(x) = val {
+                v.push(flag.to_string());
+                v.push(x.clone());
+            }
+        }
+        v
+    }
+}
+
 /// An error with the exit code it deserves.
 #[derive(Debug)]
 pub struct Failure {
@@ -348,5 +433,56 @@ mod tests {
         ])
         .expect("parses");
         assert_eq!(cli.api_token.as_deref(), Some("s3cret-s3cret-s3cret"));
+    }
+
+    #[test]
+    fn llm_flags_over_the_file_and_their_errors() {
+        use super::{up_cmd, LlmArgs};
+        let flags = |p: Option<&str>, u: Option<&str>, m: Option<&str>| LlmArgs {
+            llm_provider: p.map(str::to_string),
+            llm_base_url: u.map(str::to_string),
+            llm_model_map: m.map(str::to_string),
+        };
+        assert_eq!(flags(None, None, None).apply(None).unwrap(), None);
+        let c = flags(
+            Some("openai"),
+            Some("http://127.0.0.1:8080"),
+            Some("haiku=a,opus=c"),
+        )
+        .apply(None)
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.provider, plexus_catalog::ProviderKind::Openai);
+        assert_eq!(c.base_url.as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(c.models.len(), 2);
+        // The file's table of the same provider keeps its other keys.
+        let mut file = plexus_llm::LlmConfig::new(plexus_catalog::ProviderKind::Openai);
+        file.api_key_env = Some("MY_KEY".into());
+        let c = flags(None, Some("http://h:1"), None)
+            .apply(Some(file))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.api_key_env.as_deref(), Some("MY_KEY"));
+        for (f, want) in [
+            (flags(Some("gemini"), None, None), "--llm-provider"),
+            (flags(None, Some("http://h:1"), None), "need --llm-provider"),
+            (
+                flags(Some("openai"), Some("localhost"), None),
+                "--llm-base-url",
+            ),
+            (
+                flags(Some("openai"), None, Some("tiny=x")),
+                "--llm-model-map",
+            ),
+        ] {
+            let e = format!("{:#}", f.apply(None).unwrap_err().error);
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        assert_eq!(
+            flags(Some("openai"), Some("http://h:1"), None).to_args(),
+            vec!["--llm-provider", "openai", "--llm-base-url", "http://h:1"]
+        );
+        assert!(up_cmd::model_banner(&flags(None, None, None), None)
+            .starts_with("agents are simulated"));
     }
 }

@@ -9,7 +9,7 @@ use plexus_node::config::{read_file, FileConfig};
 use plexus_node::StartError;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{defaults, CatalogArgs, CliResult, Failure};
+use crate::{defaults, CatalogArgs, CliResult, Failure, LlmArgs};
 
 #[derive(Args, Debug)]
 pub struct NodeArgs {
@@ -60,6 +60,8 @@ pub struct NodeArgs {
     /// Where the node keeps its state (generation, journals).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub llm: LlmArgs,
     /// Validate the configuration and catalog, print the result, and exit.
     #[arg(long)]
     pub check: bool,
@@ -118,6 +120,7 @@ fn merged_config(a: &NodeArgs) -> Result<FileConfig, Failure> {
     if a.data_dir.is_some() {
         n.data_dir = a.data_dir.clone();
     }
+    fc.llm = a.llm.apply(fc.llm.take())?;
     // The global `--api-token` / PLEXUS_API_TOKEN.
     if let Some(t) = crate::client::token() {
         fc.api.token = Some(t.to_string());
@@ -156,6 +159,7 @@ pub fn run(a: NodeArgs) -> CliResult {
             "seed_dns": config.seed_dns,
             "data_dir": config.data_dir,
             "plugins": hosted.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+            "llm": llm_summary(&config),
             "catalog_errors": catalog.errors().map(|d| d.to_string()).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -179,6 +183,7 @@ pub fn run(a: NodeArgs) -> CliResult {
             "api_addr": ctx.config.api_addr(),
             "generation": ctx.identity.read().generation,
             "plugins": ctx.offered.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+            "llm": llm_summary(&ctx.config),
         });
         {
             let mut out = std::io::stdout().lock();
@@ -205,4 +210,19 @@ pub fn run(a: NodeArgs) -> CliResult {
         tracing::info!("left the cluster");
         Ok(())
     })
+}
+
+/// What `--check` and the ready line say about the model: provider, base
+/// URL and the tiers' model ids, never the key.
+fn llm_summary(c: &plexus_node::NodeConfig) -> serde_json::Value {
+    match c.llm.as_ref().map(|l| (l, l.resolve(None))) {
+        None => serde_json::Value::Null,
+        Some((_, Err(e))) => serde_json::json!({ "error": e.to_string() }),
+        Some((l, Ok(p))) => serde_json::json!({
+            "provider": l.provider.as_str(),
+            "base_url": p.endpoint.base_url,
+            "models": p.models,
+            "key_from": p.key_env,
+        }),
+    }
 }

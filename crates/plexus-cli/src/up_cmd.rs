@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::client::Client;
-use crate::{defaults, CatalogArgs, CliResult, Failure};
+use crate::{defaults, CatalogArgs, CliResult, Failure, LlmArgs};
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -39,6 +39,13 @@ pub struct UpArgs {
     /// the live status line.
     #[arg(long)]
     pub quiet: bool,
+    /// `local`: start the bundled tiny model (SmolLM2-135M on llama.cpp's
+    /// server, installed by scripts/setup-llm.sh) as a supervised child and
+    /// run every node's agents on it. No key needed.
+    #[arg(long = "llm", value_name = "local")]
+    pub llm_mode: Option<String>,
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 pub(crate) struct Node {
@@ -59,7 +66,61 @@ pub fn placement(plugins: &[String], nodes: usize) -> Vec<Vec<String>> {
     out
 }
 
+/// The first lines `plexus up` prints about the model: what agents run on,
+/// or that they are simulated and how to turn a model on.
+pub fn model_banner(llm: &LlmArgs, local: Option<&str>) -> String {
+    match (&llm.llm_provider, local) {
+        (_, Some(url)) => format!(
+            "agents run on the bundled model {} at {url} (openai API, no key)",
+            plexus_llm::local::MODEL
+        ),
+        (Some(p), None) => format!(
+            "agents run on {p}{}{}",
+            llm.llm_base_url
+                .as_deref()
+                .map(|u| format!(" at {u}"))
+                .unwrap_or_default(),
+            llm.llm_model_map
+                .as_deref()
+                .map(|m| format!(" (models {m})"))
+                .unwrap_or_default()
+        ),
+        (None, None) => "agents are simulated: no language model is configured, so agents and commands answer with the `sim` handler's canned output.\n\
+             to run them on a real model: `scripts/setup-llm.sh` then `plexus up --llm local` (the bundled tiny model, no key),\n\
+             or `plexus up --llm-provider anthropic` with ANTHROPIC_API_KEY set (or openai with OPENAI_API_KEY; --llm-base-url for llama.cpp, Ollama, vLLM)."
+            .to_string(),
+    }
+}
+
+/// Where `scripts/llm-server.py` is: the working directory's checkout, else
+/// the checkout the binary was built in.
+fn checkout_root() -> Option<PathBuf> {
+    let has = |d: &std::path::Path| d.join("scripts").join("llm-server.py").exists();
+    let cwd = std::env::current_dir().ok();
+    let exe = std::env::current_exe().ok();
+    cwd.iter()
+        .chain(exe.iter())
+        .flat_map(|p| p.ancestors().map(|a| a.to_path_buf()).collect::<Vec<_>>())
+        .find(|d| has(d))
+}
+
 pub fn run(a: UpArgs) -> CliResult {
+    match a.llm_mode.as_deref() {
+        None => {}
+        Some("local") if a.llm.any() => {
+            return Err(Failure::usage(anyhow!(
+                "--llm local runs the bundled model: leave out --llm-provider, --llm-base-url and --llm-model-map"
+            )))
+        }
+        Some("local") => {}
+        Some(other) => {
+            return Err(Failure::usage(anyhow!(
+                "--llm {other:?}: the only mode is `local` (the bundled model); for a provider use --llm-provider openai|anthropic"
+            )))
+        }
+    }
+    // Check the flags here, once, rather than in every node.
+    a.llm.apply(None)?;
     let cat = defaults::load(&a.catalog);
     for d in cat.errors() {
         eprintln!("{d}");
@@ -85,8 +146,40 @@ pub fn run(a: UpArgs) -> CliResult {
         let mut nodes: Vec<Node> = vec![];
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        // Every node may host every plugin: the cluster's placement rule
-        // (rendezvous hashing over the nodes up) decides where each runs.
+        let mut model = match a.llm_mode.as_deref() {
+            Some(_) => {
+                let root = checkout_root().ok_or_else(|| {
+                    Failure::usage(anyhow!(
+                        "--llm local: cannot find scripts/llm-server.py; run plexus up from the Plexus checkout"
+                    ))
+                })?;
+                let mut o = plexus_llm::local::LocalOptions::for_checkout(&root);
+                o.parallel = a.nodes.min(4) as u32;
+                let server = tokio::select! {
+                    r = plexus_llm::local::LocalServer::start(&o) => r.map_err(Failure::usage)?,
+                    _ = term.recv() => return Err(anyhow!("interrupted").into()),
+                    _ = int.recv() => return Err(anyhow!("interrupted").into()),
+                };
+                o.port = server.port;
+                Some((server, o, 0u32))
+            }
+            None => None,
+        };
+        let node_llm = match &model {
+            Some((s, _, _)) => LlmArgs {
+                llm_provider: Some("openai".into()),
+                llm_base_url: Some(s.base_url()),
+                llm_model_map: Some(format!(
+                    "haiku={m},sonnet={m},opus={m}",
+                    m = plexus_llm::local::MODEL
+                )),
+            },
+            None => a.llm.clone(),
+        };
+        println!(
+            "{}",
+            model_banner(&a.llm, model.as_ref().map(|(s, _, _)| s.base_url()).as_deref())
+        );
         for i in 0..a.nodes as usize {
             let name = format!("node{}", i + 1);
             let (listen, api) = if a.base_port == 0 {
@@ -100,7 +193,7 @@ pub fn run(a: UpArgs) -> CliResult {
             };
             let log = a.dir.join(format!("{name}.log"));
             let started = tokio::select! {
-                r = start_node(&exe, &name, &listen, &api, &nodes, None, &a, &cookie, &log) => r,
+                r = start_node(&exe, &name, &listen, &api, &nodes, None, &a, &node_llm, &cookie, &log) => r,
                 _ = term.recv() => Err(anyhow!("interrupted")),
                 _ = int.recv() => Err(anyhow!("interrupted")),
             };
@@ -130,6 +223,21 @@ pub fn run(a: UpArgs) -> CliResult {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = tick.tick() => {
+                    if let Some((server, o, restarts)) = model.as_mut() {
+                        if let Some(st) = server.exited() {
+                            if *restarts >= 5 {
+                                println!("the bundled model server exited ({st}) after {restarts} restarts; agents will fail until plexus up is restarted");
+                                model = None;
+                            } else {
+                                *restarts += 1;
+                                println!("the bundled model server exited ({st}); restarting it on port {}", o.port);
+                                match plexus_llm::local::LocalServer::start(o).await {
+                                    Ok(s) => *server = s,
+                                    Err(e) => println!("could not restart the bundled model: {e}"),
+                                }
+                            }
+                        }
+                    }
                     for n in nodes.iter_mut() {
                         if let Ok(Some(st)) = n.child.try_wait() {
                             println!("{} exited ({st}); see {}", n.name, n.log.display());
@@ -166,6 +274,7 @@ pub(crate) async fn start_node(
     earlier: &[Node],
     plugins: Option<&[String]>,
     a: &UpArgs,
+    llm: &LlmArgs,
     cookie: &str,
     log: &std::path::Path,
 ) -> anyhow::Result<Node> {
@@ -200,6 +309,7 @@ pub(crate) async fn start_node(
     if a.catalog.no_default_plugins {
         cmd.arg("--no-default-plugins");
     }
+    cmd.args(llm.to_args());
     // `plexus --api-token T up`: the local cluster requires the token too.
     if let Some(t) = crate::client::token() {
         cmd.env("PLEXUS_API_TOKEN", t);

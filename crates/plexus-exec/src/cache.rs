@@ -92,6 +92,7 @@ impl<S: Exec> Exec for CacheDefault<S> {
                                 model: None,
                                 cost_usd: 0.0,
                                 work_minutes: 0.0,
+                                llm: None,
                             },
                             served_by: ServedBy::Default,
                             retries: f.retries,

@@ -180,6 +180,8 @@ pub struct Output {
     pub model: Option<String>,
     pub cost_usd: f64,
     pub work_minutes: f64,
+    /// The model id and token counts of an `llm` run.
+    pub llm: Option<plexus_handler::ModelUse>,
 }
 
 /// A plugin host's answer to one exec request (the bus response's payload,

@@ -114,6 +114,7 @@ impl Exec for Transport {
                         model: None,
                         cost_usd: 0.0,
                         work_minutes: 0.0,
+                        llm: None,
                     },
                     served_by: ServedBy::Primary,
                     retries: 0,

@@ -38,6 +38,29 @@ pub struct ExecOutput {
     /// Estimated work in minutes (the cost model's unit).
     pub work_minutes: f64,
     pub cost_usd: f64,
+    /// The model call behind the output (the `llm` handler): the model id
+    /// and the provider's token counts. `None` for other handlers.
+    #[serde(default)]
+    pub llm: Option<ModelUse>,
+}
+
+/// Tokens a model call used, as the provider counted them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Prompt tokens, cached ones included.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Of `input_tokens`, read from the provider's prompt cache.
+    #[serde(default)]
+    pub cached_input_tokens: u64,
+}
+
+/// Which model ran and what it used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelUse {
+    /// The model id (not the tier).
+    pub model: String,
+    pub usage: TokenUsage,
 }
 
 /// Why a command failed; the kind decides whether retrying makes sense.
@@ -88,6 +111,9 @@ pub enum ProviderFailure {
     Auth,
     /// The provider refused the request (unknown model, bad parameter).
     BadRequest,
+    /// No model to run on: the node has no `[llm]` provider, or the
+    /// plugin's `[llm]` table is wrong. Not retried, not the breaker's.
+    NotConfigured,
 }
 
 impl ProviderFailure {
@@ -101,6 +127,7 @@ impl ProviderFailure {
             ProviderFailure::ContextTooLong => "context_too_long",
             ProviderFailure::Auth => "auth",
             ProviderFailure::BadRequest => "provider_refused",
+            ProviderFailure::NotConfigured => "llm_not_configured",
         }
     }
 
@@ -446,6 +473,7 @@ impl CommandHandler for SimHandler {
                 model: Some(model),
                 work_minutes: minutes,
                 cost_usd: minutes * model.cost_per_minute(),
+                llm: None,
             })
         })
     }

@@ -152,6 +152,15 @@ impl LocalServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Whether the server has exited, and how (for supervision).
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(st)) => Some(st.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
     /// The process id (for supervision).
     pub fn pid(&self) -> Option<u32> {
         self.child.id()

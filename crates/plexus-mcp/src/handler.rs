@@ -280,6 +280,7 @@ impl Shared {
                     model: None,
                     work_minutes: 0.0,
                     cost_usd: 0.0,
+                    llm: None,
                 }),
                 Err(msg) => Err(HandlerError::Failed(format!(
                     "tool {tool} of {} reported an error: {msg}",

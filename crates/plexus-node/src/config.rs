@@ -43,6 +43,10 @@ pub struct FileConfig {
     pub state: StateSection,
     #[serde(default)]
     pub api: ApiSection,
+    /// The `[llm]` table: the language model the node's agents run on.
+    /// Absent: agents and commands of `sim` plugins stay simulated.
+    #[serde(default)]
+    pub llm: Option<plexus_llm::LlmConfig>,
 }
 
 /// The `[api]` table: the client API's access control.
@@ -343,6 +347,9 @@ pub struct NodeConfig {
     /// ahead); 0 in production. `[node] clock_skew_ms` or
     /// `PLEXUS_CLOCK_SKEW_MS`.
     pub clock_skew_ms: i64,
+    /// The node's language model (`[llm]`, `--llm-*`); `None`: agents are
+    /// simulated. Holds the key's variable name, never the key.
+    pub llm: Option<plexus_llm::LlmConfig>,
 }
 
 impl NodeConfig {
@@ -386,6 +393,11 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
             if d.is_relative() {
                 *p = Some(base.join(&*d));
             }
+        }
+    }
+    if let Some(pf) = fc.llm.as_mut().and_then(|l| l.prices_file.as_mut()) {
+        if pf.is_relative() {
+            *pf = base.join(&*pf);
         }
     }
     fc.node.catalog = fc
@@ -562,6 +574,22 @@ impl FileConfig {
             });
         }
         let state = self.state.finish(max_frame_bytes)?;
+        let llm = match self.llm {
+            Some(l) => {
+                l.validate().map_err(|e| ConfigError::Invalid {
+                    field: e.field,
+                    message: e.message,
+                })?;
+                if let Some(p) = &l.prices_file {
+                    plexus_llm::PriceTable::with_file(p).map_err(|e| ConfigError::Invalid {
+                        field: "llm.prices_file".into(),
+                        message: e.to_string(),
+                    })?;
+                }
+                Some(l)
+            }
+            None => None,
+        };
         let api_token = match self.api.token {
             Some(t) if t.trim().is_empty() => {
                 return Err(ConfigError::Invalid {
@@ -606,6 +634,7 @@ impl FileConfig {
         }
         let labels = n.labels.clone();
         Ok(NodeConfig {
+            llm,
             clock_skew_ms,
             api_token,
             state,
@@ -863,6 +892,57 @@ mod tests {
         std::fs::write(&p, "[node]\nclock_skew_ms = \"5s\"\n").unwrap();
         let e = read_file(&p).unwrap_err().to_string();
         assert!(e.contains("n.toml:2"), "{e}");
+    }
+
+    #[test]
+    fn the_llm_table_is_read_checked_and_named_in_errors() {
+        let c = fc(Some("n1"), Some("127.0.0.1:7101")).finish().unwrap();
+        assert!(c.llm.is_none(), "no [llm]: agents stay simulated");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        std::fs::write(
+            dir.path().join("prices.toml"),
+            "[models.\"m\"]\ninput = 1.0\noutput = 2.0\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &p,
+            "[node]\nname = \"n1\"\nlisten = \"127.0.0.1:1\"\n[llm]\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:8080\"\nprices_file = \"prices.toml\"\n[llm.models]\nhaiku = \"m\"\n",
+        )
+        .unwrap();
+        let c = read_file(&p).unwrap().finish().unwrap();
+        let l = c.llm.unwrap();
+        assert_eq!(l.provider, plexus_llm::ProviderKind::Openai);
+        assert_eq!(l.prices_file, Some(dir.path().join("prices.toml")));
+        assert_eq!(l.models[&plexus_llm::ModelTier::Haiku], "m");
+        // A bad value names its field; a misspelt key its line.
+        std::fs::write(
+            &p,
+            "[llm]\nprovider = \"openai\"\nbase_url = \"localhost\"\n",
+        )
+        .unwrap();
+        let mut f = read_file(&p).unwrap();
+        f.node.name = Some("n1".into());
+        f.node.listen = Some("127.0.0.1:1".into());
+        let e = f.finish().unwrap_err().to_string();
+        assert!(e.starts_with("llm.base_url"), "{e}");
+        std::fs::write(&p, "[llm]\nprovider = \"openai\"\nbaseurl = \"x\"\n").unwrap();
+        let e = read_file(&p).unwrap_err().to_string();
+        assert!(e.contains("n.toml:3") && e.contains("baseurl"), "{e}");
+        // A price file that is not there is refused at start, by name.
+        std::fs::write(
+            &p,
+            "[llm]\nprovider = \"openai\"\nprices_file = \"nope.toml\"\n",
+        )
+        .unwrap();
+        let mut f = read_file(&p).unwrap();
+        f.node.name = Some("n1".into());
+        f.node.listen = Some("127.0.0.1:1".into());
+        let e = f.finish().unwrap_err().to_string();
+        assert!(
+            e.starts_with("llm.prices_file") && e.contains("nope.toml"),
+            "{e}"
+        );
     }
 
     #[test]

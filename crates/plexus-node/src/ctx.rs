@@ -163,6 +163,8 @@ pub struct NodeCtx {
     pub handler_reports: RwLock<BTreeMap<String, HandlerReport>>,
     /// Readiness and drain: the drain flag and the work in flight.
     pub lifecycle: crate::services::lifecycle::Lifecycle,
+    /// The language model agents run on (`[llm]`); `None`: simulated.
+    pub llm: Option<Arc<crate::services::agents::LlmRuntime>>,
 }
 
 impl NodeCtx {

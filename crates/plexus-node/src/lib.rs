@@ -351,6 +351,15 @@ async fn spawn_tree(
     generation: u64,
     wiring: InProcess,
 ) -> Result<Tree, StartError> {
+    let llm = match &config.llm {
+        Some(c) => Some(Arc::new(
+            services::agents::LlmRuntime::new(c.clone()).map_err(|message| StartError::Spawn {
+                what: "the language-model runtime",
+                message,
+            })?,
+        )),
+        None => None,
+    };
     let identity = NodeIdentity {
         name: config.name.clone(),
         cluster_addr: config.cluster_addr(),
@@ -381,6 +390,7 @@ async fn spawn_tree(
         clock: wiring.clock,
         rng: parking_lot::Mutex::new(rand::rngs::StdRng::seed_from_u64(wiring.rng_seed)),
         observer: wiring.observer,
+        llm,
     });
     let _ = ctx.exec_pipeline.set(services::exec::pipeline(&ctx));
     bus.set_remote_sink(Arc::new(BusLink {

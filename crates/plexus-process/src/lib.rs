@@ -272,6 +272,7 @@ fn output(v: Value, started: Instant) -> ExecOutput {
         model: None,
         work_minutes: started.elapsed().as_secs_f64() / 60.0,
         cost_usd: 0.0,
+        llm: None,
     }
 }
 

@@ -48,6 +48,7 @@ fn host_reply(node: &str, started: Instant, r: Result<ExecOutput, HandlerError>)
                 model: o.model.map(|m| m.to_string()),
                 cost_usd: o.cost_usd,
                 work_minutes: o.work_minutes,
+                llm: o.llm,
             })
             .map_err(HostFailure::Handler),
     }
@@ -63,15 +64,26 @@ fn host_failure(node: &str, f: HostFailure) -> HostReply {
 }
 
 /// Build the handler a plugin's manifest asks for.
+/// With a model configured (or `kind = "llm"`), the plugin's agents and
+/// commands go to the model beside it (see [`crate::services::agents`]).
 pub fn make_handler(ctx: &NodeCtx, plugin: &Arc<Plugin>) -> Arc<dyn CommandHandler> {
-    match &plugin.manifest.handler {
-        HandlerSpec::Sim(spec) => Arc::new(SimHandler::new(plugin.clone(), spec.clone())),
-        HandlerSpec::Process(spec) => Arc::new(ProcessHandler::new(
+    let own: Option<Arc<dyn CommandHandler>> = match &plugin.manifest.handler {
+        HandlerSpec::Sim(spec) => Some(Arc::new(SimHandler::new(plugin.clone(), spec.clone()))),
+        HandlerSpec::Process(spec) => Some(Arc::new(ProcessHandler::new(
             plugin.clone(),
             (**spec).clone(),
             Some(publish_sink(ctx, plugin)),
+        ))),
+        HandlerSpec::Mcp(spec) => Some(Arc::new(plexus_mcp::McpHandler::start(plugin, spec))),
+        HandlerSpec::Llm => None,
+    };
+    match (own, &ctx.llm) {
+        (Some(own), None) if matches!(plugin.manifest.handler, HandlerSpec::Sim(_)) => own,
+        (own, rt) => Arc::new(crate::services::agents::AgentsHandler::new(
+            plugin.clone(),
+            own,
+            rt.as_deref(),
         )),
-        HandlerSpec::Mcp(spec) => Arc::new(plexus_mcp::McpHandler::start(plugin, spec)),
     }
 }
 
@@ -321,6 +333,9 @@ impl Actor for PluginHost {
                         Ok(r) => r,
                         Err(_) => Err(HandlerError::Timeout(timeout.as_millis() as u64)),
                     };
+                    if let Ok(ExecOutput { llm: Some(m), cost_usd, .. }) = &r {
+                        ctx.metrics.llm_run(&req.plugin, m, *cost_usd);
+                    }
                     match (&r, &keyed) {
                         (Ok(o), Some((k, log))) => match log.record(k, &req.command, o) {
                             Ok(()) => r,

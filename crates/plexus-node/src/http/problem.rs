@@ -120,6 +120,7 @@ fn failed_reply(e: &ExecError, plugin: &str, command: &str) -> Option<ExecReply>
         }),
         duration_ms,
         model: None,
+        usage: None,
         cost_usd: None,
         work_minutes: None,
         served_by: None,

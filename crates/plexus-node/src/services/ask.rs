@@ -157,14 +157,12 @@ pub async fn ask(ctx: &NodeCtx, body: AskBody) -> Result<AskReply, AskError> {
         reply.attempts = untried.into_iter().map(no_match).collect();
         return Ok(reply);
     };
+    let input = agent_input(body.input.as_deref(), &body.request, body.budget_usd);
     let spec = CallSpec {
         timeout_ms: body.timeout_ms,
         model: Some(d.model),
         fallbacks,
-        ..CallSpec::new(
-            Target::new(primary, agent),
-            body.input.map(|r| RawJson::checked(r.get().to_string())),
-        )
+        ..CallSpec::new(Target::new(primary, agent), input)
     };
     let call = exec::call(ctx, spec).map_err(AskError::Exec)?;
     let r = exec::run(ctx, &call).await;
@@ -206,6 +204,31 @@ pub async fn ask(ctx: &NodeCtx, body: AskBody) -> Result<AskReply, AskError> {
     }
 }
 
+/// The input an ask hands to the chosen agent: the client's input with the
+/// original request text (`$request`) and the budget (`$budget_usd`) for the
+/// model runtime, unless the input sets them. An input that is not an
+/// object (or absent) is passed as it is; absent becomes an object.
+pub fn agent_input(
+    input: Option<&serde_json::value::RawValue>,
+    request: &str,
+    budget_usd: Option<f64>,
+) -> Option<RawJson> {
+    let mut obj = match input {
+        None => serde_json::Map::new(),
+        Some(r) => match serde_json::from_str::<serde_json::Value>(r.get()) {
+            Ok(serde_json::Value::Object(o)) => o,
+            _ => return Some(RawJson::checked(r.get().to_string())),
+        },
+    };
+    obj.entry("$request")
+        .or_insert_with(|| serde_json::Value::String(request.to_string()));
+    if let Some(b) = budget_usd {
+        obj.entry("$budget_usd")
+            .or_insert_with(|| serde_json::json!(b));
+    }
+    Some(RawJson::from_value(&serde_json::Value::Object(obj)))
+}
+
 fn no_match(plugin: String) -> Attempt {
     Attempt {
         plugin,
@@ -214,5 +237,46 @@ fn no_match(plugin: String) -> Attempt {
         node: None,
         error: Some("no agent or command of this plugin matched".into()),
         duration_ms: 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agent_input;
+
+    fn raw(s: &str) -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn the_request_text_and_budget_reach_the_agent() {
+        let v = |r: Option<plexus_exec::RawJson>| -> serde_json::Value {
+            serde_json::from_str(r.unwrap().as_str()).unwrap()
+        };
+        assert_eq!(
+            v(agent_input(None, "make an epic", Some(0.5))),
+            serde_json::json!({"$request": "make an epic", "$budget_usd": 0.5})
+        );
+        assert_eq!(
+            v(agent_input(
+                Some(&raw(r#"{"key":"SSO"}"#)),
+                "make an epic",
+                None
+            )),
+            serde_json::json!({"key": "SSO", "$request": "make an epic"})
+        );
+        // The client's own keys win.
+        assert_eq!(
+            v(agent_input(
+                Some(&raw(r#"{"$request":"mine"}"#)),
+                "text",
+                None
+            )),
+            serde_json::json!({"$request": "mine"})
+        );
+        assert_eq!(
+            v(agent_input(Some(&raw("[1,2]")), "text", None)),
+            serde_json::json!([1, 2])
+        );
     }
 }

@@ -113,6 +113,7 @@ mod tests {
             model: None,
             work_minutes: 1.0,
             cost_usd: 0.0,
+            llm: None,
         }
     }
 

@@ -71,6 +71,11 @@ pub struct Metrics {
     state_differing: IntGaugeVec,
     /// This replica's key count, as of the last anti-entropy round.
     state_keys: prometheus::IntGauge,
+    /// Model runs hosted on this node: runs and tokens per (plugin, model
+    /// id[, direction]), and their cost.
+    llm_runs: IntCounterVec,
+    llm_tokens: IntCounterVec,
+    llm_cost: prometheus::CounterVec,
     recent: Mutex<VecDeque<DecisionRecord>>,
 }
 
@@ -192,7 +197,33 @@ impl Metrics {
             )
             .expect("valid metric options"),
         );
+        let llm_runs = counter_vec(
+            &r,
+            "plexus_llm_runs_total",
+            "Agent and command runs on a language model hosted on this node, per plugin and model id.",
+            &["plugin", "model"],
+        );
+        let llm_tokens = counter_vec(
+            &r,
+            "plexus_llm_tokens_total",
+            "Tokens the provider counted for those runs, per plugin, model id and direction.",
+            &["plugin", "model", "direction"],
+        );
+        let llm_cost = reg(
+            &r,
+            prometheus::CounterVec::new(
+                Opts::new(
+                    "plexus_llm_cost_usd_total",
+                    "Cost of those runs in US dollars (the price table's), per plugin and model id.",
+                ),
+                &["plugin", "model"],
+            )
+            .expect("valid metric options"),
+        );
         Metrics {
+            llm_runs,
+            llm_tokens,
+            llm_cost,
             placement_moves,
             state_differing,
             state_keys,
@@ -223,6 +254,26 @@ impl Metrics {
             .with_label_values(&[plugin])
             .observe(took.as_secs_f64());
         self.exec_total.with_label_values(&[plugin, outcome]).inc();
+    }
+
+    /// One model run of `plugin` on this node finished: the provider's
+    /// token counts and its cost. Counted where the model ran, once per
+    /// run (a retried request runs, and is counted, again).
+    pub fn llm_run(&self, plugin: &str, m: &plexus_handler::ModelUse, cost_usd: f64) {
+        let model = m.model.as_str();
+        self.llm_runs.with_label_values(&[plugin, model]).inc();
+        self.llm_tokens
+            .with_label_values(&[plugin, model, "input"])
+            .inc_by(m.usage.input_tokens);
+        self.llm_tokens
+            .with_label_values(&[plugin, model, "output"])
+            .inc_by(m.usage.output_tokens);
+        if cost_usd.is_finite() && cost_usd > 0.0 {
+            self.llm_cost.with_label_values(&[plugin, model]).inc_by(cost_usd);
+        } else {
+            // Present (at 0) for a run with no price, so the series exists.
+            self.llm_cost.with_label_values(&[plugin, model]);
+        }
     }
 
     /// One routing decision.
@@ -414,5 +465,32 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("# TYPE plexus_state_gossip_rounds_total counter"));
+    }
+
+    #[test]
+    fn model_runs_add_up_per_plugin_and_model() {
+        let m = Metrics::default();
+        let run = |model: &str, i, o| plexus_handler::ModelUse {
+            model: model.into(),
+            usage: plexus_handler::TokenUsage {
+                input_tokens: i,
+                output_tokens: o,
+                cached_input_tokens: 0,
+            },
+        };
+        m.llm_run("jira", &run("haiku-x", 10, 3), 0.5);
+        m.llm_run("jira", &run("haiku-x", 5, 4), 0.25);
+        m.llm_run("git", &run("opus-y", 1, 1), 0.0);
+        let s = m.render(&Scrape::default());
+        // The exposition sorts labels by name.
+        for line in [
+            "plexus_llm_runs_total{model=\"haiku-x\",plugin=\"jira\"} 2",
+            "plexus_llm_tokens_total{direction=\"input\",model=\"haiku-x\",plugin=\"jira\"} 15",
+            "plexus_llm_tokens_total{direction=\"output\",model=\"haiku-x\",plugin=\"jira\"} 7",
+            "plexus_llm_cost_usd_total{model=\"haiku-x\",plugin=\"jira\"} 0.75",
+            "plexus_llm_runs_total{model=\"opus-y\",plugin=\"git\"} 1",
+        ] {
+            assert!(s.lines().any(|l| l == line), "{line} missing in\n{s}");
+        }
     }
 }
