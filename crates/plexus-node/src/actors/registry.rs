@@ -312,7 +312,7 @@ fn hosted_entry(ctx: &NodeCtx, p: &plexus_catalog::Plugin) -> HostedPlugin {
         name: p.name.clone(),
         version: p.version.clone(),
         status: PluginStatus::Restarting,
-        handler: crate::services::agents::kind_of(p, st.ctx.llm.is_some()).into(),
+        handler: crate::services::agents::kind_of(p, ctx.llm.is_some()).into(),
         agents: p.agents.iter().map(|a| a.name.clone()).collect(),
         commands: p.commands.iter().map(|c| c.name.clone()).collect(),
         aliases: p

@@ -207,7 +207,9 @@ pub fn check(ctx: &crate::ctx::NodeCtx) -> Result<(), NotReady> {
         .filter(|s| **s != own)
         .cloned()
         .collect();
-    let hosted: Vec<String> = ctx.hosted.iter().map(|p| p.name.clone()).collect();
+    // What the placement runs here (in pinned mode: every plugin the node
+    // may host).
+    let hosted: Vec<String> = ctx.placement_running.read().iter().cloned().collect();
     let r = readiness(&ReadyInput {
         me: ctx.name(),
         draining: ctx.lifecycle.is_draining(),

@@ -269,7 +269,9 @@ impl Metrics {
             .with_label_values(&[plugin, model, "output"])
             .inc_by(m.usage.output_tokens);
         if cost_usd.is_finite() && cost_usd > 0.0 {
-            self.llm_cost.with_label_values(&[plugin, model]).inc_by(cost_usd);
+            self.llm_cost
+                .with_label_values(&[plugin, model])
+                .inc_by(cost_usd);
         } else {
             // Present (at 0) for a run with no price, so the series exists.
             self.llm_cost.with_label_values(&[plugin, model]);
