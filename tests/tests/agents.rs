@@ -86,7 +86,7 @@ fn ask_runs_on_the_hosting_node(provider: &str) {
     };
     let c = Cluster::start(vec![
         node("node1", &OTHERS[..2]),
-        node("node2", &[&OTHERS[2], OTHERS[3], EXEC]),
+        node("node2", &[OTHERS[2], OTHERS[3], EXEC]),
         node("node3", &[JIRA]),
     ]);
     let prompt_before = server.metric("prompt_tokens_total");

@@ -56,6 +56,27 @@ pub(crate) struct Node {
     pub(crate) log: PathBuf,
 }
 
+/// How long `plexus up` waits for every plugin to serve somewhere.
+const PLACED_WITHIN: Duration = Duration::from_secs(60);
+
+/// The plugins of `want` that no node serves yet, as `api`'s status shows
+/// them (all of them while the status cannot be read).
+fn not_yet_serving(api: &str, want: &[String]) -> Vec<String> {
+    let c = Client::new(api, Duration::from_secs(2));
+    let rows = match c.get::<StatusBody>("/v1/status") {
+        Ok(Ok(s)) => s.plugins,
+        _ => return want.to_vec(),
+    };
+    want.iter()
+        .filter(|w| {
+            !rows
+                .iter()
+                .any(|r| &r.name == *w && r.status == "available")
+        })
+        .cloned()
+        .collect()
+}
+
 /// Round-robin placement: plugin i goes to node i mod N. `plexus bench`
 /// pins its plugins this way; `plexus up` leaves placement to the cluster.
 pub fn placement(plugins: &[String], nodes: usize) -> Vec<Vec<String>> {
@@ -203,6 +224,30 @@ pub fn run(a: UpArgs) -> CliResult {
                     stop_all(&mut nodes).await;
                     return Err(e.into());
                 }
+            }
+        }
+        // The placement starts plugins a moment after the nodes are up: wait
+        // until each serves somewhere, so the first request after the table
+        // does not meet a plugin that is still starting.
+        let want: Vec<String> = cat.plugins.iter().map(|p| p.name.clone()).collect();
+        let deadline = tokio::time::Instant::now() + PLACED_WITHIN;
+        loop {
+            let api = nodes[0].api.clone();
+            let want = want.clone();
+            let missing = tokio::task::spawn_blocking(move || not_yet_serving(&api, &want))
+                .await
+                .unwrap_or_default();
+            if missing.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                println!("warning: after {} s these plugins serve nowhere yet: {}; `plexus status` shows why", PLACED_WITHIN.as_secs(), missing.join(", "));
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = term.recv() => { stop_all(&mut nodes).await; return Err(anyhow!("interrupted").into()); }
+                _ = int.recv() => { stop_all(&mut nodes).await; return Err(anyhow!("interrupted").into()); }
             }
         }
         println!("Plexus cluster up: {} nodes (cookie in each node's environment; logs in {})", nodes.len(), a.dir.display());

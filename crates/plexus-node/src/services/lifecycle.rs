@@ -270,6 +270,8 @@ mod tests {
                     servers: vec![],
                 })
                 .collect(),
+            labels: Default::default(),
+            offers: vec![],
         }
     }
 

@@ -358,8 +358,29 @@ impl Metrics {
         self.placement_moves.get()
     }
 
+    /// The labelled families, which the exposition leaves out while they
+    /// have no series yet (before the first request, breaker change, ...).
+    fn declared(&self) -> Vec<Declared> {
+        let mut v = vec![];
+        declare(&mut v, &self.exec_duration, "histogram");
+        for c in [
+            &self.exec_total,
+            &self.route_decisions,
+            &self.breaker_transitions,
+            &self.member_events,
+            &self.llm_runs,
+            &self.llm_tokens,
+        ] {
+            declare(&mut v, c, "counter");
+        }
+        declare(&mut v, &self.llm_cost, "counter");
+        declare(&mut v, &self.state_differing, "gauge");
+        v
+    }
+
     /// The page: this node's own series, then the scrape's, in the text
-    /// format.
+    /// format. A family with no series yet still gets its HELP and TYPE, so
+    /// dashboards and alert rules find every name from the start.
     pub fn render(&self, scrape: &Scrape) -> String {
         let mut families = self.registry.gather();
         families.extend(scrape.registry.gather());
@@ -368,21 +389,40 @@ impl Metrics {
             // Only a malformed family fails here; name the error on the page
             // rather than serving half of it silently.
             tracing::error!(error = %e, "rendering /metrics");
-            out = format!("# error rendering metrics: {e}\n");
+            return format!("# error rendering metrics: {e}\n");
+        }
+        let present: std::collections::BTreeSet<&str> = families.iter().map(|f| f.name()).collect();
+        let mut declared = self.declared();
+        declared.extend(scrape.declared.lock().iter().cloned());
+        for (name, help, kind) in declared {
+            if !present.contains(name.as_str()) {
+                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            }
         }
         out
+    }
+}
+
+/// A family's name, help and type.
+type Declared = (String, String, &'static str);
+
+fn declare(v: &mut Vec<Declared>, c: &dyn prometheus::core::Collector, kind: &'static str) {
+    for d in c.desc() {
+        v.push((d.fq_name.clone(), d.help.clone(), kind));
     }
 }
 
 /// Series read from their owners for one `/metrics` request.
 pub struct Scrape {
     registry: Registry,
+    declared: Mutex<Vec<Declared>>,
 }
 
 impl Default for Scrape {
     fn default() -> Self {
         Scrape {
             registry: Registry::new(),
+            declared: Mutex::new(vec![]),
         }
     }
 }
@@ -409,15 +449,19 @@ impl Scrape {
     /// A labelled counter family; the caller sets each child with
     /// `inc_by(total)` once.
     pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-        counter_vec(&self.registry, name, help, labels)
+        let c = counter_vec(&self.registry, name, help, labels);
+        declare(&mut self.declared.lock(), &c, "counter");
+        c
     }
 
     /// A labelled gauge family.
     pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-        reg(
+        let g = reg(
             &self.registry,
             IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric options"),
-        )
+        );
+        declare(&mut self.declared.lock(), &g, "gauge");
+        g
     }
 }
 
@@ -444,7 +488,8 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("plexus_exec_total{plugin=\"p\\\"x\",outcome=\"primary\"} 2"),
+            // The exposition sorts labels by name.
+            s.contains("plexus_exec_total{outcome=\"primary\",plugin=\"p\\\"x\"} 2"),
             "{s}"
         );
     }
@@ -467,6 +512,18 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("# TYPE plexus_state_gossip_rounds_total counter"));
+        // Labelled families with no series yet are declared all the same.
+        assert!(page.contains("# TYPE plexus_exec_total counter"), "{page}");
+        assert!(
+            page.contains("# TYPE plexus_exec_duration_seconds histogram"),
+            "{page}"
+        );
+        assert_eq!(
+            page.matches("# TYPE plexus_members gauge").count(),
+            1,
+            "{page}"
+        );
+        assert!(!page.contains("plexus_exec_total{"), "{page}");
     }
 
     #[test]
