@@ -349,20 +349,30 @@ fn plexus_up_says_agents_are_simulated_or_runs_them_on_the_bundled_model() {
         .and_then(|l| l.split_whitespace().nth(2))
         .unwrap_or_else(|| panic!("no node1 row in {lines:?}"))
         .to_string();
-    let o = plexus(&[
-        "exec",
-        "--connect",
-        &api,
-        "--plugin",
-        JIRA,
-        "--command",
-        "agent:agent-router",
-        "--input",
-        r#"{"$request": "route PROJ-1", "$max_tokens": 8}"#,
-        "--timeout-ms",
-        "60000",
-        "--json",
-    ]);
+    // `plexus up` prints its table once every plugin served somewhere; a
+    // host may still be (re)starting a moment later, so an `unavailable`
+    // answer is asked again, within a deadline. Anything else is final.
+    let o = wait_for(
+        Duration::from_secs(60),
+        "jira served on the bundled model",
+        || {
+            let o = plexus(&[
+                "exec",
+                "--connect",
+                &api,
+                "--plugin",
+                JIRA,
+                "--command",
+                "agent:agent-router",
+                "--input",
+                r#"{"$request": "route PROJ-1", "$max_tokens": 8}"#,
+                "--timeout-ms",
+                "60000",
+                "--json",
+            ]);
+            (!o.stdout.contains("plugin-unavailable")).then_some(o)
+        },
+    );
     assert_eq!(o.code, 0, "{o:?}");
     let r = o.json();
     assert_eq!(r["model"], MODEL, "{r:#}");
