@@ -33,14 +33,14 @@ use plexus_router::{
     RouterConfig, RoutingDecision,
 };
 
-struct Label {
+pub(crate) struct Label {
     request: String,
     expect: Vec<String>,
     complexity: Option<Complexity>,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
-struct Metrics {
+pub(crate) struct Metrics {
     inscope: usize,
     top1: usize,
     oos: usize,
@@ -86,11 +86,16 @@ impl Metrics {
         }
     }
 
+    /// Top-1 on the in-scope requests: the chosen plugin is an expected one.
+    pub(crate) fn top1_rate(&self) -> f64 {
+        self.top1 as f64 / self.inscope.max(1) as f64
+    }
+
     fn print(&self, name: &str) {
         let r = |a: usize, b: usize| a as f64 / b.max(1) as f64;
         println!(
             "  {name:<34} top1 {:.3} ({}/{})  abstain {:.3} ({}/{})  plan-recall {:.3}  plan-precision {:.3}  complexity {:.3} ({}/{})  saving vs opus {:.1}%",
-            r(self.top1, self.inscope),
+            self.top1_rate(),
             self.top1,
             self.inscope,
             r(self.abstained, self.oos),
@@ -106,7 +111,7 @@ impl Metrics {
     }
 }
 
-fn load_labels(path: &PathBuf) -> Vec<Label> {
+pub(crate) fn load_labels(path: &PathBuf) -> Vec<Label> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .lines()
@@ -133,8 +138,8 @@ fn load_labels(path: &PathBuf) -> Vec<Label> {
 }
 
 /// One catalog configuration and what routing the labels against it gave.
-struct Setup {
-    name: String,
+pub(crate) struct Setup {
+    pub(crate) name: String,
     catalog: Catalog,
     /// Evidence samples: (label index, features, right answer?).
     samples: Vec<(usize, [f64; NFEAT], bool)>,
@@ -252,7 +257,7 @@ fn fit(samples: &[(usize, [f64; NFEAT], bool)], keep: impl Fn(usize) -> bool) ->
 
 /// Collaboration and priority parameters tried by the grid.
 #[derive(Debug, Clone, Copy)]
-struct Collab {
+pub(crate) struct Collab {
     ratio: f64,
     gain: f64,
     priority_weight: f32,
@@ -354,6 +359,89 @@ fn fit_cuts(rows: &[(usize, f64, Complexity)], keep: impl Fn(usize) -> bool) -> 
     best.1
 }
 
+/// Held-out figures: `folds`-fold cross-validation by request, every
+/// fitted piece (confidence model, abstention threshold, collaboration
+/// thresholds, complexity cut points) fitted on the other folds only.
+/// Per setup: the held-out metrics and (abstained, asked) on requests whose
+/// plugins were left out of the catalog; and what each fold chose.
+/// Per setup the held-out metrics and (abstained, asked) on left-out-plugin
+/// requests; per fold what it chose.
+pub(crate) type HeldOut = (
+    Vec<Metrics>,
+    Vec<(usize, usize)>,
+    Vec<(ConfidenceModel, Collab, ComplexityModel)>,
+);
+
+/// A catalog from `dirs` with its calibration samples.
+pub(crate) fn setup(
+    name: &str,
+    dirs: &[PathBuf],
+    labels: &[Label],
+    shipped: &RouterConfig,
+) -> Setup {
+    let catalog = Catalog::load(&Sources {
+        embedded: vec![],
+        dirs: dirs.to_vec(),
+    });
+    let (samples, lopo) = collect_samples(&catalog, labels, shipped);
+    Setup {
+        name: name.to_string(),
+        catalog,
+        samples,
+        lopo,
+    }
+}
+
+pub(crate) fn held_out(
+    setups: &[Setup],
+    labels: &[Label],
+    shipped: &RouterConfig,
+    folds: usize,
+) -> HeldOut {
+    let shipped = *shipped;
+    let fold_of = |i: usize| i % folds;
+    let table = collab_table(setups, labels, &shipped);
+    let grid = collab_grid();
+    let mut held = vec![Metrics::default(); setups.len()];
+    let mut held_lopo = vec![(0usize, 0usize); setups.len()];
+    let mut chosen = vec![];
+    for f in 0..folds {
+        let train = |i: usize| fold_of(i) != f;
+        let all: Vec<(usize, [f64; NFEAT], bool)> = setups
+            .iter()
+            .flat_map(|s| s.samples.iter().copied())
+            .collect();
+        let mut conf = fit(&all, train);
+        conf.abstain_below = choose_threshold(&conf, &all, labels, train);
+        let c = grid[best_collab(&table, train)];
+        // Complexity cut points from the training rows of the first setup.
+        let mut cfg = RouterConfig {
+            confidence: conf,
+            collab_min_ratio: c.ratio,
+            collab_min_gain: c.gain,
+            priority_weight: c.priority_weight,
+            ..shipped
+        };
+        let cx_rows = complexity_rows(&setups[0].catalog, labels, &cfg);
+        cfg.complexity = fit_cuts(&cx_rows, train);
+        chosen.push((conf, c, cfg.complexity));
+        for (k, s) in setups.iter().enumerate() {
+            let router = Router::with_config(&s.catalog, cfg);
+            for (_, l) in labels.iter().enumerate().filter(|(i, _)| !train(*i)) {
+                held[k].add(l, &router.route(&RouteRequest::new(&l.request)));
+            }
+            for (i, x, _) in s.samples.iter().skip(s.samples.len() - s.lopo) {
+                if !train(*i) {
+                    let p = conf.confidence(&plexus_router::calibrate::from_features(x));
+                    held_lopo[k].1 += 1;
+                    held_lopo[k].0 += (p < conf.abstain_below) as usize;
+                }
+            }
+        }
+    }
+    (held, held_lopo, chosen)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -410,10 +498,6 @@ fn main() {
 
     let mut setups = vec![];
     for dirs in &configs {
-        let catalog = Catalog::load(&Sources {
-            embedded: vec![],
-            dirs: dirs.clone(),
-        });
         let name = dirs
             .iter()
             .map(|d| {
@@ -423,8 +507,10 @@ fn main() {
             })
             .collect::<Vec<_>>()
             .join("+");
+        let s = setup(&name, dirs, &labels, &shipped);
+        let catalog = &s.catalog;
         let t0 = std::time::Instant::now();
-        let router = Router::new(&catalog);
+        let router = Router::new(catalog);
         let build = t0.elapsed();
         println!(
             "\n== catalog {name}: {} plugins, {} documents, index built in {:.1} ms",
@@ -432,7 +518,7 @@ fn main() {
             router.doc_count(),
             build.as_secs_f64() * 1e3
         );
-        let baseline = BaselineRouter::new(&catalog);
+        let baseline = BaselineRouter::new(catalog);
         let mut m_router = Metrics::default();
         let mut m_base = Metrics::default();
         let mut lines = vec![];
@@ -492,57 +578,15 @@ fn main() {
             std::fs::write(&path, lines.join("\n") + "\n").expect("write --out");
             println!("  batch output written to {path}");
         }
-        let (samples, lopo) = collect_samples(&catalog, &labels, &shipped);
-        setups.push(Setup {
-            name,
-            catalog,
-            samples,
-            lopo,
-        });
+        setups.push(s);
     }
 
     // ---- Cross-validation: every fitted piece sees the training folds only.
+    println!("\n== held-out ({folds}-fold, folds by request; each fold fitted on the others)");
+    let (held, held_lopo, chosen) = held_out(&setups, &labels, &shipped, folds);
     let fold_of = |i: usize| i % folds;
     let table = collab_table(&setups, &labels, &shipped);
     let grid = collab_grid();
-    println!("\n== held-out ({folds}-fold, folds by request; each fold fitted on the others)");
-    let mut held = vec![Metrics::default(); setups.len()];
-    let mut held_lopo = vec![(0usize, 0usize); setups.len()];
-    let mut chosen = vec![];
-    for f in 0..folds {
-        let train = |i: usize| fold_of(i) != f;
-        let all: Vec<(usize, [f64; NFEAT], bool)> = setups
-            .iter()
-            .flat_map(|s| s.samples.iter().copied())
-            .collect();
-        let mut conf = fit(&all, train);
-        conf.abstain_below = choose_threshold(&conf, &all, &labels, train);
-        let c = grid[best_collab(&table, train)];
-        // Complexity cut points from the training rows of the first setup.
-        let mut cfg = RouterConfig {
-            confidence: conf,
-            collab_min_ratio: c.ratio,
-            collab_min_gain: c.gain,
-            priority_weight: c.priority_weight,
-            ..shipped
-        };
-        let cx_rows = complexity_rows(&setups[0].catalog, &labels, &cfg);
-        cfg.complexity = fit_cuts(&cx_rows, train);
-        chosen.push((conf, c, cfg.complexity));
-        for (k, s) in setups.iter().enumerate() {
-            let router = Router::with_config(&s.catalog, cfg);
-            for (_, l) in labels.iter().enumerate().filter(|(i, _)| !train(*i)) {
-                held[k].add(l, &router.route(&RouteRequest::new(&l.request)));
-            }
-            for (i, x, _) in s.samples.iter().skip(s.samples.len() - s.lopo) {
-                if !train(*i) {
-                    let p = conf.confidence(&plexus_router::calibrate::from_features(x));
-                    held_lopo[k].1 += 1;
-                    held_lopo[k].0 += (p < conf.abstain_below) as usize;
-                }
-            }
-        }
-    }
     for (k, s) in setups.iter().enumerate() {
         held[k].print(&format!("router on {}", s.name));
         println!(
