@@ -352,8 +352,14 @@ impl Cluster {
             for p in self.nodes.iter().flat_map(|node| &node.spec.plugins) {
                 wait_for(
                     Duration::from_secs(20),
-                    &format!("node {i} to know plugin {p}"),
-                    || self.plugin_status(i, p).map(|_| ()),
+                    &format!("node {i} to know plugin {p}, started"),
+                    // A plugin is placed a moment after its node is up and
+                    // is `restarting` until its host runs.
+                    || {
+                        self.plugin_status(i, p)
+                            .filter(|s| s != "restarting")
+                            .map(|_| ())
+                    },
                 );
             }
         }

@@ -300,6 +300,10 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
             limits,
         )));
     }
+    // The caller (and whoever reads the ready line) may send requests at
+    // once: let the plugins of the first placement start before returning,
+    // as hosts started inside the supervisor's own start used to.
+    plugins_placed_here_started(&ctx, PLUGINS_START_WITHIN).await;
     tracing::info!(node = %ctx.name(), cluster = %ctx.config.cluster_addr(), api = %api_addr, generation, "node started");
     Ok(NodeHandle {
         ctx,
@@ -310,6 +314,39 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         tasks,
         api_stop: Some(api_stop),
     })
+}
+
+/// How long `start` waits for the first placement's plugins to start.
+const PLUGINS_START_WITHIN: Duration = Duration::from_secs(1);
+
+/// Wait until every plugin the placement runs here is announced running
+/// (or failed), at most `limit`. A plugin that takes longer is reported
+/// `restarting` until it runs, as it would be after a restart.
+async fn plugins_placed_here_started(ctx: &NodeCtx, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let placed = ctx.placement_running.read().clone();
+        let dir = ctx.directory.load();
+        let started = dir
+            .announces
+            .iter()
+            .find(|a| a.identity.name == ctx.name())
+            .is_some_and(|a| {
+                placed.iter().all(|p| {
+                    a.plugins
+                        .iter()
+                        .any(|h| &h.name == p && h.status != net::wire::PluginStatus::Restarting)
+                })
+            });
+        if started {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(plugins = ?placed, "not every plugin placed here has started yet");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Start a node without sockets: no cluster listener, no HTTP API. Its peers

@@ -156,7 +156,23 @@ impl Actor for Registry {
                 st.up.remove(&id.name);
                 st.stale.insert(id.name.clone());
             }
-            RegistryMsg::Place => {}
+            RegistryMsg::Place => {
+                // A host's first status report can be lost while the node
+                // is still wiring its actors (the registry's handle is set
+                // after its start); asking again is idempotent: hosts that
+                // run report their status, so an entry is never stuck at
+                // `restarting`.
+                if st
+                    .local
+                    .iter()
+                    .any(|h| h.status == PluginStatus::Restarting)
+                {
+                    st.ctx
+                        .actors
+                        .plugins
+                        .cast(PluginSupervisorMsg::Assign(st.running_here.clone()));
+                }
+            }
             RegistryMsg::Resend => {
                 st.ctx
                     .actors
