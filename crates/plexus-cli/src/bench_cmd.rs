@@ -712,6 +712,16 @@ async fn cluster_runs(cx: &mut Ctx, a: &BenchArgs, cl: &mut Cluster) -> Result<(
         )
         .await
         .map_err(|e| anyhow!(e))?;
+        // Available in node1's directory is not yet reachable over its bus
+        // (its link to node3 may still be coming up: "node3 has no route"):
+        // warm up until one exec through node1 is answered.
+        embedded::wait_until(
+            "one exec through node1 answered",
+            Duration::from_secs(30),
+            || cluster::http_exec(&http).is_ok(),
+        )
+        .await
+        .map_err(|e| anyhow!(e))?;
     }
     for threads in [1usize, 16] {
         if !cx.want(&format!("exec.http.c{threads}")) {
