@@ -75,43 +75,14 @@ fn setup(kind: ProviderKind, s: &LocalServer) -> Setup {
     Setup { _dir: dir, handler }
 }
 
-async fn metric(s: &LocalServer, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", s.base_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("llamacpp:{name} ")))
-        .unwrap_or_else(|| panic!("no metric {name}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-async fn busy_slots(s: &LocalServer) -> usize {
-    let v: serde_json::Value = reqwest::get(format!("{}/slots", s.base_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["is_processing"] == true)
-        .count()
-}
-
 /// A command streams its text in pieces and its reply carries the
 /// server's own token counts and the table's price (0, known, for the
 /// bundled model).
 async fn a_command_streams_with_real_usage(kind: ProviderKind) {
     let s = server().await;
     let t = setup(kind, &s);
-    let prompt0 = metric(&s, "prompt_tokens_total").await;
-    let predicted0 = metric(&s, "tokens_predicted_total").await;
+    let prompt0 = s.metric("prompt_tokens_total").await.unwrap();
+    let predicted0 = s.metric("tokens_predicted_total").await.unwrap();
     let mut input = RunInput::parse(
         &json!({"arguments": "a lighthouse keeper", "$max_tokens": 64}).to_string(),
     )
@@ -134,8 +105,8 @@ async fn a_command_streams_with_real_usage(kind: ProviderKind) {
     assert!(texts >= 5, "{kind}: {texts} text events");
     assert_eq!(reply.model, MODEL);
     assert_eq!(reply.finish, FinishReason::MaxTokens, "{kind}: {reply:?}");
-    let prompt = metric(&s, "prompt_tokens_total").await - prompt0;
-    let predicted = metric(&s, "tokens_predicted_total").await - predicted0;
+    let prompt = s.metric("prompt_tokens_total").await.unwrap() - prompt0;
+    let predicted = s.metric("tokens_predicted_total").await.unwrap() - predicted0;
     assert_eq!(reply.usage.output_tokens as f64, predicted, "{kind}");
     assert_eq!(
         (reply.usage.input_tokens - reply.usage.cached_input_tokens) as f64,
@@ -176,17 +147,17 @@ async fn a_client_that_goes_away_stops_the_generation() {
             }
         }
     }
-    assert_eq!(busy_slots(&s).await, 1);
+    assert_eq!(s.busy_slots().await.unwrap(), 1);
     drop(stream);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while busy_slots(&s).await > 0 {
+    while s.busy_slots().await.unwrap() > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "still generating after the client left"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(metric(&s, "tokens_predicted_total").await < 500.0);
+    assert!(s.metric("tokens_predicted_total").await.unwrap() < 500.0);
 }
 
 fn example_call(id: &str, file: &str) -> Message {

@@ -26,6 +26,8 @@ pub enum LocalError {
     Exited { status: String, stderr: String },
     #[error("the model server was not ready within {0:?}")]
     NotReady(Duration),
+    #[error("the model server's {what}: {detail}")]
+    Probe { what: String, detail: String },
 }
 
 /// How to start the server.
@@ -164,6 +166,48 @@ impl LocalServer {
     /// The process id (for supervision).
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// The server's own counter `llamacpp:NAME` (`/metrics`), such as
+    /// `prompt_tokens_total`: what tests compare a reply's usage with.
+    pub async fn metric(&self, name: &str) -> Result<f64, LocalError> {
+        let what = format!("metric {name}");
+        let text = self.get("/metrics", &what).await?;
+        let prefix = format!("llamacpp:{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| LocalError::Probe {
+                what,
+                detail: "not on the /metrics page".into(),
+            })
+    }
+
+    /// Slots generating right now (`/slots`): 0 once a cancelled request
+    /// has really stopped on the server.
+    pub async fn busy_slots(&self) -> Result<usize, LocalError> {
+        let what = "/slots".to_string();
+        let text = self.get("/slots", &what).await?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LocalError::Probe {
+            what: what.clone(),
+            detail: e.to_string(),
+        })?;
+        let slots = v.as_array().ok_or_else(|| LocalError::Probe {
+            what,
+            detail: format!("not a list: {text}"),
+        })?;
+        Ok(slots.iter().filter(|s| s["is_processing"] == true).count())
+    }
+
+    async fn get(&self, path: &str, what: &str) -> Result<String, LocalError> {
+        let probe = |detail: String| LocalError::Probe {
+            what: what.to_string(),
+            detail,
+        };
+        let r = reqwest::get(format!("{}{path}", self.base_url()))
+            .await
+            .map_err(|e| probe(e.to_string()))?;
+        r.text().await.map_err(|e| probe(e.to_string()))
     }
 }
 

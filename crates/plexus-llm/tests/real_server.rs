@@ -47,44 +47,14 @@ fn request(text: &str, max_tokens: u32) -> ChatRequest {
     }
 }
 
-async fn get_json(url: &str) -> serde_json::Value {
-    let body = reqwest::get(url).await.unwrap().text().await.unwrap();
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
-}
-
-async fn busy_slots(s: &LocalServer) -> usize {
-    let v = get_json(&format!("{}/slots", s.base_url())).await;
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["is_processing"] == true)
-        .count()
-}
-
-/// A counter of the server's Prometheus metrics (`llamacpp:NAME`).
-async fn metric(s: &LocalServer, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", s.base_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("llamacpp:{name} ")))
-        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Text streams in several deltas, and the first arrives while the server
 /// is still generating (one of its slots is busy then); usage equals the
 /// server's own counters.
 async fn streams_incrementally_with_the_servers_usage(kind: ProviderKind) {
     let s = server(None).await;
     let p = provider(kind, &s);
-    let prompt_before = metric(&s, "prompt_tokens_total").await;
-    let predicted_before = metric(&s, "tokens_predicted_total").await;
+    let prompt_before = s.metric("prompt_tokens_total").await.unwrap();
+    let predicted_before = s.metric("tokens_predicted_total").await.unwrap();
     let mut stream = p.stream(request("Write a long story about a lighthouse keeper.", 96));
     let mut deltas = 0;
     let mut busy_at_first = None;
@@ -96,7 +66,7 @@ async fn streams_incrementally_with_the_servers_usage(kind: ProviderKind) {
                 deltas += 1;
                 text.push_str(&t);
                 if busy_at_first.is_none() {
-                    busy_at_first = Some(busy_slots(&s).await);
+                    busy_at_first = Some(s.busy_slots().await.unwrap());
                 }
             }
             StreamEvent::Usage(u) => usage = Some(u),
@@ -110,8 +80,8 @@ async fn streams_incrementally_with_the_servers_usage(kind: ProviderKind) {
         "{kind}: the first delta arrived only after generation ended"
     );
     let u = usage.expect("usage");
-    let prompt = metric(&s, "prompt_tokens_total").await - prompt_before;
-    let predicted = metric(&s, "tokens_predicted_total").await - predicted_before;
+    let prompt = s.metric("prompt_tokens_total").await.unwrap() - prompt_before;
+    let predicted = s.metric("tokens_predicted_total").await.unwrap() - predicted_before;
     assert_eq!(u.output_tokens as f64, predicted, "{kind}: {u:?}");
     assert_eq!(
         (u.input_tokens - u.cached_input_tokens) as f64,
@@ -151,17 +121,21 @@ async fn dropping_the_stream_stops_generation(kind: ProviderKind) {
             }
         }
     }
-    assert_eq!(busy_slots(&s).await, 1, "{kind}: generating while we read");
+    assert_eq!(
+        s.busy_slots().await.unwrap(),
+        1,
+        "{kind}: generating while we read"
+    );
     drop(stream);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while busy_slots(&s).await > 0 {
+    while s.busy_slots().await.unwrap() > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{kind}: the server kept generating after the stream was dropped"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let predicted = metric(&s, "tokens_predicted_total").await;
+    let predicted = s.metric("tokens_predicted_total").await.unwrap();
     assert!(
         predicted < 500.0,
         "{kind}: {predicted} tokens predicted of 1500"

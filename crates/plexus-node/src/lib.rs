@@ -324,6 +324,8 @@ const PLUGINS_START_WITHIN: Duration = Duration::from_secs(1);
 /// `restarting` until it runs, as it would be after a restart.
 async fn plugins_placed_here_started(ctx: &NodeCtx, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
+    // Each placement and status change reaches the directory.
+    let mut changes = ctx.directory.subscribe();
     loop {
         let placed = ctx.placement_running.read().clone();
         let dir = ctx.directory.load();
@@ -341,11 +343,13 @@ async fn plugins_placed_here_started(ctx: &NodeCtx, limit: Duration) {
         if started {
             return;
         }
-        if tokio::time::Instant::now() >= deadline {
+        if !matches!(
+            tokio::time::timeout_at(deadline, changes.changed()).await,
+            Ok(Ok(()))
+        ) {
             tracing::warn!(plugins = ?placed, "not every plugin placed here has started yet");
             return;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -582,9 +582,13 @@ impl Actor for PluginSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         ctx: Arc<NodeCtx>,
     ) -> Result<PluginSupervisorState, ActorProcessingErr> {
+        // Reachable before asking: the Registry answers `Resend` with an
+        // `Assign` sent through this slot, possibly before the node
+        // supervisor's own `set` after the spawn returns.
+        ctx.actors.plugins.set(myself);
         // What to run is the placement's answer, which the Registry keeps.
         ctx.actors.registry.cast(RegistryMsg::Resend);
         let hosts = HashMap::new();

@@ -90,6 +90,9 @@ impl Actor for Registry {
         ctx: Arc<NodeCtx>,
     ) -> Result<RegistryState, ActorProcessingErr> {
         tracing::debug!("registry starting");
+        // Reachable before anything can answer it: hosts report their
+        // status through this slot as soon as an `Assign` reaches them.
+        ctx.actors.registry.set(myself.clone());
         myself.send_interval(Duration::from_secs(10), || RegistryMsg::Tick);
         myself.send_interval(Duration::from_secs(1), || RegistryMsg::Place);
         // A restarted registry starts from the directory its predecessor
@@ -157,11 +160,10 @@ impl Actor for Registry {
                 st.stale.insert(id.name.clone());
             }
             RegistryMsg::Place => {
-                // A host's first status report can be lost while the node
-                // is still wiring its actors (the registry's handle is set
-                // after its start); asking again is idempotent: hosts that
-                // run report their status, so an entry is never stuck at
-                // `restarting`.
+                // Anti-entropy for a lost cast (to or from a PluginSupervisor
+                // that was restarting): asking again is idempotent, hosts
+                // that run report their status, so an entry is never stuck
+                // at `restarting`.
                 if st
                     .local
                     .iter()

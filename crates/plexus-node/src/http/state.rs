@@ -196,10 +196,7 @@ async fn add(
     b: Result<Json<WriteBody>, JsonRejection>,
 ) -> Result<Json<WriteDone>, Problem> {
     let b = json_body(&ctx, b)?;
-    if b.members.is_empty() {
-        return Err(bad("`members` must name at least one member"));
-    }
-    let m = b.members.clone();
+    let m = members(&b)?;
     write(&ctx, b, WriteOp::Add(m)).await
 }
 
@@ -222,10 +219,7 @@ async fn remove(
     b: Result<Json<WriteBody>, JsonRejection>,
 ) -> Result<Json<WriteDone>, Problem> {
     let b = json_body(&ctx, b)?;
-    if b.members.is_empty() {
-        return Err(bad("`members` must name at least one member"));
-    }
-    let m = b.members.clone();
+    let m = members(&b)?;
     write(&ctx, b, WriteOp::Remove(m)).await
 }
 
@@ -250,6 +244,14 @@ async fn delete(
 ) -> Result<Json<WriteDone>, Problem> {
     let b = json_body(&ctx, b)?;
     write(&ctx, b, WriteOp::Delete).await
+}
+
+/// The set members of an `add` or `remove`: at least one.
+fn members(b: &WriteBody) -> Result<Vec<String>, Problem> {
+    if b.members.is_empty() {
+        return Err(bad("`members` must name at least one member"));
+    }
+    Ok(b.members.clone())
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {

@@ -156,15 +156,36 @@ impl Directory {
 }
 
 /// The shared cell: actors publish, request paths load.
-#[derive(Default)]
 pub struct DirectoryCell {
     current: ArcSwap<Directory>,
     /// Serialises writers so one's announces and the other's view never
     /// overwrite each other.
     write: Mutex<()>,
+    /// Bumped after each change, for whoever waits for one.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for DirectoryCell {
+    fn default() -> Self {
+        DirectoryCell {
+            current: ArcSwap::default(),
+            write: Mutex::new(()),
+            changed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl DirectoryCell {
+    /// Wakes on every change after this call (`changed().await`).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn store(&self, d: Directory) {
+        self.current.store(Arc::new(d));
+        self.changed.send_modify(|v| *v += 1);
+    }
+
     /// The current snapshot.
     pub fn load(&self) -> Arc<Directory> {
         self.current.load_full()
@@ -174,8 +195,7 @@ impl DirectoryCell {
     pub fn set_announces(&self, announces: Vec<NodeAnnounce>) {
         let _w = self.write.lock();
         let view = self.current.load().view.clone();
-        self.current
-            .store(Arc::new(Directory::new(announces, view)));
+        self.store(Directory::new(announces, view));
     }
 
     /// The Membership's part changed (a no-op when it did not).
@@ -186,8 +206,7 @@ impl DirectoryCell {
             return;
         }
         let announces = cur.announces.clone();
-        self.current
-            .store(Arc::new(Directory::new(announces, view)));
+        self.store(Directory::new(announces, view));
     }
 }
 

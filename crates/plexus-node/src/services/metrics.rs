@@ -13,6 +13,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -52,7 +54,7 @@ pub const WIRE_KINDS: [&str; 5] = ["hello", "foca", "announce", "bus", "state"];
 
 /// Node-local request and routing metrics.
 pub struct Metrics {
-    registry: Registry,
+    families: Families,
     exec_duration: HistogramVec,
     exec_total: IntCounterVec,
     route_decisions: IntCounterVec,
@@ -85,26 +87,45 @@ impl Default for Metrics {
     }
 }
 
-/// Register `c` with `r`. The names are fixed and unique in this module, so
-/// a failure is a programming error caught by the unit test, not input.
-fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
-    r.register(Box::new(c.clone()))
-        .expect("metric names in services::metrics are unique and valid");
-    c
+/// Registered collectors, kept so that a family with no series yet (a
+/// labelled family before its first child) still gets HELP and TYPE: the
+/// registry's `gather` leaves such families out.
+#[derive(Default)]
+struct Families {
+    /// Refuses a name registered twice.
+    registry: Registry,
+    collectors: Mutex<Vec<Box<dyn Collector>>>,
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    reg(
-        r,
-        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric options"),
-    )
+impl Families {
+    /// Register `c`. The names are fixed and unique in this module, so a
+    /// failure is a programming error caught by the unit test, not input.
+    fn reg<C: Collector + Clone + 'static>(&self, c: C) -> C {
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("metric names in services::metrics are unique and valid");
+        self.collectors.lock().push(Box::new(c.clone()));
+        c
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.reg(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric options"))
+    }
+
+    /// Every family, the empty ones included.
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.collectors
+            .lock()
+            .iter()
+            .flat_map(|c| c.collect())
+            .collect()
+    }
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let r = Registry::new();
-        let exec_duration = reg(
-            &r,
+        let r = Families::default();
+        let exec_duration = r.reg(
             HistogramVec::new(
                 HistogramOpts::new(
                     "plexus_exec_duration_seconds",
@@ -115,20 +136,17 @@ impl Metrics {
             )
             .expect("valid metric options"),
         );
-        let exec_total = counter_vec(
-            &r,
+        let exec_total = r.counter_vec(
             "plexus_exec_total",
             "Client requests per plugin and outcome (served_by path or error kind).",
             &["plugin", "outcome"],
         );
-        let route_decisions = counter_vec(
-            &r,
+        let route_decisions = r.counter_vec(
             "plexus_route_decisions_total",
             "Routing decisions by result.",
             &["result"],
         );
-        let route_confidence = reg(
-            &r,
+        let route_confidence = r.reg(
             Histogram::with_opts(
                 HistogramOpts::new(
                     "plexus_route_confidence",
@@ -138,48 +156,41 @@ impl Metrics {
             )
             .expect("valid metric options"),
         );
-        let breaker_transitions = counter_vec(
-            &r,
+        let breaker_transitions = r.counter_vec(
             "plexus_breaker_transitions_total",
             "Circuit breaker state changes of the plugins hosted on this node.",
             &["plugin", "from", "to"],
         );
-        let member_events = counter_vec(
-            &r,
+        let member_events = r.counter_vec(
             "plexus_membership_events_total",
             "Membership changes this node saw (up, down, rejoined).",
             &["event"],
         );
-        let frames = counter_vec(
-            &r,
+        let frames = r.counter_vec(
             "plexus_wire_frames_sent_total",
             "Cluster frames sent per protocol (foca = SWIM gossip, state = anti-entropy and quorums).",
             &["protocol"],
         );
-        let bytes = counter_vec(
-            &r,
+        let bytes = r.counter_vec(
             "plexus_wire_bytes_sent_total",
             "Cluster bytes sent per protocol.",
             &["protocol"],
         );
-        let state_gossip_rounds = reg(
-            &r,
+        let state_gossip_rounds = r.reg(
             IntCounter::new(
                 "plexus_state_gossip_rounds_total",
                 "Anti-entropy rounds of the replicated state started by this node.",
             )
             .expect("valid metric options"),
         );
-        let placement_moves = reg(
-            &r,
+        let placement_moves = r.reg(
             IntCounter::new(
                 "plexus_placement_moves_total",
                 "Plugins started or stopped on this node because the cluster placement moved them.",
             )
             .expect("valid metric options"),
         );
-        let state_differing = reg(
-            &r,
+        let state_differing = r.reg(
             IntGaugeVec::new(
                 Opts::new(
                     "plexus_state_buckets_differing",
@@ -189,28 +200,24 @@ impl Metrics {
             )
             .expect("valid metric options"),
         );
-        let state_keys = reg(
-            &r,
+        let state_keys = r.reg(
             prometheus::IntGauge::new(
                 "plexus_state_keys",
                 "Keys in this node's state replica (as of the last anti-entropy round it answered).",
             )
             .expect("valid metric options"),
         );
-        let llm_runs = counter_vec(
-            &r,
+        let llm_runs = r.counter_vec(
             "plexus_llm_runs_total",
             "Agent and command runs on a language model hosted on this node, per plugin and model id.",
             &["plugin", "model"],
         );
-        let llm_tokens = counter_vec(
-            &r,
+        let llm_tokens = r.counter_vec(
             "plexus_llm_tokens_total",
             "Tokens the provider counted for those runs, per plugin, model id and direction.",
             &["plugin", "model", "direction"],
         );
-        let llm_cost = reg(
-            &r,
+        let llm_cost = r.reg(
             prometheus::CounterVec::new(
                 Opts::new(
                     "plexus_llm_cost_usd_total",
@@ -235,7 +242,7 @@ impl Metrics {
                 .iter()
                 .map(|k| bytes.with_label_values(&[k]))
                 .collect(),
-            registry: r,
+            families: r,
             exec_duration,
             exec_total,
             route_decisions,
@@ -358,110 +365,69 @@ impl Metrics {
         self.placement_moves.get()
     }
 
-    /// The labelled families, which the exposition leaves out while they
-    /// have no series yet (before the first request, breaker change, ...).
-    fn declared(&self) -> Vec<Declared> {
-        let mut v = vec![];
-        declare(&mut v, &self.exec_duration, "histogram");
-        for c in [
-            &self.exec_total,
-            &self.route_decisions,
-            &self.breaker_transitions,
-            &self.member_events,
-            &self.llm_runs,
-            &self.llm_tokens,
-        ] {
-            declare(&mut v, c, "counter");
-        }
-        declare(&mut v, &self.llm_cost, "counter");
-        declare(&mut v, &self.state_differing, "gauge");
-        v
-    }
-
     /// The page: this node's own series, then the scrape's, in the text
     /// format. A family with no series yet still gets its HELP and TYPE, so
     /// dashboards and alert rules find every name from the start.
     pub fn render(&self, scrape: &Scrape) -> String {
-        let mut families = self.registry.gather();
-        families.extend(scrape.registry.gather());
+        let mut families = self.families.collect();
+        families.extend(scrape.families.collect());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let (full, empty): (Vec<_>, Vec<_>) = families
+            .into_iter()
+            .partition(|f| !f.get_metric().is_empty());
         let mut out = String::new();
-        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out) {
+        if let Err(e) = TextEncoder::new().encode_utf8(&full, &mut out) {
             // Only a malformed family fails here; name the error on the page
             // rather than serving half of it silently.
             tracing::error!(error = %e, "rendering /metrics");
             return format!("# error rendering metrics: {e}\n");
         }
-        let present: std::collections::BTreeSet<&str> = families.iter().map(|f| f.name()).collect();
-        let mut declared = self.declared();
-        declared.extend(scrape.declared.lock().iter().cloned());
-        for (name, help, kind) in declared {
-            if !present.contains(name.as_str()) {
-                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            }
+        for f in empty {
+            // The type as the encoder writes it (`COUNTER` -> `counter`).
+            let kind = format!("{:?}", f.get_field_type()).to_lowercase();
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n",
+                name = f.name(),
+                help = f.help()
+            ));
         }
         out
     }
 }
 
-/// A family's name, help and type.
-type Declared = (String, String, &'static str);
-
-fn declare(v: &mut Vec<Declared>, c: &dyn prometheus::core::Collector, kind: &'static str) {
-    for d in c.desc() {
-        v.push((d.fq_name.clone(), d.help.clone(), kind));
-    }
-}
-
 /// Series read from their owners for one `/metrics` request.
+#[derive(Default)]
 pub struct Scrape {
-    registry: Registry,
-    declared: Mutex<Vec<Declared>>,
-}
-
-impl Default for Scrape {
-    fn default() -> Self {
-        Scrape {
-            registry: Registry::new(),
-            declared: Mutex::new(vec![]),
-        }
-    }
+    families: Families,
 }
 
 impl Scrape {
     /// A counter whose owner keeps the running total (`value`).
     pub fn counter(&self, name: &str, help: &str, value: u64) {
-        let c = reg(
-            &self.registry,
-            IntCounter::new(name, help).expect("valid metric options"),
-        );
+        let c = self
+            .families
+            .reg(IntCounter::new(name, help).expect("valid metric options"));
         c.inc_by(value);
     }
 
     /// A gauge read from its owner.
     pub fn gauge(&self, name: &str, help: &str, value: i64) {
-        let g = reg(
-            &self.registry,
-            prometheus::IntGauge::new(name, help).expect("valid metric options"),
-        );
+        let g = self
+            .families
+            .reg(prometheus::IntGauge::new(name, help).expect("valid metric options"));
         g.set(value);
     }
 
     /// A labelled counter family; the caller sets each child with
     /// `inc_by(total)` once.
     pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-        let c = counter_vec(&self.registry, name, help, labels);
-        declare(&mut self.declared.lock(), &c, "counter");
-        c
+        self.families.counter_vec(name, help, labels)
     }
 
     /// A labelled gauge family.
     pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-        let g = reg(
-            &self.registry,
-            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric options"),
-        );
-        declare(&mut self.declared.lock(), &g, "gauge");
-        g
+        self.families
+            .reg(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric options"))
     }
 }
 
