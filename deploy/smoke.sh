@@ -95,7 +95,10 @@ api() { # the node's API as the host reaches it (its published port)
   local p; p="$(docker port "$(cid "$1")" 7201/tcp | head -n 1)"; echo "${p/0.0.0.0/127.0.0.1}"
 }
 px() { "$bin" --api-token "$token" "$@"; }
-ready_code() { curl -s -o /dev/null -w '%{http_code}' "http://$1/v1/ready" || true; }
+ready_code() { curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$1/v1/ready" || true; }
+# A function, so that wait_until asks again on every try (a "$(...)" in its
+# arguments would be read once, before the first try).
+ready_is() { [ "$(ready_code "$1")" = "$2" ]; }
 wait_until() { # SECONDS WHAT COMMAND...
   local limit=$1 what=$2; shift 2
   local deadline=$((SECONDS + limit))
@@ -121,7 +124,7 @@ say "APIs: node1 ${A[node1]}, node2 ${A[node2]}, node3 ${A[node3]}"
 # 1. Three members up, ready, and healthy by the image's HEALTHCHECK.
 for n in node1 node2 node3; do
   wait_until 90 "$n sees 3 members up" members_up "${A[$n]}"
-  wait_until 30 "$n ready" test "$(ready_code "${A[$n]}")" = 200
+  wait_until 30 "$n ready" ready_is "${A[$n]}" 200
 done
 for n in node1 node2 node3; do
   wait_until 60 "$n healthy (compose health check)" health_ok "$n"
@@ -149,7 +152,7 @@ in_flight() {
 }
 wait_until 20 "both requests in flight on node3" in_flight
 docker stop -t 60 "$(cid node3)" >/dev/null & ps=$!
-wait_until 10 "node3 /v1/ready 503 while draining" test "$(ready_code "${A[node3]}")" = 503
+wait_until 10 "node3 /v1/ready 503 while draining" ready_is "${A[node3]}" 503
 curl -s "http://${A[node3]}/v1/ready" | grep -q draining || fail "node3 /v1/ready does not say draining"
 if refused="$(px exec --connect "${A[node3]}" --plugin drain-probe --command work 2>&1)"; then
   fail "node3 took new work while draining: $refused"

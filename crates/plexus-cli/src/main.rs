@@ -279,7 +279,13 @@ fn init_logging(json: bool) {
         tracing_subscriber::EnvFilter::new("info,ractor=warn,ractor_cluster=warn")
     });
     use tracing_subscriber::prelude::*;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a log file, `docker logs` or a
+    // journal gets plain text (NO_COLOR turns them off everywhere).
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let fmt = if json {
         fmt.json().boxed()
     } else {
