@@ -801,7 +801,7 @@ async fn route(cx: &mut Ctx, cl: &Cluster) -> Result<(), Failure> {
 
 /// Frames and cluster messages a node has received so far (counters that
 /// only grow).
-fn link_in(ctx: &plexus_node::ctx::NodeCtx) -> (u64, u64) {
+fn link_in(ctx: &plexus_node::NodeCtx) -> (u64, u64) {
     use std::sync::atomic::Ordering::Relaxed;
     (
         ctx.stats.frames_in.load(Relaxed),
@@ -948,7 +948,7 @@ async fn collect(
 
 async fn discovery(
     cx: &mut Ctx,
-    ctx: &Arc<plexus_node::ctx::NodeCtx>,
+    ctx: &Arc<plexus_node::NodeCtx>,
     key: &str,
     manifests: &[(String, String)],
 ) -> Result<(), Failure> {

@@ -345,7 +345,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run_cmd::run(a),
         Cmd::Workflows(a) => run_cmd::list(a),
         Cmd::Openapi => {
-            print!("{}", plexus_node::http::openapi::spec_json());
+            print!("{}", plexus_node::openapi_json());
             Ok(())
         }
         Cmd::Simulate(a) => simulate_cmd::run(a),

@@ -5,12 +5,15 @@
 //! the ractor_cluster listener (with the cookie), starts the supervised actor
 //! tree and the client API, and returns a [`NodeHandle`].
 
-pub mod actors;
+// The layers are private: other crates use the start/exec face below, the
+// configuration, and `testkit` (the simulation harness and the bench).
+mod actors;
 pub mod config;
-pub mod ctx;
-pub mod http;
-pub mod net;
-pub mod services;
+mod ctx;
+mod http;
+mod net;
+mod services;
+pub mod testkit;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -41,6 +44,8 @@ pub async fn exec(ctx: &NodeCtx, spec: CallSpec) -> Result<Served, Failure> {
 }
 pub use ctx::NodeCtx;
 use ctx::{actor_name, BusLink, LinkStats};
+/// The client API's OpenAPI document (`plexus openapi`, `docs/openapi.json`).
+pub use http::openapi::spec_json as openapi_json;
 use net::links::{self, Clock, ClusterLinks, RactorLinks};
 use net::{tls, tls_listener};
 use services::observe::Observer;

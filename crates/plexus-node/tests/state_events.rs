@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use plexus_catalog::Catalog;
-use plexus_node::actors::state::{StateMsg, WriteOp, WriteReq};
 use plexus_node::config::{FileConfig, NodeSection};
+use plexus_node::testkit::{StateMsg, WriteOp, WriteReq};
 use plexus_state::{topic_for, Consistency, StateEvent};
 use ractor::ActorRef;
 

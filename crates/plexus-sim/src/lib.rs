@@ -8,10 +8,10 @@
 //! names the nodes, the workload and the fault schedule; [`run::run`] plays
 //! it from a seed and judges the invariants ([`check`]).
 //!
-//! The seam into the node is small: `plexus_node::net::links::ClusterLinks` (how
-//! a node reaches peers), `plexus_node::net::links::Clock` (tokio's clock, so a
+//! The seam into the node is small: `plexus_node::testkit::ClusterLinks` (how
+//! a node reaches peers), `plexus_node::testkit::Clock` (tokio's clock, so a
 //! paused runtime drives breakers and timers; a skewable wall clock for
-//! leases and expiry) and `plexus_node::services::observe::Observer` (breaker and
+//! leases and expiry) and `plexus_node::testkit::Observer` (breaker and
 //! handler events, in order). See docs/simulation.md.
 
 pub mod catalog;

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use plexus_node::ctx::LinkError;
-use plexus_node::net::links::{ClusterLinks, LinkInbox};
+use plexus_node::testkit::{ClusterLinks, LinkError, LinkInbox};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Notify;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use parking_lot::Mutex;
-use plexus_node::services::observe::{Observation, Observer};
+use plexus_node::testkit::{Observation, Observer};
 
 #[derive(Debug, Default, Clone)]
 struct PerPlugin {

@@ -12,11 +12,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use plexus_catalog::manifest::HandlerSpec;
 use plexus_catalog::Catalog;
-use plexus_node::actors::membership::MembershipMsg;
-use plexus_node::actors::state::{ReadReq, StateMsg, WriteOp, WriteReq};
-use plexus_node::actors::workflows::WorkflowsMsg;
 use plexus_node::config::{FileConfig, NodeSection};
-use plexus_node::net::links::Clock;
+use plexus_node::testkit::{
+    Clock, MembershipMsg, ReadReq, StateMsg, WorkflowsMsg, WriteOp, WriteReq,
+};
 use plexus_node::{CallSpec, RawJson, Target};
 use plexus_node::{InProcess, NodeHandle};
 use plexus_workflow::{RunStatus, Workflow};
@@ -825,7 +824,7 @@ impl Harness<'_> {
         };
         let key = format!("sim/k{}", self.rng.gen_range(0..w.keys));
         self.trace.schedule(format!("write {n} {key} via {entry}"));
-        let Ok(consistency) = plexus_node::actors::state::parse_consistency(&w.consistency) else {
+        let Ok(consistency) = plexus_node::testkit::parse_consistency(&w.consistency) else {
             return;
         };
         let op = if w.counters {

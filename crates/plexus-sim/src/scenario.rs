@@ -499,7 +499,7 @@ impl Scenario {
                     "every_ms and keys must be > 0".into(),
                 ));
             }
-            plexus_node::actors::state::parse_consistency(&s.consistency)
+            plexus_node::testkit::parse_consistency(&s.consistency)
                 .map_err(|m| err("workload.state.consistency".into(), line, m))?;
         }
         if let Some(s) = &self.workload.sagas {

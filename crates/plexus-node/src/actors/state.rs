@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use plexus_bus::{Envelope, MessageKind};
 use plexus_membership::{MemberStatus, MemberView};
@@ -35,14 +35,6 @@ use crate::net::wire::Wire;
 
 /// The state protocol message, defined with the coordinator.
 pub use plexus_state::StateWire;
-
-/// Wall clock in ms since the Unix epoch (what the state core expects).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// A refused or failed state operation, mapped to an HTTP problem by the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +97,7 @@ pub struct ReadReq {
     pub timeout: Duration,
 }
 
-pub use plexus_api::state::{AccessView, ReadDone, WriteDone};
+pub use plexus_api::state::{ReadDone, WriteDone};
 
 /// Parse `local|majority|all`.
 pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
