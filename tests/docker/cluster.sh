@@ -106,6 +106,9 @@ members_up() {
 up() {
   local run="${PLEXUS_DOCKER_RUN:-$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
   local net="plexus-$run" cookie="${PLEXUS_COOKIE:-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
+  # The API listens beyond loopback, so it has a token (a node refuses to
+  # serve it open there); the CLI calls below and the caller use it too.
+  export PLEXUS_API_TOKEN="${PLEXUS_API_TOKEN:-$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
   local data="${PLEXUS_DOCKER_DATA:-}" owned=0
   if [ -z "$data" ]; then
     data="$(mktemp -d "${TMPDIR:-/tmp}/plexus-docker-$run.XXXXXX")"; owned=1
@@ -136,6 +139,7 @@ up() {
     echo "DATA=$data"
     echo "DATA_OWNED=$owned"
     echo "COOKIE=$cookie"
+    echo "API_TOKEN=$PLEXUS_API_TOKEN"
   } > "$data/cluster.env"
   for i in 1 2 3; do
     local ip="$prefix.1$i" catalog=() skew_var="PLEXUS_NODE${i}_CLOCK_SKEW_MS" skew=()
@@ -150,7 +154,7 @@ up() {
       --label "$LABEL" --label "$OWNER_LABEL" --label "plexus.run=$run" \
       --network "$net" --ip "$ip" \
       -v "$data/node$i:/data" "${catalog[@]}" \
-      -e PLEXUS_COOKIE="$cookie" -e PLEXUS_LOG="${PLEXUS_LOG:-info}" "${skew[@]}" \
+      -e PLEXUS_COOKIE="$cookie" -e PLEXUS_API_TOKEN -e PLEXUS_LOG="${PLEXUS_LOG:-info}" "${skew[@]}" \
       "$image" node --name "node$i" --listen 0.0.0.0:7101 --api 0.0.0.0:7201 \
       --advertise "$ip" --data-dir /data --plugins "${plugins[$i]}" \
       ${PLEXUS_DOCKER_CATALOG:+--catalog /catalog} "${seeds[@]}" >/dev/null

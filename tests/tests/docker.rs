@@ -87,6 +87,9 @@ impl DockerCluster {
             String::from_utf8_lossy(&o.stderr)
         );
         let data = tempfile::tempdir().expect("tempdir");
+        // The nodes' API listens on the containers' addresses, so it has a
+        // token; every CLI call of this (one-test-at-a-time) process sends it.
+        std::env::set_var("PLEXUS_API_TOKEN", api_token());
         let mut cmd = Command::new(script());
         cmd.arg("up")
             .env("PLEXUS_DOCKER_OWNER", std::process::id().to_string())
@@ -219,6 +222,19 @@ const DEFAULT_PLACEMENT: [&str; 3] = [
     "frontend-powerhouse,lobbi-platform-manager",
     "home-assistant-architect,ahling-command-center",
 ];
+
+/// This test process's API token for its Docker clusters.
+fn api_token() -> &'static str {
+    static T: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    T.get_or_init(|| format!("docker-test-{:016x}", rand_u64()))
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
 
 fn exec(api: &str, plugin: &str, command: &str, input: &str, timeout_ms: u64) -> Output {
     plexus(&[
@@ -836,7 +852,12 @@ fn a_node_on_0_0_0_0_reports_its_advertised_addresses() {
         name: "solo".into(),
         plugins: vec!["exec-automator".into()],
         catalogs: vec![],
-        extra: vec!["--advertise".into(), "127.0.0.1".into()],
+        // Open on purpose: this test is about addresses, not access.
+        extra: vec![
+            "--advertise".into(),
+            "127.0.0.1".into(),
+            "--insecure-open-api".into(),
+        ],
     };
     let n = plexus_tests::Node::start(spec, dir.path(), "0.0.0.0:0", "0.0.0.0:0", &[]);
     assert!(

@@ -320,3 +320,42 @@ pub struct StartWorkflowBody {
 pub struct WorkflowStarted {
     pub id: String,
 }
+
+/// `POST /v1/tokens`: issue a signed token (admin only).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// `admin`, `operator`, `reader` or `plugin:NAME`.
+    pub role: String,
+    /// Lifetime in ms (default 24 h; at most 366 days).
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    /// The caller's rate, `N/s` or `N/m` (default: the node's `[api] rate`).
+    #[serde(default)]
+    pub rate: Option<String>,
+}
+
+/// An issued token. The token is shown once; the node keeps no copy.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenIssued {
+    pub token: String,
+    /// What `plexus token revoke` names.
+    pub id: String,
+    pub role: String,
+    pub expires_ms: u64,
+}
+
+/// `POST /v1/tokens/revoke`: revoke an issued token, cluster-wide.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    pub id: String,
+}
+
+/// The revocation, written to the replicated state.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Revoked {
+    pub id: String,
+    /// Ids revoked so far, cluster-wide.
+    pub revoked: usize,
+}

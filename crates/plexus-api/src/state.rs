@@ -64,8 +64,8 @@ impl From<&Access> for AccessView {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WriteBody {
-    /// The acting plugin.
-    #[serde(rename = "as")]
+    /// The acting plugin; a plugin's own token implies it.
+    #[serde(rename = "as", default)]
     pub plugin: String,
     pub key: String,
     /// `put`: the JSON value.
@@ -105,7 +105,8 @@ pub struct WriteBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct GetQuery {
-    #[serde(rename = "as")]
+    /// The acting plugin; a plugin's own token implies it.
+    #[serde(rename = "as", default)]
     pub plugin: String,
     pub key: String,
     #[serde(default)]
@@ -118,7 +119,8 @@ pub struct GetQuery {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    #[serde(rename = "as")]
+    /// The acting plugin; a plugin's own token implies it.
+    #[serde(rename = "as", default)]
     pub plugin: String,
 }
 
@@ -133,7 +135,8 @@ pub struct ListReply {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
-    #[serde(rename = "as")]
+    /// The acting plugin; a plugin's own token implies it.
+    #[serde(rename = "as", default)]
     pub plugin: String,
     #[serde(default)]
     pub key: Option<String>,
@@ -160,7 +163,8 @@ pub struct AuditReply {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseBody {
-    #[serde(rename = "as")]
+    /// The acting plugin; a plugin's own token implies it.
+    #[serde(rename = "as", default)]
     pub plugin: String,
     pub name: String,
     pub ttl_ms: u64,
@@ -172,7 +176,8 @@ pub struct LeaseBody {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseBody {
-    #[serde(rename = "as")]
+    /// The acting plugin; a plugin's own token implies it.
+    #[serde(rename = "as", default)]
     pub plugin: String,
     pub name: String,
     pub token: u64,

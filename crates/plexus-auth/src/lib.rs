@@ -40,6 +40,8 @@ impl Principal {
             "operator" => Ok(Principal::Operator),
             "reader" => Ok(Principal::Reader),
             _ => match s.strip_prefix("plugin:") {
+                // `plexus` owns the cluster's own state keys (revocations).
+                Some("plexus") => Err("plugin:plexus is reserved for the cluster itself".into()),
                 Some(p) if !p.trim().is_empty() && !p.contains(char::is_whitespace) => {
                     Ok(Principal::Plugin(p.to_string()))
                 }
@@ -226,7 +228,7 @@ mod tests {
         for s in ["admin", "operator", "reader", "plugin:jira-orchestrator"] {
             assert_eq!(Principal::parse(s).unwrap().to_string(), s);
         }
-        for bad in ["", "root", "plugin:", "plugin:a b"] {
+        for bad in ["", "root", "plugin:", "plugin:a b", "plugin:plexus"] {
             assert!(Principal::parse(bad).is_err(), "{bad}");
         }
     }

@@ -19,6 +19,7 @@ mod run_cmd;
 mod simulate_cmd;
 mod state_cmd;
 mod status_cmd;
+mod token_cmd;
 mod up_cmd;
 
 use std::path::PathBuf;
@@ -79,6 +80,9 @@ enum Cmd {
     Run(run_cmd::RunArgs),
     /// List the workflow runs of a node with their step states.
     Workflows(run_cmd::WorkflowsArgs),
+    /// Issue, revoke and hash API tokens.
+    #[command(subcommand)]
+    Token(token_cmd::TokenCmd),
     /// Print the node API's OpenAPI document (what `docs/openapi.json` holds).
     Openapi,
     /// Run a simulation scenario: real nodes in one process, injected faults, invariants checked.
@@ -336,6 +340,7 @@ fn main() -> ExitCode {
             node_cmd::run(a)
         }
         Cmd::Health(a) => health_cmd::run(a),
+        Cmd::Token(c) => token_cmd::run(c),
         Cmd::Status(a) => status_cmd::run(a),
         Cmd::Catalog(c) => catalog_cmd::run(c),
         Cmd::Exec(a) => exec_cmd::run(a),

@@ -62,6 +62,11 @@ pub struct NodeArgs {
     pub data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub llm: LlmArgs,
+    /// Serve the API beyond loopback with no token at all. Refused without
+    /// this flag: anyone who reaches such an API can exec commands and write
+    /// state as any plugin.
+    #[arg(long)]
+    pub insecure_open_api: bool,
     /// Validate the configuration and catalog, print the result, and exit.
     #[arg(long)]
     pub check: bool,
@@ -121,6 +126,7 @@ fn merged_config(a: &NodeArgs) -> Result<FileConfig, Failure> {
         n.data_dir = a.data_dir.clone();
     }
     fc.llm = a.llm.apply(fc.llm.take())?;
+    fc.api.insecure_open |= a.insecure_open_api;
     // The global `--api-token` / PLEXUS_API_TOKEN.
     if let Some(t) = crate::client::token() {
         fc.api.token = Some(t.to_string());

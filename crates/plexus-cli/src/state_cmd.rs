@@ -47,8 +47,10 @@ pub struct Common {
     /// Any node's API address, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub connect: String,
-    /// The plugin acting (checked against each key's access level).
-    #[arg(long = "as", value_name = "PLUGIN")]
+    /// The plugin acting (checked against each key's access level). With a
+    /// plugin's own token it is implied, and naming another is refused; an
+    /// admin or operator must name one.
+    #[arg(long = "as", value_name = "PLUGIN", default_value = "")]
     pub plugin: String,
     /// Print the node's answer as JSON.
     #[arg(long)]

@@ -56,8 +56,53 @@ pub struct ApiSection {
     /// Bearer token every API call must carry (`Authorization: Bearer ...`),
     /// except the `/v1/health` probe and the dashboard page. Unset: the API
     /// is open (fine on loopback). `plexus node --api-token` (global flag) or
-    /// `PLEXUS_API_TOKEN` override it.
+    /// `PLEXUS_API_TOKEN` override it. This is the admin token.
     pub token: Option<String>,
+    /// More tokens, each with its role (`[[api.tokens]]`), stored hashed.
+    #[serde(default)]
+    pub tokens: Vec<TokenDecl>,
+    /// A file with the cluster's key for signing issued tokens
+    /// (`plexus token create`); at least 32 bytes. Every node that should
+    /// accept issued tokens has the same key. Not the cookie.
+    pub signing_key_file: Option<PathBuf>,
+    /// Requests per caller (`N/s` or `N/m`) for credentials without a rate
+    /// of their own; unset: no limit.
+    pub rate: Option<String>,
+    /// Serve the API beyond loopback with no token at all (`plexus node
+    /// --insecure-open-api`). Refused otherwise: anyone who reaches such an
+    /// API can exec commands and write state as any plugin.
+    #[serde(default)]
+    pub insecure_open: bool,
+}
+
+/// One `[[api.tokens]]` entry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenDecl {
+    /// Who it is, for the audit and the logs (`grafana`, `ci`, ...).
+    pub name: String,
+    /// `admin`, `operator`, `reader` or `plugin:NAME`.
+    pub role: String,
+    /// SHA-256 of the token in hex (`plexus token hash`).
+    pub sha256: String,
+    /// `N/s` or `N/m`; unset: `[api] rate`.
+    pub rate: Option<String>,
+}
+
+/// The API's credentials, checked and ready for [`plexus_auth::Authenticator`].
+#[derive(Debug, Clone, Default)]
+pub struct ApiAuth {
+    pub declared: Vec<plexus_auth::DeclaredToken>,
+    pub signing_key: Option<Vec<u8>>,
+    pub default_rate: Option<plexus_auth::Rate>,
+    pub insecure_open: bool,
+}
+
+impl ApiAuth {
+    /// The credentials as an authenticator (`admin`: the admin token).
+    pub fn authenticator(&self, admin: Option<&str>) -> plexus_auth::Authenticator {
+        plexus_auth::Authenticator::new(admin, self.declared.clone(), self.signing_key.as_deref())
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -339,8 +384,11 @@ pub struct NodeConfig {
     pub max_pending_handshakes: usize,
     /// Replicated state settings (`[state]`).
     pub state: StateConfig,
-    /// The API's bearer token (`[api] token`); `None` leaves the API open.
+    /// The API's admin token (`[api] token`); with no credential at all
+    /// (see `api_auth`) the API is open.
     pub api_token: Option<String>,
+    /// Declared tokens, the signing key, rates (`[api]`).
+    pub api_auth: ApiAuth,
     /// Mutual TLS between nodes, when configured.
     pub tls: Option<crate::net::tls::TlsFiles>,
     /// Fault injection: this node's wall-clock offset in ms (positive:
@@ -590,6 +638,7 @@ impl FileConfig {
             }
             None => None,
         };
+        let api_auth = api_auth(&self.api)?;
         let api_token = match self.api.token {
             Some(t) if t.trim().is_empty() => {
                 return Err(ConfigError::Invalid {
@@ -605,6 +654,19 @@ impl FileConfig {
             }
             t => t,
         };
+        if api_token.is_none()
+            && api_auth.declared.is_empty()
+            && api_auth.signing_key.is_none()
+            && !api_auth.insecure_open
+            && !api.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid {
+                field: "api".into(),
+                message: format!(
+                    "the API would listen on {api}, beyond loopback, with no token: anyone who reaches it could exec commands and write state as any plugin. Give it a token ([api] token, --api-token, --api-token-file or [[api.tokens]]), or pass --insecure-open-api ([api] insecure_open = true) to serve it open anyway"
+                ),
+            });
+        }
         let tls = match (n.tls_cert, n.tls_key, n.tls_ca) {
             (None, None, None) => None,
             (Some(cert), Some(key), Some(ca)) => Some(crate::net::tls::TlsFiles { cert, key, ca }),
@@ -637,6 +699,7 @@ impl FileConfig {
             llm,
             clock_skew_ms,
             api_token,
+            api_auth,
             state,
             tls,
             data_dir: n
@@ -667,6 +730,70 @@ impl FileConfig {
     }
 }
 
+/// Check `[api]`'s tokens, key and rates.
+fn api_auth(a: &ApiSection) -> Result<ApiAuth, ConfigError> {
+    let invalid = |field: String, message: String| ConfigError::Invalid { field, message };
+    let rate =
+        |field: String, r: &Option<String>| -> Result<Option<plexus_auth::Rate>, ConfigError> {
+            r.as_deref()
+                .map(plexus_auth::Rate::parse)
+                .transpose()
+                .map_err(|m| invalid(field, m))
+        };
+    let mut declared = vec![];
+    for (i, t) in a.tokens.iter().enumerate() {
+        let at = |f: &str| format!("api.tokens[{i}].{f}");
+        if t.name.trim().is_empty() {
+            return Err(invalid(at("name"), "must not be empty".into()));
+        }
+        let principal =
+            plexus_auth::Principal::parse(&t.role).map_err(|m| invalid(at("role"), m))?;
+        let h = t.sha256.trim().to_ascii_lowercase();
+        if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(invalid(
+                at("sha256"),
+                "must be the token's SHA-256 in hex, 64 characters (`plexus token hash`)".into(),
+            ));
+        }
+        declared.push(plexus_auth::DeclaredToken {
+            name: t.name.trim().to_string(),
+            principal,
+            sha256: h,
+            rate: rate(at("rate"), &t.rate)?,
+        });
+    }
+    let signing_key = match &a.signing_key_file {
+        None => None,
+        Some(p) => {
+            let k = std::fs::read(p).map_err(|e| {
+                invalid(
+                    "api.signing_key_file".into(),
+                    format!("{}: {e}", p.display()),
+                )
+            })?;
+            let k = k.trim_ascii().to_vec();
+            if k.len() < plexus_auth::Authenticator::MIN_SIGNING_KEY {
+                return Err(invalid(
+                    "api.signing_key_file".into(),
+                    format!(
+                        "{}: the key has {} bytes; use at least {} (head -c 48 /dev/urandom | base64)",
+                        p.display(),
+                        k.len(),
+                        plexus_auth::Authenticator::MIN_SIGNING_KEY
+                    ),
+                ));
+            }
+            Some(k)
+        }
+    };
+    Ok(ApiAuth {
+        declared,
+        signing_key,
+        default_rate: rate("api.rate".into(), &a.rate)?,
+        insecure_open: a.insecure_open,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,6 +807,67 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_open_api_beyond_loopback_is_refused_unless_asked_for() {
+        let mut f = fc(Some("n1"), Some("0.0.0.0:7101"));
+        f.node.advertise = Some("n1.example".into());
+        let e = f.clone().finish().unwrap_err().to_string();
+        assert!(
+            e.contains("beyond loopback") && e.contains("--insecure-open-api"),
+            "{e}"
+        );
+        f.api.insecure_open = true;
+        assert!(f.clone().finish().is_ok());
+        f.api.insecure_open = false;
+        f.api.token = Some("0123456789abcdef-secret".into());
+        assert!(f.clone().finish().is_ok());
+        // Loopback stays open by default, as on a laptop.
+        assert!(fc(Some("n1"), Some("127.0.0.1:7101")).finish().is_ok());
+    }
+
+    #[test]
+    fn declared_tokens_and_signing_keys_are_checked() {
+        let mut f = fc(Some("n1"), Some("127.0.0.1:7101"));
+        f.api.tokens = vec![TokenDecl {
+            name: "grafana".into(),
+            role: "reader".into(),
+            sha256: plexus_auth::hash_token("a-reader-token-0123"),
+            rate: Some("10/s".into()),
+        }];
+        let c = f.clone().finish().unwrap();
+        assert_eq!(c.api_auth.declared.len(), 1);
+        let a = c.api_auth.authenticator(None);
+        assert!(a.authenticate("a-reader-token-0123", 0).is_ok());
+        for (field, edit) in [
+            (
+                "api.tokens[0].role",
+                (|t: &mut TokenDecl| t.role = "root".into()) as fn(&mut TokenDecl),
+            ),
+            ("api.tokens[0].sha256", |t: &mut TokenDecl| {
+                t.sha256 = "abc".into()
+            }),
+            ("api.tokens[0].rate", |t: &mut TokenDecl| {
+                t.rate = Some("fast".into())
+            }),
+            ("api.tokens[0].name", |t: &mut TokenDecl| {
+                t.name = " ".into()
+            }),
+        ] {
+            let mut g = f.clone();
+            edit(&mut g.api.tokens[0]);
+            let e = g.finish().unwrap_err().to_string();
+            assert!(e.starts_with(field), "{field}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "short\n").unwrap();
+        f.api.signing_key_file = Some(key.clone());
+        let e = f.clone().finish().unwrap_err().to_string();
+        assert!(e.contains("at least 32"), "{e}");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+        assert!(f.finish().unwrap().api_auth.authenticator(None).can_issue());
     }
 
     #[test]

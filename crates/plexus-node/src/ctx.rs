@@ -165,6 +165,10 @@ pub struct NodeCtx {
     pub lifecycle: crate::services::lifecycle::Lifecycle,
     /// The language model agents run on (`[llm]`); `None`: simulated.
     pub llm: Option<Arc<crate::services::agents::LlmRuntime>>,
+    /// Who may call the API (`[api]` tokens and signing key).
+    pub auth: plexus_auth::Authenticator,
+    /// Each API caller's token bucket.
+    pub quotas: parking_lot::Mutex<plexus_auth::Quotas>,
 }
 
 impl NodeCtx {

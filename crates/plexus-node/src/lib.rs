@@ -415,7 +415,10 @@ async fn spawn_tree(
     let mut bus_cfg = BusConfig::new(config.name.clone());
     bus_cfg.max_payload = config.max_payload_bytes + 16 * 1024;
     let bus = Bus::new(bus_cfg);
+    let auth = config.api_auth.authenticator(config.api_token.as_deref());
     let ctx = Arc::new(NodeCtx {
+        auth,
+        quotas: Default::default(),
         identity: RwLock::new(identity),
         bus: bus.clone(),
         catalog: Arc::new(catalog),
@@ -439,6 +442,9 @@ async fn spawn_tree(
         llm,
     });
     let _ = ctx.exec_pipeline.set(services::exec::pipeline(&ctx));
+    if ctx.auth.can_issue() {
+        tokio::spawn(http::tokens::sync_revoked(Arc::downgrade(&ctx)));
+    }
     bus.set_remote_sink(Arc::new(BusLink {
         ctx: Arc::downgrade(&ctx),
     }));

@@ -42,6 +42,7 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/openapi.json", get(openapi))
         .merge(crate::http::state::routes())
+        .merge(crate::http::tokens::routes())
         .merge(crate::http::dashboard::routes())
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
@@ -51,7 +52,7 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
-            crate::http::auth::require_token,
+            crate::http::auth::authenticate,
         ))
         // Outermost: even a refused request has a trace id to quote.
         .layer(axum::middleware::from_fn(crate::http::trace::layer))

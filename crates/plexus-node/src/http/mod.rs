@@ -7,4 +7,5 @@ pub mod dashboard;
 pub mod openapi;
 pub mod problem;
 pub mod state;
+pub mod tokens;
 pub mod trace;

@@ -18,7 +18,7 @@ use plexus_api::{
 #[openapi(
     info(
         title = "Plexus node API",
-        description = "The HTTP API every Plexus node serves. Errors are RFC 9457 problem documents (`application/problem+json`). When the node has an API token, every endpoint except `/v1/health` and `/v1/ready` needs `Authorization: Bearer <token>`.",
+        description = "The HTTP API every Plexus node serves. Errors are RFC 9457 problem documents (`application/problem+json`). When the node has API credentials, every endpoint except `/v1/health` and `/v1/ready` needs `Authorization: Bearer <token>`; the token's role (admin, operator, reader, plugin:NAME) decides what it may do (403 otherwise), and its rate how often (429 with Retry-After).",
         license(name = "MIT"),
     ),
     paths(
@@ -44,6 +44,8 @@ use plexus_api::{
         crate::http::state::audit,
         crate::http::state::lease_acquire,
         crate::http::state::lease_release,
+        crate::http::tokens::issue,
+        crate::http::tokens::revoke,
     ),
     components(schemas(
         Problem,
@@ -72,6 +74,10 @@ use plexus_api::{
         LeaseBody,
         ReleaseBody,
         ReleaseReply,
+        plexus_api::TokenRequest,
+        plexus_api::TokenIssued,
+        plexus_api::RevokeRequest,
+        plexus_api::Revoked,
         crate::http::dashboard::Snapshot,
         crate::services::metrics::DecisionRecord,
     )),
@@ -84,6 +90,7 @@ use plexus_api::{
         (name = "workflows", description = "Workflow runs and sagas"),
         (name = "state", description = "Replicated state (CRDTs) and leases"),
         (name = "metrics", description = "Prometheus metrics"),
+        (name = "tokens", description = "Issued API tokens (admin)"),
     )
 )]
 struct ApiDoc;
@@ -100,7 +107,7 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "The node's API token (`[api] token` or PLEXUS_API_TOKEN); only required when one is set",
+                        "An API token: the admin token (`[api] token`, PLEXUS_API_TOKEN), a declared one (`[[api.tokens]]`) or an issued one (`plexus token create`); only required when the node has any",
                     ))
                     .build(),
             ),

@@ -11,7 +11,9 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
+use plexus_auth::{Caller, Denied};
 use plexus_state::{Access, AuditQuery, Consistency, Kind, Lease};
 use ractor::RpcReplyPort;
 
@@ -48,11 +50,24 @@ fn to_problem(p: StateProblem) -> Problem {
     Problem::new(status, p.kind, p.detail)
 }
 
-fn check_plugin(p: &str) -> Result<(), Problem> {
-    if p.trim().is_empty() {
-        return Err(bad("`as` (the acting plugin) is required"));
-    }
-    Ok(())
+/// The plugin a call acts as: a plugin token's own plugin (naming another
+/// is refused, 403), or the `as` an admin or operator names.
+fn acting(caller: Option<&Extension<Caller>>, requested: &str) -> Result<String, Problem> {
+    // The auth layer puts a caller on every state route.
+    let Some(Extension(c)) = caller else {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "no authenticated caller",
+        ));
+    };
+    c.principal.acting_as(Some(requested)).map_err(|d| match d {
+        Denied::NoActingPlugin => bad(d.to_string()),
+        d => {
+            tracing::warn!(target: "plexus::audit", caller = %c.describe(), requested, denied = %d, "state call refused");
+            Problem::new(StatusCode::FORBIDDEN, "forbidden", d.to_string())
+        }
+    })
 }
 
 fn parse_access(access: Option<&str>, readers: &[String]) -> Result<Option<Access>, Problem> {
@@ -107,8 +122,13 @@ fn json_body<T>(ctx: &NodeCtx, b: Result<Json<T>, JsonRejection>) -> Result<T, P
         .map_err(|e| crate::http::api::body_problem(ctx, e))
 }
 
-async fn write(ctx: &NodeCtx, b: WriteBody, op: WriteOp) -> Result<Json<WriteDone>, Problem> {
-    check_plugin(&b.plugin)?;
+async fn write(
+    ctx: &NodeCtx,
+    caller: Option<Extension<Caller>>,
+    mut b: WriteBody,
+    op: WriteOp,
+) -> Result<Json<WriteDone>, Problem> {
+    b.plugin = acting(caller.as_ref(), &b.plugin)?;
     let access = parse_access(b.access.as_deref(), &b.readers)?;
     let (level, timeout) = consistency(ctx, b.consistency.as_deref(), b.timeout_ms)?;
     let kind = match b.kind.as_deref() {
@@ -147,11 +167,12 @@ async fn write(ctx: &NodeCtx, b: WriteBody, op: WriteOp) -> Result<Json<WriteDon
 )]
 async fn put(
     State(ctx): State<Arc<NodeCtx>>,
+    caller: Option<Extension<Caller>>,
     b: Result<Json<WriteBody>, JsonRejection>,
 ) -> Result<Json<WriteDone>, Problem> {
     let mut b = json_body(&ctx, b)?;
     let v = b.value.take().ok_or_else(|| bad("`value` is required"))?;
-    write(&ctx, b, WriteOp::Put(v)).await
+    write(&ctx, caller, b, WriteOp::Put(v)).await
 }
 
 #[utoipa::path(
@@ -170,11 +191,12 @@ async fn put(
 )]
 async fn incr(
     State(ctx): State<Arc<NodeCtx>>,
+    caller: Option<Extension<Caller>>,
     b: Result<Json<WriteBody>, JsonRejection>,
 ) -> Result<Json<WriteDone>, Problem> {
     let b = json_body(&ctx, b)?;
     let by = b.by.unwrap_or(1);
-    write(&ctx, b, WriteOp::Incr(by)).await
+    write(&ctx, caller, b, WriteOp::Incr(by)).await
 }
 
 #[utoipa::path(
@@ -193,11 +215,12 @@ async fn incr(
 )]
 async fn add(
     State(ctx): State<Arc<NodeCtx>>,
+    caller: Option<Extension<Caller>>,
     b: Result<Json<WriteBody>, JsonRejection>,
 ) -> Result<Json<WriteDone>, Problem> {
     let b = json_body(&ctx, b)?;
     let m = members(&b)?;
-    write(&ctx, b, WriteOp::Add(m)).await
+    write(&ctx, caller, b, WriteOp::Add(m)).await
 }
 
 #[utoipa::path(
@@ -216,11 +239,12 @@ async fn add(
 )]
 async fn remove(
     State(ctx): State<Arc<NodeCtx>>,
+    caller: Option<Extension<Caller>>,
     b: Result<Json<WriteBody>, JsonRejection>,
 ) -> Result<Json<WriteDone>, Problem> {
     let b = json_body(&ctx, b)?;
     let m = members(&b)?;
-    write(&ctx, b, WriteOp::Remove(m)).await
+    write(&ctx, caller, b, WriteOp::Remove(m)).await
 }
 
 #[utoipa::path(
@@ -240,10 +264,11 @@ async fn remove(
 )]
 async fn delete(
     State(ctx): State<Arc<NodeCtx>>,
+    caller: Option<Extension<Caller>>,
     b: Result<Json<WriteBody>, JsonRejection>,
 ) -> Result<Json<WriteDone>, Problem> {
     let b = json_body(&ctx, b)?;
-    write(&ctx, b, WriteOp::Delete).await
+    write(&ctx, caller, b, WriteOp::Delete).await
 }
 
 /// The set members of an `add` or `remove`: at least one.
@@ -276,10 +301,11 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
 )]
 async fn read(
     State(ctx): State<Arc<NodeCtx>>,
+    caller: Option<Extension<Caller>>,
     q: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Json<ReadDone>, Problem> {
-    let q = query(q)?;
-    check_plugin(&q.plugin)?;
+    let mut q = query(q)?;
+    q.plugin = acting(caller.as_ref(), &q.plugin)?;
     let (level, timeout) = consistency(&ctx, q.consistency.as_deref(), q.timeout_ms)?;
     let req = ReadReq {
         plugin: q.plugin,
@@ -306,10 +332,11 @@ async fn read(
 )]
 async fn list(
     State(ctx): State<Arc<NodeCtx>>,
+    caller: Option<Extension<Caller>>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<ListReply>, Problem> {
-    let q = query(q)?;
-    check_plugin(&q.plugin)?;
+    let mut q = query(q)?;
+    q.plugin = acting(caller.as_ref(), &q.plugin)?;
     let keys = ask(&ctx, Duration::ZERO, |r| StateMsg::List(q.plugin, r)).await?;
     Ok(Json(ListReply {
         node: ctx.name().to_string(),
@@ -332,10 +359,11 @@ async fn list(
 )]
 async fn audit(
     State(ctx): State<Arc<NodeCtx>>,
+    caller: Option<Extension<Caller>>,
     q: Result<Query<AuditParams>, QueryRejection>,
 ) -> Result<Json<AuditReply>, Problem> {
-    let q = query(q)?;
-    check_plugin(&q.plugin)?;
+    let mut q = query(q)?;
+    q.plugin = acting(caller.as_ref(), &q.plugin)?;
     let aq = AuditQuery {
         key: q.key,
         plugin: q.author,
@@ -366,10 +394,11 @@ async fn audit(
 )]
 async fn lease_acquire(
     State(ctx): State<Arc<NodeCtx>>,
+    caller: Option<Extension<Caller>>,
     b: Result<Json<LeaseBody>, JsonRejection>,
 ) -> Result<Json<Lease>, Problem> {
-    let b = json_body(&ctx, b)?;
-    check_plugin(&b.plugin)?;
+    let mut b = json_body(&ctx, b)?;
+    b.plugin = acting(caller.as_ref(), &b.plugin)?;
     if b.name.is_empty() {
         return Err(bad("`name` is required"));
     }
@@ -402,10 +431,11 @@ async fn lease_acquire(
 )]
 async fn lease_release(
     State(ctx): State<Arc<NodeCtx>>,
+    caller: Option<Extension<Caller>>,
     b: Result<Json<ReleaseBody>, JsonRejection>,
 ) -> Result<Json<ReleaseReply>, Problem> {
-    let b = json_body(&ctx, b)?;
-    check_plugin(&b.plugin)?;
+    let mut b = json_body(&ctx, b)?;
+    b.plugin = acting(caller.as_ref(), &b.plugin)?;
     let released = ask(&ctx, Duration::ZERO, |reply| StateMsg::LeaseRelease {
         name: b.name,
         holder: format!("{}@{}", b.plugin, ctx.name()),

@@ -78,6 +78,8 @@ pub struct Metrics {
     llm_runs: IntCounterVec,
     llm_tokens: IntCounterVec,
     llm_cost: prometheus::CounterVec,
+    /// API requests refused before any handler ran, by why.
+    api_refused: IntCounterVec,
     recent: Mutex<VecDeque<DecisionRecord>>,
 }
 
@@ -227,7 +229,13 @@ impl Metrics {
             )
             .expect("valid metric options"),
         );
+        let api_refused = r.counter_vec(
+            "plexus_api_refused_total",
+            "API requests refused before they ran: unauthorized (no or a wrong token), forbidden (the role may not), rate-limited (over the caller's rate).",
+            &["reason"],
+        );
         Metrics {
+            api_refused,
             llm_runs,
             llm_tokens,
             llm_cost,
@@ -283,6 +291,11 @@ impl Metrics {
             // Present (at 0) for a run with no price, so the series exists.
             self.llm_cost.with_label_values(&[plugin, model]);
         }
+    }
+
+    /// An API request was refused (`unauthorized`, `forbidden`, `rate-limited`).
+    pub fn api_refused(&self, reason: &str) {
+        self.api_refused.with_label_values(&[reason]).inc();
     }
 
     /// One routing decision.

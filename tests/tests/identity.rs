@@ -1,0 +1,270 @@
+//! Who is calling (issue 22), on a real node process: roles from tokens,
+//! `as` taken from a plugin's credential, issued and revoked tokens,
+//! per-caller rates, and no open API beyond loopback.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+
+use plexus_tests::{plexus, Node, NodeSpec, Output};
+
+const ADMIN: &str = "admin-token-0123456789";
+const READER: &str = "reader-token-0123456789";
+const JIRA: &str = "jira-plugin-token-0123456789";
+const SLOW: &str = "slow-reader-token-0123456789";
+
+fn sha(t: &str) -> String {
+    plexus_auth::hash_token(t)
+}
+
+fn node(dir: &Path) -> Node {
+    let key = dir.join("signing.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef0123456789\n").unwrap();
+    let cfg = dir.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[api]
+token = "{ADMIN}"
+signing_key_file = "{}"
+[[api.tokens]]
+name = "dashboards"
+role = "reader"
+sha256 = "{}"
+[[api.tokens]]
+name = "jira-process"
+role = "plugin:jira-orchestrator"
+sha256 = "{}"
+[[api.tokens]]
+name = "slow"
+role = "reader"
+sha256 = "{}"
+rate = "1/m"
+"#,
+            key.display(),
+            sha(READER),
+            sha(JIRA),
+            sha(SLOW)
+        ),
+    )
+    .unwrap();
+    let spec = NodeSpec {
+        name: "solo".into(),
+        plugins: vec!["jira-orchestrator".into()],
+        catalogs: vec![],
+        extra: vec!["--config".into(), cfg.display().to_string()],
+    };
+    Node::start(spec, dir, "127.0.0.1:0", "127.0.0.1:0", &[])
+}
+
+fn with(token: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--api-token", token];
+    all.extend_from_slice(args);
+    plexus(&all)
+}
+
+/// Status line and headers of a raw GET.
+fn raw_get(api: &str, path: &str, token: &str) -> String {
+    let mut s = TcpStream::connect(api).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn roles_plugin_identity_issued_tokens_and_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(dir.path());
+    let api = n.api.as_str();
+
+    // No token, or a wrong one, never gets past 401.
+    let o = plexus(&["status", "--connect", api]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("needs an API token"), "{o:?}");
+    let o = with("wrong-token-0123456789", &["status", "--connect", api]);
+    assert!(o.stderr.contains("wrong API token"), "{o:?}");
+
+    // A reader reads status but cannot exec.
+    assert_eq!(with(READER, &["status", "--connect", api]).code, 0);
+    let o = with(
+        READER,
+        &[
+            "exec",
+            "--connect",
+            api,
+            "--plugin",
+            "jira-orchestrator",
+            "--command",
+            "approve",
+        ],
+    );
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("reader may not exec"), "{o:?}");
+
+    // A plugin's token acts as that plugin: `as` is implied ...
+    let o = with(
+        JIRA,
+        &[
+            "state",
+            "put",
+            "--connect",
+            api,
+            "--json",
+            "epics/sso",
+            r#"{"stories":3}"#,
+        ],
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    let o = with(
+        JIRA,
+        &["state", "get", "--connect", api, "--json", "epics/sso"],
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.json()["owner"], "jira-orchestrator", "{o:?}");
+    // ... and naming another plugin is refused and audited.
+    let o = with(
+        JIRA,
+        &[
+            "state",
+            "put",
+            "--connect",
+            api,
+            "--as",
+            "frontend-powerhouse",
+            "ui/theme",
+            "1",
+        ],
+    );
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("acts only as jira-orchestrator"), "{o:?}");
+    let o = with(
+        JIRA,
+        &[
+            "state",
+            "get",
+            "--connect",
+            api,
+            "--as",
+            "frontend-powerhouse",
+            "epics/sso",
+        ],
+    );
+    assert!(o.stderr.contains("acts only as jira-orchestrator"), "{o:?}");
+    let log = n.log_text();
+    assert!(
+        log.contains("state call refused")
+            && log.contains("plugin:jira-orchestrator (jira-process)"),
+        "the refusal is audited with who it was: {log}"
+    );
+    // An admin acts as a plugin only when it says so.
+    let o = with(ADMIN, &["state", "get", "--connect", api, "epics/sso"]);
+    assert!(o.stderr.contains("`as`"), "{o:?}");
+    let o = with(
+        ADMIN,
+        &[
+            "state",
+            "get",
+            "--connect",
+            api,
+            "--as",
+            "jira-orchestrator",
+            "epics/sso",
+        ],
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+
+    // Issued tokens: only an admin issues; they work until revoked.
+    let o = with(
+        READER,
+        &["token", "create", "--connect", api, "--role", "reader"],
+    );
+    assert!(o.stderr.contains("reader may not administer"), "{o:?}");
+    let o = with(
+        ADMIN,
+        &[
+            "token",
+            "create",
+            "--connect",
+            api,
+            "--role",
+            "operator",
+            "--ttl",
+            "1h",
+            "--json",
+        ],
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    let issued = o.json();
+    let token = issued["token"].as_str().unwrap().to_string();
+    let id = issued["id"].as_str().unwrap().to_string();
+    assert_eq!(with(&token, &["status", "--connect", api]).code, 0);
+    let o = with(
+        &token,
+        &["token", "create", "--connect", api, "--role", "admin"],
+    );
+    assert!(o.stderr.contains("operator may not administer"), "{o:?}");
+    let o = with(ADMIN, &["token", "revoke", "--connect", api, &id]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let o = with(&token, &["status", "--connect", api]);
+    assert!(o.stderr.contains("revoked"), "{o:?}");
+
+    // Past its rate (1 a minute) a caller gets 429 with Retry-After.
+    let first = raw_get(api, "/v1/status", SLOW);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let second = raw_get(api, "/v1/status", SLOW);
+    assert!(second.starts_with("HTTP/1.1 429"), "{second}");
+    assert!(
+        second.to_ascii_lowercase().contains("retry-after: "),
+        "{second}"
+    );
+    // Another caller is not slowed by it.
+    assert!(raw_get(api, "/v1/status", READER).starts_with("HTTP/1.1 200"));
+    let metrics = raw_get(api, "/metrics", READER);
+    for reason in ["unauthorized", "forbidden", "rate-limited"] {
+        assert!(
+            metrics.contains(&format!("plexus_api_refused_total{{reason=\"{reason}\"}}")),
+            "{reason}: {metrics}"
+        );
+    }
+}
+
+#[test]
+fn an_open_api_beyond_loopback_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = plexus(&[
+        "node",
+        "--name",
+        "open",
+        "--listen",
+        "0.0.0.0:0",
+        "--advertise",
+        "127.0.0.1",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--check",
+    ]);
+    assert_ne!(o.code, 0, "{o:?}");
+    assert!(
+        o.stderr.contains("beyond loopback") && o.stderr.contains("--insecure-open-api"),
+        "{o:?}"
+    );
+    let o = plexus(&[
+        "node",
+        "--name",
+        "open",
+        "--listen",
+        "0.0.0.0:0",
+        "--advertise",
+        "127.0.0.1",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--insecure-open-api",
+        "--check",
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+}
