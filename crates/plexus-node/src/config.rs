@@ -178,6 +178,58 @@ pub struct LimitsSection {
     pub handshake_timeout_ms: Option<u64>,
     /// TLS handshakes in progress at once; more are refused (default 64).
     pub max_pending_handshakes: Option<usize>,
+    /// Time a client has to send a request's headers once it starts one
+    /// (or after connecting); slower clients are disconnected (default 10,000 ms).
+    pub api_header_timeout_ms: Option<u64>,
+    /// API connections open at once; more are closed at once (default 1024).
+    pub api_max_connections: Option<usize>,
+    /// Largest request head (request line and headers) in bytes (default 64 KiB).
+    pub api_max_header_bytes: Option<usize>,
+}
+
+/// What a client of the API may hold: bounds that keep idle or slow
+/// connections (a slowloris) from piling up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+}
+
+impl LimitsSection {
+    fn api_limits(&self) -> Result<ApiLimits, ConfigError> {
+        let range = |field: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(ConfigError::Invalid {
+                    field: format!("limits.{field}"),
+                    message: format!("must be between {lo} and {hi}"),
+                })
+            }
+        };
+        Ok(ApiLimits {
+            header_timeout: Duration::from_millis(range(
+                "api_header_timeout_ms",
+                self.api_header_timeout_ms.unwrap_or(10_000),
+                50,
+                600_000,
+            )?),
+            max_connections: range(
+                "api_max_connections",
+                self.api_max_connections.unwrap_or(1024) as u64,
+                1,
+                1_000_000,
+            )? as usize,
+            // hyper's read buffer takes no less than 8 KiB.
+            max_header_bytes: range(
+                "api_max_header_bytes",
+                self.api_max_header_bytes.unwrap_or(64 * 1024) as u64,
+                8192,
+                16 << 20,
+            )? as usize,
+        })
+    }
 }
 
 /// The `[state]` table: replicated state (anti-entropy and consistency).
@@ -382,6 +434,8 @@ pub struct NodeConfig {
     pub handshake_timeout: Duration,
     /// TLS handshakes in progress at once (more are refused).
     pub max_pending_handshakes: usize,
+    /// The client API's connection limits (`[limits] api_*`).
+    pub api_limits: ApiLimits,
     /// Replicated state settings (`[state]`).
     pub state: StateConfig,
     /// The API's admin token (`[api] token`); with no credential at all
@@ -621,6 +675,7 @@ impl FileConfig {
                 message: "must be between 1 and 100000".into(),
             });
         }
+        let api_limits = self.limits.api_limits()?;
         let state = self.state.finish(max_frame_bytes)?;
         let llm = match self.llm {
             Some(l) => {
@@ -726,6 +781,7 @@ impl FileConfig {
             max_payload_bytes,
             handshake_timeout: Duration::from_millis(handshake_timeout_ms),
             max_pending_handshakes,
+            api_limits,
         })
     }
 }

@@ -284,14 +284,12 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
     // Stopped gracefully by `shutdown`: answers already computed (the last
     // ones of a drain) still reach their clients.
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut tasks = vec![tokio::spawn(async move {
-        let serve = axum::serve(api_listener, app).with_graceful_shutdown(async move {
-            let _ = api_stopped.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "API server stopped");
-        }
-    })];
+    let mut tasks = vec![tokio::spawn(http::serve::serve(
+        api_listener,
+        app,
+        ctx.clone(),
+        api_stopped,
+    ))];
     if let (Some(listener), Some(acceptor)) = (front_door, acceptor) {
         let limits = tls_listener::HandshakeLimits {
             timeout: ctx.config.handshake_timeout,

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod openapi;
 pub mod problem;
+pub mod serve;
 pub mod state;
 pub mod tokens;
 pub mod trace;

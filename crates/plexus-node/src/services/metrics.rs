@@ -80,6 +80,8 @@ pub struct Metrics {
     llm_cost: prometheus::CounterVec,
     /// API requests refused before any handler ran, by why.
     api_refused: IntCounterVec,
+    api_connections: prometheus::IntGauge,
+    api_connections_refused: IntCounter,
     recent: Mutex<VecDeque<DecisionRecord>>,
 }
 
@@ -234,8 +236,21 @@ impl Metrics {
             "API requests refused before they ran: unauthorized (no or a wrong token), forbidden (the role may not), rate-limited (over the caller's rate).",
             &["reason"],
         );
+        let api_connections = r.reg(
+            prometheus::IntGauge::new("plexus_api_connections", "Client API connections open now.")
+                .expect("valid metric options"),
+        );
+        let api_connections_refused = r.reg(
+            IntCounter::new(
+                "plexus_api_connections_refused_total",
+                "Client API connections closed at once because [limits] api_max_connections were open.",
+            )
+            .expect("valid metric options"),
+        );
         Metrics {
             api_refused,
+            api_connections,
+            api_connections_refused,
             llm_runs,
             llm_tokens,
             llm_cost,
@@ -296,6 +311,16 @@ impl Metrics {
     /// An API request was refused (`unauthorized`, `forbidden`, `rate-limited`).
     pub fn api_refused(&self, reason: &str) {
         self.api_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// An API connection opened (+1) or closed (-1).
+    pub fn api_connections(&self, delta: i64) {
+        self.api_connections.add(delta);
+    }
+
+    /// An API connection was closed at once: too many were open.
+    pub fn api_connection_refused(&self) {
+        self.api_connections_refused.inc();
     }
 
     /// One routing decision.
