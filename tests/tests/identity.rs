@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use plexus_tests::{plexus, Node, NodeSpec, Output};
@@ -267,4 +268,87 @@ fn an_open_api_beyond_loopback_is_refused_with_the_reason() {
         "--check",
     ]);
     assert_eq!(o.code, 0, "{o:?}");
+}
+
+/// A process plugin's own credential (`PLEXUS_API`, `PLEXUS_TOKEN`) reads
+/// and writes state as that plugin, and not as another.
+#[test]
+fn a_plugin_process_uses_the_cluster_as_itself_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = dir.path().join("catalog");
+    std::fs::create_dir_all(cat.join("bin")).unwrap();
+    std::fs::write(
+        cat.join("notes.toml"),
+        r#"[plugin]
+name = "notes"
+[handler]
+kind = "process"
+timeoutMs = 15000
+[handler.sandbox]
+network = true
+[handler.commands.probe]
+program = "bin/probe.py"
+[[commands]]
+name = "probe"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        cat.join("bin/probe.py"),
+        r#"#!/usr/bin/env python3
+import json, os, urllib.error, urllib.request
+api, tok = os.environ["PLEXUS_API"], os.environ["PLEXUS_TOKEN"]
+def call(method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(api + path, data=data, method=method, headers={
+        "Authorization": "Bearer " + tok, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+put, _ = call("POST", "/v1/state/put", {"key": "notes/last", "value": {"n": 1}})
+got, body = call("GET", "/v1/state/get?key=notes/last")
+other, why = call("GET", "/v1/state/get?key=notes/last&as=jira-orchestrator")
+print(json.dumps({"put": put, "get": got, "owner": body.get("owner"), "as_other": other, "why": why}))
+"#,
+    )
+    .unwrap();
+    let exe = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(cat.join("bin/probe.py"), exe.clone()).unwrap();
+    for d in [dir.path(), &cat, &cat.join("bin")] {
+        std::fs::set_permissions(d, exe.clone()).unwrap();
+    }
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, format!("[api]\ntoken = \"{ADMIN}\"\n")).unwrap();
+    let spec = NodeSpec {
+        name: "solo".into(),
+        plugins: vec!["notes".into()],
+        catalogs: vec![cat.clone()],
+        extra: vec!["--config".into(), cfg.display().to_string()],
+    };
+    let n = Node::start(spec, dir.path(), "127.0.0.1:0", "127.0.0.1:0", &[]);
+    let o = with(
+        ADMIN,
+        &[
+            "exec",
+            "--connect",
+            &n.api,
+            "--plugin",
+            "notes",
+            "--command",
+            "probe",
+            "--json",
+        ],
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    let out = &o.json()["output"];
+    assert_eq!(out["put"], 200, "{out}");
+    assert_eq!(out["get"], 200, "{out}");
+    assert_eq!(out["owner"], "notes", "{out}");
+    assert_eq!(out["as_other"], 403, "{out}");
+    assert!(
+        out["why"].as_str().unwrap().contains("acts only as notes"),
+        "{out}"
+    );
 }

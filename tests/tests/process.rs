@@ -215,7 +215,12 @@ fn a_plugin_sees_only_the_variables_it_was_given() {
     let r = exec_json(&c.nodes[0].api, "sys", "env-probe", "{}");
     assert_eq!(r["ok"], true, "{r}");
     let out = &r["output"];
-    assert_eq!(out["env"], serde_json::json!(["LC_ALL", "PATH"]), "{r}");
+    // Its manifest's variables, and its own API credential (issue 22).
+    assert_eq!(
+        out["env"],
+        serde_json::json!(["LC_ALL", "PATH", "PLEXUS_API", "PLEXUS_TOKEN"]),
+        "{r}"
+    );
     // Nor through the node's /proc entry, nor over the network.
     assert!(
         out["parent_environ"]

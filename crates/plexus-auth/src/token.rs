@@ -2,7 +2,7 @@
 //! hashes) and issued tokens (`plx1.<claims>.<mac>`, HMAC-SHA256 with the
 //! cluster's signing key).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -64,6 +64,9 @@ pub struct Authenticator {
     /// Ids of revoked issued tokens (the node keeps it in step with the
     /// replicated set).
     revoked: RwLock<HashSet<String>>,
+    /// Tokens the node made for the plugins it hosts (hash → caller), valid
+    /// on this node while the plugin runs here.
+    local: RwLock<HashMap<String, Caller>>,
 }
 
 /// A caller and the rate its credential allows (none: the node default).
@@ -84,6 +87,23 @@ impl Authenticator {
                 .filter(|k| k.len() >= MIN_KEY)
                 .map(|k| hmac::Key::new(hmac::HMAC_SHA256, k)),
             revoked: RwLock::new(HashSet::new()),
+            local: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Accept `token` as `caller` on this node (a hosted plugin's own
+    /// credential), replacing any earlier token of the same credential.
+    pub fn register_local(&self, token: &str, caller: Caller) {
+        if let Ok(mut l) = self.local.write() {
+            l.retain(|_, c| c.credential != caller.credential);
+            l.insert(hash_token(token), caller);
+        }
+    }
+
+    /// Stop accepting the local token of `credential`.
+    pub fn forget_local(&self, credential: &str) {
+        if let Ok(mut l) = self.local.write() {
+            l.retain(|_, c| c.credential != credential);
         }
     }
 
@@ -116,6 +136,9 @@ impl Authenticator {
                 principal: Principal::Admin,
                 credential: "admin-token".into(),
             };
+            return Ok((c, None));
+        }
+        if let Some(c) = self.local.read().ok().and_then(|l| l.get(&h).cloned()) {
             return Ok((c, None));
         }
         match self.declared.iter().find(|d| d.sha256 == h) {
@@ -271,6 +294,29 @@ mod tests {
             Err(Unauthenticated::Wrong)
         );
         assert_eq!(a.authenticate("plx1.a.b.c", 1), Err(Unauthenticated::Wrong));
+    }
+
+    #[test]
+    fn local_tokens_come_and_go() {
+        let a = Authenticator::new(None, vec![], None);
+        let c = Caller {
+            principal: Principal::Plugin("kv".into()),
+            credential: "hosted:kv".into(),
+        };
+        a.register_local("first-token-0123456789", c.clone());
+        assert_eq!(a.authenticate("first-token-0123456789", 0).unwrap().0, c);
+        a.register_local("second-token-0123456789", c.clone());
+        assert_eq!(
+            a.authenticate("first-token-0123456789", 0),
+            Err(Unauthenticated::Wrong)
+        );
+        assert!(a.authenticate("second-token-0123456789", 0).is_ok());
+        a.forget_local("hosted:kv");
+        assert_eq!(
+            a.authenticate("second-token-0123456789", 0),
+            Err(Unauthenticated::Wrong)
+        );
+        assert!(a.is_open(), "local tokens do not close an open API");
     }
 
     #[test]

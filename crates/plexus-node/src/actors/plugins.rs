@@ -69,12 +69,24 @@ fn host_failure(node: &str, f: HostFailure) -> HostReply {
 pub fn make_handler(ctx: &NodeCtx, plugin: &Arc<Plugin>) -> Arc<dyn CommandHandler> {
     let own: Option<Arc<dyn CommandHandler>> = match &plugin.manifest.handler {
         HandlerSpec::Sim(spec) => Some(Arc::new(SimHandler::new(plugin.clone(), spec.clone()))),
-        HandlerSpec::Process(spec) => Some(Arc::new(ProcessHandler::new(
-            plugin.clone(),
-            (**spec).clone(),
-            Some(publish_sink(ctx, plugin)),
-        ))),
-        HandlerSpec::Mcp(spec) => Some(Arc::new(plexus_mcp::McpHandler::start(plugin, spec))),
+        HandlerSpec::Process(spec) => {
+            let mut spec = (**spec).clone();
+            spec.env.extend(plugin_credential(ctx, plugin));
+            Some(Arc::new(ProcessHandler::new(
+                plugin.clone(),
+                spec,
+                Some(publish_sink(ctx, plugin)),
+            )))
+        }
+        HandlerSpec::Mcp(spec) => {
+            let mut spec = spec.clone();
+            let cred = plugin_credential(ctx, plugin);
+            spec.env.extend(cred.clone());
+            for s in &mut spec.servers {
+                s.env.extend(cred.clone());
+            }
+            Some(Arc::new(plexus_mcp::McpHandler::start(plugin, &spec)))
+        }
         HandlerSpec::Llm => None,
     };
     match (own, &ctx.llm) {
@@ -85,6 +97,37 @@ pub fn make_handler(ctx: &NodeCtx, plugin: &Arc<Plugin>) -> Arc<dyn CommandHandl
             rt.as_deref(),
         )),
     }
+}
+
+/// The credential of a hosted plugin's own processes: `PLEXUS_API` (this
+/// node's API) and `PLEXUS_TOKEN`, a fresh token that acts as
+/// `plugin:NAME` on this node only, replaced at each start. With it a
+/// process or MCP server reads and writes state, and calls other plugins,
+/// as itself (and only as itself).
+fn plugin_credential(ctx: &NodeCtx, plugin: &Plugin) -> [(String, String); 2] {
+    use rand::RngCore;
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    ctx.auth.register_local(
+        &token,
+        plexus_auth::Caller {
+            principal: plexus_auth::Principal::Plugin(plugin.name.clone()),
+            credential: hosted_credential(&plugin.name),
+        },
+    );
+    [
+        (
+            "PLEXUS_API".into(),
+            format!("http://{}", ctx.config.api_addr()),
+        ),
+        ("PLEXUS_TOKEN".into(), token),
+    ]
+}
+
+/// The credential name of a hosted plugin's token (audit lines show it).
+pub fn hosted_credential(plugin: &str) -> String {
+    format!("hosted:{plugin}")
 }
 
 /// How a plugin's own process publishes: through the bus's source check,
@@ -755,6 +798,7 @@ fn assign(
         }
         ctx.actors.breakers.write().remove(&name);
         ctx.handler_reports.write().remove(&name);
+        ctx.auth.forget_local(&hosted_credential(&name));
         tracing::info!(plugin = %name, "plugin stopped here: placed elsewhere");
     }
     for name in names {
