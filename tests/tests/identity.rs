@@ -270,8 +270,9 @@ fn an_open_api_beyond_loopback_is_refused_with_the_reason() {
     assert_eq!(o.code, 0, "{o:?}");
 }
 
-/// A process plugin's own credential (`PLEXUS_API`, `PLEXUS_TOKEN`) reads
-/// and writes state as that plugin, and not as another.
+/// A process plugin's own credential (`PLEXUS_API`, a Unix socket it
+/// reaches from a sandbox without network, and `PLEXUS_TOKEN`) reads and
+/// writes state as that plugin, and not as another.
 #[test]
 fn a_plugin_process_uses_the_cluster_as_itself_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -284,8 +285,6 @@ name = "notes"
 [handler]
 kind = "process"
 timeoutMs = 15000
-[handler.sandbox]
-network = true
 [handler.commands.probe]
 program = "bin/probe.py"
 [[commands]]
@@ -296,21 +295,34 @@ name = "probe"
     std::fs::write(
         cat.join("bin/probe.py"),
         r#"#!/usr/bin/env python3
-import json, os, urllib.error, urllib.request
+import http.client, json, os, socket
 api, tok = os.environ["PLEXUS_API"], os.environ["PLEXUS_TOKEN"]
+assert api.startswith("unix:"), api
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(api[len("unix:"):])
 def call(method, path, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(api + path, data=data, method=method, headers={
-        "Authorization": "Bearer " + tok, "Content-Type": "application/json"})
+    c = Unix("plexus")
+    c.request(method, path, body=json.dumps(body) if body is not None else None,
+              headers={"Authorization": "Bearer " + tok, "Content-Type": "application/json"})
+    r = c.getresponse()
+    text = r.read().decode()
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+        return r.status, json.loads(text)
+    except ValueError:
+        return r.status, text
 put, _ = call("POST", "/v1/state/put", {"key": "notes/last", "value": {"n": 1}})
 got, body = call("GET", "/v1/state/get?key=notes/last")
 other, why = call("GET", "/v1/state/get?key=notes/last&as=jira-orchestrator")
-print(json.dumps({"put": put, "get": got, "owner": body.get("owner"), "as_other": other, "why": why}))
+net = "reachable"
+try:
+    socket.create_connection(("127.0.0.1", 9), timeout=2)
+except OSError as e:
+    net = "unreachable: %s" % e
+print(json.dumps({"put": put, "get": got, "owner": body.get("owner"), "as_other": other,
+                  "why": why.get("detail") if isinstance(why, dict) else why, "network": net}))
 "#,
     )
     .unwrap();

@@ -436,6 +436,9 @@ pub struct NodeConfig {
     pub max_pending_handshakes: usize,
     /// The client API's connection limits (`[limits] api_*`).
     pub api_limits: ApiLimits,
+    /// Where hosted plugins reach the API (`unix:PATH`), set at start;
+    /// `None`: the TCP address.
+    pub plugin_api: Option<String>,
     /// Replicated state settings (`[state]`).
     pub state: StateConfig,
     /// The API's admin token (`[api] token`); with no credential at all
@@ -782,6 +785,7 @@ impl FileConfig {
             handshake_timeout: Duration::from_millis(handshake_timeout_ms),
             max_pending_handshakes,
             api_limits,
+            plugin_api: None,
         })
     }
 }

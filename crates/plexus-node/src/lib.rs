@@ -189,6 +189,12 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
             addr: config.api,
             source,
         })?;
+    // The API again, on a Unix socket for the plugins this node hosts: a
+    // sandboxed plugin has no network, but it can reach a socket file.
+    let plugin_listener = plugin_socket(&config);
+    if let Some((_, path)) = &plugin_listener {
+        config.plugin_api = Some(format!("unix:{}", path.display()));
+    }
     let tls = config.tls.as_ref().map(tls::load).transpose()?;
     // Without TLS, ractor_cluster's listener takes the cluster port (this
     // bind only fails early and clearly if it is taken). With TLS the node
@@ -286,10 +292,20 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut tasks = vec![tokio::spawn(http::serve::serve(
         api_listener,
-        app,
+        app.clone(),
         ctx.clone(),
         api_stopped,
     ))];
+    if let Some((l, path)) = plugin_listener {
+        let (_keep, never) = tokio::sync::oneshot::channel::<()>();
+        let ctx = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            // Aborted at shutdown; the socket's directory goes with it.
+            let _cleanup = RemoveOnDrop(path.parent().map(Path::to_path_buf));
+            let _keep = _keep;
+            http::serve::serve(l, app, ctx, never).await;
+        }));
+    }
     if let (Some(listener), Some(acceptor)) = (front_door, acceptor) {
         let limits = tls_listener::HandshakeLimits {
             timeout: ctx.config.handshake_timeout,
@@ -317,6 +333,72 @@ pub async fn start(mut config: NodeConfig, catalog: Catalog) -> Result<NodeHandl
         tasks,
         api_stop: Some(api_stop),
     })
+}
+
+/// Bind the plugins' Unix socket: `$TMPDIR/plexus-NODE-PID/api.sock`, in a
+/// directory anyone may enter and a socket anyone may connect to (plugin
+/// processes run as nobody; the token is what admits them). `None` (the
+/// plugins get the TCP address) when it cannot be made.
+fn plugin_socket(config: &NodeConfig) -> Option<(tokio::net::UnixListener, std::path::PathBuf)> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    remove_stale_plugin_sockets();
+    let dir = std::env::temp_dir().join(format!("plexus-{}-{}", config.name, std::process::id()));
+    let path = dir.join("api.sock");
+    let made = (|| {
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .recursive(true)
+            .create(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let _ = std::fs::remove_file(&path);
+        let l = tokio::net::UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        Ok::<_, std::io::Error>(l)
+    })();
+    match made {
+        Ok(l) => Some((l, path)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no Unix socket for plugins; they get the TCP API address");
+            None
+        }
+    }
+}
+
+/// Socket directories of node processes that are gone (killed, so their
+/// own cleanup never ran): `plexus-NAME-PID` holding only `api.sock`.
+fn remove_stale_plugin_sockets() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.starts_with("plexus-"))
+            .and_then(|n| n.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = e.path();
+        let only_socket = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().all(|f| f.file_name() == "api.sock"))
+            .unwrap_or(false);
+        if only_socket && !std::path::Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// Removes a directory (the plugins' socket's) when dropped.
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 /// How long `start` waits for the first placement's plugins to start.

@@ -119,7 +119,12 @@ fn plugin_credential(ctx: &NodeCtx, plugin: &Plugin) -> [(String, String); 2] {
     [
         (
             "PLEXUS_API".into(),
-            format!("http://{}", ctx.config.api_addr()),
+            // `unix:PATH` on a node with sockets (reachable from a sandbox
+            // without network), else the TCP address.
+            ctx.config
+                .plugin_api
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", ctx.config.api_addr())),
         ),
         ("PLEXUS_TOKEN".into(), token),
     ]

@@ -11,15 +11,42 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 
 use crate::ctx::NodeCtx;
 
+/// A listener the API is served on: TCP for clients, a Unix socket for the
+/// plugins the node hosts (a sandboxed plugin has no network).
+pub trait Listener: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Io, String)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<(Self::Io, String)> {
+        let (s, peer) = TcpListener::accept(self).await?;
+        let _ = s.set_nodelay(true);
+        Ok((s, peer.to_string()))
+    }
+}
+
+impl Listener for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<(Self::Io, String)> {
+        let (s, _) = UnixListener::accept(self).await?;
+        Ok((s, "unix".into()))
+    }
+}
+
 /// Serve `app` on `listener` until `stop` fires, then let the requests in
 /// hand finish (the caller bounds how long).
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L: Listener>(
+    listener: L,
     app: Router,
     ctx: Arc<NodeCtx>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
@@ -51,7 +78,6 @@ pub async fn serve(
             drop(sock);
             continue;
         };
-        let _ = sock.set_nodelay(true);
         let conn = http.serve_connection(TokioIo::new(sock), TowerToHyperService::new(app.clone()));
         let conn = graceful.watch(conn);
         let open = ctx.clone();
