@@ -193,6 +193,19 @@ pub struct HostReply {
     pub outcome: Result<Output, HostFailure>,
 }
 
+/// One part of a streamed exec's answer (a bus stream part, encoded by
+/// plexus-codec): `Started`, then the command's progress, then exactly one
+/// `Reply`. A refusal before anything ran is a lone `Reply`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HostPart {
+    /// The host took the request and runs it now.
+    Started { node: String },
+    /// Something the command produced on the way (a model's text).
+    Progress(plexus_handler::Progress),
+    /// The answer, as a non-streamed request gets it.
+    Reply(HostReply),
+}
+
 /// Why a host did not run a request, or how it failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum HostFailure {

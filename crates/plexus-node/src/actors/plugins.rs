@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plexus_bus::{Envelope, MessageKind, PublishPolicy};
+use plexus_bus::{Envelope, MessageKind, PublishPolicy, StreamSender};
 use plexus_catalog::{HandlerSpec, Plugin};
 use plexus_handler::{
     CommandHandler, ExecOutput, ExecRequest, HandlerError, SimFaults, SimHandler,
@@ -30,7 +30,7 @@ use crate::actors::supervisor::NodeSupervisorMsg;
 use crate::ctx::{actor_name, NodeCtx};
 use crate::net::wire::PluginStatus;
 use crate::services::effects::EffectLog;
-use plexus_exec::{HostFailure, HostReply, Output, RawJson};
+use plexus_exec::{HostFailure, HostPart, HostReply, Output, RawJson};
 
 /// The request topic of a plugin.
 pub fn request_topic(plugin: &str) -> String {
@@ -197,7 +197,7 @@ impl Actor for PluginHost {
                                 retry_after_ms: no.retry_after_ms(),
                             },
                         );
-                        respond(&ctx, &env, &reply);
+                        respond(&ctx, &env, reply);
                         continue;
                     }
                 };
@@ -222,7 +222,7 @@ impl Actor for PluginHost {
                     // host, and retrying a poison request would crash-loop the
                     // plugin into `failed`.
                     let reply = host_failure(ctx.name(), HostFailure::Crashed);
-                    respond(&ctx, &keep, &reply);
+                    respond(&ctx, &keep, reply);
                     break;
                 }
             }
@@ -268,7 +268,7 @@ impl Actor for PluginHost {
                 respond(
                     &st.ctx,
                     &env,
-                    &host_failure(st.ctx.name(), HostFailure::Malformed(e)),
+                    host_failure(st.ctx.name(), HostFailure::Malformed(e)),
                 );
                 return Ok(());
             }
@@ -305,6 +305,17 @@ impl Actor for PluginHost {
         tokio::spawn(async move {
             let _permit = permit;
             let _busy = busy;
+            // A streamed request: its progress and answer go on the stream.
+            let out = ctx.bus.stream_for(&env);
+            if let Some(o) = &out {
+                let started_part = encode_part(HostPart::Started { node: ctx.name().to_string() });
+                if o.send(started_part.unwrap_or_default()).await.is_err() {
+                    tracing::debug!("the reader left before the command started");
+                    bp.report(&ctx, &req.plugin, CallResult::Ignored, Duration::ZERO);
+                    ctx.metrics.stream_end(&req.plugin, true);
+                    return;
+                }
+            }
             // A request with an idempotency key runs at most once to success.
             let keyed = req.idempotency_key.clone().zip(effects);
             let _held = match &keyed {
@@ -328,9 +339,20 @@ impl Actor for PluginHost {
                             },
                         );
                     }
-                    let r = match tokio::time::timeout(timeout, handler.execute(req.clone())).await
-                    {
-                        Ok(r) => r,
+                    let ran = match &out {
+                        None => tokio::time::timeout(timeout, handler.execute(req.clone()))
+                            .await
+                            .map(Streamed::Ended),
+                        Some(o) => tokio::time::timeout(timeout, run_streaming(handler.as_ref(), req.clone(), o)).await,
+                    };
+                    let r = match ran {
+                        Ok(Streamed::Ended(r)) => r,
+                        Ok(Streamed::Gone) => {
+                            tracing::info!("the reader went away; the command was cancelled");
+                            bp.report(&ctx, &req.plugin, CallResult::Ignored, crate::net::links::since(started));
+                            ctx.metrics.stream_end(&req.plugin, true);
+                            return;
+                        }
                         Err(_) => Err(HandlerError::Timeout(timeout.as_millis() as u64)),
                     };
                     if let Ok(ExecOutput { llm: Some(m), cost_usd, .. }) = &r {
@@ -356,7 +378,16 @@ impl Actor for PluginHost {
             bp.report(&ctx, &req.plugin, outcome, crate::net::links::since(started));
             let reply = host_reply(ctx.name(), started, result);
             tracing::debug!(ok = reply.outcome.is_ok(), duration_ms = reply.duration_ms, "plugin command done");
-            respond(&ctx, &env, &reply);
+            match &out {
+                None => respond(&ctx, &env, reply),
+                Some(o) => {
+                    let cancelled = match encode_part(HostPart::Reply(reply)) {
+                        Some(p) => o.send(p).await.is_err(),
+                        None => false,
+                    };
+                    ctx.metrics.stream_end(&req.plugin, cancelled);
+                }
+            }
         }.instrument(span));
         Ok(())
     }
@@ -506,8 +537,18 @@ fn parse_request(env: &Envelope) -> Result<ExecRequest, String> {
     plexus_codec::decode(&env.payload).map_err(|e| format!("malformed exec request: {e}"))
 }
 
-fn respond(ctx: &NodeCtx, req: &Envelope, reply: &HostReply) {
-    let payload = match plexus_codec::encode(reply) {
+fn respond(ctx: &NodeCtx, req: &Envelope, reply: HostReply) {
+    if req.metadata.stream_window.is_some() {
+        // A streamed request's answer is its stream's one and last part:
+        // nothing was sent on it yet, so it has room.
+        if let Some(out) = ctx.bus.stream_for(req) {
+            if let Some(p) = encode_part(HostPart::Reply(reply)) {
+                let _ = out.try_send(p);
+            }
+        }
+        return;
+    }
+    let payload = match plexus_codec::encode(&reply) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "could not encode a reply");
@@ -517,6 +558,61 @@ fn respond(ctx: &NodeCtx, req: &Envelope, reply: &HostReply) {
     let resp = req.reply(ctx.name(), payload);
     if let Err(e) = ctx.bus.respond(req, resp) {
         tracing::warn!(error = %e, "could not send a response");
+    }
+}
+
+fn encode_part(part: HostPart) -> Option<Vec<u8>> {
+    plexus_codec::encode(&part)
+        .map_err(|e| tracing::error!(error = %e, "could not encode a stream part"))
+        .ok()
+}
+
+/// Progress buffered between a handler and its stream.
+const PROGRESS_BUFFER: usize = 16;
+
+/// How a streamed command ended.
+enum Streamed {
+    Ended(Result<ExecOutput, HandlerError>),
+    /// The reader went away; the command was dropped (cancelled).
+    Gone,
+}
+
+/// Run a command with its progress sent on `out` as it comes, in order.
+/// A slow reader slows the command (the parts wait for credit); a reader
+/// that leaves drops it, which cancels it (a model call's connection
+/// closes).
+async fn run_streaming(
+    handler: &dyn CommandHandler,
+    req: ExecRequest,
+    out: &StreamSender,
+) -> Streamed {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(PROGRESS_BUFFER);
+    let work = handler.execute_streaming(req, tx);
+    tokio::pin!(work);
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            p = rx.recv(), if open => match p {
+                Some(p) => {
+                    let Some(part) = encode_part(HostPart::Progress(p)) else { continue };
+                    if out.send(part).await.is_err() {
+                        return Streamed::Gone;
+                    }
+                }
+                None => open = false,
+            },
+            r = &mut work => {
+                // What it sent before it ended goes first.
+                while let Ok(p) = rx.try_recv() {
+                    let Some(part) = encode_part(HostPart::Progress(p)) else { continue };
+                    if out.send(part).await.is_err() {
+                        return Streamed::Gone;
+                    }
+                }
+                return Streamed::Ended(r);
+            }
+        }
     }
 }
 

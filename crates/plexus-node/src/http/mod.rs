@@ -6,5 +6,6 @@ pub mod auth;
 pub mod dashboard;
 pub mod openapi;
 pub mod problem;
+pub mod sse;
 pub mod state;
 pub mod trace;

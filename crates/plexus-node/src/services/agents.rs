@@ -18,7 +18,8 @@ use futures::future::BoxFuture;
 use plexus_agent::{LlmHandler, NoHost, Workspaces};
 use plexus_catalog::{HandlerSpec, Plugin};
 use plexus_handler::{
-    CommandHandler, ExecOutput, ExecRequest, HandlerError, HandlerReport, ProviderFailure,
+    CommandHandler, ExecOutput, ExecRequest, HandlerError, HandlerReport, ProgressSender,
+    ProviderFailure,
 };
 use plexus_llm::{LlmConfig, PriceTable};
 
@@ -175,32 +176,16 @@ impl CommandHandler for AgentsHandler {
         kind_of(&self.plugin, self.has_model)
     }
 
-    fn execute(
+    fn execute(&self, req: ExecRequest) -> BoxFuture<'static, Result<ExecOutput, HandlerError>> {
+        self.dispatch(req, None)
+    }
+
+    fn execute_streaming(
         &self,
-        mut req: ExecRequest,
+        req: ExecRequest,
+        progress: ProgressSender,
     ) -> BoxFuture<'static, Result<ExecOutput, HandlerError>> {
-        match (
-            serves(&self.plugin, &req.command, self.has_model),
-            &self.own,
-        ) {
-            (Server::Own, Some(own)) => {
-                if !matches!(self.plugin.manifest.handler, HandlerSpec::Sim(_)) {
-                    req.input = strip_runtime_keys(&req.input);
-                }
-                own.execute(req)
-            }
-            _ => match &self.model {
-                Ok(m) => m.execute(req),
-                Err(e) => {
-                    let e = HandlerError::Provider {
-                        failure: ProviderFailure::NotConfigured,
-                        message: e.clone(),
-                        retry_after_ms: None,
-                    };
-                    Box::pin(async move { Err(e) })
-                }
-            },
-        }
+        self.dispatch(req, Some(progress))
     }
 
     fn start(&self) -> BoxFuture<'static, Result<(), HandlerError>> {
@@ -219,6 +204,43 @@ impl CommandHandler for AgentsHandler {
 
     fn report(&self) -> Option<tokio::sync::watch::Receiver<HandlerReport>> {
         self.own.as_ref().and_then(|o| o.report())
+    }
+}
+
+impl AgentsHandler {
+    /// Send the request to the model or the own handler ([`serves`]),
+    /// streaming when `progress` is given.
+    fn dispatch(
+        &self,
+        mut req: ExecRequest,
+        progress: Option<ProgressSender>,
+    ) -> BoxFuture<'static, Result<ExecOutput, HandlerError>> {
+        let run = |h: &dyn CommandHandler, req: ExecRequest| match progress {
+            Some(p) => h.execute_streaming(req, p),
+            None => h.execute(req),
+        };
+        match (
+            serves(&self.plugin, &req.command, self.has_model),
+            &self.own,
+        ) {
+            (Server::Own, Some(own)) => {
+                if !matches!(self.plugin.manifest.handler, HandlerSpec::Sim(_)) {
+                    req.input = strip_runtime_keys(&req.input);
+                }
+                run(own.as_ref(), req)
+            }
+            _ => match &self.model {
+                Ok(m) => run(m, req),
+                Err(e) => {
+                    let e = HandlerError::Provider {
+                        failure: ProviderFailure::NotConfigured,
+                        message: e.clone(),
+                        retry_after_ms: None,
+                    };
+                    Box::pin(async move { Err(e) })
+                }
+            },
+        }
     }
 }
 

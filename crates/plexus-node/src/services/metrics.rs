@@ -76,6 +76,10 @@ pub struct Metrics {
     llm_runs: IntCounterVec,
     llm_tokens: IntCounterVec,
     llm_cost: prometheus::CounterVec,
+    /// Streamed requests hosted here, per plugin and how they ended:
+    /// `done`, or `cancelled` (the reader went away and the command was
+    /// stopped).
+    streams: IntCounterVec,
     recent: Mutex<VecDeque<DecisionRecord>>,
 }
 
@@ -220,7 +224,14 @@ impl Metrics {
             )
             .expect("valid metric options"),
         );
+        let streams = counter_vec(
+            &r,
+            "plexus_exec_streams_total",
+            "Streamed requests hosted on this node, per plugin and end: done, or cancelled (the reader went away; the command was stopped).",
+            &["plugin", "end"],
+        );
         Metrics {
+            streams,
             llm_runs,
             llm_tokens,
             llm_cost,
@@ -254,6 +265,13 @@ impl Metrics {
             .with_label_values(&[plugin])
             .observe(took.as_secs_f64());
         self.exec_total.with_label_values(&[plugin, outcome]).inc();
+    }
+
+    /// A streamed request of `plugin` hosted here ended: `done`, or
+    /// `cancelled` because its reader went away.
+    pub fn stream_end(&self, plugin: &str, cancelled: bool) {
+        let end = if cancelled { "cancelled" } else { "done" };
+        self.streams.with_label_values(&[plugin, end]).inc();
     }
 
     /// One model run of `plugin` on this node finished: the provider's
@@ -370,6 +388,7 @@ impl Metrics {
             &self.member_events,
             &self.llm_runs,
             &self.llm_tokens,
+            &self.streams,
         ] {
             declare(&mut v, c, "counter");
         }
