@@ -255,3 +255,39 @@ impl Attempt {
         self.error.as_ref().is_none_or(ExecError::reached_plugin)
     }
 }
+
+#[cfg(test)]
+mod part_tests {
+    use super::*;
+
+    /// Every part crosses the wire through plexus-codec (bincode, serde
+    /// mode), which refuses some serde shapes at run time.
+    #[test]
+    fn every_stream_part_round_trips_through_the_codec() {
+        use plexus_handler::Progress;
+        let parts = vec![
+            HostPart::Started { node: "n3".into() },
+            HostPart::Progress(Progress::Text { text: "Hel".into() }),
+            HostPart::Progress(Progress::ToolCall {
+                id: "t1".into(),
+                name: "Read".into(),
+                input: "{\"path\":\"a\"}".into(),
+            }),
+            HostPart::Progress(Progress::ToolResult {
+                id: "t1".into(),
+                name: "Read".into(),
+                status: "ok".into(),
+                output: "text".into(),
+            }),
+            HostPart::Reply(HostReply {
+                node: "n3".into(),
+                duration_ms: 1.5,
+                outcome: Err(HostFailure::Crashed),
+            }),
+        ];
+        for p in parts {
+            let bytes = plexus_codec::encode(&p).unwrap();
+            assert_eq!(plexus_codec::decode::<HostPart>(&bytes).unwrap(), p);
+        }
+    }
+}

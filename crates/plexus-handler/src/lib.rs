@@ -235,9 +235,10 @@ impl HandlerError {
 
 /// What a command produces while it runs, before its output: a model's text
 /// as it is generated and its tool calls. Tool input and output are JSON
-/// text, so every piece crosses the cluster's codec.
+/// text, so every piece crosses the cluster's codec (bincode: no
+/// internally tagged enums).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "type")]
+#[serde(rename_all = "snake_case")]
 pub enum Progress {
     /// The next piece of the model's text.
     Text { text: String },
