@@ -87,7 +87,10 @@ fn sse(api: &str, path: &str, body: &Value) -> impl Iterator<Item = Ev> {
         head.push(l.to_ascii_lowercase());
     }
     assert!(
-        status.contains(" 200 ") && head.iter().any(|h| h.starts_with("content-type: text/event-stream")),
+        status.contains(" 200 ")
+            && head
+                .iter()
+                .any(|h| h.starts_with("content-type: text/event-stream")),
         "{status} {head:?}: {:?}",
         lines.next()
     );
