@@ -940,3 +940,141 @@ fn on_failure(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use futures::future::BoxFuture;
+    use plexus_bus::{Bus, BusConfig, Envelope, MessageKind, StreamReceiver};
+    use plexus_handler::{
+        CommandHandler, ExecOutput, ExecRequest, HandlerError, Progress, ProgressSender,
+    };
+
+    use super::{run_streaming, HostPart, Streamed};
+
+    /// Sends `pieces` text pieces (all of them when `None`, forever), then
+    /// answers; counts what it sent and notes when it is dropped.
+    struct Talker {
+        pieces: Option<usize>,
+        sent: std::sync::Arc<AtomicUsize>,
+        dropped: std::sync::Arc<AtomicBool>,
+    }
+
+    struct SetOnDrop(std::sync::Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl CommandHandler for Talker {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn execute(&self, _: ExecRequest) -> BoxFuture<'static, Result<ExecOutput, HandlerError>> {
+            Box::pin(async { Err(HandlerError::Failed("streaming only".into())) })
+        }
+        fn execute_streaming(
+            &self,
+            _: ExecRequest,
+            progress: ProgressSender,
+        ) -> BoxFuture<'static, Result<ExecOutput, HandlerError>> {
+            let (n, sent) = (self.pieces, self.sent.clone());
+            let guard = SetOnDrop(self.dropped.clone());
+            Box::pin(async move {
+                let _guard = guard;
+                let mut i = 0;
+                while n.is_none_or(|n| i < n) {
+                    let text = format!("t{i}");
+                    if progress.send(Progress::Text { text }).await.is_err() {
+                        break;
+                    }
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                }
+                Ok(ExecOutput {
+                    output: "{}".into(),
+                    model: None,
+                    work_minutes: 0.0,
+                    cost_usd: 0.0,
+                    llm: None,
+                })
+            })
+        }
+    }
+
+    fn talker(pieces: Option<usize>) -> Talker {
+        Talker {
+            pieces,
+            sent: Default::default(),
+            dropped: Default::default(),
+        }
+    }
+
+    fn req() -> ExecRequest {
+        ExecRequest {
+            plugin: "p".into(),
+            command: "agent:a".into(),
+            input: "{}".into(),
+            idempotency_key: None,
+            trace_id: None,
+            model: None,
+        }
+    }
+
+    /// A stream on one bus: the reader, and the host's sender.
+    async fn stream(window: u32) -> (StreamReceiver, plexus_bus::StreamSender, Bus) {
+        let bus = Bus::new(BusConfig::new("n1"));
+        let sub = bus.subscribe("plugin/p/request", "p").unwrap();
+        let env = Envelope::new(MessageKind::Request, "plugin/p/request", "t", vec![]);
+        let rx = bus
+            .request_stream(env, Duration::from_secs(5), "n1", window)
+            .unwrap();
+        let out = bus.stream_for(&sub.recv().await.unwrap()).unwrap();
+        (rx, out, bus)
+    }
+
+    fn text(part: &[u8]) -> String {
+        match plexus_codec::decode::<HostPart>(part).unwrap() {
+            HostPart::Progress(Progress::Text { text }) => text,
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streamed_command_sends_its_progress_in_order_through_a_small_window() {
+        let (mut rx, out, _bus) = stream(2).await;
+        let h = talker(Some(20));
+        let reader = async {
+            let mut got = vec![];
+            while got.len() < 20 {
+                got.push(text(&rx.recv().await.unwrap()));
+            }
+            got
+        };
+        let (ran, got) = tokio::join!(run_streaming(&h, req(), &out), reader);
+        assert!(matches!(ran, Streamed::Ended(Ok(_))));
+        let want: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_leaves_stops_the_command() {
+        let (mut rx, out, _bus) = stream(4).await;
+        let h = talker(None);
+        let reader = async move {
+            for _ in 0..3 {
+                rx.recv().await.unwrap();
+            }
+            // rx dropped here: the client went away.
+        };
+        let (ran, ()) = tokio::join!(run_streaming(&h, req(), &out), reader);
+        assert!(matches!(ran, Streamed::Gone));
+        assert!(h.dropped.load(Ordering::SeqCst), "the command was dropped");
+        // It got no further than the window and the buffers allow.
+        let sent = h.sent.load(Ordering::SeqCst);
+        assert!(sent < 3 + 4 + super::PROGRESS_BUFFER + 2, "{sent} sent");
+    }
+}
