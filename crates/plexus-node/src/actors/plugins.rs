@@ -66,7 +66,7 @@ fn host_failure(node: &str, f: HostFailure) -> HostReply {
 /// Build the handler a plugin's manifest asks for.
 /// With a model configured (or `kind = "llm"`), the plugin's agents and
 /// commands go to the model beside it (see [`crate::services::agents`]).
-pub fn make_handler(ctx: &NodeCtx, plugin: &Arc<Plugin>) -> Arc<dyn CommandHandler> {
+pub fn make_handler(ctx: &Arc<NodeCtx>, plugin: &Arc<Plugin>) -> Arc<dyn CommandHandler> {
     let own: Option<Arc<dyn CommandHandler>> = match &plugin.manifest.handler {
         HandlerSpec::Sim(spec) => Some(Arc::new(SimHandler::new(plugin.clone(), spec.clone()))),
         HandlerSpec::Process(spec) => Some(Arc::new(ProcessHandler::new(
@@ -83,6 +83,7 @@ pub fn make_handler(ctx: &NodeCtx, plugin: &Arc<Plugin>) -> Arc<dyn CommandHandl
             plugin.clone(),
             own,
             rt.as_deref(),
+            Arc::new(crate::services::tools::ClusterHost::for_node(ctx)),
         )),
     }
 }

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use plexus_agent::{LlmHandler, NoHost, Workspaces};
+use plexus_agent::{LlmHandler, ToolHost, Workspaces};
 use plexus_catalog::{HandlerSpec, Plugin};
 use plexus_handler::{
     CommandHandler, ExecOutput, ExecRequest, HandlerError, HandlerReport, ProgressSender,
@@ -137,11 +137,13 @@ pub struct AgentsHandler {
 
 impl AgentsHandler {
     /// `own` is the plugin's own handler (`None` for `kind = "llm"`);
-    /// `runtime` the node's model, if configured.
+    /// `runtime` the node's model, if configured; `host` what the agents'
+    /// `Task`, slash commands and MCP tools reach.
     pub fn new(
         plugin: Arc<Plugin>,
         own: Option<Arc<dyn CommandHandler>>,
         runtime: Option<&LlmRuntime>,
+        host: Arc<dyn ToolHost>,
     ) -> AgentsHandler {
         let model = match runtime {
             None => Err(format!(
@@ -152,7 +154,7 @@ impl AgentsHandler {
                 plugin.clone(),
                 &rt.config,
                 rt.prices.clone(),
-                Arc::new(NoHost),
+                host,
                 rt.workspaces.clone(),
             )
             .map_err(|e| format!("plugin {}: {e}", plugin.name)),
@@ -294,7 +296,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_agent_without_a_model_is_refused_with_how_to_configure_one() {
-        let h = AgentsHandler::new(Arc::new(plugin("kind = \"llm\"")), None, None);
+        let h = AgentsHandler::new(
+            Arc::new(plugin("kind = \"llm\"")),
+            None,
+            None,
+            Arc::new(plexus_agent::NoHost),
+        );
         let e = h
             .execute(ExecRequest {
                 plugin: "p".into(),
