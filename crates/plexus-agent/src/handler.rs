@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use futures::StreamExt;
 use plexus_catalog::{HandlerSpec, LlmSpec, ModelTier, Plugin};
-use plexus_handler::{CommandHandler, ExecOutput, ExecRequest, HandlerError};
+use plexus_handler::{
+    CommandHandler, ExecOutput, ExecRequest, HandlerError, Progress, ProgressSender,
+};
 use plexus_llm::{ConfigError, HttpProvider, LlmConfig, PriceTable, Provider, ProviderConfig};
 
 use crate::agent_loop::{AgentLoop, LoopConfig};
@@ -365,22 +368,82 @@ impl CommandHandler for LlmHandler {
             let started = Instant::now();
             let run = this.request_for(&req)?;
             let reply = this.run(run).await?;
-            let output = serde_json::to_string(&reply)
-                .map_err(|e| HandlerError::Failed(format!("cannot encode the reply: {e}")))?;
-            Ok(ExecOutput {
-                output,
-                model: reply.tier,
-                work_minutes: started.elapsed().as_secs_f64() / 60.0,
-                cost_usd: reply.cost_usd,
-                llm: Some(plexus_handler::ModelUse {
-                    model: reply.model.clone(),
-                    usage: plexus_handler::TokenUsage {
-                        input_tokens: reply.usage.input_tokens,
-                        output_tokens: reply.usage.output_tokens,
-                        cached_input_tokens: reply.usage.cached_input_tokens,
-                    },
-                }),
-            })
+            output_of(&reply, started)
         })
     }
+
+    /// As `execute`, with the model's text and tool calls sent into
+    /// `progress` as they happen. A reader that goes away ends the run
+    /// (dropping the run's stream closes the model call).
+    fn execute_streaming(
+        &self,
+        req: ExecRequest,
+        progress: ProgressSender,
+    ) -> BoxFuture<'static, Result<ExecOutput, HandlerError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let run = this.request_for(&req)?;
+            let mut events = this.stream(run);
+            while let Some(ev) = events.next().await {
+                let p = match ev {
+                    RunEvent::Text(text) => Progress::Text { text },
+                    RunEvent::ToolCall { id, name, input } => {
+                        Progress::ToolCall { id, name, input }
+                    }
+                    RunEvent::ToolResult {
+                        id,
+                        name,
+                        status,
+                        output,
+                    } => Progress::ToolResult {
+                        id,
+                        name,
+                        status: status_name(&status).into(),
+                        output,
+                    },
+                    RunEvent::Done(reply) => return output_of(&reply, started),
+                    RunEvent::Failed(e) => return Err(e),
+                    RunEvent::Start { .. } | RunEvent::StepDown(_) => continue,
+                };
+                if progress.send(p).await.is_err() {
+                    return Err(HandlerError::Failed(
+                        "the reader went away; the run was cancelled".into(),
+                    ));
+                }
+            }
+            Err(HandlerError::Failed("the run ended without a reply".into()))
+        })
+    }
+}
+
+fn status_name(s: &crate::ToolStatus) -> &'static str {
+    use crate::ToolStatus as S;
+    match s {
+        S::Ok => "ok",
+        S::Error => "error",
+        S::Refused => "refused",
+        S::NotRun => "not_run",
+    }
+}
+
+/// The exec output of a finished run: the reply as JSON, with the model
+/// and its token counts for the node's metrics.
+fn output_of(reply: &RunReply, started: Instant) -> Result<ExecOutput, HandlerError> {
+    let output = serde_json::to_string(reply)
+        .map_err(|e| HandlerError::Failed(format!("cannot encode the reply: {e}")))?;
+    Ok(ExecOutput {
+        output,
+        model: reply.tier,
+        work_minutes: started.elapsed().as_secs_f64() / 60.0,
+        cost_usd: reply.cost_usd,
+        llm: Some(plexus_handler::ModelUse {
+            model: reply.model.clone(),
+            usage: plexus_handler::TokenUsage {
+                input_tokens: reply.usage.input_tokens,
+                output_tokens: reply.usage.output_tokens,
+                cached_input_tokens: reply.usage.cached_input_tokens,
+            },
+        }),
+    })
 }

@@ -39,6 +39,10 @@ pub struct Metadata {
     pub timeout_ms: Option<u64>,
     /// Wall-clock ms after which the message is dead-lettered instead of delivered.
     pub expires_at_ms: Option<u64>,
+    /// Set on a request answered by a stream: the parts the responder may
+    /// send ahead of the requester (`Bus::request_stream`).
+    #[serde(default)]
+    pub stream_window: Option<u32>,
 }
 
 /// Lowest and highest priority.

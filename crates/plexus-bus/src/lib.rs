@@ -18,6 +18,7 @@
 pub mod envelope;
 mod mailbox;
 pub mod policy;
+pub mod stream;
 pub mod text;
 pub mod topic;
 
@@ -38,6 +39,7 @@ pub use envelope::{
 use mailbox::{PushError, Shared};
 pub use policy::{PublishPolicy, Violation};
 use smallvec::SmallVec;
+pub use stream::{StreamGone, StreamReceiver, StreamSender};
 pub use text::TraceId;
 pub use topic::{matches, validate_pattern, validate_topic, TopicError, TopicTrie};
 
@@ -100,6 +102,16 @@ pub enum BusFrame {
     Response(Envelope),
     /// The sender's full set of (pattern, subscriber name).
     Interest(Vec<(String, String)>),
+    /// The next part of the stream answering request `id` (responder →
+    /// requester; see [`stream`]).
+    StreamPart { id: Uuid, part: Vec<u8> },
+    /// The stream answering `id` ended (responder → requester).
+    StreamEnd { id: Uuid },
+    /// The requester took `n` more parts of `id`: the responder may send
+    /// that many more.
+    StreamCredit { id: Uuid, n: u32 },
+    /// The requester of `id` went away: stop producing.
+    StreamCancel { id: Uuid },
 }
 
 /// The node layer's side of the bus: how frames reach other nodes.
@@ -173,6 +185,7 @@ struct Inner {
     /// once by `peer_down` of that node instead of waiting out the timeout.
     awaiting: Mutex<HashMap<Uuid, String>>,
     dead: Mutex<VecDeque<DeadLetter>>,
+    streams: stream::Streams,
     sink: RwLock<Option<Arc<dyn RemoteSink>>>,
     next_sub: AtomicU64,
     rr: AtomicUsize,
@@ -232,6 +245,7 @@ impl Bus {
                 pending: Mutex::new(HashMap::new()),
                 awaiting: Mutex::new(HashMap::new()),
                 dead: Mutex::new(VecDeque::new()),
+                streams: stream::Streams::default(),
                 sink: RwLock::new(None),
                 next_sub: AtomicU64::new(1),
                 rr: AtomicUsize::new(0),
@@ -670,14 +684,19 @@ impl Bus {
                 }
                 self.inner.remote.write().insert(from_node.to_string(), ri);
             }
+            f @ (BusFrame::StreamPart { .. }
+            | BusFrame::StreamEnd { .. }
+            | BusFrame::StreamCredit { .. }
+            | BusFrame::StreamCancel { .. }) => self.handle_stream_frame(from_node, f),
         }
     }
 
-    /// Forget a peer's interest (it is down) and fail at once the pending
-    /// requests that went to it alone (`BusError::PeerDown`); returns how
-    /// many.
+    /// Forget a peer's interest (it is down), end the streams to and from
+    /// it, and fail at once the pending requests that went to it alone
+    /// (`BusError::PeerDown`); returns how many requests.
     pub fn peer_down(&self, node: &str) -> usize {
         self.inner.remote.write().remove(node);
+        self.streams_peer_down(node);
         let mut pending = self.inner.pending.lock();
         let mut awaiting = self.inner.awaiting.lock();
         let mut failed = 0;

@@ -384,3 +384,145 @@ async fn a_request_to_a_chosen_node_goes_there_even_with_a_local_subscriber() {
         Err(BusError::NoRoute { .. })
     ));
 }
+
+/// A stream request on `bus` to node `to`, answered by the subscriber `sub`:
+/// the receiver and the responder's sender.
+async fn open_stream(
+    bus: &Bus,
+    responder: &Bus,
+    sub: &Subscription,
+    window: u32,
+) -> (StreamReceiver, StreamSender) {
+    let to = responder.node();
+    let req = Envelope::new(MessageKind::Request, "plugin/p/request", "cli", vec![]).to("p");
+    let rx = bus
+        .request_stream(req, Duration::from_secs(5), to, window)
+        .unwrap();
+    let env = sub.recv().await.unwrap();
+    let tx = responder.stream_for(&env).expect("a stream request");
+    assert!(
+        responder.stream_for(&env).unwrap().is_closed(),
+        "taken once"
+    );
+    (rx, tx)
+}
+
+/// Whether a send completes without the receiver taking anything (a paused
+/// clock: the timeout fires only when nothing else can run).
+async fn sends_now(tx: &StreamSender, part: &[u8]) -> bool {
+    tokio::time::timeout(Duration::from_millis(10), tx.send(part.to_vec()))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_local_stream_keeps_order_and_waits_for_a_slow_reader() {
+    let bus = Bus::new(BusConfig::new("n1"));
+    let sub = bus.subscribe("plugin/p/request", "p").unwrap();
+    let (mut rx, tx) = open_stream(&bus, &bus, &sub, 4).await;
+    for i in 0..4u8 {
+        assert!(sends_now(&tx, &[i]).await, "part {i} fits the window");
+    }
+    assert!(
+        !sends_now(&tx, &[9]).await,
+        "a full window makes the sender wait"
+    );
+    assert_eq!(rx.recv().await, Some(vec![0]));
+    assert!(sends_now(&tx, &[4]).await);
+    drop(tx);
+    let mut got = vec![];
+    while let Some(p) = rx.recv().await {
+        got.extend(p);
+    }
+    assert_eq!(
+        got,
+        vec![1, 2, 3, 4],
+        "in order, ended when the sender dropped"
+    );
+    assert_eq!(
+        bus.open_streams(),
+        1,
+        "the receiver's entry lives until it drops"
+    );
+    drop(rx);
+    assert_eq!(bus.open_streams(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_across_nodes_is_paced_by_credits_and_ends_in_order() {
+    let (a, b) = pair();
+    let sub = b.subscribe("plugin/p/request", "p").unwrap();
+    let (mut rx, tx) = open_stream(&a, &b, &sub, 4).await;
+    assert_eq!(rx.remote(), Some("b"));
+    for i in 0..4u8 {
+        assert!(sends_now(&tx, &[i]).await, "part {i} within the credits");
+    }
+    assert!(
+        !sends_now(&tx, &[9]).await,
+        "no credit left: the sender waits"
+    );
+    // Taking half the window hands the credits back.
+    assert_eq!(rx.recv().await, Some(vec![0]));
+    assert!(!sends_now(&tx, &[9]).await, "credits go back in batches");
+    assert_eq!(rx.recv().await, Some(vec![1]));
+    assert!(sends_now(&tx, &[4]).await);
+    assert!(sends_now(&tx, &[5]).await);
+    drop(tx);
+    let mut got = vec![];
+    while let Some(p) = rx.recv().await {
+        got.extend(p);
+    }
+    assert_eq!(got, vec![2, 3, 4, 5]);
+    drop(rx);
+    assert_eq!((a.open_streams(), b.open_streams()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_receiver_stops_the_sender_on_the_other_node() {
+    let (a, b) = pair();
+    let sub = b.subscribe("plugin/p/request", "p").unwrap();
+    let (rx, tx) = open_stream(&a, &b, &sub, 4).await;
+    assert!(sends_now(&tx, b"x").await);
+    drop(rx);
+    assert!(tx.is_closed());
+    assert_eq!(tx.send(b"y".to_vec()).await, Err(StreamGone));
+    // A receiver gone before the responder started: the first part is
+    // answered with a cancel.
+    let req = Envelope::new(MessageKind::Request, "plugin/p/request", "cli", vec![]).to("p");
+    let rx = a
+        .request_stream(req, Duration::from_secs(5), "b", 4)
+        .unwrap();
+    drop(rx);
+    let tx = b.stream_for(&sub.recv().await.unwrap()).unwrap();
+    assert_eq!(tx.send(b"x".to_vec()).await, Ok(()));
+    assert_eq!(tx.send(b"y".to_vec()).await, Err(StreamGone));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_going_down_ends_its_streams_on_both_sides() {
+    let (a, b) = pair();
+    let sub = b.subscribe("plugin/p/request", "p").unwrap();
+    let (mut rx, tx) = open_stream(&a, &b, &sub, 4).await;
+    assert!(sends_now(&tx, b"x").await);
+    a.peer_down("b");
+    assert_eq!(rx.recv().await, Some(b"x".to_vec()), "what arrived is kept");
+    assert_eq!(rx.recv().await, None);
+    b.peer_down("a");
+    assert_eq!(tx.send(b"y".to_vec()).await, Err(StreamGone));
+}
+
+#[tokio::test]
+async fn a_local_stream_whose_reader_left_is_closed_for_its_responder() {
+    let bus = Bus::new(BusConfig::new("n1"));
+    let sub = bus.subscribe("plugin/p/request", "p").unwrap();
+    let req = Envelope::new(MessageKind::Request, "plugin/p/request", "cli", vec![]).to("p");
+    let rx = bus
+        .request_stream(req, Duration::from_secs(5), "n1", 4)
+        .unwrap();
+    drop(rx);
+    let env = sub.recv().await.unwrap();
+    assert!(bus.stream_for(&env).unwrap().is_closed());
+    // A plain request is not a stream request.
+    let plain = Envelope::new(MessageKind::Request, "plugin/p/request", "cli", vec![]);
+    assert!(bus.stream_for(&plain).is_none());
+}

@@ -28,6 +28,11 @@ pub struct AskArgs {
     /// Print the node's answer as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Print the answer as it is generated (the node's Server-Sent Events):
+    /// the model's text on stdout piece by piece, where it runs and the
+    /// summary on stderr; with --json, one JSON line per event.
+    #[arg(long)]
+    pub stream: bool,
 }
 
 pub fn run(a: AskArgs) -> CliResult {
@@ -43,6 +48,9 @@ pub fn run(a: AskArgs) -> CliResult {
         timeout_ms: Some(a.timeout_ms),
     };
     let c = Client::new(&a.connect, Duration::from_millis(a.timeout_ms * 4 + 5_000));
+    if a.stream {
+        return crate::stream_out::run(&c, "/v1/ask", &body, a.json);
+    }
     let r: AskReply = c.post("/v1/ask", &body)??;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -160,4 +160,113 @@ impl Client {
         }
         self.read(path, r)
     }
+
+    /// POST asking for Server-Sent Events; `on_event(name, data)` is called
+    /// for each event as it arrives. A non-2xx answer is the node's problem.
+    pub fn post_stream<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        mut on_event: impl FnMut(&str, &str) -> Result<(), Failure>,
+    ) -> Result<Result<(), Problem>, Failure> {
+        use std::io::BufRead;
+        let bytes = serde_json::to_vec(body).map_err(anyhow::Error::from)?;
+        let r = self
+            .with_auth(self.agent.post(format!("{}{path}", self.base)))
+            .header("content-type", "application/json")
+            .header("accept", "text/event-stream")
+            .send(&bytes[..]);
+        let resp = r.map_err(|e| anyhow!("cannot reach the node at {}: {e}", self.base))?;
+        if !resp.status().is_success() {
+            return self
+                .read::<serde_json::Value>(path, Ok(resp))
+                .map(|r| r.map(|_| ()));
+        }
+        let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        let mut sse = SseParser::default();
+        for line in reader.lines() {
+            let line =
+                line.with_context(|| format!("reading the event stream of {}{path}", self.base))?;
+            if let Some((name, data)) = sse.line(&line) {
+                on_event(&name, &data)?;
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// Server-Sent Events, line by line: an event is dispatched at the blank
+/// line that ends it (comments, such as keep-alives, are skipped).
+#[derive(Default)]
+pub struct SseParser {
+    event: String,
+    data: String,
+}
+
+impl SseParser {
+    /// Feed one line (without its newline); a finished event comes out.
+    pub fn line(&mut self, line: &str) -> Option<(String, String)> {
+        if line.is_empty() {
+            if self.data.is_empty() && self.event.is_empty() {
+                return None;
+            }
+            let name = match std::mem::take(&mut self.event) {
+                e if e.is_empty() => "message".to_string(),
+                e => e,
+            };
+            return Some((name, std::mem::take(&mut self.data)));
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => self.event = value.to_string(),
+            "data" => {
+                if !self.data.is_empty() {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SseParser;
+
+    #[test]
+    fn events_are_cut_at_blank_lines_and_keep_alives_skipped() {
+        let mut p = SseParser::default();
+        let mut got = vec![];
+        for l in [
+            ":keep-alive",
+            "",
+            "event: text",
+            "data: {\"text\":\"Hel\"}",
+            "",
+            "event: done",
+            "data: a",
+            "data: b",
+            "",
+            "data: plain",
+            "",
+        ] {
+            got.extend(p.line(l));
+        }
+        assert_eq!(
+            got,
+            vec![
+                ("text".to_string(), "{\"text\":\"Hel\"}".to_string()),
+                ("done".to_string(), "a\nb".to_string()),
+                ("message".to_string(), "plain".to_string()),
+            ]
+        );
+    }
 }

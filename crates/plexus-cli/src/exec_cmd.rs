@@ -39,6 +39,11 @@ pub struct ExecArgs {
     /// Print the node's answer as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Print the answer as it is generated (the node's Server-Sent Events):
+    /// the model's text on stdout piece by piece, where it runs and the
+    /// summary on stderr; with --json, one JSON line per event.
+    #[arg(long)]
+    pub stream: bool,
 }
 
 pub fn run(a: ExecArgs) -> CliResult {
@@ -73,6 +78,9 @@ pub fn run(a: ExecArgs) -> CliResult {
         model: None,
     };
     let c = Client::new(&a.connect, Duration::from_millis(a.timeout_ms + 5_000));
+    if a.stream {
+        return crate::stream_out::run(&c, "/v1/exec", &body, a.json);
+    }
     match c.post::<_, ExecReply>("/v1/exec", &body)? {
         Ok(r) => {
             if a.json {

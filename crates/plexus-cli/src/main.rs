@@ -19,6 +19,7 @@ mod run_cmd;
 mod simulate_cmd;
 mod state_cmd;
 mod status_cmd;
+mod stream_out;
 mod token_cmd;
 mod up_cmd;
 

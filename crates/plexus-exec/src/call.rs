@@ -193,6 +193,19 @@ pub struct HostReply {
     pub outcome: Result<Output, HostFailure>,
 }
 
+/// One part of a streamed exec's answer (a bus stream part, encoded by
+/// plexus-codec): `Started`, then the command's progress, then exactly one
+/// `Reply`. A refusal before anything ran is a lone `Reply`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HostPart {
+    /// The host took the request and runs it now.
+    Started { node: String },
+    /// Something the command produced on the way (a model's text).
+    Progress(plexus_handler::Progress),
+    /// The answer, as a non-streamed request gets it.
+    Reply(HostReply),
+}
+
 /// Why a host did not run a request, or how it failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum HostFailure {
@@ -240,5 +253,41 @@ impl Attempt {
     /// plugin: the router learns from it).
     pub fn reached_plugin(&self) -> bool {
         self.error.as_ref().is_none_or(ExecError::reached_plugin)
+    }
+}
+
+#[cfg(test)]
+mod part_tests {
+    use super::*;
+
+    /// Every part crosses the wire through plexus-codec (bincode, serde
+    /// mode), which refuses some serde shapes at run time.
+    #[test]
+    fn every_stream_part_round_trips_through_the_codec() {
+        use plexus_handler::Progress;
+        let parts = vec![
+            HostPart::Started { node: "n3".into() },
+            HostPart::Progress(Progress::Text { text: "Hel".into() }),
+            HostPart::Progress(Progress::ToolCall {
+                id: "t1".into(),
+                name: "Read".into(),
+                input: "{\"path\":\"a\"}".into(),
+            }),
+            HostPart::Progress(Progress::ToolResult {
+                id: "t1".into(),
+                name: "Read".into(),
+                status: "ok".into(),
+                output: "text".into(),
+            }),
+            HostPart::Reply(HostReply {
+                node: "n3".into(),
+                duration_ms: 1.5,
+                outcome: Err(HostFailure::Crashed),
+            }),
+        ];
+        for p in parts {
+            let bytes = plexus_codec::encode(&p).unwrap();
+            assert_eq!(plexus_codec::decode::<HostPart>(&bytes).unwrap(), p);
+        }
     }
 }

@@ -27,7 +27,7 @@ mod retry;
 
 pub use cache::CacheDefault;
 pub use call::{
-    Attempt, ExecCall, HostFailure, HostReply, Output, RawJson, Served, ServedBy, Target,
+    Attempt, ExecCall, HostFailure, HostPart, HostReply, Output, RawJson, Served, ServedBy, Target,
 };
 pub use error::{ExecError, Failure};
 pub use fallback::Fallback;

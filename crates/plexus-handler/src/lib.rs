@@ -233,12 +233,53 @@ impl HandlerError {
     }
 }
 
+/// What a command produces while it runs, before its output: a model's text
+/// as it is generated and its tool calls. Tool input and output are JSON
+/// text, so every piece crosses the cluster's codec (bincode: no
+/// internally tagged enums).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Progress {
+    /// The next piece of the model's text.
+    Text { text: String },
+    /// The model called a tool.
+    ToolCall {
+        id: String,
+        name: String,
+        input: String,
+    },
+    /// A tool call ended: `status` is `ok`, `error`, `refused` or `not_run`.
+    ToolResult {
+        id: String,
+        name: String,
+        status: String,
+        output: String,
+    },
+}
+
+/// Where a streaming command sends its [`Progress`]; bounded, so a slow
+/// reader slows the command. A failed send means the reader is gone: the
+/// command should stop.
+pub type ProgressSender = tokio::sync::mpsc::Sender<Progress>;
+
 /// Runs commands of one plugin.
 pub trait CommandHandler: Send + Sync + 'static {
     /// Handler kind for status output (`sim`, `process`, `mcp`).
     fn kind(&self) -> &'static str;
     /// Run one command.
     fn execute(&self, req: ExecRequest) -> BoxFuture<'static, Result<ExecOutput, HandlerError>>;
+    /// Run one command and send what it produces on the way into
+    /// `progress` (a model's text as it arrives). Handlers with nothing to
+    /// say before their output run [`CommandHandler::execute`]. Dropping the
+    /// future cancels the command.
+    fn execute_streaming(
+        &self,
+        req: ExecRequest,
+        progress: ProgressSender,
+    ) -> BoxFuture<'static, Result<ExecOutput, HandlerError>> {
+        let _ = progress;
+        self.execute(req)
+    }
     /// Start what the handler keeps running (a server process), if it is
     /// not running. Each new plugin host calls it; an error fails the start,
     /// which counts against the plugin's restart intensity.

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plexus_bus::{Envelope, MessageKind, PublishPolicy};
+use plexus_bus::{Envelope, MessageKind, PublishPolicy, StreamSender};
 use plexus_catalog::{HandlerSpec, Plugin};
 use plexus_handler::{
     CommandHandler, ExecOutput, ExecRequest, HandlerError, SimFaults, SimHandler,
@@ -30,7 +30,7 @@ use crate::actors::supervisor::NodeSupervisorMsg;
 use crate::ctx::{actor_name, NodeCtx};
 use crate::net::wire::PluginStatus;
 use crate::services::effects::EffectLog;
-use plexus_exec::{HostFailure, HostReply, Output, RawJson};
+use plexus_exec::{HostFailure, HostPart, HostReply, Output, RawJson};
 
 /// The request topic of a plugin.
 pub fn request_topic(plugin: &str) -> String {
@@ -66,7 +66,7 @@ fn host_failure(node: &str, f: HostFailure) -> HostReply {
 /// Build the handler a plugin's manifest asks for.
 /// With a model configured (or `kind = "llm"`), the plugin's agents and
 /// commands go to the model beside it (see [`crate::services::agents`]).
-pub fn make_handler(ctx: &NodeCtx, plugin: &Arc<Plugin>) -> Arc<dyn CommandHandler> {
+pub fn make_handler(ctx: &Arc<NodeCtx>, plugin: &Arc<Plugin>) -> Arc<dyn CommandHandler> {
     let own: Option<Arc<dyn CommandHandler>> = match &plugin.manifest.handler {
         HandlerSpec::Sim(spec) => Some(Arc::new(SimHandler::new(plugin.clone(), spec.clone()))),
         HandlerSpec::Process(spec) => {
@@ -95,6 +95,7 @@ pub fn make_handler(ctx: &NodeCtx, plugin: &Arc<Plugin>) -> Arc<dyn CommandHandl
             plugin.clone(),
             own,
             rt.as_deref(),
+            Arc::new(crate::services::tools::ClusterHost::for_node(ctx)),
         )),
     }
 }
@@ -245,7 +246,7 @@ impl Actor for PluginHost {
                                 retry_after_ms: no.retry_after_ms(),
                             },
                         );
-                        respond(&ctx, &env, &reply);
+                        respond(&ctx, &env, reply);
                         continue;
                     }
                 };
@@ -270,7 +271,7 @@ impl Actor for PluginHost {
                     // host, and retrying a poison request would crash-loop the
                     // plugin into `failed`.
                     let reply = host_failure(ctx.name(), HostFailure::Crashed);
-                    respond(&ctx, &keep, &reply);
+                    respond(&ctx, &keep, reply);
                     break;
                 }
             }
@@ -316,7 +317,7 @@ impl Actor for PluginHost {
                 respond(
                     &st.ctx,
                     &env,
-                    &host_failure(st.ctx.name(), HostFailure::Malformed(e)),
+                    host_failure(st.ctx.name(), HostFailure::Malformed(e)),
                 );
                 return Ok(());
             }
@@ -353,6 +354,17 @@ impl Actor for PluginHost {
         tokio::spawn(async move {
             let _permit = permit;
             let _busy = busy;
+            // A streamed request: its progress and answer go on the stream.
+            let out = ctx.bus.stream_for(&env);
+            if let Some(o) = &out {
+                let started_part = encode_part(HostPart::Started { node: ctx.name().to_string() });
+                if o.send(started_part.unwrap_or_default()).await.is_err() {
+                    tracing::debug!("the reader left before the command started");
+                    bp.report(&ctx, &req.plugin, CallResult::Ignored, Duration::ZERO);
+                    ctx.metrics.stream_end(&req.plugin, true);
+                    return;
+                }
+            }
             // A request with an idempotency key runs at most once to success.
             let keyed = req.idempotency_key.clone().zip(effects);
             let _held = match &keyed {
@@ -376,9 +388,20 @@ impl Actor for PluginHost {
                             },
                         );
                     }
-                    let r = match tokio::time::timeout(timeout, handler.execute(req.clone())).await
-                    {
-                        Ok(r) => r,
+                    let ran = match &out {
+                        None => tokio::time::timeout(timeout, handler.execute(req.clone()))
+                            .await
+                            .map(Streamed::Ended),
+                        Some(o) => tokio::time::timeout(timeout, run_streaming(handler.as_ref(), req.clone(), o)).await,
+                    };
+                    let r = match ran {
+                        Ok(Streamed::Ended(r)) => r,
+                        Ok(Streamed::Gone) => {
+                            tracing::info!("the reader went away; the command was cancelled");
+                            bp.report(&ctx, &req.plugin, CallResult::Ignored, crate::net::links::since(started));
+                            ctx.metrics.stream_end(&req.plugin, true);
+                            return;
+                        }
                         Err(_) => Err(HandlerError::Timeout(timeout.as_millis() as u64)),
                     };
                     if let Ok(ExecOutput { llm: Some(m), cost_usd, .. }) = &r {
@@ -404,7 +427,16 @@ impl Actor for PluginHost {
             bp.report(&ctx, &req.plugin, outcome, crate::net::links::since(started));
             let reply = host_reply(ctx.name(), started, result);
             tracing::debug!(ok = reply.outcome.is_ok(), duration_ms = reply.duration_ms, "plugin command done");
-            respond(&ctx, &env, &reply);
+            match &out {
+                None => respond(&ctx, &env, reply),
+                Some(o) => {
+                    let cancelled = match encode_part(HostPart::Reply(reply)) {
+                        Some(p) => o.send(p).await.is_err(),
+                        None => false,
+                    };
+                    ctx.metrics.stream_end(&req.plugin, cancelled);
+                }
+            }
         }.instrument(span));
         Ok(())
     }
@@ -554,8 +586,18 @@ fn parse_request(env: &Envelope) -> Result<ExecRequest, String> {
     plexus_codec::decode(&env.payload).map_err(|e| format!("malformed exec request: {e}"))
 }
 
-fn respond(ctx: &NodeCtx, req: &Envelope, reply: &HostReply) {
-    let payload = match plexus_codec::encode(reply) {
+fn respond(ctx: &NodeCtx, req: &Envelope, reply: HostReply) {
+    if req.metadata.stream_window.is_some() {
+        // A streamed request's answer is its stream's one and last part:
+        // nothing was sent on it yet, so it has room.
+        if let Some(out) = ctx.bus.stream_for(req) {
+            if let Some(p) = encode_part(HostPart::Reply(reply)) {
+                let _ = out.try_send(p);
+            }
+        }
+        return;
+    }
+    let payload = match plexus_codec::encode(&reply) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "could not encode a reply");
@@ -565,6 +607,61 @@ fn respond(ctx: &NodeCtx, req: &Envelope, reply: &HostReply) {
     let resp = req.reply(ctx.name(), payload);
     if let Err(e) = ctx.bus.respond(req, resp) {
         tracing::warn!(error = %e, "could not send a response");
+    }
+}
+
+fn encode_part(part: HostPart) -> Option<Vec<u8>> {
+    plexus_codec::encode(&part)
+        .map_err(|e| tracing::error!(error = %e, "could not encode a stream part"))
+        .ok()
+}
+
+/// Progress buffered between a handler and its stream.
+const PROGRESS_BUFFER: usize = 16;
+
+/// How a streamed command ended.
+enum Streamed {
+    Ended(Result<ExecOutput, HandlerError>),
+    /// The reader went away; the command was dropped (cancelled).
+    Gone,
+}
+
+/// Run a command with its progress sent on `out` as it comes, in order.
+/// A slow reader slows the command (the parts wait for credit); a reader
+/// that leaves drops it, which cancels it (a model call's connection
+/// closes).
+async fn run_streaming(
+    handler: &dyn CommandHandler,
+    req: ExecRequest,
+    out: &StreamSender,
+) -> Streamed {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(PROGRESS_BUFFER);
+    let work = handler.execute_streaming(req, tx);
+    tokio::pin!(work);
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            p = rx.recv(), if open => match p {
+                Some(p) => {
+                    let Some(part) = encode_part(HostPart::Progress(p)) else { continue };
+                    if out.send(part).await.is_err() {
+                        return Streamed::Gone;
+                    }
+                }
+                None => open = false,
+            },
+            r = &mut work => {
+                // What it sent before it ended goes first.
+                while let Ok(p) = rx.try_recv() {
+                    let Some(part) = encode_part(HostPart::Progress(p)) else { continue };
+                    if out.send(part).await.is_err() {
+                        return Streamed::Gone;
+                    }
+                }
+                return Streamed::Ended(r);
+            }
+        }
     }
 }
 
@@ -895,5 +992,143 @@ fn on_failure(
                 reason,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use futures::future::BoxFuture;
+    use plexus_bus::{Bus, BusConfig, Envelope, MessageKind, StreamReceiver};
+    use plexus_handler::{
+        CommandHandler, ExecOutput, ExecRequest, HandlerError, Progress, ProgressSender,
+    };
+
+    use super::{run_streaming, HostPart, Streamed};
+
+    /// Sends `pieces` text pieces (all of them when `None`, forever), then
+    /// answers; counts what it sent and notes when it is dropped.
+    struct Talker {
+        pieces: Option<usize>,
+        sent: std::sync::Arc<AtomicUsize>,
+        dropped: std::sync::Arc<AtomicBool>,
+    }
+
+    struct SetOnDrop(std::sync::Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl CommandHandler for Talker {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn execute(&self, _: ExecRequest) -> BoxFuture<'static, Result<ExecOutput, HandlerError>> {
+            Box::pin(async { Err(HandlerError::Failed("streaming only".into())) })
+        }
+        fn execute_streaming(
+            &self,
+            _: ExecRequest,
+            progress: ProgressSender,
+        ) -> BoxFuture<'static, Result<ExecOutput, HandlerError>> {
+            let (n, sent) = (self.pieces, self.sent.clone());
+            let guard = SetOnDrop(self.dropped.clone());
+            Box::pin(async move {
+                let _guard = guard;
+                let mut i = 0;
+                while n.is_none_or(|n| i < n) {
+                    let text = format!("t{i}");
+                    if progress.send(Progress::Text { text }).await.is_err() {
+                        break;
+                    }
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                }
+                Ok(ExecOutput {
+                    output: "{}".into(),
+                    model: None,
+                    work_minutes: 0.0,
+                    cost_usd: 0.0,
+                    llm: None,
+                })
+            })
+        }
+    }
+
+    fn talker(pieces: Option<usize>) -> Talker {
+        Talker {
+            pieces,
+            sent: Default::default(),
+            dropped: Default::default(),
+        }
+    }
+
+    fn req() -> ExecRequest {
+        ExecRequest {
+            plugin: "p".into(),
+            command: "agent:a".into(),
+            input: "{}".into(),
+            idempotency_key: None,
+            trace_id: None,
+            model: None,
+        }
+    }
+
+    /// A stream on one bus: the reader, and the host's sender.
+    async fn stream(window: u32) -> (StreamReceiver, plexus_bus::StreamSender, Bus) {
+        let bus = Bus::new(BusConfig::new("n1"));
+        let sub = bus.subscribe("plugin/p/request", "p").unwrap();
+        let env = Envelope::new(MessageKind::Request, "plugin/p/request", "t", vec![]);
+        let rx = bus
+            .request_stream(env, Duration::from_secs(5), "n1", window)
+            .unwrap();
+        let out = bus.stream_for(&sub.recv().await.unwrap()).unwrap();
+        (rx, out, bus)
+    }
+
+    fn text(part: &[u8]) -> String {
+        match plexus_codec::decode::<HostPart>(part).unwrap() {
+            HostPart::Progress(Progress::Text { text }) => text,
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streamed_command_sends_its_progress_in_order_through_a_small_window() {
+        let (mut rx, out, _bus) = stream(2).await;
+        let h = talker(Some(20));
+        let reader = async {
+            let mut got = vec![];
+            while got.len() < 20 {
+                got.push(text(&rx.recv().await.unwrap()));
+            }
+            got
+        };
+        let (ran, got) = tokio::join!(run_streaming(&h, req(), &out), reader);
+        assert!(matches!(ran, Streamed::Ended(Ok(_))));
+        let want: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_leaves_stops_the_command() {
+        let (mut rx, out, _bus) = stream(4).await;
+        let h = talker(None);
+        let reader = async move {
+            for _ in 0..3 {
+                rx.recv().await.unwrap();
+            }
+            // rx dropped here: the client went away.
+        };
+        let (ran, ()) = tokio::join!(run_streaming(&h, req(), &out), reader);
+        assert!(matches!(ran, Streamed::Gone));
+        assert!(h.dropped.load(Ordering::SeqCst), "the command was dropped");
+        // It got no further than the window and the buffers allow.
+        let sent = h.sent.load(Ordering::SeqCst);
+        assert!(sent < 3 + 4 + super::PROGRESS_BUFFER + 2, "{sent} sent");
     }
 }

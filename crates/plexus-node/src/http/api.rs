@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -301,10 +301,13 @@ async fn dead_letters(
     post,
     path = "/v1/exec",
     tag = "exec",
-    description = "Run one plugin command wherever the plugin is hosted (breaker, retry policy, cache and default result apply).",
+    description = "Run one plugin command wherever the plugin is hosted (breaker, retry policy, cache and default result apply). With `Accept: text/event-stream` the answer streams as Server-Sent Events from the host, in order: `start` ({plugin, command, node}), `text` ({text}: each piece of a model's text as it is generated), `tool_call` ({id, name, input}), `tool_result` ({id, name, status, output}), then one `done` (the ExecReply: output, usage, model, cost_usd) or one `error` (a problem document). A streamed call runs once on one host: no retry, fallback or cache. A client that disconnects cancels the command on its host (a model call stops generating).",
     request_body = ExecBody,
     responses(
-        (status = 200, description = "The command ran (or a degraded path served it: see served_by)", body = ExecReply),
+        (status = 200, description = "The command ran (or a degraded path served it: see served_by); or, with Accept: text/event-stream, its events", content(
+            (ExecReply = "application/json"),
+            (String = "text/event-stream"),
+        )),
         (status = 400, description = "Malformed request or bad input", body = plexus_api::Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown plugin or command", body = plexus_api::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Payload too large", body = plexus_api::Problem, content_type = "application/problem+json"),
@@ -315,8 +318,9 @@ async fn dead_letters(
 )]
 async fn exec(
     State(ctx): State<Arc<NodeCtx>>,
+    headers: HeaderMap,
     body: Result<Json<ExecBody>, JsonRejection>,
-) -> Result<Json<ExecReply>, Problem> {
+) -> Result<Response, Problem> {
     let Json(b) = body.map_err(|e| body_problem(&ctx, e))?;
     let spec = CallSpec {
         idempotency_key: b.idempotency_key,
@@ -331,8 +335,11 @@ async fn exec(
         )
     };
     let call = exec::call(&ctx, spec).map_err(|e| problem::of_error(&e))?;
+    if crate::http::sse::wanted(&headers) {
+        return Ok(crate::http::sse::respond(ctx, call, None).await);
+    }
     match exec::run(&ctx, &call).await {
-        Ok(s) => Ok(Json(exec::reply_of(s))),
+        Ok(s) => Ok(Json(exec::reply_of(s)).into_response()),
         Err(f) => Err(problem::of_failure(
             &f,
             &call.target.plugin,
@@ -390,22 +397,37 @@ async fn route(
     post,
     path = "/v1/ask",
     tag = "route",
-    description = "Route a free-text request and run it on the chosen plugin, then on each fallback in order.",
+    description = "Route a free-text request and run it on the chosen plugin, then on each fallback in order. With `Accept: text/event-stream` the chosen agent's answer streams as Server-Sent Events as for `/v1/exec` (the primary only, no fallbacks): `start` carries the `decision`, `done` the AskReply with its `result`.",
     request_body = plexus_api::AskBody,
     responses(
-        (status = 200, description = "What ran and which path served it", body = plexus_api::AskReply),
+        (status = 200, description = "What ran and which path served it; or, with Accept: text/event-stream, its events", content(
+            (plexus_api::AskReply = "application/json"),
+            (String = "text/event-stream"),
+        )),
         (status = 400, description = "Malformed request or bad input", body = plexus_api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The router is restarting or busy", body = plexus_api::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn ask(
     State(ctx): State<Arc<NodeCtx>>,
+    headers: HeaderMap,
     body: Result<Json<plexus_api::AskBody>, JsonRejection>,
-) -> Result<Json<plexus_api::AskReply>, Problem> {
+) -> Result<Response, Problem> {
     let Json(body) = body.map_err(|e| body_problem(&ctx, e))?;
+    if crate::http::sse::wanted(&headers) {
+        // A stream runs the decision's primary only: what was streamed
+        // cannot be taken back for a fallback.
+        let p = crate::services::ask::plan(&ctx, body)
+            .await
+            .map_err(ask_problem)?;
+        return Ok(match p.call {
+            Some(call) => crate::http::sse::respond(ctx, call, Some(p.reply)).await,
+            None => crate::http::sse::done_only(p.reply),
+        });
+    }
     crate::services::ask::ask(&ctx, body)
         .await
-        .map(Json)
+        .map(|r| Json(r).into_response())
         .map_err(ask_problem)
 }
 

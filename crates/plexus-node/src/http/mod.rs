@@ -7,6 +7,7 @@ pub mod dashboard;
 pub mod openapi;
 pub mod problem;
 pub mod serve;
+pub mod sse;
 pub mod state;
 pub mod tokens;
 pub mod trace;

@@ -15,10 +15,11 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use plexus_agent::{LlmHandler, NoHost, Workspaces};
+use plexus_agent::{LlmHandler, ToolHost, Workspaces};
 use plexus_catalog::{HandlerSpec, Plugin};
 use plexus_handler::{
-    CommandHandler, ExecOutput, ExecRequest, HandlerError, HandlerReport, ProviderFailure,
+    CommandHandler, ExecOutput, ExecRequest, HandlerError, HandlerReport, ProgressSender,
+    ProviderFailure,
 };
 use plexus_llm::{LlmConfig, PriceTable};
 
@@ -136,11 +137,13 @@ pub struct AgentsHandler {
 
 impl AgentsHandler {
     /// `own` is the plugin's own handler (`None` for `kind = "llm"`);
-    /// `runtime` the node's model, if configured.
+    /// `runtime` the node's model, if configured; `host` what the agents'
+    /// `Task`, slash commands and MCP tools reach.
     pub fn new(
         plugin: Arc<Plugin>,
         own: Option<Arc<dyn CommandHandler>>,
         runtime: Option<&LlmRuntime>,
+        host: Arc<dyn ToolHost>,
     ) -> AgentsHandler {
         let model = match runtime {
             None => Err(format!(
@@ -151,7 +154,7 @@ impl AgentsHandler {
                 plugin.clone(),
                 &rt.config,
                 rt.prices.clone(),
-                Arc::new(NoHost),
+                host,
                 rt.workspaces.clone(),
             )
             .map_err(|e| format!("plugin {}: {e}", plugin.name)),
@@ -175,32 +178,16 @@ impl CommandHandler for AgentsHandler {
         kind_of(&self.plugin, self.has_model)
     }
 
-    fn execute(
+    fn execute(&self, req: ExecRequest) -> BoxFuture<'static, Result<ExecOutput, HandlerError>> {
+        self.dispatch(req, None)
+    }
+
+    fn execute_streaming(
         &self,
-        mut req: ExecRequest,
+        req: ExecRequest,
+        progress: ProgressSender,
     ) -> BoxFuture<'static, Result<ExecOutput, HandlerError>> {
-        match (
-            serves(&self.plugin, &req.command, self.has_model),
-            &self.own,
-        ) {
-            (Server::Own, Some(own)) => {
-                if !matches!(self.plugin.manifest.handler, HandlerSpec::Sim(_)) {
-                    req.input = strip_runtime_keys(&req.input);
-                }
-                own.execute(req)
-            }
-            _ => match &self.model {
-                Ok(m) => m.execute(req),
-                Err(e) => {
-                    let e = HandlerError::Provider {
-                        failure: ProviderFailure::NotConfigured,
-                        message: e.clone(),
-                        retry_after_ms: None,
-                    };
-                    Box::pin(async move { Err(e) })
-                }
-            },
-        }
+        self.dispatch(req, Some(progress))
     }
 
     fn start(&self) -> BoxFuture<'static, Result<(), HandlerError>> {
@@ -219,6 +206,43 @@ impl CommandHandler for AgentsHandler {
 
     fn report(&self) -> Option<tokio::sync::watch::Receiver<HandlerReport>> {
         self.own.as_ref().and_then(|o| o.report())
+    }
+}
+
+impl AgentsHandler {
+    /// Send the request to the model or the own handler ([`serves`]),
+    /// streaming when `progress` is given.
+    fn dispatch(
+        &self,
+        mut req: ExecRequest,
+        progress: Option<ProgressSender>,
+    ) -> BoxFuture<'static, Result<ExecOutput, HandlerError>> {
+        let run = |h: &dyn CommandHandler, req: ExecRequest| match progress {
+            Some(p) => h.execute_streaming(req, p),
+            None => h.execute(req),
+        };
+        match (
+            serves(&self.plugin, &req.command, self.has_model),
+            &self.own,
+        ) {
+            (Server::Own, Some(own)) => {
+                if !matches!(self.plugin.manifest.handler, HandlerSpec::Sim(_)) {
+                    req.input = strip_runtime_keys(&req.input);
+                }
+                run(own.as_ref(), req)
+            }
+            _ => match &self.model {
+                Ok(m) => run(m, req),
+                Err(e) => {
+                    let e = HandlerError::Provider {
+                        failure: ProviderFailure::NotConfigured,
+                        message: e.clone(),
+                        retry_after_ms: None,
+                    };
+                    Box::pin(async move { Err(e) })
+                }
+            },
+        }
     }
 }
 
@@ -272,7 +296,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_agent_without_a_model_is_refused_with_how_to_configure_one() {
-        let h = AgentsHandler::new(Arc::new(plugin("kind = \"llm\"")), None, None);
+        let h = AgentsHandler::new(
+            Arc::new(plugin("kind = \"llm\"")),
+            None,
+            None,
+            Arc::new(plexus_agent::NoHost),
+        );
         let e = h
             .execute(ExecRequest {
                 plugin: "p".into(),

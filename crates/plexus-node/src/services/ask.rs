@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use plexus_api::{AskBody, AskReply, Attempt, RouteBody};
-use plexus_exec::{ExecError, RawJson, Target};
+use plexus_exec::{ExecCall, ExecError, RawJson, Target};
 use plexus_router::{RouteRequest, RoutingDecision};
 
 use crate::actors::router::RouterMsg;
@@ -113,58 +113,26 @@ pub fn decision_json(d: &RoutingDecision) -> serde_json::Value {
     v
 }
 
+/// An ask decided: the reply so far (the decision, and the plugins that
+/// cannot be tried) and the call to run, if any.
+pub struct Planned {
+    pub reply: AskReply,
+    /// The primary's agent with the fallbacks behind it; `None` when the
+    /// router abstained or matched no agent.
+    pub call: Option<ExecCall>,
+    untried: Vec<String>,
+}
+
 /// Route, then run the primary with the fallbacks behind it.
 pub async fn ask(ctx: &NodeCtx, body: AskBody) -> Result<AskReply, AskError> {
-    let req = request_of(&body.request, body.budget_usd, body.max_duration_min)?;
-    let d = decide(ctx, req).await?;
-    let mut reply = AskReply {
-        decision: decision_json(&d),
-        served_by: None,
-        attempts: vec![],
-        result: None,
-    };
-    let Some(primary) = d.primary_plugin.clone() else {
+    let Planned {
+        mut reply,
+        call,
+        untried,
+    } = plan(ctx, body).await?;
+    let Some(call) = call else {
         return Ok(reply);
     };
-    // The router's fallbacks, then the primary's declared ones (manifest
-    // `errorHandling.fallback`), each once; a plugin none of whose agents
-    // or commands matched cannot be tried.
-    let declared: Vec<String> = ctx
-        .catalog
-        .plugin(&primary)
-        .map(|p| p.manifest.error_handling.fallback.clone())
-        .unwrap_or_default();
-    let mut seen = vec![primary.clone()];
-    let mut fallbacks = vec![];
-    let mut untried = vec![];
-    for f in d.fallbacks.iter().chain(declared.iter()) {
-        if seen.contains(f) {
-            continue;
-        }
-        seen.push(f.clone());
-        let target = d
-            .candidates
-            .iter()
-            .find(|c| &c.plugin == f)
-            .and_then(|c| c.agent.clone());
-        match target {
-            Some(t) => fallbacks.push(Target::new(f.clone(), t)),
-            None => untried.push(f.clone()),
-        }
-    }
-    let Some(agent) = d.agent.clone() else {
-        untried.insert(0, primary);
-        reply.attempts = untried.into_iter().map(no_match).collect();
-        return Ok(reply);
-    };
-    let input = agent_input(body.input.as_deref(), &body.request, body.budget_usd);
-    let spec = CallSpec {
-        timeout_ms: body.timeout_ms,
-        model: Some(d.model),
-        fallbacks,
-        ..CallSpec::new(Target::new(primary, agent), input)
-    };
-    let call = exec::call(ctx, spec).map_err(AskError::Exec)?;
     let r = exec::run(ctx, &call).await;
     let attempts = match &r {
         Ok(s) => &s.attempts,
@@ -202,6 +170,74 @@ pub async fn ask(ctx: &NodeCtx, body: AskBody) -> Result<AskReply, AskError> {
         Err(f) if !f.error.may_pass_elsewhere() => Err(AskError::Exec(f.error)),
         Err(_) => Ok(reply),
     }
+}
+
+/// Decide an ask: the decision and the call that runs it (the primary's
+/// agent, the fallbacks behind it, under the ask's one deadline).
+pub async fn plan(ctx: &NodeCtx, body: AskBody) -> Result<Planned, AskError> {
+    let req = request_of(&body.request, body.budget_usd, body.max_duration_min)?;
+    let d = decide(ctx, req).await?;
+    let mut reply = AskReply {
+        decision: decision_json(&d),
+        served_by: None,
+        attempts: vec![],
+        result: None,
+    };
+    let Some(primary) = d.primary_plugin.clone() else {
+        return Ok(Planned {
+            reply,
+            call: None,
+            untried: vec![],
+        });
+    };
+    // The router's fallbacks, then the primary's declared ones (manifest
+    // `errorHandling.fallback`), each once; a plugin none of whose agents
+    // or commands matched cannot be tried.
+    let declared: Vec<String> = ctx
+        .catalog
+        .plugin(&primary)
+        .map(|p| p.manifest.error_handling.fallback.clone())
+        .unwrap_or_default();
+    let mut seen = vec![primary.clone()];
+    let mut fallbacks = vec![];
+    let mut untried = vec![];
+    for f in d.fallbacks.iter().chain(declared.iter()) {
+        if seen.contains(f) {
+            continue;
+        }
+        seen.push(f.clone());
+        let target = d
+            .candidates
+            .iter()
+            .find(|c| &c.plugin == f)
+            .and_then(|c| c.agent.clone());
+        match target {
+            Some(t) => fallbacks.push(Target::new(f.clone(), t)),
+            None => untried.push(f.clone()),
+        }
+    }
+    let Some(agent) = d.agent.clone() else {
+        untried.insert(0, primary);
+        reply.attempts = untried.into_iter().map(no_match).collect();
+        return Ok(Planned {
+            reply,
+            call: None,
+            untried: vec![],
+        });
+    };
+    let input = agent_input(body.input.as_deref(), &body.request, body.budget_usd);
+    let spec = CallSpec {
+        timeout_ms: body.timeout_ms,
+        model: Some(d.model),
+        fallbacks,
+        ..CallSpec::new(Target::new(primary, agent), input)
+    };
+    let call = exec::call(ctx, spec).map_err(AskError::Exec)?;
+    Ok(Planned {
+        reply,
+        call: Some(call),
+        untried,
+    })
 }
 
 /// The input an ask hands to the chosen agent: the client's input with the

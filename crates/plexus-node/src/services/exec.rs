@@ -13,8 +13,8 @@ use plexus_bus::BusError;
 use plexus_catalog::ModelTier;
 use plexus_exec::host::{self, Choice, HostState, HostView};
 use plexus_exec::{
-    CacheDefault, Exec, ExecCall, ExecError, Failure, Fallback, HostFailure, HostReply, Policies,
-    RawJson, Retry, Served, ServedBy, Target,
+    CacheDefault, Exec, ExecCall, ExecError, Failure, Fallback, HostFailure, HostPart, HostReply,
+    Policies, RawJson, Retry, Served, ServedBy, Target,
 };
 use plexus_handler::ExecRequest;
 use plexus_membership::MemberStatus;
@@ -233,45 +233,15 @@ impl ClusterExec {
                 }
             };
             let reply = self.send(ctx, call, &node).await?;
-            let node = reply.node;
-            match reply.outcome {
-                Ok(output) => {
-                    return Ok(Served {
-                        target: t.clone(),
-                        node,
-                        duration_ms: reply.duration_ms,
-                        output,
-                        served_by: ServedBy::Primary,
-                        retries: 0,
-                        attempts: Vec::new(),
-                    })
-                }
-                Err(HostFailure::BreakerOpen {
-                    retry_after_ms: after,
-                    ..
-                }) => {
-                    // Its breaker opened after the directory last heard:
-                    // another host may take this try.
+            match settle(t, reply) {
+                Settled::Served(s) => return Ok(s),
+                // Its breaker opened after the directory last heard:
+                // another host may take this try.
+                Settled::Refused { node, after } => {
                     retry_after_ms = after;
                     refused.push(node);
                 }
-                Err(HostFailure::Crashed) => {
-                    return Err(ExecError::Crashed {
-                        plugin: t.plugin.clone(),
-                        node,
-                    })
-                }
-                Err(HostFailure::Handler(error)) => {
-                    return Err(ExecError::Plugin {
-                        plugin: t.plugin.clone(),
-                        node,
-                        error,
-                        duration_ms: reply.duration_ms,
-                    })
-                }
-                Err(HostFailure::Malformed(message)) => {
-                    return Err(ExecError::BadReply { node, message })
-                }
+                Settled::Failed(e) => return Err(e),
             }
         }
     }
@@ -297,21 +267,7 @@ impl ClusterExec {
             .bus
             .request_to(env, call.left(), node)
             .await
-            .map_err(|e| match e {
-                BusError::NoRoute { .. } => ExecError::Unavailable {
-                    plugin: t.plugin.clone(),
-                    why: format!("no reachable node serves it right now ({node} has no route)"),
-                },
-                BusError::Timeout { .. } => ExecError::Timeout {
-                    plugin: t.plugin.clone(),
-                    budget_ms: call.budget.as_millis() as u64,
-                },
-                BusError::PeerDown { node, .. } => ExecError::NodeDown {
-                    plugin: t.plugin.clone(),
-                    node,
-                },
-                other => ExecError::BadRequest(other.to_string()),
-            })?;
+            .map_err(|e| bus_error(call, node, e))?;
         let reply =
             plexus_codec::decode::<HostReply>(&resp.payload).map_err(|e| ExecError::BadReply {
                 node: resp.source_node.to_string(),
@@ -319,6 +275,254 @@ impl ClusterExec {
             })?;
         tracing::debug!(plugin = %t.plugin, node = %reply.node, ok = reply.outcome.is_ok(), "exec done");
         Ok(reply)
+    }
+}
+
+/// A bus failure of a try on `node`, as the call's error.
+fn bus_error(call: &ExecCall, node: &str, e: BusError) -> ExecError {
+    let t = &call.target;
+    match e {
+        BusError::NoRoute { .. } => ExecError::Unavailable {
+            plugin: t.plugin.clone(),
+            why: format!("no reachable node serves it right now ({node} has no route)"),
+        },
+        BusError::Timeout { .. } => ExecError::Timeout {
+            plugin: t.plugin.clone(),
+            budget_ms: call.budget.as_millis() as u64,
+        },
+        BusError::PeerDown { node, .. } => ExecError::NodeDown {
+            plugin: t.plugin.clone(),
+            node,
+        },
+        other => ExecError::BadRequest(other.to_string()),
+    }
+}
+
+/// What a host's reply means for the try.
+enum Settled {
+    Served(Served),
+    /// The host's breaker refused: another host may take the try.
+    Refused {
+        node: String,
+        after: Option<u64>,
+    },
+    Failed(ExecError),
+}
+
+fn settle(t: &Target, reply: HostReply) -> Settled {
+    let node = reply.node;
+    match reply.outcome {
+        Ok(output) => Settled::Served(Served {
+            target: t.clone(),
+            node,
+            duration_ms: reply.duration_ms,
+            output,
+            served_by: ServedBy::Primary,
+            retries: 0,
+            attempts: Vec::new(),
+        }),
+        Err(HostFailure::BreakerOpen { retry_after_ms, .. }) => Settled::Refused {
+            node,
+            after: retry_after_ms,
+        },
+        Err(HostFailure::Crashed) => Settled::Failed(ExecError::Crashed {
+            plugin: t.plugin.clone(),
+            node,
+        }),
+        Err(HostFailure::Handler(error)) => Settled::Failed(ExecError::Plugin {
+            plugin: t.plugin.clone(),
+            node,
+            error,
+            duration_ms: reply.duration_ms,
+        }),
+        Err(HostFailure::Malformed(message)) => {
+            Settled::Failed(ExecError::BadReply { node, message })
+        }
+    }
+}
+
+// ------------------------------------------------------------- streaming
+
+/// Parts in flight between a streamed request's host and this node: the
+/// host runs at most this far ahead of the reader.
+pub const STREAM_WINDOW: u32 = 32;
+
+/// Spreads streamed requests over the usable remote hosts.
+static STREAM_TURN: AtomicUsize = AtomicUsize::new(0);
+
+/// What a streamed call yields, in order: `Started`, progress, then one
+/// `Done` (or an error).
+#[derive(Debug)]
+pub enum Step {
+    /// A host took the request and runs it.
+    Started { node: String },
+    /// What the command produced on the way (a model's text).
+    Progress(plexus_handler::Progress),
+    /// The answer, as a plain exec gets it.
+    Done(Box<Served>),
+}
+
+/// A streamed call in progress. Dropping it cancels the call on its host.
+pub struct ExecStream {
+    target: Target,
+    node: String,
+    rx: plexus_bus::StreamReceiver,
+    first: Option<HostPart>,
+    deadline: tokio::time::Instant,
+    budget: Duration,
+    started: Instant,
+    done: bool,
+}
+
+/// Start a streamed call: one try on one host (the first usable one in the
+/// same order as a plain exec; a host whose breaker refuses passes it on).
+/// No retry, fallback or cache: what was streamed cannot be taken back.
+pub async fn stream(ctx: &NodeCtx, call: &ExecCall) -> Result<ExecStream, ExecError> {
+    let t = &call.target;
+    let hosts = hosts(ctx, t)?;
+    let mut refused: Vec<String> = Vec::new();
+    let mut retry_after_ms = None;
+    loop {
+        let turn = STREAM_TURN.fetch_add(1, Ordering::Relaxed);
+        let node = match host::choose(&hosts, ctx.name(), &refused, turn) {
+            Choice::Host(n) => n,
+            Choice::BreakerOpen(nodes) => {
+                return Err(ExecError::BreakerOpen {
+                    plugin: t.plugin.clone(),
+                    nodes,
+                    retry_after_ms,
+                })
+            }
+            Choice::Unavailable(why) => {
+                return Err(ExecError::Unavailable {
+                    plugin: t.plugin.clone(),
+                    why: why.join("; "),
+                })
+            }
+        };
+        let req = ExecRequest {
+            plugin: t.plugin.clone(),
+            command: t.command.clone(),
+            input: call.input.as_str().to_string(),
+            idempotency_key: call.idempotency_key.clone(),
+            trace_id: call.trace_id.clone(),
+            model: call.model,
+        };
+        let env = exec_envelope(&format!("api@{}", ctx.name()), req, call.priority)
+            .map_err(|e| ExecError::BadRequest(format!("cannot encode the request: {e}")))?;
+        let rx = ctx
+            .bus
+            .request_stream(env, call.left(), &node, STREAM_WINDOW)
+            .map_err(|e| bus_error(call, &node, e))?;
+        let mut s = ExecStream {
+            target: t.clone(),
+            node,
+            rx,
+            first: None,
+            deadline: call.deadline,
+            budget: call.budget,
+            started: Instant::now(),
+            done: false,
+        };
+        match s.part().await? {
+            HostPart::Reply(r) if matches!(r.outcome, Err(HostFailure::BreakerOpen { .. })) => {
+                if let Settled::Refused { node, after } = settle(t, r) {
+                    retry_after_ms = after;
+                    refused.push(node);
+                }
+            }
+            p => {
+                s.first = Some(p);
+                return Ok(s);
+            }
+        }
+    }
+}
+
+impl ExecStream {
+    /// What runs.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The next step; after `Done` or an error, `Ok(None)`.
+    pub async fn next(&mut self, ctx: &NodeCtx) -> Result<Option<Step>, ExecError> {
+        if self.done {
+            return Ok(None);
+        }
+        let part = match self.first.take() {
+            Some(p) => p,
+            None => match self.part().await {
+                Ok(p) => p,
+                Err(e) => return Err(self.end(ctx, e)),
+            },
+        };
+        Ok(Some(match part {
+            HostPart::Started { node } => Step::Started { node },
+            HostPart::Progress(p) => Step::Progress(p),
+            HostPart::Reply(r) => {
+                let e = match settle(&self.target, r) {
+                    Settled::Served(s) => {
+                        self.done = true;
+                        count(ctx, &self.target, s.served_by.class(), self.started);
+                        return Ok(Some(Step::Done(Box::new(s))));
+                    }
+                    Settled::Refused { node, after } => ExecError::BreakerOpen {
+                        plugin: self.target.plugin.clone(),
+                        nodes: vec![node],
+                        retry_after_ms: after,
+                    },
+                    Settled::Failed(e) => e,
+                };
+                return Err(self.end(ctx, e));
+            }
+        }))
+    }
+
+    fn end(&mut self, ctx: &NodeCtx, e: ExecError) -> ExecError {
+        self.done = true;
+        count(ctx, &self.target, kind(&e), self.started);
+        e
+    }
+
+    /// The next part from the host, within the call's deadline.
+    async fn part(&mut self) -> Result<HostPart, ExecError> {
+        let t = &self.target;
+        let bytes = match tokio::time::timeout_at(self.deadline, self.rx.recv()).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                // The stream ended without an answer: its node went down
+                // while it ran (the bus ends a down peer's streams).
+                return Err(if self.rx.remote().is_some() {
+                    ExecError::NodeDown {
+                        plugin: t.plugin.clone(),
+                        node: self.node.clone(),
+                    }
+                } else {
+                    ExecError::BadReply {
+                        node: self.node.clone(),
+                        message: "the stream ended without an answer".into(),
+                    }
+                });
+            }
+            Err(_) => {
+                return Err(ExecError::Timeout {
+                    plugin: t.plugin.clone(),
+                    budget_ms: self.budget.as_millis() as u64,
+                })
+            }
+        };
+        plexus_codec::decode::<HostPart>(&bytes).map_err(|e| ExecError::BadReply {
+            node: self.node.clone(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Count a finished streamed call as `run` counts a plain one.
+fn count(ctx: &NodeCtx, t: &Target, outcome: &str, started: Instant) {
+    if ctx.catalog.plugin(&t.plugin).is_some() {
+        ctx.metrics.exec(&t.plugin, outcome, started.elapsed());
     }
 }
 

@@ -82,6 +82,10 @@ pub struct Metrics {
     api_refused: IntCounterVec,
     api_connections: prometheus::IntGauge,
     api_connections_refused: IntCounter,
+    /// Streamed requests hosted here, per plugin and how they ended:
+    /// `done`, or `cancelled` (the reader went away and the command was
+    /// stopped).
+    streams: IntCounterVec,
     recent: Mutex<VecDeque<DecisionRecord>>,
 }
 
@@ -231,6 +235,11 @@ impl Metrics {
             )
             .expect("valid metric options"),
         );
+        let streams = r.counter_vec(
+            "plexus_exec_streams_total",
+            "Streamed requests hosted on this node, per plugin and end: done, or cancelled (the reader went away; the command was stopped).",
+            &["plugin", "end"],
+        );
         let api_refused = r.counter_vec(
             "plexus_api_refused_total",
             "API requests refused before they ran: unauthorized (no or a wrong token), forbidden (the role may not), rate-limited (over the caller's rate).",
@@ -248,6 +257,7 @@ impl Metrics {
             .expect("valid metric options"),
         );
         Metrics {
+            streams,
             api_refused,
             api_connections,
             api_connections_refused,
@@ -284,6 +294,13 @@ impl Metrics {
             .with_label_values(&[plugin])
             .observe(took.as_secs_f64());
         self.exec_total.with_label_values(&[plugin, outcome]).inc();
+    }
+
+    /// A streamed request of `plugin` hosted here ended: `done`, or
+    /// `cancelled` because its reader went away.
+    pub fn stream_end(&self, plugin: &str, cancelled: bool) {
+        let end = if cancelled { "cancelled" } else { "done" };
+        self.streams.with_label_values(&[plugin, end]).inc();
     }
 
     /// One model run of `plugin` on this node finished: the provider's

@@ -9,3 +9,4 @@ pub mod exec;
 pub mod lifecycle;
 pub mod metrics;
 pub mod observe;
+pub mod tools;
