@@ -366,6 +366,11 @@ impl<'a> Harness<'a> {
             membership: sc.membership.clone(),
             limits: sc.limits.clone(),
             state: sc.state.clone(),
+            // An in-process node serves no HTTP API at all: nothing is open.
+            api: plexus_node::config::ApiSection {
+                insecure_open: true,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let config = fc.finish().map_err(|e| err(e.to_string()))?;
