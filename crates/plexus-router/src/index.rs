@@ -72,6 +72,9 @@ pub struct DocMeta {
     pub name: String,
     /// The model its author declared, if any.
     pub model: Option<ModelTier>,
+    /// What the sentence embedding reads (name, description, the start of
+    /// the body): the embedding model only sees its first ~128 word pieces.
+    pub text: String,
 }
 
 /// One posting: a document and the finished BM25F weight of the term in it
@@ -135,6 +138,24 @@ impl DocText {
             self.add(f, s.as_ref());
         }
     }
+}
+
+/// The text one document is embedded from: its name in words, its
+/// descriptions, then the start of its body (a prompt's first lines say
+/// what the agent is for).
+fn semantic_text(d: &DocText) -> String {
+    const BODY_CHARS: usize = 400;
+    let name = d.fields[Field::Name as usize].replace(['-', '_'], " ");
+    let desc = &d.fields[Field::Description as usize];
+    let body: String = d.fields[Field::Body as usize]
+        .split_whitespace()
+        .filter(|w| !w.chars().all(|c| c == '#' || c == '-' || c == '*'))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(BODY_CHARS)
+        .collect();
+    format!("{name}: {desc}. {body}").trim().to_string()
 }
 
 fn plugin_text(p: &Plugin) -> DocText {
@@ -247,7 +268,10 @@ impl Index {
             tf.sort_unstable_by_key(|x| x.0);
             doc_tf.push(tf);
             doc_len.push(len);
-            docs.push(meta);
+            docs.push(DocMeta {
+                text: semantic_text(&text),
+                ..meta
+            });
             (docs.len() - 1) as u32
         };
 
@@ -260,6 +284,7 @@ impl Index {
                     kind: DocKind::Plugin,
                     name: p.name.clone(),
                     model: None,
+                    text: String::new(),
                 },
                 &mut terms,
                 &mut docs,
@@ -273,6 +298,7 @@ impl Index {
                         kind: DocKind::Agent,
                         name: a.name.clone(),
                         model: a.model,
+                        text: String::new(),
                     },
                     &mut terms,
                     &mut docs,
@@ -286,6 +312,7 @@ impl Index {
                         kind: DocKind::Command,
                         name: c.name.clone(),
                         model: c.model,
+                        text: String::new(),
                     },
                     &mut terms,
                     &mut docs,
