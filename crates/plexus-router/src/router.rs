@@ -147,7 +147,11 @@ impl Router {
         let (semantic, semantic_off) = match &embedder {
             None => (None, Some("no embedding model loaded".to_string())),
             Some(e) => {
-                let texts: Vec<&str> = index.docs.iter().map(|d| d.text.as_str()).collect();
+                let texts: Vec<Vec<&str>> = index
+                    .docs
+                    .iter()
+                    .map(|d| d.texts.iter().map(String::as_str).collect())
+                    .collect();
                 match SemanticIndex::build(e.as_ref(), &texts) {
                     Ok(s) => (Some(s), None),
                     Err(err) => (None, Some(format!("embedding the catalog failed: {err}"))),
@@ -204,7 +208,12 @@ impl Router {
             self.semantic_off = Some("no embedding model loaded".to_string());
             return;
         };
-        let texts: Vec<&str> = self.index.docs.iter().map(|d| d.text.as_str()).collect();
+        let texts: Vec<Vec<&str>> = self
+            .index
+            .docs
+            .iter()
+            .map(|d| d.texts.iter().map(String::as_str).collect())
+            .collect();
         match SemanticIndex::build(e.as_ref(), &texts) {
             Ok(s) => {
                 self.semantic = Some(s);
