@@ -156,6 +156,14 @@ impl Actor for RouterActor {
     }
 }
 
+/// What `status` shows of the router's signals.
+fn signals(router: &Router) -> String {
+    match router.semantic_status() {
+        Ok(model) => format!("bm25f+{model}"),
+        Err(why) => format!("bm25f alone: {why}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,13 +207,5 @@ mod tests {
             .argument_hint
             .as_deref()
             .is_some_and(|h| h.contains("IANA timezone")));
-    }
-}
-
-/// What `status` shows of the router's signals.
-fn signals(router: &Router) -> String {
-    match router.semantic_status() {
-        Ok(model) => format!("bm25f+{model}"),
-        Err(why) => format!("bm25f alone: {why}"),
     }
 }
