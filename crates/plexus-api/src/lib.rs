@@ -99,6 +99,11 @@ pub struct StatusBody {
     /// Plugins this node started or stopped because the placement moved them.
     #[serde(default)]
     pub placement_moves: u64,
+    /// Which signals this node's router decides with:
+    /// `bm25f+all-MiniLM-L6-v2`, or `bm25f alone: ` and why (no model files,
+    /// still loading).
+    #[serde(default)]
+    pub router_signals: String,
     pub bus: BusStats,
     pub links: LinkRow,
 }

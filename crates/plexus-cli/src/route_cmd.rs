@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
-use plexus_router::{RouteRequest, Router};
+use std::sync::Arc;
+
+use plexus_router::{RouteRequest, Router, RouterConfig};
 
 use crate::{defaults, CatalogArgs, CliResult, Failure};
 
@@ -31,6 +33,11 @@ pub struct RouteArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// The sentence-embedding model's directory (default: PLEXUS_EMBED_DIR,
+    /// else .models/minilm). Without its files: BM25F alone, and the output
+    /// says so (`signals`).
+    #[arg(long, value_name = "DIR")]
+    pub embed_dir: Option<PathBuf>,
 }
 
 pub fn run(a: RouteArgs) -> CliResult {
@@ -49,7 +56,18 @@ pub fn run(a: RouteArgs) -> CliResult {
     for d in cat.errors() {
         eprintln!("{d}");
     }
-    let router = Router::new(&cat);
+    let dir = a
+        .embed_dir
+        .clone()
+        .unwrap_or_else(plexus_embed::default_dir);
+    let router = match plexus_embed::MiniLm::load(&dir) {
+        Ok(m) => Router::with_embedder(&cat, RouterConfig::default(), Some(Arc::new(m))),
+        Err(e) => {
+            let mut r = Router::new(&cat);
+            r.set_semantic_off_reason(e.to_string());
+            r
+        }
+    };
     if let Some(path) = &a.batch {
         let f = std::fs::File::open(path)
             .map_err(|e| Failure::usage(anyhow!("{}: cannot open: {e}", path.display())))?;

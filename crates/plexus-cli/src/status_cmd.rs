@@ -48,6 +48,9 @@ pub fn render(s: &StatusBody) -> String {
         "node {} (generation {}), up {:.0}s, cluster {}, api {}",
         s.node, s.generation, s.uptime_secs, s.cluster_addr, s.api_addr
     );
+    if !s.router_signals.is_empty() {
+        let _ = writeln!(o, "router signals: {}", s.router_signals);
+    }
     let _ = writeln!(o, "\nMEMBERS");
     let _ = writeln!(
         o,

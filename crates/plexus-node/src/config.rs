@@ -47,6 +47,20 @@ pub struct FileConfig {
     /// Absent: agents and commands of `sim` plugins stay simulated.
     #[serde(default)]
     pub llm: Option<plexus_llm::LlmConfig>,
+    /// The `[router] table`.
+    #[serde(default)]
+    pub router: RouterSection,
+}
+
+/// The `[router]` table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSection {
+    /// Directory of the sentence-embedding model (model.safetensors,
+    /// tokenizer.json, config.json). Unset: `PLEXUS_EMBED_DIR`, else
+    /// `.models/minilm` under the working directory. Without the files the
+    /// router runs on BM25F alone and `status` says so.
+    pub embed_dir: Option<PathBuf>,
 }
 
 /// The `[api]` table: the client API's access control.
@@ -455,6 +469,8 @@ pub struct NodeConfig {
     /// The node's language model (`[llm]`, `--llm-*`); `None`: agents are
     /// simulated. Holds the key's variable name, never the key.
     pub llm: Option<plexus_llm::LlmConfig>,
+    /// `[router] embed_dir`.
+    pub embed_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -489,6 +505,7 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     for p in [
+        &mut fc.router.embed_dir,
         &mut fc.node.data_dir,
         &mut fc.node.tls_cert,
         &mut fc.node.tls_key,
@@ -755,6 +772,7 @@ impl FileConfig {
         let labels = n.labels.clone();
         Ok(NodeConfig {
             llm,
+            embed_dir: self.router.embed_dir,
             clock_skew_ms,
             api_token,
             api_auth,

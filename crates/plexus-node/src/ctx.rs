@@ -158,6 +158,9 @@ pub struct NodeCtx {
     /// Commands discovered at run time per plugin (MCP tools), cluster-wide,
     /// as the registry last saw them announced.
     pub discovered: RwLock<BTreeMap<String, Vec<DiscoveredCommand>>>,
+    /// Which signals the router decides with (`bm25f+all-MiniLM-L6-v2`, or
+    /// `bm25f alone: why`); the Router actor keeps it current for `status`.
+    pub router_signals: RwLock<String>,
     /// The latest report of each local handler that reports (MCP), so a
     /// restarted registry starts from it.
     pub handler_reports: RwLock<BTreeMap<String, HandlerReport>>,

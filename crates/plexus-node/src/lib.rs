@@ -510,6 +510,7 @@ async fn spawn_tree(
         metrics: services::metrics::Metrics::default(),
         directory: services::directory::DirectoryCell::default(),
         discovered: RwLock::new(Default::default()),
+        router_signals: RwLock::new("bm25f alone: router starting".to_string()),
         handler_reports: RwLock::new(Default::default()),
         lifecycle: Default::default(),
         actors: ctx::Actors::default(),

@@ -6,6 +6,13 @@
 //! - `route/synthetic_10k`: one decision on a synthetic catalog of 10,000
 //!   agents (50 plugins × 200 agents, Zipf-distributed vocabulary). Goal: < 2 ms.
 //! - `build/*`: index build time for both catalogs.
+//! - `route_fused/*`: the same decisions with the sentence-embedding signal,
+//!   the query's vector computed beforehand (its own cost is
+//!   `plexus-embed`'s bench). The real catalog uses all-MiniLM-L6-v2
+//!   (`.models/minilm`, `PLEXUS_EMBED_DIR`; skipped with a note when
+//!   missing); the 10,000-agent catalog uses deterministic pseudo-random unit
+//!   vectors, since embedding 10,000 agents takes minutes and the decision's
+//!   cost does not depend on the values. Goals: p99 ≤ 5 ms and ≤ 20 ms.
 //!
 //! After criterion, the harness times 20,000 single decisions on each catalog
 //! one by one and prints p50 / p99 / max, since criterion reports means and
@@ -23,7 +30,70 @@ use std::time::{Duration, Instant};
 
 use criterion::{black_box, Criterion};
 use plexus_catalog::{Agent, Catalog, Manifest, Plugin, Sources};
-use plexus_router::{RouteRequest, Router};
+use std::sync::Arc;
+
+use plexus_router::{EmbedError, Embedder, RouteRequest, Router, RouterConfig};
+
+/// Unit vectors from a hash of the text: the shape of an embedding, none of
+/// its meaning (for timing only).
+#[derive(Debug)]
+struct HashVectors(usize);
+
+impl Embedder for HashVectors {
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut rng = Rng(t.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+                }) | 1);
+                let v: Vec<f32> = (0..self.0)
+                    .map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+                    .collect();
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-9);
+                v.into_iter().map(|x| x / n).collect()
+            })
+            .collect())
+    }
+    fn dim(&self) -> usize {
+        self.0
+    }
+    fn name(&self) -> &str {
+        "hash-vectors"
+    }
+}
+
+fn minilm() -> Option<Arc<dyn Embedder>> {
+    let dir = std::env::var_os("PLEXUS_EMBED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.models/minilm"));
+    match plexus_embed::MiniLm::load(&dir) {
+        Ok(m) => Some(Arc::new(m)),
+        Err(e) => {
+            println!("route_fused/real_catalog skipped: {e}");
+            None
+        }
+    }
+}
+
+fn percentiles_fused(
+    router: &Router,
+    reqs: &[(RouteRequest, Option<Vec<f32>>)],
+    n: usize,
+) -> (Duration, Duration, Duration) {
+    let mut t: Vec<Duration> = (0..n + 200)
+        .map(|i| {
+            let (r, q) = &reqs[i % reqs.len()];
+            let s = Instant::now();
+            black_box(router.route_embedded(black_box(r), q.as_deref()));
+            s.elapsed()
+        })
+        .skip(200)
+        .collect();
+    t.sort();
+    let at = |q: f64| t[((t.len() as f64 * q) as usize).min(t.len() - 1)];
+    (at(0.5), at(0.99), *t.last().unwrap())
+}
 
 fn shared() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
@@ -200,7 +270,52 @@ fn main() {
             big.route(black_box(&synth_reqs[j]))
         })
     });
+    // The fused decisions, query vectors computed beforehand.
+    let fused_real = minilm().map(|e| {
+        let r = Router::with_embedder(&real, RouterConfig::default(), Some(e));
+        let reqs: Vec<(RouteRequest, Option<Vec<f32>>)> = real_reqs
+            .iter()
+            .map(|q| (q.clone(), r.embed_query(&q.text)))
+            .collect();
+        (r, reqs)
+    });
+    if let Some((r, reqs)) = &fused_real {
+        let mut k = 0;
+        c.bench_function("route_fused/real_catalog", |b| {
+            b.iter(|| {
+                k = (k + 1) % reqs.len();
+                r.route_embedded(black_box(&reqs[k].0), reqs[k].1.as_deref())
+            })
+        });
+    }
+    let big_fused = Router::with_embedder(
+        &synth,
+        RouterConfig::default(),
+        Some(Arc::new(HashVectors(384))),
+    );
+    let big_reqs: Vec<(RouteRequest, Option<Vec<f32>>)> = synth_reqs
+        .iter()
+        .map(|q| (q.clone(), big_fused.embed_query(&q.text)))
+        .collect();
+    let mut k = 0;
+    c.bench_function("route_fused/synthetic_10k", |b| {
+        b.iter(|| {
+            k = (k + 1) % big_reqs.len();
+            big_fused.route_embedded(black_box(&big_reqs[k].0), big_reqs[k].1.as_deref())
+        })
+    });
     c.final_summary();
+
+    if let Some((r, reqs)) = &fused_real {
+        let (p50, p99, max) = percentiles_fused(r, reqs, 20_000);
+        println!(
+            "real catalog, fused (query vector given): single decisions p50 {p50:?} p99 {p99:?} max {max:?}"
+        );
+    }
+    let (p50, p99, max) = percentiles_fused(&big_fused, &big_reqs, 2_000);
+    println!(
+        "synthetic catalog, fused (query vector given): single decisions p50 {p50:?} p99 {p99:?} max {max:?}"
+    );
 
     let (p50, p99, max) = percentiles(&router, &real_reqs, 20_000);
     println!(

@@ -1,81 +1,99 @@
-//! Measure the router and the seed's keyword baseline on labelled requests,
-//! and calibrate the router's confidence model, collaboration thresholds and
-//! complexity cut points by cross-validation.
+//! Measure the router held out, and fit its parameters by cross-validation.
 //!
 //! ```text
 //! cargo run --release -p plexus-router --example eval -- \
-//!     [--catalog DIR[,DIR...]]... [--labels FILE.jsonl] [--probe FILE.txt] \
-//!     [--folds K] [--out OUT.jsonl] [--errors]
+//!     [--catalog DIR[,DIR...]]... [--labels FILE.jsonl]... [--folds K] \
+//!     [--embed-dir DIR | --no-embed] [--errors]
 //! ```
 //!
-//! Each `--catalog` is one catalog configuration (its directories merged, as
-//! `plexus route --catalog A --catalog B` would). Without any, two are used:
-//! the real Claude Code plugins (`shared/catalog/claude-plugins`) alone, and
-//! the same merged with the cluster manifests (`cluster-config/plugins`, what
-//! the CLI embeds). Labels default to `shared/routing/dev.jsonl`.
+//! Labels (pooled): `shared/routing/dev.jsonl` (short, plugin-labelled) and
+//! this crate's `eval/agents.jsonl`, `eval/everyday.jsonl`,
+//! `eval/out-of-scope.jsonl` (realistic length, agent-labelled). Folds are
+//! by request (`i % K`, so every set is spread over every fold); each fold's
+//! parameters are fitted on the other folds only: the fusion weights
+//! (BM25F × cosine, for plugins and for agents), the confidence model, the
+//! abstention threshold, the collaboration thresholds and the complexity cut
+//! points. Every figure printed under "held-out" is on requests the fitted
+//! parameters never saw; the parameters fitted on everything (the shipped
+//! defaults) come last.
 //!
-//! What it prints, per configuration: top-1 accuracy (in-scope), abstention
-//! (out-of-scope), plan recall and precision, complexity accuracy and the
-//! cost saving against always-opus, for the shipped router and for the
-//! baseline, on the whole set; then the same figures for parameters fitted
-//! on the other folds only (held-out), and the parameters fitted on the
-//! whole set (what the shipped defaults should be).
-//!
-//! `--probe` names a plain-text file of out-of-scope requests, one a line,
-//! that is never fitted on: its abstention rate is reported as is.
+//! Catalogs: each `--catalog` is one configuration (its directories merged).
+//! Without any, the real Claude Code plugins alone and merged with
+//! `cluster-config/plugins`. The embedding model is read from `--embed-dir`
+//! (default `.models/minilm`, `PLEXUS_EMBED_DIR`); `--no-embed` measures
+//! BM25F alone.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use plexus_catalog::{Catalog, Sources};
-use plexus_router::calibrate::{features, NFEAT};
+use plexus_router::calibrate::{features, from_features, NFEAT};
 use plexus_router::{
-    classify, BaselineRouter, Complexity, ComplexityModel, ConfidenceModel, RouteRequest, Router,
+    CachedEmbedder, Complexity, ComplexityModel, ConfidenceModel, Embedder, RouteRequest, Router,
     RouterConfig, RoutingDecision,
 };
 
 pub(crate) struct Label {
-    request: String,
-    expect: Vec<String>,
-    complexity: Option<Complexity>,
+    pub(crate) request: String,
+    pub(crate) expect: Vec<String>,
+    /// Acceptable `plugin/name` agents or commands (empty: not agent-labelled).
+    pub(crate) agents: Vec<String>,
+    pub(crate) complexity: Option<Complexity>,
+    /// Which file it came from (dev, agents, everyday, out-of-scope).
+    pub(crate) set: String,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
 pub(crate) struct Metrics {
-    inscope: usize,
-    top1: usize,
-    oos: usize,
-    abstained: usize,
-    recall_hit: usize,
-    recall_all: usize,
-    plan_sizes: usize,
-    plan_hits: usize,
-    jaccard: f64,
-    cx_all: usize,
-    cx_hit: usize,
-    cost: f64,
-    opus_cost: f64,
+    pub(crate) inscope: usize,
+    pub(crate) top1: usize,
+    pub(crate) oos: usize,
+    pub(crate) abstained: usize,
+    /// In-scope requests the router abstained on.
+    pub(crate) false_abstain: usize,
+    pub(crate) recall_hit: usize,
+    pub(crate) recall_all: usize,
+    pub(crate) agent_all: usize,
+    pub(crate) agent_hit: usize,
+    pub(crate) cx_all: usize,
+    pub(crate) cx_hit: usize,
+    pub(crate) cost: f64,
+    pub(crate) opus_cost: f64,
+}
+
+fn rate(a: usize, b: usize) -> f64 {
+    a as f64 / b.max(1) as f64
+}
+
+/// `plugin/name` of the decision's agent or command.
+fn agent_of(d: &RoutingDecision) -> Option<String> {
+    let p = d.primary_plugin.as_ref()?;
+    let a = d.agent.as_ref()?;
+    let name = a.split_once(':').map(|x| x.1).unwrap_or(a);
+    Some(format!("{p}/{}", name.trim_start_matches('/')))
 }
 
 impl Metrics {
     fn add(&mut self, lab: &Label, d: &RoutingDecision) {
-        let plan = d.plugins();
         if lab.expect.is_empty() {
             self.oos += 1;
             self.abstained += d.primary_plugin.is_none() as usize;
             return;
         }
         self.inscope += 1;
+        self.false_abstain += d.primary_plugin.is_none() as usize;
         self.top1 += d
             .primary_plugin
             .as_ref()
             .is_some_and(|p| lab.expect.contains(p)) as usize;
+        let plan = d.plugins();
         self.recall_all += lab.expect.len();
-        let hits = lab.expect.iter().filter(|p| plan.contains(p)).count();
-        self.recall_hit += hits;
-        self.plan_sizes += plan.len();
-        self.plan_hits += plan.iter().filter(|p| lab.expect.contains(p)).count();
-        let union = plan.len() + lab.expect.len() - hits;
-        self.jaccard += hits as f64 / union.max(1) as f64;
+        self.recall_hit += lab.expect.iter().filter(|p| plan.contains(p)).count();
+        if !lab.agents.is_empty() {
+            self.agent_all += 1;
+            self.agent_hit += agent_of(d).is_some_and(|a| lab.agents.contains(&a)) as usize;
+        }
         if let Some(c) = lab.complexity {
             self.cx_all += 1;
             self.cx_hit += (d.classification.complexity == c) as usize;
@@ -88,30 +106,77 @@ impl Metrics {
 
     /// Top-1 on the in-scope requests: the chosen plugin is an expected one.
     pub(crate) fn top1_rate(&self) -> f64 {
-        self.top1 as f64 / self.inscope.max(1) as f64
+        rate(self.top1, self.inscope)
+    }
+    pub(crate) fn abstain_rate(&self) -> f64 {
+        rate(self.abstained, self.oos)
+    }
+    pub(crate) fn false_abstain_rate(&self) -> f64 {
+        rate(self.false_abstain, self.inscope)
+    }
+    pub(crate) fn agent_rate(&self) -> f64 {
+        rate(self.agent_hit, self.agent_all)
+    }
+    pub(crate) fn recall_rate(&self) -> f64 {
+        rate(self.recall_hit, self.recall_all)
     }
 
-    fn print(&self, name: &str) {
-        let r = |a: usize, b: usize| a as f64 / b.max(1) as f64;
-        println!(
-            "  {name:<34} top1 {:.3} ({}/{})  abstain {:.3} ({}/{})  plan-recall {:.3}  plan-precision {:.3}  complexity {:.3} ({}/{})  saving vs opus {:.1}%",
-            self.top1_rate(),
-            self.top1,
-            self.inscope,
-            r(self.abstained, self.oos),
-            self.abstained,
-            self.oos,
-            r(self.recall_hit, self.recall_all),
-            r(self.plan_hits, self.plan_sizes),
-            r(self.cx_hit, self.cx_all),
-            self.cx_hit,
-            self.cx_all,
-            if self.opus_cost > 0.0 { 100.0 * (1.0 - self.cost / self.opus_cost) } else { 0.0 },
-        );
+    pub(crate) fn print(&self, name: &str) {
+        let mut s = format!("  {name:<28}");
+        if self.inscope > 0 {
+            s += &format!(
+                " top1 {:.3} ({}/{})  false-abstain {:.3} ({})  plan-recall {:.3}",
+                self.top1_rate(),
+                self.top1,
+                self.inscope,
+                self.false_abstain_rate(),
+                self.false_abstain,
+                self.recall_rate(),
+            );
+        }
+        if self.agent_all > 0 {
+            s += &format!(
+                "  agent-top1 {:.3} ({}/{})",
+                self.agent_rate(),
+                self.agent_hit,
+                self.agent_all
+            );
+        }
+        if self.oos > 0 {
+            s += &format!(
+                "  oos-abstain {:.3} ({}/{})",
+                self.abstain_rate(),
+                self.abstained,
+                self.oos
+            );
+        }
+        if self.cx_all > 0 {
+            s += &format!(
+                "  complexity {:.3} ({}/{})  saving vs opus {:.1}%",
+                rate(self.cx_hit, self.cx_all),
+                self.cx_hit,
+                self.cx_all,
+                if self.opus_cost > 0.0 {
+                    100.0 * (1.0 - self.cost / self.opus_cost)
+                } else {
+                    0.0
+                }
+            );
+        }
+        println!("{s}");
     }
 }
 
-pub(crate) fn load_labels(path: &PathBuf) -> Vec<Label> {
+pub(crate) fn load_labels(path: &Path, set: &str) -> Vec<Label> {
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .lines()
@@ -120,112 +185,175 @@ pub(crate) fn load_labels(path: &PathBuf) -> Vec<Label> {
             let v: serde_json::Value = serde_json::from_str(l).expect("label JSON");
             Label {
                 request: v["request"].as_str().unwrap_or_default().to_string(),
-                expect: v["expect_plugins"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                expect: strings(&v["expect_plugins"]),
+                agents: strings(&v["expect_agents"]),
                 complexity: v
                     .get("complexity")
                     .and_then(|c| c.as_str())
                     .and_then(Complexity::parse),
+                set: set.to_string(),
             }
         })
         .collect()
 }
 
-/// One catalog configuration and what routing the labels against it gave.
+/// The pooled default label sets: (dev, agents, everyday, out-of-scope).
+pub(crate) fn default_labels(root: &Path) -> Vec<Label> {
+    let eval = root.join("crates/plexus-router/eval");
+    let mut all = load_labels(&root.join("../shared/routing/dev.jsonl"), "dev");
+    for set in ["agents", "everyday", "out-of-scope"] {
+        all.extend(load_labels(&eval.join(format!("{set}.jsonl")), set));
+    }
+    all
+}
+
+/// Load the embedding model, wrapped in a cache (each text embedded once).
+pub(crate) fn load_embedder(dir: &Path) -> Result<Arc<dyn Embedder>, String> {
+    let m = plexus_embed::MiniLm::load(dir).map_err(|e| e.to_string())?;
+    Ok(Arc::new(CachedEmbedder::new(Arc::new(m))))
+}
+
+/// One catalog configuration, its router and the labels' embeddings.
 pub(crate) struct Setup {
     pub(crate) name: String,
     catalog: Catalog,
-    /// Evidence samples: (label index, features, right answer?).
-    samples: Vec<(usize, [f64; NFEAT], bool)>,
-    /// How many samples come from leaving the expected plugins out.
-    lopo: usize,
+    router: Router,
+    embedder: Option<Arc<dyn Embedder>>,
+    qvecs: Vec<Option<Vec<f32>>>,
+    /// Routers with one plugin left out (its requests must then abstain).
+    lopo: Vec<(String, Router)>,
 }
 
-/// A router that never abstains while a plugin matches (to see the evidence).
-fn open_config(base: &RouterConfig) -> RouterConfig {
-    RouterConfig {
-        confidence: ConfidenceModel {
-            abstain_below: 0.0,
-            ..base.confidence
-        },
-        ..*base
+impl Setup {
+    fn route(&self, r: &Router, i: usize, l: &Label) -> RoutingDecision {
+        r.route_embedded(&RouteRequest::new(&l.request), self.qvecs[i].as_deref())
     }
 }
 
-fn collect_samples(
-    catalog: &Catalog,
+pub(crate) fn setup(
+    name: &str,
+    dirs: &[PathBuf],
     labels: &[Label],
-    cfg: &RouterConfig,
-) -> (Vec<(usize, [f64; NFEAT], bool)>, usize) {
-    let open = open_config(cfg);
-    let router = Router::with_config(catalog, open);
-    let mut samples = vec![];
-    for (i, l) in labels.iter().enumerate() {
-        let d = router.route(&RouteRequest::new(&l.request));
-        if d.primary_plugin.is_none() {
-            continue; // nothing matched at all: abstains whatever the model says
-        }
-        let right = d
-            .primary_plugin
-            .as_ref()
-            .is_some_and(|p| l.expect.contains(p));
-        samples.push((i, features(&d.evidence), right));
+    embedder: Option<Arc<dyn Embedder>>,
+) -> Setup {
+    let catalog = Catalog::load(&Sources {
+        embedded: vec![],
+        dirs: dirs.to_vec(),
+    });
+    let cfg = RouterConfig::default();
+    let router = Router::with_embedder(&catalog, cfg, embedder.clone());
+    let qvecs = labels
+        .iter()
+        .map(|l| router.embed_query(&l.request))
+        .collect();
+    let lopo = catalog
+        .plugins
+        .iter()
+        .map(|p| {
+            let mut c = catalog.clone();
+            c.plugins.retain(|x| x.name != p.name);
+            (
+                p.name.clone(),
+                Router::with_embedder(&c, cfg, embedder.clone()),
+            )
+        })
+        .collect();
+    Setup {
+        name: name.to_string(),
+        catalog,
+        router,
+        embedder,
+        qvecs,
+        lopo,
     }
-    // Leave the expected plugins out: nothing in the catalog may rightly
-    // serve the request any more, so the right answer is to abstain.
-    let mut lopo = 0;
-    for p in &catalog.plugins {
-        let mut c = catalog.clone();
-        c.plugins.retain(|x| x.name != p.name);
-        let r = Router::with_config(&c, open);
+}
+
+/// Which confidence model a setup's decisions use.
+fn conf_of(cfg: &RouterConfig, semantic: bool) -> ConfidenceModel {
+    if semantic {
+        cfg.semantic.confidence
+    } else {
+        cfg.confidence
+    }
+}
+
+/// Which collaboration thresholds a setup's decisions use.
+fn collab_of(cfg: &RouterConfig, semantic: bool) -> (f64, f64) {
+    if semantic {
+        (cfg.semantic.collab_min_ratio, cfg.semantic.collab_min_gain)
+    } else {
+        (cfg.collab_min_ratio, cfg.collab_min_gain)
+    }
+}
+
+/// `cfg` that never abstains while a plugin matches (to see the evidence).
+fn open_config(cfg: &RouterConfig) -> RouterConfig {
+    let mut c = *cfg;
+    c.confidence.abstain_below = 0.0;
+    c.semantic.confidence.abstain_below = 0.0;
+    c
+}
+
+/// (label, features, right?) from open routers at `cfg`'s fusion weights,
+/// plus the left-out-plugin samples (whose right answer is to abstain).
+type Sample = (usize, [f64; NFEAT], bool);
+
+fn samples(setups: &mut [Setup], labels: &[Label], cfg: &RouterConfig) -> Vec<(Sample, bool)> {
+    let open = open_config(cfg);
+    let mut out = vec![];
+    for s in setups.iter_mut() {
+        s.router.set_config(open);
         for (i, l) in labels.iter().enumerate() {
-            if l.expect.len() == 1 && l.expect[0] == p.name {
-                let d = r.route(&RouteRequest::new(&l.request));
-                if d.primary_plugin.is_some() {
-                    samples.push((i, features(&d.evidence), false));
-                    lopo += 1;
+            let d = s.route(&s.router, i, l);
+            if d.primary_plugin.is_none() {
+                continue;
+            }
+            let right = d
+                .primary_plugin
+                .as_ref()
+                .is_some_and(|p| l.expect.contains(p));
+            out.push(((i, features(&d.evidence), right), false));
+        }
+        for k in 0..s.lopo.len() {
+            s.lopo[k].1.set_config(open);
+            let name = s.lopo[k].0.clone();
+            for (i, l) in labels.iter().enumerate() {
+                if l.expect.len() == 1 && l.expect[0] == name {
+                    let d = s.route(&s.lopo[k].1, i, l);
+                    if d.primary_plugin.is_some() {
+                        out.push(((i, features(&d.evidence), false), true));
+                    }
                 }
             }
         }
     }
-    (samples, lopo)
+    out
 }
 
 const L2: f64 = 0.5;
 
 /// Assumed share of requests that nothing fits, for choosing the abstention
-/// threshold: above the dev set's 6 % on purpose, since a confident wrong
-/// answer costs more than an honest abstention.
+/// threshold: a confident wrong answer costs more than an honest abstention.
 const PRIOR_OUT_OF_SCOPE: f64 = 0.2;
 
-/// Abstention threshold (the middle of the range) maximising
-/// (1 − π)·top-1 + π·abstention on the
-/// samples `keep` selects (abstention counted on out-of-scope and
-/// left-out-plugin samples alike).
+/// Abstention threshold (the middle of the best plateau) maximising
+/// (1 − π)·(right and answered) + π·(abstained on wrong, out-of-scope or
+/// left-out samples), on the training samples.
 fn choose_threshold(
     model: &ConfidenceModel,
-    samples: &[(usize, [f64; NFEAT], bool)],
+    samples: &[(Sample, bool)],
     labels: &[Label],
-    keep: impl Fn(usize) -> bool,
+    train: &dyn Fn(usize) -> bool,
 ) -> f64 {
     let mut values = vec![];
-    for k in 5..=70 {
+    for k in 2..=80 {
         let t = k as f64 * 0.01;
         let (mut pos, mut pos_ok, mut neg, mut neg_ok) = (0f64, 0f64, 0f64, 0f64);
-        for (i, x, right) in samples.iter().filter(|s| keep(s.0)) {
-            let c = model.confidence(&plexus_router::calibrate::from_features(x));
-            let inscope = !labels[*i].expect.is_empty();
-            if inscope && *right && c >= t {
-                pos_ok += 1.0;
-            }
-            if inscope && *right {
+        for ((i, x, right), _) in samples.iter().filter(|s| train(s.0 .0)) {
+            let c = model.confidence(&from_features(x));
+            if !labels[*i].expect.is_empty() && *right {
                 pos += 1.0;
+                pos_ok += (c >= t) as u8 as f64;
             } else {
                 neg += 1.0;
                 neg_ok += (c < t) as u8 as f64;
@@ -235,8 +363,6 @@ fn choose_threshold(
             + PRIOR_OUT_OF_SCOPE * neg_ok / neg.max(1.0);
         values.push((t, v));
     }
-    // The middle of the best plateau: the threshold farthest from both
-    // neighbouring choices that score worse.
     let best = values.iter().map(|x| x.1).fold(f64::MIN, f64::max);
     let first = values.iter().position(|x| x.1 >= best - 1e-12).unwrap_or(0);
     let len = values[first..]
@@ -246,62 +372,96 @@ fn choose_threshold(
     (values[first].0 + values[first + len - 1].0) / 2.0
 }
 
-fn fit(samples: &[(usize, [f64; NFEAT], bool)], keep: impl Fn(usize) -> bool) -> ConfidenceModel {
-    let train: Vec<([f64; NFEAT], bool)> = samples
+fn fit_conf(samples: &[(Sample, bool)], train: &dyn Fn(usize) -> bool) -> ConfidenceModel {
+    let xs: Vec<([f64; NFEAT], bool)> = samples
         .iter()
-        .filter(|s| keep(s.0))
-        .map(|s| (s.1, s.2))
+        .filter(|s| train(s.0 .0))
+        .map(|s| (s.0 .1, s.0 .2))
         .collect();
-    ConfidenceModel::fit(&train, L2)
+    ConfidenceModel::fit(&xs, L2)
 }
 
-/// Collaboration and priority parameters tried by the grid.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Collab {
-    ratio: f64,
-    gain: f64,
-    priority_weight: f32,
-}
+/// Fusion weights tried: plugin mix and agent mix, 0 (BM25F) to 1 (cosine).
+const WEIGHTS: [f32; 11] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
-fn collab_grid() -> Vec<Collab> {
-    let mut g = vec![];
-    for pw in [0.0f32, 0.25, 0.5] {
-        for r in 3..=9 {
-            for gn in 1..=10 {
-                g.push(Collab {
-                    ratio: r as f64 * 0.1,
-                    gain: gn as f64 * 0.05,
-                    priority_weight: pw,
-                });
+/// Per weight and label: (plugin right, agent right) on open routers.
+fn weight_table(setups: &mut [Setup], labels: &[Label], base: &RouterConfig) -> Vec<Vec<[f64; 2]>> {
+    WEIGHTS
+        .iter()
+        .map(|&w| {
+            let mut cfg = open_config(base);
+            cfg.semantic.weight = w;
+            cfg.semantic.agent_weight = w;
+            let mut row = vec![[0f64; 2]; labels.len()];
+            for s in setups.iter_mut() {
+                s.router.set_config(cfg);
+                for (i, l) in labels.iter().enumerate() {
+                    if l.expect.is_empty() {
+                        continue;
+                    }
+                    let d = s.route(&s.router, i, l);
+                    row[i][0] += d
+                        .primary_plugin
+                        .as_ref()
+                        .is_some_and(|p| l.expect.contains(p))
+                        as u8 as f64;
+                    row[i][1] += agent_of(&d).is_some_and(|a| l.agents.contains(&a)) as u8 as f64;
+                }
             }
+            row
+        })
+        .collect()
+}
+
+/// The weight with the most right answers (column `col`) on the training
+/// labels; ties go to the smaller weight.
+fn best_weight(table: &[Vec<[f64; 2]>], col: usize, train: &dyn Fn(usize) -> bool) -> f32 {
+    let score = |k: usize| -> f64 {
+        table[k]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| train(*i))
+            .map(|(_, v)| v[col])
+            .sum()
+    };
+    let k = (0..WEIGHTS.len())
+        .max_by(|&a, &b| score(a).total_cmp(&score(b)).then(b.cmp(&a)))
+        .unwrap_or(0);
+    WEIGHTS[k]
+}
+
+/// Collaboration thresholds tried.
+fn collab_grid() -> Vec<(f64, f64)> {
+    let mut g = vec![];
+    for r in 3..=9 {
+        for gn in 1..=10 {
+            g.push((r as f64 * 0.1, gn as f64 * 0.05));
         }
     }
     g
 }
 
-/// Per (grid point, label): top-1 right and plan Jaccard, open routers.
-fn collab_table(setups: &[Setup], labels: &[Label], base: &RouterConfig) -> Vec<Vec<f64>> {
-    let routers: Vec<Router> = setups
-        .iter()
-        .map(|s| Router::with_config(&s.catalog, open_config(base)))
-        .collect();
-    let mut routers = routers;
+/// Per grid point and label: top-1 right + plan Jaccard, open routers.
+fn collab_table(setups: &mut [Setup], labels: &[Label], base: &RouterConfig) -> Vec<Vec<f64>> {
     collab_grid()
         .iter()
-        .map(|c| {
+        .map(|&(ratio, gain)| {
             let mut row = vec![0f64; labels.len()];
-            for r in routers.iter_mut() {
-                r.set_config(RouterConfig {
-                    collab_min_ratio: c.ratio,
-                    collab_min_gain: c.gain,
-                    priority_weight: c.priority_weight,
-                    ..open_config(base)
-                });
+            let mut cfg = RouterConfig {
+                collab_min_ratio: ratio,
+                collab_min_gain: gain,
+                ..open_config(base)
+            };
+            cfg.semantic.collab_min_ratio = ratio;
+            cfg.semantic.collab_min_gain = gain;
+            for s in setups.iter_mut() {
+                s.router.set_config(cfg);
                 for (i, l) in labels.iter().enumerate() {
-                    if l.expect.is_empty() {
+                    // Plans are what the dev and everyday sets label.
+                    if l.expect.is_empty() || l.set == "agents" {
                         continue;
                     }
-                    let d = r.route(&RouteRequest::new(&l.request));
+                    let d = s.route(&s.router, i, l);
                     let plan = d.plugins();
                     let top = d
                         .primary_plugin
@@ -317,27 +477,24 @@ fn collab_table(setups: &[Setup], labels: &[Label], base: &RouterConfig) -> Vec<
         .collect()
 }
 
-fn best_collab(table: &[Vec<f64>], keep: impl Fn(usize) -> bool) -> usize {
+fn best_collab(table: &[Vec<f64>], train: &dyn Fn(usize) -> bool) -> (f64, f64) {
     let g = collab_grid();
-    (0..g.len())
-        .max_by(|&a, &b| {
-            let s = |c: usize| -> f64 {
-                table[c]
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| keep(*i))
-                    .map(|(_, v)| v)
-                    .sum()
-            };
-            // Ties: prefer the later grid point's opposite (smaller index = less
-            // priority weight, lower thresholds) deterministically.
-            s(a).total_cmp(&s(b)).then(b.cmp(&a))
-        })
-        .unwrap_or(0)
+    let s = |c: usize| -> f64 {
+        table[c]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| train(*i))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let k = (0..g.len())
+        .max_by(|&a, &b| s(a).total_cmp(&s(b)).then(b.cmp(&a)))
+        .unwrap_or(0);
+    g[k]
 }
 
-/// Complexity cut points fitted on the rows `keep` selects.
-fn fit_cuts(rows: &[(usize, f64, Complexity)], keep: impl Fn(usize) -> bool) -> ComplexityModel {
+/// Complexity cut points fitted on the training rows.
+fn fit_cuts(rows: &[(usize, f64, Complexity)], train: &dyn Fn(usize) -> bool) -> ComplexityModel {
     let cuts: Vec<f64> = (-8..=24).map(|i| i as f64 * 0.25).collect();
     let mut best = (0usize, ComplexityModel::default());
     for &m in &cuts {
@@ -348,8 +505,7 @@ fn fit_cuts(rows: &[(usize, f64, Complexity)], keep: impl Fn(usize) -> bool) -> 
             };
             let h = rows
                 .iter()
-                .filter(|r| keep(r.0))
-                .filter(|r| model.classify(r.1) == r.2)
+                .filter(|r| train(r.0) && model.classify(r.1) == r.2)
                 .count();
             if h > best.0 {
                 best = (h, model);
@@ -359,93 +515,91 @@ fn fit_cuts(rows: &[(usize, f64, Complexity)], keep: impl Fn(usize) -> bool) -> 
     best.1
 }
 
-/// Held-out figures: `folds`-fold cross-validation by request, every
-/// fitted piece (confidence model, abstention threshold, collaboration
-/// thresholds, complexity cut points) fitted on the other folds only.
-/// Per setup: the held-out metrics and (abstained, asked) on requests whose
-/// plugins were left out of the catalog; and what each fold chose.
-/// Per setup the held-out metrics and (abstained, asked) on left-out-plugin
-/// requests; per fold what it chose.
-pub(crate) type HeldOut = (
-    Vec<Metrics>,
-    Vec<(usize, usize)>,
-    Vec<(ConfidenceModel, Collab, ComplexityModel)>,
-);
-
-/// A catalog from `dirs` with its calibration samples.
-pub(crate) fn setup(
-    name: &str,
-    dirs: &[PathBuf],
+fn complexity_rows(
+    s: &mut Setup,
     labels: &[Label],
-    shipped: &RouterConfig,
-) -> Setup {
-    let catalog = Catalog::load(&Sources {
-        embedded: vec![],
-        dirs: dirs.to_vec(),
-    });
-    let (samples, lopo) = collect_samples(&catalog, labels, shipped);
-    Setup {
-        name: name.to_string(),
-        catalog,
-        samples,
-        lopo,
-    }
+    cfg: &RouterConfig,
+) -> Vec<(usize, f64, Complexity)> {
+    s.router.set_config(open_config(cfg));
+    labels
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.expect.is_empty())
+        .filter_map(|(i, l)| {
+            let c = l.complexity?;
+            Some((
+                i,
+                s.route(&s.router, i, l).classification.complexity_score,
+                c,
+            ))
+        })
+        .collect()
 }
 
-pub(crate) fn held_out(
-    setups: &[Setup],
+/// Fit every parameter on the labels `train` selects.
+pub(crate) fn fit_all(
+    setups: &mut [Setup],
     labels: &[Label],
-    shipped: &RouterConfig,
-    folds: usize,
-) -> HeldOut {
-    let shipped = *shipped;
-    let fold_of = |i: usize| i % folds;
-    let table = collab_table(setups, labels, &shipped);
-    let grid = collab_grid();
-    let mut held = vec![Metrics::default(); setups.len()];
-    let mut held_lopo = vec![(0usize, 0usize); setups.len()];
+    train: &dyn Fn(usize) -> bool,
+    weights: &[Vec<[f64; 2]>],
+    collab_cache: &mut HashMap<u32, Vec<Vec<f64>>>,
+) -> RouterConfig {
+    let semantic = setups.iter().all(|s| s.embedder.is_some());
+    let mut cfg = RouterConfig::default();
+    if semantic {
+        cfg.semantic.weight = best_weight(weights, 0, train);
+        cfg.semantic.agent_weight = best_weight(weights, 1, train);
+    }
+    let sm = samples(setups, labels, &cfg);
+    let mut conf = fit_conf(&sm, train);
+    conf.abstain_below = choose_threshold(&conf, &sm, labels, train);
+    if semantic {
+        cfg.semantic.confidence = conf;
+    } else {
+        cfg.confidence = conf;
+    }
+    let table = collab_cache
+        .entry(cfg.semantic.weight.to_bits())
+        .or_insert_with(|| collab_table(setups, labels, &cfg));
+    let collab = best_collab(table, train);
+    if semantic {
+        (cfg.semantic.collab_min_ratio, cfg.semantic.collab_min_gain) = collab;
+    } else {
+        (cfg.collab_min_ratio, cfg.collab_min_gain) = collab;
+    }
+    let rows = complexity_rows(&mut setups[0], labels, &cfg);
+    cfg.complexity = fit_cuts(&rows, train);
+    cfg
+}
+
+/// Held-out metrics per setup and label set, `folds`-fold; and the configs
+/// each fold chose.
+pub(crate) type HeldOut = (Vec<HashMap<String, Metrics>>, Vec<RouterConfig>);
+
+pub(crate) fn held_out(setups: &mut [Setup], labels: &[Label], folds: usize) -> HeldOut {
+    let weights = weight_table(setups, labels, &RouterConfig::default());
+    let mut cache = HashMap::new();
+    let mut held: Vec<HashMap<String, Metrics>> = vec![HashMap::new(); setups.len()];
     let mut chosen = vec![];
     for f in 0..folds {
-        let train = |i: usize| fold_of(i) != f;
-        let all: Vec<(usize, [f64; NFEAT], bool)> = setups
-            .iter()
-            .flat_map(|s| s.samples.iter().copied())
-            .collect();
-        let mut conf = fit(&all, train);
-        conf.abstain_below = choose_threshold(&conf, &all, labels, train);
-        let c = grid[best_collab(&table, train)];
-        // Complexity cut points from the training rows of the first setup.
-        let mut cfg = RouterConfig {
-            confidence: conf,
-            collab_min_ratio: c.ratio,
-            collab_min_gain: c.gain,
-            priority_weight: c.priority_weight,
-            ..shipped
-        };
-        let cx_rows = complexity_rows(&setups[0].catalog, labels, &cfg);
-        cfg.complexity = fit_cuts(&cx_rows, train);
-        chosen.push((conf, c, cfg.complexity));
-        for (k, s) in setups.iter().enumerate() {
-            let router = Router::with_config(&s.catalog, cfg);
-            for (_, l) in labels.iter().enumerate().filter(|(i, _)| !train(*i)) {
-                held[k].add(l, &router.route(&RouteRequest::new(&l.request)));
-            }
-            for (i, x, _) in s.samples.iter().skip(s.samples.len() - s.lopo) {
-                if !train(*i) {
-                    let p = conf.confidence(&plexus_router::calibrate::from_features(x));
-                    held_lopo[k].1 += 1;
-                    held_lopo[k].0 += (p < conf.abstain_below) as usize;
-                }
+        let train = move |i: usize| i % folds != f;
+        let cfg = fit_all(setups, labels, &train, &weights, &mut cache);
+        chosen.push(cfg);
+        for (k, s) in setups.iter_mut().enumerate() {
+            s.router.set_config(cfg);
+            for (i, l) in labels.iter().enumerate().filter(|(i, _)| !train(*i)) {
+                let d = s.route(&s.router, i, l);
+                held[k].entry(l.set.clone()).or_default().add(l, &d);
+                held[k].entry("all".into()).or_default().add(l, &d);
             }
         }
     }
-    (held, held_lopo, chosen)
+    (held, chosen)
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let shared = root.join("../shared");
     let opt = |name: &str| -> Vec<String> {
         args.windows(2)
             .filter(|w| w[0] == name)
@@ -457,229 +611,161 @@ fn main() {
         .map(|c| c.split(',').map(PathBuf::from).collect())
         .collect();
     if configs.is_empty() {
-        let claude = shared.join("catalog/claude-plugins");
+        let claude = root.join("../shared/catalog/claude-plugins");
         configs = vec![
             vec![claude.clone()],
             vec![root.join("cluster-config/plugins"), claude],
         ];
     }
-    let labels_path = opt("--labels")
-        .pop()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| shared.join("routing/dev.jsonl"));
-    let probe: Vec<String> = opt("--probe")
-        .pop()
-        .map(|p| {
-            std::fs::read_to_string(&p)
-                .unwrap_or_else(|e| panic!("{p}: {e}"))
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let label_files = opt("--labels");
+    let labels: Vec<Label> = if label_files.is_empty() {
+        default_labels(&root)
+    } else {
+        label_files
+            .iter()
+            .flat_map(|f| {
+                let p = PathBuf::from(f);
+                let set = p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                load_labels(&p, &set)
+            })
+            .collect()
+    };
     let folds: usize = opt("--folds")
         .pop()
         .and_then(|f| f.parse().ok())
         .unwrap_or(5);
-    let out = opt("--out").pop();
     let show_errors = args.iter().any(|a| a == "--errors");
-
-    let labels = load_labels(&labels_path);
-    let shipped = RouterConfig::default();
-    println!(
-        "{} labelled requests ({} out of scope) from {}; {} probe requests; {folds}-fold cross-validation",
-        labels.len(),
-        labels.iter().filter(|l| l.expect.is_empty()).count(),
-        labels_path.display(),
-        probe.len()
-    );
-
-    let mut setups = vec![];
-    for dirs in &configs {
-        let name = dirs
-            .iter()
-            .map(|d| {
-                d.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join("+");
-        let s = setup(&name, dirs, &labels, &shipped);
-        let catalog = &s.catalog;
-        let t0 = std::time::Instant::now();
-        let router = Router::new(catalog);
-        let build = t0.elapsed();
-        println!(
-            "\n== catalog {name}: {} plugins, {} documents, index built in {:.1} ms",
-            catalog.plugins.len(),
-            router.doc_count(),
-            build.as_secs_f64() * 1e3
-        );
-        let baseline = BaselineRouter::new(catalog);
-        let mut m_router = Metrics::default();
-        let mut m_base = Metrics::default();
-        let mut lines = vec![];
-        for l in &labels {
-            let req = RouteRequest::new(&l.request);
-            let d = router.route(&req);
-            m_router.add(l, &d);
-            m_base.add(l, &baseline.route(&req));
-            lines.push(d.to_batch_json().to_string());
-            let ok = if l.expect.is_empty() {
-                d.primary_plugin.is_none()
-            } else {
-                d.primary_plugin
-                    .as_ref()
-                    .is_some_and(|p| l.expect.contains(p))
-            };
-            if show_errors && !ok {
-                println!(
-                    "  BAD {:<64} want {:?} got {:?} plan {:?} conf {:.2}",
-                    l.request,
-                    l.expect,
-                    d.primary_plugin,
-                    d.plugins(),
-                    d.confidence
-                );
+    let embedder = if args.iter().any(|a| a == "--no-embed") {
+        None
+    } else {
+        let dir = opt("--embed-dir")
+            .pop()
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("PLEXUS_EMBED_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| root.join(".models/minilm"));
+        match load_embedder(&dir) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                eprintln!("error: {e} (or pass --no-embed for BM25F alone)");
+                std::process::exit(2);
             }
         }
-        println!("whole set, shipped defaults:");
-        m_router.print("router (BM25F)");
-        m_base.print("baseline (seed keywords)");
-        if !probe.is_empty() {
-            let abst = probe
-                .iter()
-                .filter(|t| {
-                    router
-                        .route(&RouteRequest::new(t.as_str()))
-                        .primary_plugin
-                        .is_none()
-                })
-                .count();
-            let babst = probe
-                .iter()
-                .filter(|t| {
-                    baseline
-                        .route(&RouteRequest::new(t.as_str()))
-                        .primary_plugin
-                        .is_none()
-                })
-                .count();
-            println!(
-                "  probe (out of scope, never fitted): router abstains {abst}/{n}, baseline {babst}/{n}",
-                n = probe.len()
-            );
+    };
+    let mut sets: Vec<(String, usize)> = vec![];
+    for l in &labels {
+        match sets.iter_mut().find(|s| s.0 == l.set) {
+            Some(s) => s.1 += 1,
+            None => sets.push((l.set.clone(), 1)),
         }
-        if let Some(o) = &out {
-            let path = format!("{o}.{name}.jsonl");
-            std::fs::write(&path, lines.join("\n") + "\n").expect("write --out");
-            println!("  batch output written to {path}");
-        }
-        setups.push(s);
     }
+    println!(
+        "{} labelled requests {sets:?}; signals: {}; {folds}-fold cross-validation",
+        labels.len(),
+        if embedder.is_some() {
+            "BM25F + all-MiniLM-L6-v2"
+        } else {
+            "BM25F alone"
+        }
+    );
+    let t0 = std::time::Instant::now();
+    let mut setups: Vec<Setup> = configs
+        .iter()
+        .map(|dirs| {
+            let name = dirs
+                .iter()
+                .map(|d| {
+                    d.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join("+");
+            setup(&name, dirs, &labels, embedder.clone())
+        })
+        .collect();
+    println!(
+        "catalogs indexed and requests embedded in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 
-    // ---- Cross-validation: every fitted piece sees the training folds only.
-    println!("\n== held-out ({folds}-fold, folds by request; each fold fitted on the others)");
-    let (held, held_lopo, chosen) = held_out(&setups, &labels, &shipped, folds);
-    let fold_of = |i: usize| i % folds;
-    let table = collab_table(&setups, &labels, &shipped);
-    let grid = collab_grid();
+    println!("\n== held-out ({folds}-fold; each fold fitted on the others)");
+    let (held, chosen) = held_out(&mut setups, &labels, folds);
     for (k, s) in setups.iter().enumerate() {
-        held[k].print(&format!("router on {}", s.name));
-        println!(
-            "  {:<34} abstains on {}/{} requests whose expected plugins were left out of the catalog",
-            "",
-            held_lopo[k].0,
-            held_lopo[k].1
-        );
+        println!("catalog {}:", s.name);
+        for (set, _) in sets.iter().chain([&("all".to_string(), 0)]) {
+            if let Some(m) = held[k].get(set) {
+                m.print(set);
+            }
+        }
     }
     let range = |v: Vec<f64>| {
         let lo = v.iter().copied().fold(f64::MAX, f64::min);
         let hi = v.iter().copied().fold(f64::MIN, f64::max);
         format!("{lo:.2}..{hi:.2}")
     };
+    let semantic = embedder.is_some();
     println!(
-        "  per fold: abstain_below {} collab_min_ratio {} collab_min_gain {} priority_weight {} moderate_at {} complex_at {}",
-        range(chosen.iter().map(|c| c.0.abstain_below).collect()),
-        range(chosen.iter().map(|c| c.1.ratio).collect()),
-        range(chosen.iter().map(|c| c.1.gain).collect()),
-        range(chosen.iter().map(|c| c.1.priority_weight as f64).collect()),
-        range(chosen.iter().map(|c| c.2.moderate_at).collect()),
-        range(chosen.iter().map(|c| c.2.complex_at).collect()),
+        "  per fold: weight {} agent_weight {} abstain_below {} collab_min_ratio {} collab_min_gain {}",
+        range(chosen.iter().map(|c| c.semantic.weight as f64).collect()),
+        range(chosen.iter().map(|c| c.semantic.agent_weight as f64).collect()),
+        range(chosen.iter().map(|c| conf_of(c, semantic).abstain_below).collect()),
+        range(chosen.iter().map(|c| collab_of(c, semantic).0).collect()),
+        range(chosen.iter().map(|c| collab_of(c, semantic).1).collect()),
     );
 
-    // ---- Calibration curve: held-out probabilities against thresholds.
-    let mut heldp: Vec<(usize, f64, bool, bool, usize)> = vec![]; // (label, p, right, lopo, setup)
-    for f in 0..folds {
-        let train = |i: usize| fold_of(i) != f;
-        let all: Vec<(usize, [f64; NFEAT], bool)> = setups
-            .iter()
-            .flat_map(|s| s.samples.iter().copied())
-            .collect();
-        let conf = fit(&all, train);
-        for (k, s) in setups.iter().enumerate() {
-            for (j, (i, x, right)) in s.samples.iter().enumerate() {
-                if !train(*i) {
-                    let e = plexus_router::calibrate::from_features(x);
-                    heldp.push((
-                        *i,
-                        conf.confidence(&e),
-                        *right,
-                        j >= s.samples.len() - s.lopo,
-                        k,
-                    ));
-                }
+    if show_errors {
+        let folds_cfg = &chosen;
+        let s = &mut setups[0];
+        println!("\n== held-out errors on {}", s.name);
+        for (i, l) in labels.iter().enumerate() {
+            s.router.set_config(folds_cfg[i % folds]);
+            let d = s.route(&s.router, i, l);
+            let ok_plugin = if l.expect.is_empty() {
+                d.primary_plugin.is_none()
+            } else {
+                d.primary_plugin
+                    .as_ref()
+                    .is_some_and(|p| l.expect.contains(p))
+            };
+            let ok_agent = l.agents.is_empty()
+                || l.expect.is_empty()
+                || agent_of(&d).is_some_and(|a| l.agents.contains(&a));
+            if !ok_plugin || !ok_agent {
+                println!(
+                    "  [{}] {:<70.70} want {:?} got {:?} ({:?}) conf {:.2} cos {:.2}",
+                    l.set,
+                    l.request,
+                    l.expect,
+                    d.primary_plugin,
+                    d.agent,
+                    d.confidence,
+                    d.evidence.semantic
+                );
             }
         }
     }
-    let inscope = labels.iter().filter(|l| !l.expect.is_empty()).count() * setups.len();
-    let oos = labels.iter().filter(|l| l.expect.is_empty()).count() * setups.len();
-    let lopo_n: usize = setups.iter().map(|s| s.lopo).sum();
-    println!("  held-out calibration curve (both catalogs): threshold → top-1 on in-scope, abstention on out-of-scope, on left-out-plugin requests");
-    for t in [0.1, 0.2, 0.3, 0.4, 0.5, 0.6] {
-        let top1 = heldp.iter().filter(|h| !h.3 && h.2 && h.1 >= t).count();
-        // out-of-scope requests that matched nothing abstain whatever t is
-        let oos_routed = heldp
-            .iter()
-            .filter(|h| !h.3 && labels[h.0].expect.is_empty())
-            .collect::<Vec<_>>();
-        let oos_abst = oos - oos_routed.len() + oos_routed.iter().filter(|h| h.1 < t).count();
-        let lopo_abst = heldp.iter().filter(|h| h.3 && h.1 < t).count();
-        println!(
-            "    {t:.2}: top1 {:.3}  abstain {:.3}  left-out {:.3}",
-            top1 as f64 / inscope as f64,
-            oos_abst as f64 / oos.max(1) as f64,
-            lopo_abst as f64 / lopo_n.max(1) as f64
-        );
-    }
 
-    // ---- The whole set: what the shipped defaults should be.
-    let all: Vec<(usize, [f64; NFEAT], bool)> = setups
-        .iter()
-        .flat_map(|s| s.samples.iter().copied())
-        .collect();
-    let mut conf = fit(&all, |_| true);
-    conf.abstain_below = choose_threshold(&conf, &all, &labels, |_| true);
-    let c = grid[best_collab(&table, |_| true)];
-    let mut cfg = RouterConfig {
-        confidence: conf,
-        collab_min_ratio: c.ratio,
-        collab_min_gain: c.gain,
-        priority_weight: c.priority_weight,
-        ..shipped
-    };
-    let cx_rows = complexity_rows(&setups[0].catalog, &labels, &cfg);
-    cfg.complexity = fit_cuts(&cx_rows, |_| true);
+    // ---- Everything: what the shipped defaults should be.
+    let weights = weight_table(&mut setups, &labels, &RouterConfig::default());
+    let cfg = fit_all(
+        &mut setups,
+        &labels,
+        &|_| true,
+        &weights,
+        &mut HashMap::new(),
+    );
+    let conf = conf_of(&cfg, semantic);
     println!(
-        "\n== fitted on the whole set ({} evidence samples, {} of them with the expected plugins left out)",
-        all.len(),
-        setups.iter().map(|s| s.lopo).sum::<usize>()
+        "\n== fitted on all {} requests (the shipped defaults)",
+        labels.len()
     );
     println!(
-        "  ConfidenceModel {{ bias: {:.3}, weights: [{}], abstain_below: {:.2} }}  (features {:?})",
+        "  weight {:.2} agent_weight {:.2}\n  ConfidenceModel {{ bias: {:.3}, weights: [{}], abstain_below: {:.3} }} (features {:?})\n  collab_min_ratio {:.2} collab_min_gain {:.2} complexity {:?}",
+        cfg.semantic.weight,
+        cfg.semantic.agent_weight,
         conf.bias,
         conf.weights
             .iter()
@@ -687,70 +773,32 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", "),
         conf.abstain_below,
-        plexus_router::calibrate::FEATURE_NAMES
+        plexus_router::calibrate::FEATURE_NAMES,
+        collab_of(&cfg, semantic).0,
+        collab_of(&cfg, semantic).1,
+        cfg.complexity,
     );
-    if !probe.is_empty() {
-        for s in &setups {
-            let r = Router::with_config(&s.catalog, cfg);
-            let abst = probe
-                .iter()
-                .filter(|t| {
-                    r.route(&RouteRequest::new(t.as_str()))
-                        .primary_plugin
-                        .is_none()
-                })
-                .count();
-            println!(
-                "  probe with these on {}: abstains {abst}/{}",
-                s.name,
-                probe.len()
-            );
-        }
-    }
-    println!(
-        "  collab_min_ratio: {:.2}, collab_min_gain: {:.2}, priority_weight: {:.2}, complexity: {:?}",
-        c.ratio, c.gain, c.priority_weight, cfg.complexity
-    );
-    let same = |a: f64, b: f64| (a - b).abs() < 5e-3;
-    let shipped_matches = same(shipped.confidence.bias, conf.bias)
-        && same(shipped.confidence.abstain_below, conf.abstain_below)
-        && shipped
-            .confidence
+    let shipped = RouterConfig::default();
+    let close = |a: f64, b: f64| (a - b).abs() < 5e-3;
+    let sc = conf_of(&shipped, semantic);
+    let same = close(sc.bias, conf.bias)
+        && close(sc.abstain_below, conf.abstain_below)
+        && sc
             .weights
             .iter()
             .zip(conf.weights)
-            .all(|(a, b)| same(*a, b))
-        && same(shipped.collab_min_ratio, c.ratio)
-        && same(shipped.collab_min_gain, c.gain)
-        && same(shipped.priority_weight as f64, c.priority_weight as f64)
-        && same(shipped.complexity.moderate_at, cfg.complexity.moderate_at)
-        && same(shipped.complexity.complex_at, cfg.complexity.complex_at);
+            .all(|(a, b)| close(*a, b))
+        && (!semantic
+            || (close(shipped.semantic.weight as f64, cfg.semantic.weight as f64)
+                && close(
+                    shipped.semantic.agent_weight as f64,
+                    cfg.semantic.agent_weight as f64,
+                )))
+        && close(collab_of(&shipped, semantic).0, collab_of(&cfg, semantic).0)
+        && close(collab_of(&shipped, semantic).1, collab_of(&cfg, semantic).1);
     println!(
         "  shipped defaults {} these",
-        if shipped_matches {
-            "equal"
-        } else {
-            "DIFFER FROM"
-        }
+        if same { "equal" } else { "DIFFER FROM" }
     );
-    let _ = classify::base_minutes;
-}
-
-/// (label index, complexity score, label) for in-scope labelled rows.
-fn complexity_rows(
-    catalog: &Catalog,
-    labels: &[Label],
-    cfg: &RouterConfig,
-) -> Vec<(usize, f64, Complexity)> {
-    let router = Router::with_config(catalog, open_config(cfg));
-    labels
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| !l.expect.is_empty())
-        .filter_map(|(i, l)| {
-            let c = l.complexity?;
-            let d = router.route(&RouteRequest::new(&l.request));
-            Some((i, d.classification.complexity_score, c))
-        })
-        .collect()
+    let _ = &setups[0].catalog;
 }

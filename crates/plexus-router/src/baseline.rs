@@ -220,6 +220,7 @@ impl BaselineRouter {
                 .map(|x| format!("{} {:.0} points", x.0, x.1))
                 .collect(),
             primary_plugin: primary,
+            signals: "keyword baseline".to_string(),
         }
     }
 }

@@ -16,10 +16,17 @@ use serde::{Deserialize, Serialize};
 use crate::decision::Evidence;
 
 /// Number of model features.
-pub const NFEAT: usize = 4;
+pub const NFEAT: usize = 6;
 
 /// Names of the features, in order (for reports).
-pub const FEATURE_NAMES: [&str; NFEAT] = ["coverage", "doc_coverage", "norm_score", "info"];
+pub const FEATURE_NAMES: [&str; NFEAT] = [
+    "coverage",
+    "doc_coverage",
+    "norm_score",
+    "info",
+    "semantic",
+    "semantic_margin",
+];
 
 /// The features of one piece of evidence, each in 0–1. (The margin to the
 /// runner-up is left out: requests that span two plugins have a small
@@ -32,6 +39,8 @@ pub fn features(e: &Evidence) -> [f64; NFEAT] {
         e.norm_score,
         // Matched information in units of the rarest possible word, squashed.
         (e.info / 3.0).min(1.0),
+        e.semantic,
+        e.semantic_margin,
     ]
 }
 
@@ -42,6 +51,8 @@ pub fn from_features(x: &[f64; NFEAT]) -> Evidence {
         doc_coverage: x[1],
         norm_score: x[2],
         info: 3.0 * x[3],
+        semantic: x[4],
+        semantic_margin: x[5],
         margin: 0.0,
         words: 0,
         matched_words: 0,
@@ -64,7 +75,7 @@ impl Default for ConfidenceModel {
     fn default() -> Self {
         ConfidenceModel {
             bias: -4.666,
-            weights: [1.236, 1.284, 5.316, 0.642],
+            weights: [1.236, 1.284, 5.316, 0.642, 0.0, 0.0],
             abstain_below: 0.19,
         }
     }
@@ -169,6 +180,8 @@ mod tests {
             doc_coverage: norm,
             norm_score: norm,
             info: 3.0 * norm,
+            semantic: 0.0,
+            semantic_margin: 0.0,
             margin: 0.5,
             words: 4,
             matched_words: 2,

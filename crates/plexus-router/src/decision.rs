@@ -163,6 +163,13 @@ pub struct Evidence {
     /// Matched information: Σ idf of the content words it matches, in units
     /// of the idf of a word only one document has.
     pub info: f64,
+    /// Cosine of the request's sentence embedding with the plugin's closest
+    /// document (0 without the embedding).
+    #[serde(default)]
+    pub semantic: f64,
+    /// That cosine minus the best other plugin's.
+    #[serde(default)]
+    pub semantic_margin: f64,
     /// 1 − runner-up score / its score (1 when there is no runner-up).
     pub margin: f64,
     /// Content words in the request, and how many the plugin matches.
@@ -197,6 +204,10 @@ pub struct RoutingDecision {
     /// Best plugins with their scores (primary first when not abstaining).
     pub candidates: Vec<Candidate>,
     pub explanation: Vec<String>,
+    /// Which signals decided: `bm25f+all-MiniLM-L6-v2`, or `bm25f` and why
+    /// the embedding was not used (no model files, blank request).
+    #[serde(default)]
+    pub signals: String,
 }
 
 impl RoutingDecision {
@@ -229,6 +240,7 @@ impl RoutingDecision {
             "estimated_cost_usd": round(self.estimated_cost_usd, 4),
             "estimated_duration_min": round(self.estimated_duration_min, 1),
             "abstain_reason": self.abstain_reason,
+            "signals": self.signals,
         })
     }
 }
@@ -254,6 +266,9 @@ impl fmt::Display for RoutingDecision {
                 }
                 writeln!(f, ", confidence {:.2}", self.confidence)?;
             }
+        }
+        if !self.signals.is_empty() {
+            writeln!(f, "signals: {}", self.signals)?;
         }
         for line in &self.explanation {
             writeln!(f, "  - {line}")?;

@@ -75,6 +75,7 @@ pub mod decision;
 pub mod index;
 pub mod learning;
 pub mod router;
+pub mod semantic;
 pub mod text;
 
 pub use baseline::BaselineRouter;
@@ -88,6 +89,7 @@ pub use index::Bm25Params;
 pub use learning::OutcomeStats;
 pub use plexus_catalog::ModelTier;
 pub use router::{Router, RouterConfig};
+pub use semantic::{CachedEmbedder, EmbedError, Embedder, SemanticConfig, SemanticIndex};
 
 /// The seed's keyword-point router as a plain function (see [`BaselineRouter`]).
 pub fn keyword_baseline(catalog: &plexus_catalog::Catalog) -> impl Fn(&str) -> RoutingDecision {

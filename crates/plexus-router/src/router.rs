@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use plexus_catalog::Catalog;
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,7 @@ use crate::decision::{
 };
 use crate::index::{pattern_literals, Bm25Params, DocKind, Index};
 use crate::learning::OutcomeStats;
+use crate::semantic::{Embedder, SemanticConfig, SemanticIndex};
 
 /// Scoring weights and calibrated thresholds.
 ///
@@ -45,6 +47,9 @@ pub struct RouterConfig {
     pub complexity: ComplexityModel,
     /// How far outcomes move scores: a perfect record multiplies by 1 + w/2.
     pub learning_weight: f64,
+    /// Fusion with the sentence embedding, when the router has one.
+    #[serde(default)]
+    pub semantic: SemanticConfig,
 }
 
 impl Default for RouterConfig {
@@ -61,6 +66,7 @@ impl Default for RouterConfig {
             fallback_min_ratio: 0.15,
             complexity: ComplexityModel::default(),
             learning_weight: 0.3,
+            semantic: SemanticConfig::default(),
         }
     }
 }
@@ -79,10 +85,13 @@ struct QTerm {
 #[derive(Debug, Clone, Copy, Default)]
 struct PluginScore {
     score: f32,
-    /// The score before priority and learnt outcomes scale it.
+    /// The BM25F score before priority and learnt outcomes scale it.
     raw: f32,
     coverage: f32,
     best_doc: Option<u32>,
+    /// Cosine of the request with the plugin's closest document (0 without
+    /// the embedding).
+    semantic: f32,
 }
 
 /// Everything the scoring pass found, before the decision.
@@ -110,6 +119,11 @@ pub struct Router {
     fallbacks_declared: Vec<Vec<String>>,
     plugin_by_name: HashMap<String, u32>,
     counter: AtomicU64,
+    /// The sentence embedder and the documents' vectors; None: BM25F alone.
+    embedder: Option<Arc<dyn Embedder>>,
+    semantic: Option<SemanticIndex>,
+    /// Why the router runs on BM25F alone, when it does.
+    semantic_off: Option<String>,
 }
 
 impl Router {
@@ -119,7 +133,31 @@ impl Router {
     }
 
     pub fn with_config(catalog: &Catalog, config: RouterConfig) -> Router {
+        Router::with_embedder(catalog, config, None)
+    }
+
+    /// Index `catalog` and embed every document with `embedder` (None, or an
+    /// embedding failure: BM25F alone, and [`Router::semantic_status`] says why).
+    pub fn with_embedder(
+        catalog: &Catalog,
+        config: RouterConfig,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Router {
         let index = Index::build(catalog, config.bm25);
+        let (semantic, semantic_off) = match &embedder {
+            None => (None, Some("no embedding model loaded".to_string())),
+            Some(e) => {
+                let texts: Vec<Vec<&str>> = index
+                    .docs
+                    .iter()
+                    .map(|d| d.texts.iter().map(String::as_str).collect())
+                    .collect();
+                match SemanticIndex::build(e.as_ref(), &texts) {
+                    Ok(s) => (Some(s), None),
+                    Err(err) => (None, Some(format!("embedding the catalog failed: {err}"))),
+                }
+            }
+        };
         let nd = index.docs.len();
         let np = index.plugins.len();
         // The seed names jira-orchestrator the coordinator; a catalog without it
@@ -154,7 +192,66 @@ impl Router {
             index,
             config,
             counter: AtomicU64::new(0),
+            embedder: if semantic.is_some() { embedder } else { None },
+            semantic,
+            semantic_off,
         }
+    }
+
+    /// Use `embedder` from now on (None: BM25F alone), embedding every
+    /// document; what was learned and availability are kept. On an
+    /// embedding failure the router stays on BM25F and says why.
+    pub fn set_embedder(&mut self, embedder: Option<Arc<dyn Embedder>>) {
+        let Some(e) = embedder else {
+            self.embedder = None;
+            self.semantic = None;
+            self.semantic_off = Some("no embedding model loaded".to_string());
+            return;
+        };
+        let texts: Vec<Vec<&str>> = self
+            .index
+            .docs
+            .iter()
+            .map(|d| d.texts.iter().map(String::as_str).collect())
+            .collect();
+        match SemanticIndex::build(e.as_ref(), &texts) {
+            Ok(s) => {
+                self.semantic = Some(s);
+                self.embedder = Some(e);
+                self.semantic_off = None;
+            }
+            Err(err) => {
+                self.semantic = None;
+                self.embedder = None;
+                self.semantic_off = Some(format!("embedding the catalog failed: {err}"));
+            }
+        }
+    }
+
+    /// Say why the router runs on BM25F alone (e.g. "loading the model").
+    pub fn set_semantic_off_reason(&mut self, why: impl Into<String>) {
+        if self.semantic.is_none() {
+            self.semantic_off = Some(why.into());
+        }
+    }
+
+    /// The embedding model in use, or why there is none (BM25F alone).
+    pub fn semantic_status(&self) -> Result<&str, &str> {
+        match (&self.semantic, &self.semantic_off) {
+            (Some(s), _) => Ok(s.model.as_str()),
+            (None, Some(why)) => Err(why.as_str()),
+            (None, None) => Err("no embedding model loaded"),
+        }
+    }
+
+    /// The request's embedding, when the router has a model (None also for
+    /// blank text, or when the model fails on it).
+    pub fn embed_query(&self, text: &str) -> Option<Vec<f32>> {
+        if text.trim().is_empty() {
+            return None;
+        }
+        let e = self.embedder.as_ref()?;
+        e.embed(&[text]).ok()?.pop()
     }
 
     pub fn config(&self) -> &RouterConfig {
@@ -165,7 +262,7 @@ impl Router {
     /// server's tools), keeping the configuration, what was learned about
     /// the plugins and documents that are still there, and availability.
     pub fn reindex(&mut self, catalog: &Catalog) {
-        let mut next = Router::with_config(catalog, self.config);
+        let mut next = Router::with_embedder(catalog, self.config, self.embedder.clone());
         for (name, &p) in &self.plugin_by_name {
             let Some(&q) = next.plugin_by_name.get(name) else {
                 continue;
@@ -322,7 +419,7 @@ impl Router {
         q
     }
 
-    fn score(&self, text: &str) -> Scored {
+    fn score(&self, text: &str, qvec: Option<&[f32]>) -> Scored {
         let ix = &self.index;
         let cfg = &self.config;
         let q = self.analyse(text);
@@ -349,17 +446,50 @@ impl Router {
             .filter(|t| t.unigram)
             .map(|t| t.idf * t.weight)
             .sum();
+        let cos: Option<Vec<f32>> = match (qvec, &self.semantic) {
+            (Some(q), Some(s)) => Some(s.cosines(q)),
+            _ => None,
+        };
+        let sem = &cfg.semantic;
+        let norm = |x: f32| {
+            if max_possible > 0.0 {
+                x / max_possible
+            } else {
+                0.0
+            }
+        };
         let mut plugins = vec![PluginScore::default(); np];
         for (p, pm) in ix.plugins.iter().enumerate() {
             let mut best = 0f32;
             let mut best_doc = None;
+            let mut best_agent = f32::MIN;
             for d in pm.docs.clone() {
                 let s = doc_scores[d as usize] * self.doc_mult[d as usize];
                 if s > best {
                     best = s;
+                }
+                // The agent: BM25F alone, or mixed with the cosine.
+                let a = match &cos {
+                    Some(c) => {
+                        (1.0 - sem.agent_weight) * norm(s)
+                            + sem.agent_weight * c[d as usize] * self.doc_mult[d as usize]
+                    }
+                    None => s,
+                };
+                if a > best_agent && (cos.is_some() || s > 0.0) {
+                    best_agent = a;
                     best_doc = Some(d);
                 }
             }
+            let semantic = cos
+                .as_ref()
+                .map(|c| {
+                    std::iter::once(pm.plugin_doc)
+                        .chain(pm.docs.clone())
+                        .map(|d| c[d as usize])
+                        .fold(0f32, f32::max)
+                })
+                .unwrap_or(0.0);
             let row = &contrib[p * nq..p * nq + nq];
             let union: f32 = row.iter().sum();
             let covered: f32 = q
@@ -372,9 +502,14 @@ impl Router {
             let mix = cfg.best_doc_mix;
             let raw = mix * (best + cfg.plugin_doc_weight * pdoc) + (1.0 - mix) * union;
             let prio = 1.0 + cfg.priority_weight * (pm.priority as f32 - 5.0) / 5.0;
-            let s = raw * prio.max(0.05) * self.plugin_mult[p];
+            let fused = match &cos {
+                Some(_) => (1.0 - sem.weight) * norm(raw).min(1.0) + sem.weight * semantic,
+                None => raw,
+            };
+            let s = fused * prio.max(0.05) * self.plugin_mult[p];
             plugins[p] = PluginScore {
                 score: s,
+                semantic,
                 raw,
                 coverage: if idf_total > 0.0 {
                     covered / idf_total
@@ -423,7 +558,13 @@ impl Router {
             }
         }
         let s1 = ps.score.max(1e-9);
+        let other = (0..sc.plugins.len())
+            .filter(|&o| o != p && self.available[o])
+            .map(|o| sc.plugins[o].semantic)
+            .fold(0f32, f32::max);
         Evidence {
+            semantic: ps.semantic as f64,
+            semantic_margin: (ps.semantic - other) as f64,
             coverage: ps.coverage as f64,
             doc_coverage: if total > 0.0 {
                 (in_doc / total) as f64
@@ -451,14 +592,33 @@ impl Router {
         })
     }
 
-    /// Route one request.
+    /// Route one request (embedding it first when the router has a model).
     pub fn route(&self, req: &RouteRequest) -> RoutingDecision {
+        let q = self.embed_query(&req.text);
+        self.route_embedded(req, q.as_deref())
+    }
+
+    /// Route one request whose embedding is already known (`None`: BM25F
+    /// alone). The embedding is the costly part, so benches and evaluations
+    /// compute it once.
+    pub fn route_embedded(&self, req: &RouteRequest, qvec: Option<&[f32]>) -> RoutingDecision {
         let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
         let cfg = &self.config;
         let ix = &self.index;
-        let sc = self.score(&req.text);
+        let qvec = qvec.filter(|_| self.semantic.is_some() && !req.text.trim().is_empty());
+        let sc = self.score(&req.text, qvec);
         let nq = sc.q.len();
         let mut explanation = vec![];
+        let confidence_model = if qvec.is_some() {
+            cfg.semantic.confidence
+        } else {
+            cfg.confidence
+        };
+        let used_signals = match (qvec, &self.semantic, self.semantic_status()) {
+            (Some(_), Some(s), _) => format!("bm25f+{}", s.model),
+            (_, _, Err(why)) => format!("bm25f alone: {why}"),
+            _ => "bm25f alone: blank request".to_string(),
+        };
 
         // Rank available plugins.
         let mut ranked: Vec<usize> = (0..ix.plugins.len())
@@ -495,16 +655,19 @@ impl Router {
         // Abstain?
         let top = ranked.first().copied();
         let evidence = top.map(|p| self.evidence(&sc, p, ranked.get(1).copied()));
-        let top_confidence = evidence.map(|e| cfg.confidence.confidence(&e));
+        let top_confidence = evidence.map(|e| confidence_model.confidence(&e));
         let abstain_reason = match (top, evidence, top_confidence) {
-            (Some(p), Some(ev), Some(c)) if c < cfg.confidence.abstain_below => Some(format!(
+            (Some(p), Some(ev), Some(c)) if c < confidence_model.abstain_below => Some(format!(
                 "confidence {c:.2} is below {:.2}: the best match, {}, covers {:.0}% of the request's \
-                 informative words ({:.0}% in one agent or command) and scores {:.2} of the possible",
-                cfg.confidence.abstain_below,
+                 informative words ({:.0}% in one agent or command), scores {:.2} of the possible \
+                 and has cosine {:.2} ({:+.2} over the next plugin)",
+                confidence_model.abstain_below,
                 ix.plugins[p].name,
                 100.0 * ev.coverage,
                 100.0 * ev.doc_coverage,
-                ev.norm_score
+                ev.norm_score,
+                ev.semantic,
+                ev.semantic_margin
             )),
             (Some(_), _, _) => None,
             _ if down.is_empty() => Some("no word of the request matches any plugin".to_string()),
@@ -550,20 +713,28 @@ impl Router {
                 evidence: evidence.unwrap_or_default(),
                 candidates,
                 explanation,
+                signals: used_signals,
             };
         }
         let primary = top.expect("not abstaining");
         let s1 = sc.plugins[primary].score;
+        // New BM25F evidence is measured against the primary's BM25F score.
+        let raw1 = sc.plugins[primary].raw.max(1e-6);
         let row = |p: usize| &sc.contrib[p * nq..p * nq + nq];
 
         // Collaboration: runners-up close enough that add evidence of their own.
+        let (collab_min_ratio, collab_min_gain) = if qvec.is_some() {
+            (cfg.semantic.collab_min_ratio, cfg.semantic.collab_min_gain)
+        } else {
+            (cfg.collab_min_ratio, cfg.collab_min_gain)
+        };
         let mut plan = vec![primary];
         for &p in ranked.iter().skip(1).take(4) {
             if plan.len() >= 3 {
                 break;
             }
             let ratio = (sc.plugins[p].score / s1) as f64;
-            if ratio < cfg.collab_min_ratio {
+            if ratio < collab_min_ratio {
                 break;
             }
             let gain: f32 = (0..nq)
@@ -572,8 +743,8 @@ impl Router {
                     (row(p)[i] - have).max(0.0)
                 })
                 .sum();
-            let gain = (gain / s1) as f64;
-            if gain >= cfg.collab_min_gain {
+            let gain = (gain / raw1) as f64;
+            if gain >= collab_min_gain {
                 explanation.push(format!(
                     "{} joins the plan: score {:.2} ({:.0}% of the primary) and adds {:.0}% new evidence",
                     ix.plugins[p].name,
@@ -843,6 +1014,7 @@ impl Router {
             evidence: evidence.unwrap_or_default(),
             candidates,
             explanation,
+            signals: used_signals,
         }
     }
 }
@@ -937,6 +1109,141 @@ mod tests {
             before
         );
         assert!(!r.is_available("ui-kit"));
+    }
+
+    /// A stand-in embedder for the fusion logic (the real model is tested
+    /// in plexus-embed and by the held-out floor): one dimension per
+    /// concept, counted from words that name it, plus a small constant.
+    #[derive(Debug)]
+    struct Concepts;
+    const CONCEPTS: [&[&str]; 4] = [
+        &[
+            "lights",
+            "lighting",
+            "lamp",
+            "lamps",
+            "sprinkler",
+            "garden",
+            "fridge",
+            "scene",
+            "scenes",
+            "home",
+            "dimmer",
+        ],
+        &[
+            "vault",
+            "secrets",
+            "password",
+            "passwords",
+            "credentials",
+            "key",
+        ],
+        &[
+            "react",
+            "form",
+            "forms",
+            "page",
+            "button",
+            "theme",
+            "component",
+            "components",
+        ],
+        &["jira", "sprint", "issue", "ticket", "tickets", "backlog"],
+    ];
+    impl Embedder for Concepts {
+        fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, crate::EmbedError> {
+            Ok(texts
+                .iter()
+                .map(|t| {
+                    let t = t.to_lowercase();
+                    let mut v = vec![0.2f32; CONCEPTS.len() + 1];
+                    for w in t.split(|c: char| !c.is_alphanumeric()) {
+                        for (k, c) in CONCEPTS.iter().enumerate() {
+                            v[k] += c.contains(&w) as u8 as f32;
+                        }
+                    }
+                    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    v.into_iter().map(|x| x / n).collect()
+                })
+                .collect())
+        }
+        fn dim(&self) -> usize {
+            CONCEPTS.len() + 1
+        }
+        fn name(&self) -> &str {
+            "concepts"
+        }
+    }
+
+    fn open(mut cfg: RouterConfig) -> RouterConfig {
+        cfg.confidence.abstain_below = 0.0;
+        cfg.semantic.confidence.abstain_below = 0.0;
+        cfg
+    }
+
+    #[test]
+    fn the_embedding_routes_requests_whose_words_the_catalog_lacks() {
+        let text = "the sprinkler in the garden should wait when rain comes";
+        let bm25 = Router::with_config(&catalog(), open(RouterConfig::default()));
+        let d = route(&bm25, text);
+        assert_eq!(d.primary_plugin, None, "{d}");
+        assert!(d.signals.starts_with("bm25f alone"), "{}", d.signals);
+        assert!(d.to_string().contains("signals: bm25f alone"));
+        assert_eq!(bm25.semantic_status(), Err("no embedding model loaded"));
+
+        let fused = Router::with_embedder(
+            &catalog(),
+            open(RouterConfig::default()),
+            Some(Arc::new(Concepts)),
+        );
+        assert_eq!(fused.semantic_status(), Ok("concepts"));
+        let d = route(&fused, text);
+        assert_eq!(d.primary_plugin.as_deref(), Some("home-lights"), "{d}");
+        assert_eq!(d.signals, "bm25f+concepts");
+        assert!(
+            d.evidence.semantic > 0.5 && d.evidence.semantic_margin > 0.1,
+            "{d:?}"
+        );
+        assert_eq!(d.to_batch_json()["signals"], "bm25f+concepts");
+        // A blank request is not embedded.
+        assert!(route(&fused, "  ").signals.contains("blank"));
+    }
+
+    #[test]
+    fn the_agent_inside_the_plugin_is_chosen_with_the_embedding_too() {
+        // Lexically the request matches the policy writer ("write",
+        // "services") best; its meaning (credentials) is the rotator's.
+        let mut cfg = open(RouterConfig::default());
+        cfg.semantic.agent_weight = 1.0;
+        let text = "write new credentials for the services in vault";
+        let fused = Router::with_embedder(&catalog(), cfg, Some(Arc::new(Concepts)));
+        let d = route(&fused, text);
+        assert_eq!(d.primary_plugin.as_deref(), Some("secrets-keeper"), "{d}");
+        assert_eq!(d.agent.as_deref(), Some("agent:secret-rotator"), "{d}");
+        cfg.semantic.agent_weight = 0.0;
+        let mut lexical = fused;
+        lexical.set_config(cfg);
+        let d = route(&lexical, text);
+        assert_eq!(d.agent.as_deref(), Some("agent:policy-writer"), "{d}");
+    }
+
+    #[test]
+    fn the_embedder_can_arrive_later_and_learning_survives() {
+        let mut r = Router::with_config(&catalog(), open(RouterConfig::default()));
+        r.set_semantic_off_reason("loading");
+        assert_eq!(r.semantic_status(), Err("loading"));
+        r.record_outcome("secrets-keeper", "agent:secret-rotator", true, 10);
+        r.set_embedder(Some(Arc::new(Concepts)));
+        assert_eq!(r.semantic_status(), Ok("concepts"));
+        assert_eq!(
+            r.outcome_stats("secrets-keeper", "agent:secret-rotator")
+                .map(|s| s.successes),
+            Some(1)
+        );
+        let d = route(&r, "the fridge lamp");
+        assert_eq!(d.primary_plugin.as_deref(), Some("home-lights"), "{d}");
+        r.set_embedder(None);
+        assert!(r.semantic_status().is_err());
     }
 
     /// A small catalog in the shape of the real one (not its text).

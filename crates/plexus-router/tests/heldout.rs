@@ -1,9 +1,10 @@
-//! The routing floor (issue 25): held-out top-1 on the labelled dev set
-//! (`../shared/routing/dev.jsonl`) against the real Claude Code plugins,
-//! with the same 5-fold cross-validation `examples/eval.rs` reports
-//! (docs/routing.md: 0.953). Every fitted piece sees the training folds
-//! only, so this is the figure to expect on unseen requests; a router
-//! change that loses accuracy fails CI.
+//! The routing floor (issues 20, 25): held-out figures of the fused router
+//! (BM25F + all-MiniLM-L6-v2) on the real Claude Code plugins, with the same
+//! 5-fold cross-validation `examples/eval.rs` reports (docs/routing.md).
+//! Every fitted piece sees the training folds only, so these are the figures
+//! to expect on unseen requests; a router change that loses accuracy fails
+//! CI. Without the model files this test FAILS (it does not fall back to
+//! BM25F): CI installs them with scripts/setup-embed.sh.
 
 #[path = "../examples/eval.rs"]
 #[allow(dead_code)]
@@ -11,42 +12,50 @@ mod eval;
 
 use std::path::PathBuf;
 
-use plexus_router::RouterConfig;
-
-/// Held-out top-1 must stay at or above this (measured: 0.953, 61/64).
-const FLOOR: f64 = 0.93;
+/// (label set, figure, floor). Measured figures are in docs/routing.md; the
+/// floors sit a little under them (a few requests of slack).
+const FLOORS: &[(&str, &str, f64)] = &[
+    ("dev", "top1", 0.95),
+    ("everyday", "top1", 0.60),
+    ("agents", "top1", 0.97),
+    ("agents", "agent", 0.93),
+    ("everyday", "agent", 0.38),
+    ("out-of-scope", "abstain", 0.90),
+    ("everyday", "false-abstain-max", 0.30),
+];
 
 #[test]
-fn held_out_top1_on_the_dev_set_stays_above_the_floor() {
+fn held_out_figures_of_the_fused_router_stay_above_their_floors() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let shared = root.join("../shared");
-    let claude = shared.join("catalog/claude-plugins");
-    let dev = shared.join("routing/dev.jsonl");
+    let claude = root.join("../shared/catalog/claude-plugins");
     assert!(
-        claude.is_dir() && dev.is_file(),
-        "{} and {} are needed (the shared catalog and dev set beside the checkout)",
-        claude.display(),
-        dev.display()
+        claude.is_dir(),
+        "{} is needed (the shared catalog beside the checkout)",
+        claude.display()
     );
-    let labels = eval::load_labels(&dev);
-    let shipped = RouterConfig::default();
-    // The two catalogs examples/eval.rs reports on, fitted together.
-    let setups: Vec<eval::Setup> = [
-        vec![claude.clone()],
-        vec![root.join("cluster-config/plugins"), claude],
-    ]
-    .into_iter()
-    .zip(["claude", "claude+manifests"])
-    .map(|(dirs, name)| eval::setup(name, &dirs, &labels, &shipped))
-    .collect();
-    let (held, _, _) = eval::held_out(&setups, &labels, &shipped, 5);
-    for (s, m) in setups.iter().zip(&held) {
-        let top1 = m.top1_rate();
-        eprintln!("held-out top-1 on {}: {top1:.3}", s.name);
-        assert!(
-            top1 >= FLOOR,
-            "held-out top-1 on {} is {top1:.3}, under the floor {FLOOR}",
-            s.name
-        );
+    let dir = std::env::var_os("PLEXUS_EMBED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".models/minilm"));
+    let embedder = eval::load_embedder(&dir)
+        .unwrap_or_else(|e| panic!("the embedding model is needed for the routing floor: {e}"));
+    let labels = eval::default_labels(&root);
+    let mut setups = vec![eval::setup("claude", &[claude], &labels, Some(embedder))];
+    let (held, _) = eval::held_out(&mut setups, &labels, 5);
+    let m = &held[0];
+    let mut failed = vec![];
+    for &(set, figure, floor) in FLOORS {
+        let s = &m[set];
+        let (v, ok) = match figure {
+            "top1" => (s.top1_rate(), s.top1_rate() >= floor),
+            "agent" => (s.agent_rate(), s.agent_rate() >= floor),
+            "abstain" => (s.abstain_rate(), s.abstain_rate() >= floor),
+            "false-abstain-max" => (s.false_abstain_rate(), s.false_abstain_rate() <= floor),
+            _ => unreachable!("a figure this test names"),
+        };
+        eprintln!("held-out {figure} on {set}: {v:.3} (floor {floor})");
+        if !ok {
+            failed.push(format!("{figure} on {set} is {v:.3}, floor {floor}"));
+        }
     }
+    assert!(failed.is_empty(), "under the floor: {failed:?}");
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use plexus_catalog::Catalog;
 use plexus_handler::DiscoveredCommand;
-use plexus_router::{RouteRequest, Router, RoutingDecision};
+use plexus_router::{CachedEmbedder, Embedder, RouteRequest, Router, RoutingDecision};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 
@@ -32,6 +32,9 @@ pub enum RouterMsg {
     /// Commands discovered at run time changed (MCP tools, per plugin):
     /// index the catalog with them.
     Reindex(BTreeMap<String, Vec<DiscoveredCommand>>),
+    /// The embedding model finished loading (its cache already holds the
+    /// catalog's documents), or why it could not be loaded.
+    Embedder(Result<Arc<dyn Embedder>, String>),
 }
 
 /// The catalog with each plugin's discovered commands added (a discovered
@@ -71,11 +74,37 @@ impl Actor for RouterActor {
 
     async fn pre_start(
         &self,
-        _me: ActorRef<Self::Msg>,
+        me: ActorRef<Self::Msg>,
         ctx: Arc<NodeCtx>,
     ) -> Result<RouterState, ActorProcessingErr> {
-        let router = Router::new(&with_discovered(&ctx.catalog, &ctx.discovered.read()));
+        let catalog = with_discovered(&ctx.catalog, &ctx.discovered.read());
+        let mut router = Router::new(&catalog);
         tracing::info!(documents = router.doc_count(), "router index built");
+        // The model loads and embeds the catalog off the actor (seconds);
+        // until then the router decides on BM25F alone and says so.
+        let dir = ctx
+            .config
+            .embed_dir
+            .clone()
+            .unwrap_or_else(plexus_embed::default_dir);
+        router.set_semantic_off_reason(format!(
+            "loading the embedding model from {}",
+            dir.display()
+        ));
+        *ctx.router_signals.write() = signals(&router);
+        let config = *router.config();
+        tokio::task::spawn_blocking(move || {
+            let loaded = plexus_embed::MiniLm::load(&dir)
+                .map_err(|e| e.to_string())
+                .map(|m| -> Arc<dyn Embedder> { Arc::new(CachedEmbedder::new(Arc::new(m))) })
+                .and_then(|e| {
+                    // Fill the cache with the documents' vectors here.
+                    let warm = Router::with_embedder(&catalog, config, Some(e.clone()));
+                    warm.semantic_status().map_err(str::to_string)?;
+                    Ok(e)
+                });
+            let _ = me.cast(RouterMsg::Embedder(loaded));
+        });
         Ok(RouterState { ctx, router })
     }
 
@@ -105,6 +134,15 @@ impl Actor for RouterActor {
             } => {
                 router.record_outcome(&plugin, &agent, success, latency_ms);
             }
+            RouterMsg::Embedder(loaded) => {
+                match loaded {
+                    Ok(e) => router.set_embedder(Some(e)),
+                    Err(why) => router.set_semantic_off_reason(why),
+                }
+                let s = signals(router);
+                tracing::info!(signals = %s, "router signals");
+                *st.ctx.router_signals.write() = s;
+            }
             RouterMsg::Reindex(discovered) => {
                 router.reindex(&with_discovered(&st.ctx.catalog, &discovered));
                 tracing::info!(
@@ -115,6 +153,14 @@ impl Actor for RouterActor {
             }
         }
         Ok(())
+    }
+}
+
+/// What `status` shows of the router's signals.
+fn signals(router: &Router) -> String {
+    match router.semantic_status() {
+        Ok(model) => format!("bm25f+{model}"),
+        Err(why) => format!("bm25f alone: {why}"),
     }
 }
 

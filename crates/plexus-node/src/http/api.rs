@@ -204,6 +204,7 @@ pub async fn status_body(ctx: &NodeCtx) -> Result<StatusBody, Problem> {
         placement_moves: ctx.metrics.placement_moves_total(),
         plugins: plugin_rows(&ann, &view),
         bus: ctx.bus.stats(),
+        router_signals: ctx.router_signals.read().clone(),
         links: LinkRow {
             linked: ctx.linked_nodes(),
             frames_in: s.frames_in.load(Relaxed),
