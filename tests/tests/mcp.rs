@@ -382,9 +382,10 @@ cpuSecs = 120
         })
         .collect();
     keys.sort();
+    // The declared environment, and the plugin's own API credential.
     assert_eq!(
         keys,
-        vec!["JAILED", "PATH"],
+        vec!["JAILED", "PATH", "PLEXUS_API", "PLEXUS_TOKEN"],
         "only the declared environment"
     );
     let net = |p: String| std::fs::read_link(format!("/proc/{p}/ns/net")).unwrap();
