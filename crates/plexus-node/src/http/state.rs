@@ -41,7 +41,7 @@ pub fn routes() -> Router<Arc<NodeCtx>> {
         .route("/v1/state/lease/release", post(lease_release))
 }
 
-fn bad(detail: impl Into<String>) -> Problem {
+pub(crate) fn bad(detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, "bad-request", detail)
 }
 
@@ -102,7 +102,7 @@ fn consistency(
     Ok((level, timeout))
 }
 
-async fn ask<T: Send + 'static>(
+pub(crate) async fn ask<T: Send + 'static>(
     ctx: &NodeCtx,
     wait: Duration,
     build: impl FnOnce(RpcReplyPort<Result<T, StateProblem>>) -> StateMsg,
@@ -117,7 +117,7 @@ async fn ask<T: Send + 'static>(
     .map_err(to_problem)
 }
 
-fn json_body<T>(ctx: &NodeCtx, b: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
+pub(crate) fn json_body<T>(ctx: &NodeCtx, b: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
     b.map(|Json(x)| x)
         .map_err(|e| crate::http::api::body_problem(ctx, e))
 }

@@ -18,8 +18,8 @@ use plexus_state::{Access, Consistency};
 
 use crate::actors::state::{ReadReq, StateMsg, WriteOp, WriteReq};
 use crate::ctx::NodeCtx;
-use crate::http::api::call_actor;
 use crate::http::problem::Problem;
+use crate::http::state::{ask, bad, json_body};
 
 /// The state key of revoked token ids.
 pub const REVOKED_KEY: &str = "plexus.auth.revoked-tokens";
@@ -32,10 +32,6 @@ pub fn routes() -> Router<Arc<NodeCtx>> {
     Router::new()
         .route("/v1/tokens", post(issue))
         .route("/v1/tokens/revoke", post(revoke))
-}
-
-fn bad(detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, "bad-request", detail)
 }
 
 #[utoipa::path(
@@ -55,9 +51,7 @@ async fn issue(
     State(ctx): State<Arc<NodeCtx>>,
     b: Result<Json<TokenRequest>, JsonRejection>,
 ) -> Result<Json<TokenIssued>, Problem> {
-    let b = b
-        .map(|Json(b)| b)
-        .map_err(|e| crate::http::api::body_problem(&ctx, e))?;
+    let b = json_body(&ctx, b)?;
     let principal = plexus_auth::Principal::parse(&b.role).map_err(bad)?;
     let ttl = b.ttl_ms.unwrap_or(DAY_MS);
     if ttl == 0 || ttl > 366 * DAY_MS {
@@ -100,9 +94,7 @@ async fn revoke(
     State(ctx): State<Arc<NodeCtx>>,
     b: Result<Json<RevokeRequest>, JsonRejection>,
 ) -> Result<Json<Revoked>, Problem> {
-    let b = b
-        .map(|Json(b)| b)
-        .map_err(|e| crate::http::api::body_problem(&ctx, e))?;
+    let b = json_body(&ctx, b)?;
     let id = b.id.trim().to_string();
     if id.is_empty() {
         return Err(bad("`id` is required"));
@@ -119,17 +111,7 @@ async fn revoke(
         consistency: Consistency::Majority,
         timeout,
     };
-    call_actor(
-        &ctx.actors.state,
-        "the state replica",
-        timeout + Duration::from_secs(5),
-        |r| StateMsg::Write(req, r),
-    )
-    .await?
-    .map_err(|p| {
-        let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Problem::new(status, p.kind, p.detail)
-    })?;
+    ask(&ctx, timeout, |r| StateMsg::Write(req, r)).await?;
     let revoked = read_revoked(&ctx).await.unwrap_or_default();
     let n = revoked.len();
     ctx.auth.set_revoked(revoked);
@@ -146,15 +128,7 @@ async fn read_revoked(ctx: &NodeCtx) -> Option<HashSet<String>> {
         consistency: Consistency::Local,
         timeout: Duration::from_secs(1),
     };
-    let r = call_actor(
-        &ctx.actors.state,
-        "the state replica",
-        Duration::from_secs(2),
-        |r| StateMsg::Read(req, r),
-    )
-    .await
-    .ok()?;
-    match r {
+    match ask(ctx, Duration::from_secs(1), |r| StateMsg::Read(req, r)).await {
         Ok(done) => Some(
             done.value
                 .as_array()
@@ -165,7 +139,8 @@ async fn read_revoked(ctx: &NodeCtx) -> Option<HashSet<String>> {
                 })
                 .unwrap_or_default(),
         ),
-        Err(p) if p.status == 404 => Some(HashSet::new()),
+        // An unknown key: nothing revoked yet.
+        Err(p) if p.0.status == 404 => Some(HashSet::new()),
         Err(_) => None,
     }
 }
