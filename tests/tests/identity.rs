@@ -293,6 +293,25 @@ name = "probe"
     )
     .unwrap();
     std::fs::write(
+        cat.join("echoer.toml"),
+        r#"[plugin]
+name = "echoer"
+[handler]
+kind = "process"
+timeoutMs = 15000
+[handler.commands.whoami]
+program = "bin/whoami.py"
+[[commands]]
+name = "whoami"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        cat.join("bin/whoami.py"),
+        "#!/usr/bin/env python3\nimport json, os\nprint(json.dumps({\"caller\": os.environ.get(\"PLEXUS_CALLER\")}))\n",
+    )
+    .unwrap();
+    std::fs::write(
         cat.join("bin/probe.py"),
         r#"#!/usr/bin/env python3
 import http.client, json, os, socket
@@ -316,18 +335,22 @@ def call(method, path, body=None):
 put, _ = call("POST", "/v1/state/put", {"key": "notes/last", "value": {"n": 1}})
 got, body = call("GET", "/v1/state/get?key=notes/last")
 other, why = call("GET", "/v1/state/get?key=notes/last&as=jira-orchestrator")
+called, echoed = call("POST", "/v1/exec", {"plugin": "echoer", "command": "whoami"})
 net = "reachable"
 try:
     socket.create_connection(("127.0.0.1", 9), timeout=2)
 except OSError as e:
     net = "unreachable: %s" % e
 print(json.dumps({"put": put, "get": got, "owner": body.get("owner"), "as_other": other,
-                  "why": why.get("detail") if isinstance(why, dict) else why, "network": net}))
+                  "why": why.get("detail") if isinstance(why, dict) else why, "network": net,
+                  "my_caller": os.environ.get("PLEXUS_CALLER"), "called": called,
+                  "callee_saw": echoed.get("output") if isinstance(echoed, dict) else echoed}))
 "#,
     )
     .unwrap();
     let exe = std::fs::Permissions::from_mode(0o755);
     std::fs::set_permissions(cat.join("bin/probe.py"), exe.clone()).unwrap();
+    std::fs::set_permissions(cat.join("bin/whoami.py"), exe.clone()).unwrap();
     for d in [dir.path(), &cat, &cat.join("bin")] {
         std::fs::set_permissions(d, exe.clone()).unwrap();
     }
@@ -335,7 +358,7 @@ print(json.dumps({"put": put, "get": got, "owner": body.get("owner"), "as_other"
     std::fs::write(&cfg, format!("[api]\ntoken = \"{ADMIN}\"\n")).unwrap();
     let spec = NodeSpec {
         name: "solo".into(),
-        plugins: vec!["notes".into()],
+        plugins: vec!["notes".into(), "echoer".into()],
         catalogs: vec![cat.clone()],
         extra: vec!["--config".into(), cfg.display().to_string()],
     };
@@ -362,5 +385,33 @@ print(json.dumps({"put": put, "get": got, "owner": body.get("owner"), "as_other"
     assert!(
         out["why"].as_str().unwrap().contains("acts only as notes"),
         "{out}"
+    );
+    // Each call names its caller to the plugin it reaches: the admin who
+    // ran the probe, then the probe's own plugin calling another.
+    assert_eq!(out["my_caller"], "admin", "{out}");
+    assert_eq!(out["called"], 200, "{out}");
+    assert_eq!(out["callee_saw"]["caller"], "plugin:notes", "{out}");
+    // The audit says who made the change, with the credential used.
+    let a = with(
+        ADMIN,
+        &[
+            "state",
+            "audit",
+            "--connect",
+            &n.api,
+            "--as",
+            "notes",
+            "--key",
+            "notes/last",
+            "--json",
+        ],
+    );
+    assert_eq!(a.code, 0, "{a:?}");
+    let records = a.json()["records"].as_array().cloned().unwrap_or_default();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["by"] == "plugin:notes (hosted:notes)" && r["author"] == "notes"),
+        "{records:?}"
     );
 }

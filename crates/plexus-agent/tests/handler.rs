@@ -583,6 +583,7 @@ async fn execute_runs_commands_with_their_template_and_reports_usage() {
     let out = s
         .handler
         .execute(ExecRequest {
+            caller: None,
             plugin: "jira".into(),
             command: "/summarize".into(),
             input: json!({"arguments": "PLAT-1 the-board"}).to_string(),
@@ -603,6 +604,7 @@ async fn execute_runs_commands_with_their_template_and_reports_usage() {
         "Summarize PLAT-1 for PLAT-1 the-board"
     );
     let unknown = s.handler.execute(ExecRequest {
+        caller: None,
         plugin: "jira".into(),
         command: "agent:nobody".into(),
         input: "{}".into(),
@@ -615,6 +617,7 @@ async fn execute_runs_commands_with_their_template_and_reports_usage() {
         Err(HandlerError::UnknownCommand { .. })
     ));
     let bad = s.handler.execute(ExecRequest {
+        caller: None,
         plugin: "jira".into(),
         command: "summarize".into(),
         input: "{\"$max_tokens\": -3}".into(),

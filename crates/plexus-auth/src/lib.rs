@@ -137,6 +137,11 @@ impl Caller {
         }
     }
 
+    /// Is this the anonymous caller of an API that takes no tokens?
+    pub fn is_open(&self) -> bool {
+        self.credential == "open"
+    }
+
     /// `principal (credential)`, as the audit records it.
     pub fn describe(&self) -> String {
         format!("{} ({})", self.principal, self.credential)

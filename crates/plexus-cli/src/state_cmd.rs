@@ -420,6 +420,9 @@ pub fn run(cmd: StateCmd) -> CliResult {
                     rec["node"].as_str().unwrap_or("?"),
                     outcome
                 );
+                if let Some(by) = rec["by"].as_str().filter(|b| !b.is_empty()) {
+                    println!("    by {by}");
+                }
             }
             Ok(())
         }

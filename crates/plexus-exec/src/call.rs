@@ -104,6 +104,10 @@ pub struct ExecCall {
     /// The model the router chose; the command's own when absent.
     pub model: Option<ModelTier>,
     pub trace_id: Option<String>,
+    /// Who asks, as authenticated where the request came in (`plugin:NAME`
+    /// for a plugin's own calls and its agents' tool calls, `admin`,
+    /// `operator`); `None` on an API that takes no tokens.
+    pub caller: Option<String>,
     /// The whole request's deadline: tries, backoff and fallbacks included.
     pub deadline: Instant,
     /// The whole request's time (for messages: "within the request's N ms").
@@ -122,6 +126,7 @@ impl ExecCall {
             priority: 5,
             model: None,
             trace_id: None,
+            caller: None,
             deadline: Instant::now() + budget,
             budget,
             fallbacks: Vec::new(),

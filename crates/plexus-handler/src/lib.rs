@@ -27,6 +27,11 @@ pub struct ExecRequest {
     /// Model the router chose; the command's own model when absent.
     #[serde(default)]
     pub model: Option<ModelTier>,
+    /// Who asks (`plugin:NAME`, `admin`, `operator`), as the node that took
+    /// the request authenticated it. A plugin's handler sees it
+    /// (`PLEXUS_CALLER` for a process, `caller` on a server's request line).
+    #[serde(default)]
+    pub caller: Option<String>,
 }
 
 /// What a successful command produced.
@@ -632,6 +637,7 @@ mod tests {
 
     fn req(cmd: &str, input: &str) -> ExecRequest {
         ExecRequest {
+            caller: None,
             plugin: "p".into(),
             command: cmd.into(),
             input: input.into(),

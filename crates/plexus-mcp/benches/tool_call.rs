@@ -58,6 +58,7 @@ fn tool_call(c: &mut Criterion) {
         h
     });
     let req = ExecRequest {
+        caller: None,
         plugin: "time".into(),
         command: "get_current_time".into(),
         input: r#"{"timezone":"Europe/Paris"}"#.into(),

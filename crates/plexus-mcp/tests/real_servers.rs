@@ -52,6 +52,7 @@ fn options(max_restarts: u32) -> McpOptions {
 
 fn req(command: &str, input: Value) -> ExecRequest {
     ExecRequest {
+        caller: None,
         plugin: "p".into(),
         command: command.into(),
         input: input.to_string(),

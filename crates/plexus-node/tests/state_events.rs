@@ -37,6 +37,7 @@ async fn a_state_change_is_published_on_its_key_topic() {
     let state: ActorRef<StateMsg> = cell.into();
     let req = WriteReq {
         plugin: "alpha".into(),
+        by: String::new(),
         key: "jobs/7".into(),
         op: WriteOp::Put(serde_json::json!({"done": true})),
         access: None,

@@ -200,7 +200,9 @@ impl CommandHandler for ProcessHandler {
             };
             return Box::pin(async move {
                 let input = parse_input(&req.input)?;
-                let out = server.call(&name, input, timeout_default).await?;
+                let out = server
+                    .call(&name, input, req.caller.as_deref(), timeout_default)
+                    .await?;
                 Ok(output(out, started))
             });
         };
@@ -210,7 +212,12 @@ impl CommandHandler for ProcessHandler {
             read.push(d.to_path_buf());
         }
         let spec = self.spec.clone();
-        let env = self.env.clone();
+        let mut env = self.env.clone();
+        // Who asked, as the node authenticated them; never from the input.
+        env.retain(|(k, _)| k != "PLEXUS_CALLER");
+        if let Some(c) = &req.caller {
+            env.push(("PLEXUS_CALLER".into(), c.clone()));
+        }
         let workdir = self.workdir.clone();
         let write = self.write.clone();
         let plugin = self.plugin.name.clone();

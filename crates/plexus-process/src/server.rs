@@ -291,6 +291,7 @@ impl Server {
         &self,
         command: &str,
         input: Value,
+        caller: Option<&str>,
         timeout: Duration,
     ) -> Result<Value, HandlerError> {
         let (stdin, pending) = {
@@ -314,9 +315,12 @@ impl Server {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         pending.lock().insert(id, tx);
-        let mut line =
-            serde_json::to_vec(&serde_json::json!({"id": id, "command": command, "input": input}))
-                .map_err(|e| HandlerError::Failed(format!("encoding the request: {e}")))?;
+        let mut req = serde_json::json!({"id": id, "command": command, "input": input});
+        if let Some(c) = caller {
+            req["caller"] = c.into();
+        }
+        let mut line = serde_json::to_vec(&req)
+            .map_err(|e| HandlerError::Failed(format!("encoding the request: {e}")))?;
         line.push(b'\n');
         let written = {
             let mut w = stdin.lock().await;

@@ -46,6 +46,7 @@ fn writable(dir: &Path) {
 
 fn req(cmd: &str, input: &str) -> ExecRequest {
     ExecRequest {
+        caller: None,
         plugin: "p".into(),
         command: cmd.into(),
         input: input.into(),

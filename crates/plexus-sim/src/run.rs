@@ -839,6 +839,7 @@ impl Harness<'_> {
         };
         let req = WriteReq {
             plugin: CLIENT.into(),
+            by: String::new(),
             key: key.clone(),
             op,
             access: None,

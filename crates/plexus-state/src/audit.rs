@@ -55,6 +55,59 @@ pub struct AuditRecord {
     pub source: Source,
     /// Accepted or rejected with reason.
     pub outcome: Outcome,
+    /// Who asked, as this node authenticated them: `principal (credential)`,
+    /// e.g. `plugin:jira-orchestrator (hosted:jira-orchestrator)` or
+    /// `admin (admin-token)`. Only the node that accepted a local change
+    /// knows the credential; deltas from peers, syncs, purges and the node's
+    /// own writes leave it empty (the origin node's record has it).
+    #[serde(default)]
+    pub by: String,
+}
+
+impl AuditRecord {
+    /// Decode a stored record: today's layout, or the one before `by`
+    /// existed (data dirs written by earlier versions stay readable).
+    pub(crate) fn decode_stored(
+        b: &[u8],
+        limit: usize,
+    ) -> Result<AuditRecord, plexus_codec::CodecError> {
+        match plexus_codec::decode_limited::<AuditRecord>(b, limit) {
+            Ok(r) => Ok(r),
+            Err(e) => match plexus_codec::decode_limited::<AuditRecordV1>(b, limit) {
+                Ok(v1) => Ok(v1.into()),
+                Err(_) => Err(e),
+            },
+        }
+    }
+}
+
+/// [`AuditRecord`] as stored before it had `by`.
+#[derive(Deserialize)]
+struct AuditRecordV1 {
+    seq: u64,
+    at_ms: u64,
+    author: PluginId,
+    node: NodeId,
+    key: String,
+    op: String,
+    source: Source,
+    outcome: Outcome,
+}
+
+impl From<AuditRecordV1> for AuditRecord {
+    fn from(r: AuditRecordV1) -> AuditRecord {
+        AuditRecord {
+            seq: r.seq,
+            at_ms: r.at_ms,
+            author: r.author,
+            node: r.node,
+            key: r.key,
+            op: r.op,
+            source: r.source,
+            outcome: r.outcome,
+            by: String::new(),
+        }
+    }
 }
 
 /// A query over audit records; every set field must match.
@@ -172,5 +225,47 @@ impl AuditLog {
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout before `by`, as an earlier version wrote it.
+    #[derive(Serialize)]
+    struct Old {
+        seq: u64,
+        at_ms: u64,
+        author: PluginId,
+        node: NodeId,
+        key: String,
+        op: String,
+        source: Source,
+        outcome: Outcome,
+    }
+
+    #[test]
+    fn a_record_stored_before_by_existed_still_loads() {
+        let old = Old {
+            seq: 7,
+            at_ms: 1_000,
+            author: "jira".into(),
+            node: "n1".into(),
+            key: "k".into(),
+            op: "put".into(),
+            source: Source::Local,
+            outcome: Outcome::Rejected("no".into()),
+        };
+        let b = plexus_codec::encode(&old).unwrap();
+        let r = AuditRecord::decode_stored(&b, 1 << 20).unwrap();
+        assert_eq!((r.seq, r.key.as_str(), r.by.as_str()), (7, "k", ""));
+        assert_eq!(r.outcome, Outcome::Rejected("no".into()));
+
+        let mut now = r.clone();
+        now.by = "admin (admin-token)".into();
+        let b = plexus_codec::encode(&now).unwrap();
+        assert_eq!(AuditRecord::decode_stored(&b, 1 << 20).unwrap(), now);
+        assert!(AuditRecord::decode_stored(&b[..3], 1 << 20).is_err());
     }
 }

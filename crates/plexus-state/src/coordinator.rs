@@ -127,6 +127,9 @@ pub struct Outgoing {
 pub struct WriteRequest {
     /// The acting plugin.
     pub plugin: PluginId,
+    /// Who asked, as the node authenticated them (`principal
+    /// (credential)`), for the audit; empty for the node's own writes.
+    pub by: String,
     /// Key.
     pub key: String,
     /// The value change (a `Put`, `Incr`, ..., map op, or `Delete`).
@@ -1171,7 +1174,7 @@ fn apply_write(
         let name = op.name().to_string();
         match replica
             .store_mut()
-            .apply_local(&w.plugin, &w.key, op, now_ms)
+            .apply_local_by(&w.plugin, &w.by, &w.key, op, now_ms)
         {
             Ok(c) => {
                 all.deltas.extend(c.deltas);

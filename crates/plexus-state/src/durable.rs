@@ -176,7 +176,10 @@ impl DurableStore {
             .map_err(storage)?
         {
             let (_, v) = row.map_err(storage)?;
-            audit.push(decode::<AuditRecord>("audit record", v.value())?);
+            audit.push(
+                AuditRecord::decode_stored(v.value(), MAX_RECORD)
+                    .map_err(|e| corrupt("audit record", e))?,
+            );
         }
         let mut leases = Vec::new();
         for row in rx
@@ -325,7 +328,8 @@ impl DurableStore {
         let mut out = Vec::new();
         for row in table.iter().map_err(storage)?.rev() {
             let (_, v) = row.map_err(storage)?;
-            let r: AuditRecord = decode("audit record", v.value())?;
+            let r = AuditRecord::decode_stored(v.value(), MAX_RECORD)
+                .map_err(|e| corrupt("audit record", e))?;
             if q.matches(&r) {
                 out.push(r);
                 if q.limit > 0 && out.len() >= q.limit {

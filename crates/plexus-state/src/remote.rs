@@ -92,7 +92,7 @@ impl Store {
     fn audit_delta(&mut self, d: &Delta, now_ms: u64, outcome: Outcome) {
         self.record(
             now_ms,
-            &d.author,
+            (&d.author, ""),
             &d.origin,
             &d.key,
             d.op_name(),
@@ -428,7 +428,7 @@ impl Store {
         if let Err(e) = check {
             self.record(
                 now_ms,
-                "",
+                ("", ""),
                 from,
                 key,
                 "merge",
@@ -489,7 +489,7 @@ impl Store {
         });
         self.record(
             now_ms,
-            "",
+            ("", ""),
             from,
             key,
             "merge",
@@ -549,7 +549,7 @@ impl Store {
             let node = self.node.clone();
             self.record(
                 now_ms,
-                "",
+                ("", ""),
                 &node,
                 &key,
                 "expire",

@@ -404,6 +404,19 @@ impl Store {
         op: LocalOp,
         now_ms: u64,
     ) -> Result<Change, StateError> {
+        self.apply_local_by(author, "", key, op, now_ms)
+    }
+
+    /// [`Store::apply_local`] for a caller the node authenticated: `by`
+    /// (`principal (credential)`) goes into the audit record.
+    pub fn apply_local_by(
+        &mut self,
+        author: &str,
+        by: &str,
+        key: &str,
+        op: LocalOp,
+        now_ms: u64,
+    ) -> Result<Change, StateError> {
         let name = op.name();
         let res = self.try_local(author, key, op, now_ms);
         let outcome = match &res {
@@ -411,7 +424,8 @@ impl Store {
             Err(e) => Outcome::Rejected(e.to_string()),
         };
         let node = self.node.clone();
-        self.record(now_ms, author, &node, key, name, Source::Local, outcome);
+        let who = (author, by);
+        self.record(now_ms, who, &node, key, name, Source::Local, outcome);
         res
     }
 
@@ -750,18 +764,21 @@ impl Store {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// `who`: the authoring plugin and, for a local change, who asked
+    /// ([`AuditRecord::by`]).
     pub(crate) fn record(
         &mut self,
         now_ms: u64,
-        author: &str,
+        who: (&str, &str),
         node: &str,
         key: &str,
         op: &str,
         source: Source,
         outcome: Outcome,
     ) {
+        let (author, by) = who;
         if let Outcome::Rejected(reason) = &outcome {
-            tracing::debug!(%author, %node, %key, %op, %reason, "state change rejected");
+            tracing::debug!(%author, %by, %node, %key, %op, %reason, "state change rejected");
         }
         self.audit.push(AuditRecord {
             seq: 0,
@@ -772,6 +789,7 @@ impl Store {
             op: op.to_string(),
             source,
             outcome,
+            by: by.to_string(),
         });
     }
 

@@ -106,6 +106,7 @@ impl Net {
             n,
             WriteRequest {
                 plugin: "alpha".into(),
+                by: String::new(),
                 key: key.into(),
                 op,
                 access: None,
@@ -308,6 +309,7 @@ fn a_local_write_is_answered_at_once_after_it_is_durable_and_pushed_to_live_peer
         now,
         WriteRequest {
             plugin: "alpha".into(),
+            by: String::new(),
             key: "k".into(),
             op: put("v"),
             access: None,
@@ -669,6 +671,7 @@ fn a_write_refused_here_sends_nothing_and_says_why() {
         "a",
         WriteRequest {
             plugin: "alpha".into(),
+            by: String::new(),
             key: "k".into(),
             op: LocalOp::Incr(1),
             access: None,
@@ -700,6 +703,7 @@ fn a_write_refused_here_sends_nothing_and_says_why() {
         "a",
         WriteRequest {
             plugin: "alpha".into(),
+            by: String::new(),
             key: "big".into(),
             op: LocalOp::Put("x".repeat(70_000)),
             access: Some(Access::Private),
@@ -728,6 +732,7 @@ fn a_meta_change_applied_before_a_refused_value_change_is_published_and_durable(
         now,
         WriteRequest {
             plugin: "alpha".into(),
+            by: String::new(),
             key: "s".into(),
             op: put("v"),
             access: Some(Access::Private),
@@ -1249,6 +1254,7 @@ fn purge_turns_long_expired_entries_into_tombstones_and_sets_the_next_purge() {
         "a",
         WriteRequest {
             plugin: "alpha".into(),
+            by: String::new(),
             key: "k".into(),
             op: put("v"),
             access: None,
@@ -1285,6 +1291,7 @@ fn a_restarted_coordinator_does_not_reuse_wire_ids() {
         T0 + 1,
         WriteRequest {
             plugin: "alpha".into(),
+            by: String::new(),
             key: "k".into(),
             op: put("w"),
             access: None,

@@ -295,6 +295,7 @@ fn changes_made_through_the_replica_are_durable_after_commit_only() {
     let path = dir.path().join("state.redb");
     let write = |key: &str| WriteRequest {
         plugin: "p".into(),
+        by: String::new(),
         key: key.into(),
         op: LocalOp::Incr(1),
         access: None,

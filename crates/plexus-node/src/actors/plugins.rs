@@ -1069,6 +1069,7 @@ mod tests {
 
     fn req() -> ExecRequest {
         ExecRequest {
+            caller: None,
             plugin: "p".into(),
             command: "agent:a".into(),
             input: "{}".into(),

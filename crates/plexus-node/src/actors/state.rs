@@ -74,6 +74,8 @@ pub enum WriteOp {
 #[derive(Debug, Clone)]
 pub struct WriteReq {
     pub plugin: String,
+    /// Who asked (`principal (credential)`), for the audit.
+    pub by: String,
     pub key: String,
     pub op: WriteOp,
     /// Access level to create the key with (or change it to: owner only).
@@ -404,6 +406,7 @@ fn write_request(req: WriteReq) -> WriteRequest {
     };
     WriteRequest {
         plugin: req.plugin,
+        by: req.by,
         key: req.key,
         op,
         access: req.access,

@@ -9,11 +9,12 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use plexus_api::{
     breaker_open, ExecBody, ExecReply, HealthBody, LinkRow, MemberRow, StartWorkflowBody,
     StatusBody, WorkflowStarted,
 };
+use plexus_auth::Caller;
 use plexus_bus::DeadLetter;
 use plexus_exec::{RawJson, Target};
 use plexus_membership::{MemberStatus, MemberView};
@@ -320,10 +321,12 @@ async fn dead_letters(
 async fn exec(
     State(ctx): State<Arc<NodeCtx>>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     body: Result<Json<ExecBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
     let Json(b) = body.map_err(|e| body_problem(&ctx, e))?;
     let spec = CallSpec {
+        caller: crate::http::auth::caller_name(caller.as_ref()),
         idempotency_key: b.idempotency_key,
         timeout_ms: b.timeout_ms,
         priority: b.priority,
@@ -412,9 +415,11 @@ async fn route(
 async fn ask(
     State(ctx): State<Arc<NodeCtx>>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
     body: Result<Json<plexus_api::AskBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
     let Json(body) = body.map_err(|e| body_problem(&ctx, e))?;
+    let caller = crate::http::auth::caller_name(caller.as_ref());
     if crate::http::sse::wanted(&headers) {
         // A stream runs the decision's primary only: what was streamed
         // cannot be taken back for a fallback.
@@ -422,11 +427,14 @@ async fn ask(
             .await
             .map_err(ask_problem)?;
         return Ok(match p.call {
-            Some(call) => crate::http::sse::respond(ctx, call, Some(p.reply)).await,
+            Some(mut call) => {
+                call.caller = caller;
+                crate::http::sse::respond(ctx, call, Some(p.reply)).await
+            }
             None => crate::http::sse::done_only(p.reply),
         });
     }
-    crate::services::ask::ask(&ctx, body)
+    crate::services::ask::ask(&ctx, body, caller)
         .await
         .map(|r| Json(r).into_response())
         .map_err(ask_problem)

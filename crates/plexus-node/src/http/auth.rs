@@ -20,6 +20,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use plexus_auth::{Action, Caller, Unauthenticated};
 
 use crate::ctx::NodeCtx;
@@ -161,6 +162,14 @@ pub async fn authenticate(
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+/// The caller as a request names it to the plugins it reaches
+/// ([`plexus_exec::ExecCall::caller`]): its principal, or `None` when the
+/// API takes no tokens and nothing identified the caller.
+pub fn caller_name(c: Option<&Extension<Caller>>) -> Option<String> {
+    let Extension(c) = c?;
+    (!c.is_open()).then(|| c.principal.to_string())
 }
 
 #[cfg(test)]

@@ -129,6 +129,7 @@ async fn write(
     op: WriteOp,
 ) -> Result<Json<WriteDone>, Problem> {
     b.plugin = acting(caller.as_ref(), &b.plugin)?;
+    let by = caller.map(|Extension(c)| c.describe()).unwrap_or_default();
     let access = parse_access(b.access.as_deref(), &b.readers)?;
     let (level, timeout) = consistency(ctx, b.consistency.as_deref(), b.timeout_ms)?;
     let kind = match b.kind.as_deref() {
@@ -137,6 +138,7 @@ async fn write(
     };
     let req = WriteReq {
         plugin: b.plugin,
+        by,
         key: b.key,
         op,
         access,

@@ -12,8 +12,9 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use plexus_api::{RevokeRequest, Revoked, TokenIssued, TokenRequest};
+use plexus_auth::Caller;
 use plexus_state::{Access, Consistency};
 
 use crate::actors::state::{ReadReq, StateMsg, WriteOp, WriteReq};
@@ -49,6 +50,7 @@ pub fn routes() -> Router<Arc<NodeCtx>> {
 )]
 async fn issue(
     State(ctx): State<Arc<NodeCtx>>,
+    caller: Option<Extension<Caller>>,
     b: Result<Json<TokenRequest>, JsonRejection>,
 ) -> Result<Json<TokenIssued>, Problem> {
     let b = json_body(&ctx, b)?;
@@ -68,7 +70,8 @@ async fn issue(
         .auth
         .issue(&principal, &id, ttl, rate, ctx.clock.wall_ms())
         .map_err(|e| Problem::new(StatusCode::CONFLICT, "no-signing-key", e.to_string()))?;
-    tracing::info!(target: "plexus::audit", %id, role = %principal, ttl_ms = ttl, "token issued");
+    let by = caller.map(|Extension(c)| c.describe()).unwrap_or_default();
+    tracing::info!(target: "plexus::audit", %id, role = %principal, ttl_ms = ttl, %by, "token issued");
     Ok(Json(TokenIssued {
         token,
         id,
@@ -92,6 +95,7 @@ async fn issue(
 )]
 async fn revoke(
     State(ctx): State<Arc<NodeCtx>>,
+    caller: Option<Extension<Caller>>,
     b: Result<Json<RevokeRequest>, JsonRejection>,
 ) -> Result<Json<Revoked>, Problem> {
     let b = json_body(&ctx, b)?;
@@ -100,8 +104,10 @@ async fn revoke(
         return Err(bad("`id` is required"));
     }
     let timeout = ctx.config.state.consistency_timeout;
+    let by = caller.map(|Extension(c)| c.describe()).unwrap_or_default();
     let req = WriteReq {
         plugin: SYSTEM.into(),
+        by: by.clone(),
         key: REVOKED_KEY.into(),
         op: WriteOp::Add(vec![id.clone()]),
         access: Some(Access::Public),
@@ -115,7 +121,7 @@ async fn revoke(
     let revoked = read_revoked(&ctx).await.unwrap_or_default();
     let n = revoked.len();
     ctx.auth.set_revoked(revoked);
-    tracing::info!(target: "plexus::audit", %id, "token revoked");
+    tracing::info!(target: "plexus::audit", %id, %by, "token revoked");
     Ok(Json(Revoked { id, revoked: n }))
 }
 

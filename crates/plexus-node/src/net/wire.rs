@@ -168,7 +168,7 @@ impl WireFrame {
 /// varint marker 251 for such a `u16`) tells a versioned frame from one of
 /// the releases before versions, which began with the length of the
 /// sender's name.
-pub const PROTOCOL: u16 = 1003;
+pub const PROTOCOL: u16 = 1004;
 
 /// Why a frame from a peer was refused.
 #[derive(Debug, thiserror::Error)]

@@ -304,6 +304,7 @@ mod tests {
         );
         let e = h
             .execute(ExecRequest {
+                caller: None,
                 plugin: "p".into(),
                 command: "agent:writer".into(),
                 input: "{}".into(),

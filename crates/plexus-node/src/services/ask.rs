@@ -123,16 +123,22 @@ pub struct Planned {
     untried: Vec<String>,
 }
 
-/// Route, then run the primary with the fallbacks behind it.
-pub async fn ask(ctx: &NodeCtx, body: AskBody) -> Result<AskReply, AskError> {
+/// Route, then run the primary with the fallbacks behind it, for `caller`
+/// ([`ExecCall::caller`]).
+pub async fn ask(
+    ctx: &NodeCtx,
+    body: AskBody,
+    caller: Option<String>,
+) -> Result<AskReply, AskError> {
     let Planned {
         mut reply,
         call,
         untried,
     } = plan(ctx, body).await?;
-    let Some(call) = call else {
+    let Some(mut call) = call else {
         return Ok(reply);
     };
+    call.caller = caller;
     let r = exec::run(ctx, &call).await;
     let attempts = match &r {
         Ok(s) => &s.attempts,

@@ -70,6 +70,8 @@ pub struct CallSpec {
     pub model: Option<ModelTier>,
     pub trace_id: Option<String>,
     pub fallbacks: Vec<Target>,
+    /// See [`ExecCall::caller`].
+    pub caller: Option<String>,
 }
 
 impl CallSpec {
@@ -83,6 +85,7 @@ impl CallSpec {
             model: None,
             trace_id: None,
             fallbacks: Vec::new(),
+            caller: None,
         }
     }
 }
@@ -117,6 +120,7 @@ pub fn call(ctx: &NodeCtx, spec: CallSpec) -> Result<ExecCall, ExecError> {
         priority,
         model: spec.model,
         trace_id: spec.trace_id,
+        caller: spec.caller,
         deadline: tokio::time::Instant::now() + budget,
         budget,
         fallbacks: spec.fallbacks,
@@ -260,6 +264,7 @@ impl ClusterExec {
             idempotency_key: call.idempotency_key.clone(),
             trace_id: call.trace_id.clone(),
             model: call.model,
+            caller: call.caller.clone(),
         };
         let env = exec_envelope(&format!("api@{}", ctx.name()), req, call.priority)
             .map_err(|e| ExecError::BadRequest(format!("cannot encode the request: {e}")))?;
@@ -407,6 +412,7 @@ pub async fn stream(ctx: &NodeCtx, call: &ExecCall) -> Result<ExecStream, ExecEr
             idempotency_key: call.idempotency_key.clone(),
             trace_id: call.trace_id.clone(),
             model: call.model,
+            caller: call.caller.clone(),
         };
         let env = exec_envelope(&format!("api@{}", ctx.name()), req, call.priority)
             .map_err(|e| ExecError::BadRequest(format!("cannot encode the request: {e}")))?;

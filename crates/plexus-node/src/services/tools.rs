@@ -47,14 +47,18 @@ impl ClusterHost {
         ClusterHost::new(Arc::new(NodeCalls(Arc::downgrade(ctx))))
     }
 
+    /// Run `target` for an agent of plugin `from`: the call carries
+    /// `plugin:FROM` as its caller, whoever asked for the agent's run.
     fn run(
         &self,
+        from: &str,
         target: Target,
         input: Value,
         trace_id: Option<String>,
     ) -> BoxFuture<'static, Result<String, HandlerError>> {
         let spec = CallSpec {
             trace_id,
+            caller: Some(format!("plugin:{from}")),
             ..CallSpec::new(target, Some(RawJson::from_value(&input)))
         };
         let f = self.calls.exec(spec);
@@ -80,7 +84,7 @@ impl ToolHost for ClusterHost {
             input["$budget_usd"] = serde_json::json!(b);
         }
         let target = Target::new(plugin, format!("agent:{}", call.agent));
-        let run = self.run(target, input, call.trace_id);
+        let run = self.run(&call.from_plugin, target, input, call.trace_id);
         // The sub-agent's answer is its reply's text.
         Box::pin(async move {
             let out = run.await?;
@@ -98,17 +102,17 @@ impl ToolHost for ClusterHost {
         tool: &str,
         input: Value,
     ) -> BoxFuture<'static, Result<String, HandlerError>> {
-        self.run(Target::new(plugin, tool), input, None)
+        self.run(plugin, Target::new(plugin, tool), input, None)
     }
 
     fn call_command(
         &self,
-        _from_plugin: &str,
+        from_plugin: &str,
         plugin: &str,
         command: &str,
         input: Value,
     ) -> BoxFuture<'static, Result<String, HandlerError>> {
-        self.run(Target::new(plugin, command), input, None)
+        self.run(from_plugin, Target::new(plugin, command), input, None)
     }
 }
 
@@ -203,6 +207,7 @@ mod tests {
     #[derive(Default)]
     struct Script {
         calls: Mutex<Vec<(String, String, Value)>>,
+        callers: Mutex<Vec<Option<String>>>,
     }
 
     impl Calls for Script {
@@ -210,6 +215,7 @@ mod tests {
             (name == "writer").then(|| "docs".to_string())
         }
         fn exec(&self, spec: CallSpec) -> BoxFuture<'static, Result<String, String>> {
+            self.callers.lock().unwrap().push(spec.caller.clone());
             let input: Value = serde_json::from_str(spec.input.unwrap().as_str()).unwrap();
             let (p, c) = (spec.target.plugin, spec.target.command);
             self.calls
@@ -300,6 +306,9 @@ mod tests {
         let (p, c, input) = &calls[1];
         assert_eq!((p.as_str(), c.as_str()), ("git", "status"));
         assert_eq!(input["arguments"], "now");
+        // Both calls go out as the agent's plugin, not as whoever asked.
+        let callers = script.callers.lock().unwrap().clone();
+        assert_eq!(callers, vec![Some("plugin:jira".to_string()); 2]);
 
         let t = &reply.tool_calls;
         assert_eq!(t[0].status, ToolStatus::Ok, "{t:?}");
