@@ -94,6 +94,57 @@ fn a_slowloris_is_disconnected_and_the_node_keeps_serving() {
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
 }
 
+/// Idle connections hold a slot each: one that never sends a request, and
+/// one kept alive after its answer, are both closed by the server.
+#[test]
+fn idle_connections_are_closed_before_and_between_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(
+        dir.path(),
+        "api_header_timeout_ms = 500\napi_max_connections = 64",
+    );
+    // 10 s: well past the node's 0.5 s, well short of hyper's own 30 s.
+    let mut silent = TcpStream::connect(&n.api).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut kept = TcpStream::connect(&n.api).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(kept, "GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // Read the whole answer (its length is in the head), then stay idle.
+    let mut got = Vec::new();
+    let mut b = [0u8; 1024];
+    loop {
+        let k = kept.read(&mut b).unwrap();
+        assert!(k > 0, "closed before answering");
+        got.extend_from_slice(&b[..k]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if body.len() >= len {
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                break;
+            }
+        }
+    }
+    assert!(
+        closed_by_server(&mut silent),
+        "a silent connection stayed open"
+    );
+    assert!(
+        closed_by_server(&mut kept),
+        "an idle keep-alive connection stayed open"
+    );
+}
+
 #[test]
 fn connections_past_the_cap_are_closed_at_once_and_counted() {
     let dir = tempfile::tempdir().unwrap();

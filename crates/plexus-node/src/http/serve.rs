@@ -1,6 +1,7 @@
 //! The API's accept loop: hyper's HTTP/1 server with the bounds
 //! `axum::serve` does not expose. A client has `header_timeout` to send a
-//! request head once it starts one (and after it connects), heads are at
+//! request head once it connects, and again after each answer (an idle
+//! keep-alive connection is closed after the same time); heads are at
 //! most `max_header_bytes`, and at most `max_connections` are open at
 //! once: the next is closed at once and counted. Idle and half-sent
 //! connections (a slowloris) therefore cannot pile up.
