@@ -306,6 +306,23 @@ name = "whoami"
 "#,
     )
     .unwrap();
+    // The same command, in a plugin that takes calls from jira-orchestrator only.
+    std::fs::write(
+        cat.join("vault.toml"),
+        r#"[plugin]
+name = "vault"
+[routing]
+acceptsRoutingFrom = ["jira-orchestrator"]
+[handler]
+kind = "process"
+timeoutMs = 15000
+[handler.commands.whoami]
+program = "bin/whoami.py"
+[[commands]]
+name = "whoami"
+"#,
+    )
+    .unwrap();
     std::fs::write(
         cat.join("bin/whoami.py"),
         "#!/usr/bin/env python3\nimport json, os\nprint(json.dumps({\"caller\": os.environ.get(\"PLEXUS_CALLER\")}))\n",
@@ -336,6 +353,7 @@ put, _ = call("POST", "/v1/state/put", {"key": "notes/last", "value": {"n": 1}})
 got, body = call("GET", "/v1/state/get?key=notes/last")
 other, why = call("GET", "/v1/state/get?key=notes/last&as=jira-orchestrator")
 called, echoed = call("POST", "/v1/exec", {"plugin": "echoer", "command": "whoami"})
+locked, refusal = call("POST", "/v1/exec", {"plugin": "vault", "command": "whoami"})
 net = "reachable"
 try:
     socket.create_connection(("127.0.0.1", 9), timeout=2)
@@ -344,7 +362,8 @@ except OSError as e:
 print(json.dumps({"put": put, "get": got, "owner": body.get("owner"), "as_other": other,
                   "why": why.get("detail") if isinstance(why, dict) else why, "network": net,
                   "my_caller": os.environ.get("PLEXUS_CALLER"), "called": called,
-                  "callee_saw": echoed.get("output") if isinstance(echoed, dict) else echoed}))
+                  "callee_saw": echoed.get("output") if isinstance(echoed, dict) else echoed,
+                  "locked": locked, "refusal": refusal}))
 "#,
     )
     .unwrap();
@@ -358,7 +377,7 @@ print(json.dumps({"put": put, "get": got, "owner": body.get("owner"), "as_other"
     std::fs::write(&cfg, format!("[api]\ntoken = \"{ADMIN}\"\n")).unwrap();
     let spec = NodeSpec {
         name: "solo".into(),
-        plugins: vec!["notes".into(), "echoer".into()],
+        plugins: vec!["notes".into(), "echoer".into(), "vault".into()],
         catalogs: vec![cat.clone()],
         extra: vec!["--config".into(), cfg.display().to_string()],
     };
@@ -391,6 +410,15 @@ print(json.dumps({"put": put, "get": got, "owner": body.get("owner"), "as_other"
     assert_eq!(out["my_caller"], "admin", "{out}");
     assert_eq!(out["called"], 200, "{out}");
     assert_eq!(out["callee_saw"]["caller"], "plugin:notes", "{out}");
+    // A plugin that does not take calls from notes refuses, and says why.
+    assert_eq!(out["locked"], 403, "{out}");
+    assert!(
+        out["refusal"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not in vault's acceptsRoutingFrom"),
+        "{out}"
+    );
     // The audit says who made the change, with the credential used.
     let a = with(
         ADMIN,

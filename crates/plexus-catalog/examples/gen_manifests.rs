@@ -291,7 +291,7 @@ contexts = {contexts}
 priority = {priority}
 keywords = {keywords}
 canRouteTo = {can_route_to}
-acceptsRoutingFrom = ["jira-orchestrator"]
+acceptsRoutingFrom = {accepts_routing_from}
 
 [communication]
 topics = ["plugin/{name}/events", "orchestration/**"]
@@ -336,6 +336,17 @@ maxConcurrency = 64
             priority = h.priority,
             keywords = list(&kw_ref),
             can_route_to = list(h.can_route_to),
+            // Whoever may route here: every plugin whose canRouteTo names
+            // this one (plexus-catalog's `Plugin::may_route_to` needs both).
+            accepts_routing_from = list(&{
+                let mut from: Vec<&str> = HEADERS
+                    .iter()
+                    .filter(|o| o.can_route_to.contains(&h.name))
+                    .map(|o| o.name)
+                    .collect();
+                from.sort_unstable();
+                from
+            }),
             fallback = list(h.fallback),
             latency = h.latency_ms,
             lists = toml::to_string(&lists)?,

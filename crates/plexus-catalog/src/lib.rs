@@ -23,7 +23,7 @@ pub use manifest::{
     Backoff, CircuitBreakerSpec, HandlerSpec, Manifest, McpServerEntry, McpSpec, RetryPolicySpec,
     SimSpec,
 };
-pub use model::{Agent, Command, McpServer, ModelTier, Plugin};
+pub use model::{Agent, Command, McpServer, ModelTier, Plugin, RoutingDenied};
 pub use process::{ProcessCommand, ProcessLimits, ProcessServer, ProcessSpec, SandboxSpec};
 
 /// How bad a load problem is.

@@ -168,4 +168,54 @@ impl Plugin {
     pub fn agent(&self, name: &str) -> Option<&Agent> {
         self.agents.iter().find(|a| a.name == name)
     }
+
+    /// May this plugin call `to` (a command or agent of it, an agent's tool
+    /// call included)? It needs `to` in its `canRouteTo` when it declares
+    /// one, and itself in `to`'s `acceptsRoutingFrom` when `to` declares
+    /// one. A plugin may always call itself.
+    pub fn may_route_to(&self, to: &Plugin) -> Result<(), RoutingDenied> {
+        if self.name == to.name {
+            return Ok(());
+        }
+        let out = &self.manifest.routing.can_route_to;
+        if !out.is_empty() && !out.contains(&to.name) {
+            return Err(RoutingDenied::NotInCanRouteTo {
+                from: self.name.clone(),
+                to: to.name.clone(),
+                allowed: out.clone(),
+            });
+        }
+        to.accepts_routing_from(&self.name)
+    }
+
+    /// The receiving half of [`Plugin::may_route_to`], for a host that
+    /// knows only its own manifest.
+    pub fn accepts_routing_from(&self, from: &str) -> Result<(), RoutingDenied> {
+        let inbound = &self.manifest.routing.accepts_routing_from;
+        if from == self.name || inbound.is_empty() || inbound.iter().any(|p| p == from) {
+            return Ok(());
+        }
+        Err(RoutingDenied::NotInAcceptsRoutingFrom {
+            from: from.to_string(),
+            to: self.name.clone(),
+            allowed: inbound.clone(),
+        })
+    }
+}
+
+/// Why one plugin may not call another (`[routing]` of their manifests).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoutingDenied {
+    #[error("plugin {from} may not call {to}: {to} is not in {from}'s canRouteTo ({})", allowed.join(", "))]
+    NotInCanRouteTo {
+        from: String,
+        to: String,
+        allowed: Vec<String>,
+    },
+    #[error("plugin {from} may not call {to}: {from} is not in {to}'s acceptsRoutingFrom ({})", allowed.join(", "))]
+    NotInAcceptsRoutingFrom {
+        from: String,
+        to: String,
+        allowed: Vec<String>,
+    },
 }

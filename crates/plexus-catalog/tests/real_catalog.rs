@@ -83,3 +83,44 @@ fn every_agent_and_command_file_loads_with_the_published_counts() {
         }
     }
 }
+
+/// The built-in manifests' `[routing]` lists agree: every collaboration a
+/// plugin's `canRouteTo` names is accepted by the other side, and nothing
+/// else is.
+#[test]
+fn the_built_in_routing_permissions_allow_the_intended_collaborations() {
+    let c = plexus_catalog::Catalog::load(&plexus_catalog::Sources {
+        embedded: plexus_catalog::builtin::MANIFESTS
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect(),
+        dirs: vec![],
+    });
+    let p = |n: &str| c.plugin(n).unwrap_or_else(|| panic!("{n} is built in"));
+    for from in &c.plugins {
+        for to in &from.manifest.routing.can_route_to {
+            assert_eq!(from.may_route_to(p(to)), Ok(()), "{} -> {to}", from.name);
+        }
+    }
+    assert_eq!(
+        p("jira-orchestrator").may_route_to(p("frontend-powerhouse")),
+        Ok(())
+    );
+    assert_eq!(
+        p("ahling-command-center").may_route_to(p("home-assistant-architect")),
+        Ok(())
+    );
+    let e = p("frontend-powerhouse")
+        .may_route_to(p("home-assistant-architect"))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not in frontend-powerhouse's canRouteTo"),
+        "{e}"
+    );
+    // A plugin always reaches itself.
+    assert_eq!(
+        p("exec-automator").may_route_to(p("exec-automator")),
+        Ok(())
+    );
+}

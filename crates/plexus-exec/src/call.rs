@@ -226,6 +226,9 @@ pub enum HostFailure {
     Handler(HandlerError),
     /// The request did not decode.
     Malformed(String),
+    /// The host's plugin does not accept calls from the caller
+    /// (`acceptsRoutingFrom`).
+    Forbidden(String),
 }
 
 /// A served call.

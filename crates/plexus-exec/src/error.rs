@@ -56,6 +56,10 @@ pub enum ExecError {
     /// A node service this call needs is restarting or did not answer.
     #[error("{0}")]
     Busy(String),
+    /// The caller may not call this plugin (the plugins' `[routing]`
+    /// permissions); the same everywhere, so never retried or re-routed.
+    #[error("{why}")]
+    Forbidden { plugin: String, why: String },
 }
 
 fn retry_after(ms: Option<u64>) -> String {
@@ -71,7 +75,8 @@ impl ExecError {
             ExecError::BadRequest(_)
             | ExecError::TooLarge { .. }
             | ExecError::UnknownPlugin { .. }
-            | ExecError::UnknownCommand { .. } => false,
+            | ExecError::UnknownCommand { .. }
+            | ExecError::Forbidden { .. } => false,
             ExecError::Plugin { error, .. } => !matches!(
                 error,
                 HandlerError::BadInput(_) | HandlerError::UnknownCommand { .. }

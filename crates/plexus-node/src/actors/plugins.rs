@@ -322,6 +322,29 @@ impl Actor for PluginHost {
                 return Ok(());
             }
         };
+        // The host's own check of who may call its plugin: a peer's exec
+        // path checked it too, as far as its catalog knew the plugins.
+        if let Some(Err(d)) = req
+            .caller
+            .as_deref()
+            .and_then(|c| c.strip_prefix("plugin:"))
+            .map(|from| st.plugin.accepts_routing_from(from))
+        {
+            let _ = taken.send(());
+            bp.report(
+                &st.ctx,
+                &st.plugin.name,
+                CallResult::Ignored,
+                Duration::ZERO,
+            );
+            tracing::warn!(target: "plexus::audit", denied = %d, "call refused by the host");
+            respond(
+                &st.ctx,
+                &env,
+                host_failure(st.ctx.name(), HostFailure::Forbidden(d.to_string())),
+            );
+            return Ok(());
+        }
         let faults = SimFaults::from_input(&req.input);
         if faults.panic && sim_faults_allowed(&st.plugin) {
             // Deliberate crash (fault injection): exercises supervision.

@@ -311,6 +311,7 @@ async fn dead_letters(
             (String = "text/event-stream"),
         )),
         (status = 400, description = "Malformed request or bad input", body = plexus_api::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The calling plugin may not call this one (the plugins' [routing] canRouteTo / acceptsRoutingFrom)", body = plexus_api::Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown plugin or command", body = plexus_api::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Payload too large", body = plexus_api::Problem, content_type = "application/problem+json"),
         (status = 502, description = "The plugin failed (reply holds its answer)", body = plexus_api::Problem, content_type = "application/problem+json"),

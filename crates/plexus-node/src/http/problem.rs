@@ -53,6 +53,7 @@ pub fn status_of(e: &ExecError) -> StatusCode {
         "bad-request" | "bad-input" => StatusCode::BAD_REQUEST,
         "too-large" => StatusCode::PAYLOAD_TOO_LARGE,
         "unknown-plugin" | "unknown-command" => StatusCode::NOT_FOUND,
+        "forbidden" => StatusCode::FORBIDDEN,
         "timeout" => StatusCode::GATEWAY_TIMEOUT,
         "plugin-failed" | "bad-reply" => StatusCode::BAD_GATEWAY,
         _ => StatusCode::SERVICE_UNAVAILABLE,

@@ -113,6 +113,7 @@ pub fn call(ctx: &NodeCtx, spec: CallSpec) -> Result<ExecCall, ExecError> {
         spec.target.plugin,
         spec.target.command.trim_start_matches('/'),
     );
+    may_route(ctx, spec.caller.as_deref(), &target.plugin)?;
     Ok(ExecCall {
         target,
         input,
@@ -124,6 +125,29 @@ pub fn call(ctx: &NodeCtx, spec: CallSpec) -> Result<ExecCall, ExecError> {
         deadline: tokio::time::Instant::now() + budget,
         budget,
         fallbacks: spec.fallbacks,
+    })
+}
+
+/// A plugin caller's call needs the plugins' `[routing]` permissions
+/// (`canRouteTo` of the caller, `acceptsRoutingFrom` of the target, as far
+/// as this node's catalog knows them; the host checks its own again).
+fn may_route(ctx: &NodeCtx, caller: Option<&str>, to: &str) -> Result<(), ExecError> {
+    let Some(from) = caller.and_then(|c| c.strip_prefix("plugin:")) else {
+        return Ok(());
+    };
+    let Some(target) = ctx.catalog.plugin(to) else {
+        return Ok(());
+    };
+    let checked = match ctx.catalog.plugin(from) {
+        Some(p) => p.may_route_to(target),
+        None => target.accepts_routing_from(from),
+    };
+    checked.map_err(|d| {
+        tracing::warn!(target: "plexus::audit", caller = %from, plugin = %to, denied = %d, "call refused");
+        ExecError::Forbidden {
+            plugin: to.to_string(),
+            why: d.to_string(),
+        }
     })
 }
 
@@ -150,6 +174,7 @@ pub fn kind(e: &ExecError) -> &'static str {
         },
         ExecError::BadReply { .. } => "bad-reply",
         ExecError::Busy(_) => "busy",
+        ExecError::Forbidden { .. } => "forbidden",
     }
 }
 
@@ -343,6 +368,10 @@ fn settle(t: &Target, reply: HostReply) -> Settled {
         Err(HostFailure::Malformed(message)) => {
             Settled::Failed(ExecError::BadReply { node, message })
         }
+        Err(HostFailure::Forbidden(why)) => Settled::Failed(ExecError::Forbidden {
+            plugin: t.plugin.clone(),
+            why,
+        }),
     }
 }
 
